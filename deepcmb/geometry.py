@@ -1,0 +1,186 @@
+"""Flat-sky map geometry and Fourier conventions.
+
+A :class:`FlatSkyGeometry` is the one object every flat-sky function takes: it knows the map shape
+and pixel size and owns the Fourier grids.
+
+Conventions
+-----------
+A map ``m`` of shape ``(ny, nx)`` samples a periodic field at the points ``y = iy * dx``,
+``x = ix * dx`` with ``dx`` the pixel size in radians. Its Fourier transform is the continuous one
+approximated by a pixel sum,
+
+.. math:: m(\\boldsymbol{\\ell}) = \\Delta^2 \\sum_{\\mathbf{x}} m(\\mathbf{x})\\,
+          e^{-i \\boldsymbol{\\ell}\\cdot\\mathbf{x}},
+
+so that for a statistically isotropic field of power spectrum :math:`C_\\ell`,
+:math:`\\langle |m(\\boldsymbol{\\ell})|^2 \\rangle = A\\, C_\\ell` with :math:`A` the patch area in
+steradians (the convention of quicklens and symlens). :meth:`FlatSkyGeometry.map2fourier` and
+:meth:`FlatSkyGeometry.fourier2map` implement it on real maps with ``numpy.fft.rfft2``; the full
+complex grids (for spin-2 fields ``Q + iU``) use the same normalisation with ``fft2``.
+
+Polarization follows Hu & Okamoto (2002): ``Q(l) + i U(l) = (E(l) + i B(l)) exp(2 i phi_l)`` with
+``phi_l = atan2(l_y, l_x)``.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .errors import ConfigError
+
+ARCMIN = np.pi / 180.0 / 60.0
+"""One arcminute in radians."""
+
+
+@dataclass(frozen=True)
+class FlatSkyGeometry:
+    """A periodic rectangular flat-sky patch.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)``, the number of pixels along y and x. Both must be even.
+    pixel_arcmin : float
+        Side of a square pixel in arcmin.
+
+    Notes
+    -----
+    Fourier grids are cached on first use; the object itself is immutable and cheap to pickle
+    (caches are rebuilt in a worker process).
+    """
+
+    shape: tuple
+    pixel_arcmin: float
+
+    def __post_init__(self):
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 2 or min(shape) < 4 or any(n % 2 for n in shape):
+            raise ConfigError(f"geometry.shape: expected two even integers >= 4, got {self.shape!r}")
+        if not np.isfinite(self.pixel_arcmin) or self.pixel_arcmin <= 0:
+            raise ConfigError(f"geometry.pixel_arcmin: must be positive, got {self.pixel_arcmin!r}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "pixel_arcmin", float(self.pixel_arcmin))
+
+    def __getstate__(self):
+        return {"shape": self.shape, "pixel_arcmin": self.pixel_arcmin}
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "shape", state["shape"])
+        object.__setattr__(self, "pixel_arcmin", state["pixel_arcmin"])
+
+    # -- sizes ----------------------------------------------------------------------------------
+    @property
+    def pixel_rad(self):
+        """Pixel side in radians."""
+        return self.pixel_arcmin * ARCMIN
+
+    @property
+    def extent_rad(self):
+        """``(Ly, Lx)``, the patch side lengths in radians."""
+        return (self.shape[0] * self.pixel_rad, self.shape[1] * self.pixel_rad)
+
+    @property
+    def area(self):
+        """Patch area in steradians (flat-sky)."""
+        ly, lx = self.extent_rad
+        return ly * lx
+
+    @property
+    def ell_nyquist(self):
+        """Nyquist multipole ``pi / dx`` of the pixel grid."""
+        return np.pi / self.pixel_rad
+
+    @property
+    def ell_fundamental(self):
+        """Smallest non-zero multipole ``2 pi / L`` along the longer side."""
+        return 2.0 * np.pi / max(self.extent_rad)
+
+    # -- Fourier grids ----------------------------------------------------------------------------
+    def _freqs(self, real):
+        ny, nx = self.shape
+        dx = self.pixel_rad
+        ly = 2.0 * np.pi * np.fft.fftfreq(ny, d=dx)
+        lx = 2.0 * np.pi * (np.fft.rfftfreq(nx, d=dx) if real else np.fft.fftfreq(nx, d=dx))
+        return np.meshgrid(lx, ly, indexing="xy")
+
+    @cached_property
+    def _real_grids(self):
+        lx, ly = self._freqs(real=True)
+        return _grids(lx, ly)
+
+    @cached_property
+    def _complex_grids(self):
+        lx, ly = self._freqs(real=False)
+        return _grids(lx, ly)
+
+    def lxly(self, real=True):
+        """Wavevector components ``(lx, ly)`` in rad^-1, each of shape ``fourier_shape(real)``."""
+        g = self._real_grids if real else self._complex_grids
+        return g["lx"], g["ly"]
+
+    def ell(self, real=True):
+        """Modulus ``|l|`` of the wavevector on the ``rfft2`` (``real=True``) or ``fft2`` grid."""
+        return (self._real_grids if real else self._complex_grids)["ell"]
+
+    def cos2phi_sin2phi(self, real=True):
+        """``(cos 2 phi_l, sin 2 phi_l)`` with ``phi_l = atan2(ly, lx)``; ``(1, 0)`` at ``l = 0``."""
+        g = self._real_grids if real else self._complex_grids
+        return g["c2"], g["s2"]
+
+    def fourier_shape(self, real=True):
+        """Shape of the Fourier grid: ``(ny, nx // 2 + 1)`` for real maps, else ``(ny, nx)``."""
+        ny, nx = self.shape
+        return (ny, nx // 2 + 1) if real else (ny, nx)
+
+    # -- transforms -------------------------------------------------------------------------------
+    def map2fourier(self, m):
+        """Fourier transform of real map(s) ``m[..., ny, nx]`` (rfft2 times the pixel area)."""
+        return np.fft.rfft2(m) * self.pixel_rad**2
+
+    def fourier2map(self, f):
+        """Inverse of :meth:`map2fourier`: real map(s) of shape ``(..., ny, nx)``."""
+        return np.fft.irfft2(f, s=self.shape) / self.pixel_rad**2
+
+    def qu2eb(self, q, u):
+        """Flat-sky E and B Fourier modes (rfft grid) of Stokes maps ``q, u`` (``(..., ny, nx)``)."""
+        qf, uf = self.map2fourier(q), self.map2fourier(u)
+        c2, s2 = self.cos2phi_sin2phi()
+        return qf * c2 + uf * s2, -qf * s2 + uf * c2
+
+    def eb2qu(self, e, b):
+        """Stokes Q, U maps from E, B Fourier modes on the rfft grid (inverse of :meth:`qu2eb`)."""
+        c2, s2 = self.cos2phi_sin2phi()
+        return self.fourier2map(e * c2 - b * s2), self.fourier2map(e * s2 + b * c2)
+
+    def pixel_positions(self):
+        """``(y, x)`` pixel-centre coordinates in radians, each of shape ``shape``."""
+        ny, nx = self.shape
+        y, x = np.meshgrid(np.arange(ny) * self.pixel_rad, np.arange(nx) * self.pixel_rad, indexing="ij")
+        return y, x
+
+
+def _grids(lx, ly):
+    ell = np.hypot(lx, ly)
+    phi = np.arctan2(ly, lx)
+    c2, s2 = np.cos(2 * phi), np.sin(2 * phi)
+    return {"lx": lx, "ly": ly, "ell": ell, "c2": c2, "s2": s2}
+
+
+def interp_spectrum(cl, ell):
+    """Evaluate a spectrum tabulated at integer multipoles at (non-integer) ``ell``.
+
+    Parameters
+    ----------
+    cl : array_like, shape (lmax + 1,)
+        ``C_l`` at ``l = 0 .. lmax``.
+    ell : ndarray
+        Multipoles at which to evaluate, any shape.
+
+    Returns
+    -------
+    ndarray
+        Linear interpolation of ``cl``; zero for ``ell > lmax``.
+    """
+    cl = np.asarray(cl, dtype=float)
+    return np.interp(ell, np.arange(cl.size), cl, right=0.0)
