@@ -10,6 +10,8 @@ Spectra are plain :math:`C_\\ell` (no :math:`\\ell(\\ell+1)/2\\pi`), temperature
 import hashlib
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ PARAM_BOUNDS = {
     "omch2": (0.001, 0.99),
     "As": (5e-10, 5e-9),
     "ns": (0.8, 1.2),
-    "tau": (0.01, 0.8),
+    "tau": (0.001, 5.0),
     "mnu": (0.0, 3.0),
     "Alens": (0.0, 10.0),
 }
@@ -243,20 +245,44 @@ def compute_spectra(params, lmax=5000, lens_potential_accuracy=1, cache_dir=None
     return spectra
 
 
+@contextmanager
+def _silence_fortran():
+    """Send what CAMB's Fortran prints straight to file descriptors 1 and 2 to /dev/null.
+
+    CAMB reports failures as Python exceptions too; its Fortran chatter would otherwise break the
+    one-line error messages of the command line.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
 def _run_camb(full, lmax, accuracy):
     import camb
 
     described = ", ".join(f"{k}={v:g}" for k, v in full.items())
     try:
-        pars = camb.set_params(
-            H0=full["H0"], ombh2=full["ombh2"], omch2=full["omch2"], mnu=full["mnu"], tau=full["tau"],
-            As=full["As"], ns=full["ns"], Alens=full["Alens"], lmax=lmax + 500,
-            lens_potential_accuracy=accuracy, WantTensors=False,
-        )
-        results = camb.get_results(pars)
-        cls = results.get_cmb_power_spectra(pars, CMB_unit="muK", raw_cl=True, lmax=lmax)
+        with _silence_fortran():
+            pars = camb.set_params(
+                H0=full["H0"], ombh2=full["ombh2"], omch2=full["omch2"], mnu=full["mnu"], tau=full["tau"],
+                As=full["As"], ns=full["ns"], Alens=full["Alens"], lmax=lmax + 500,
+                lens_potential_accuracy=accuracy, WantTensors=False,
+            )
+            results = camb.get_results(pars)
+            cls = results.get_cmb_power_spectra(pars, CMB_unit="muK", raw_cl=True, lmax=lmax)
     except Exception as exc:  # CAMB raises several exception types for unphysical input
-        raise ConfigError(f"cosmology: CAMB rejected ({described}): {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"cosmology: CAMB rejected ({described}): {reason}") from None
     unlensed = np.ascontiguousarray(cls["unlensed_scalar"][: lmax + 1, :4].T)
     lensed = np.ascontiguousarray(cls["lensed_scalar"][: lmax + 1, :4].T)
     # With raw_cl=True CAMB returns C_L^pp itself, already scaled by Alens.

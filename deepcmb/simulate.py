@@ -1,0 +1,410 @@
+"""The simulate stage: config -> cosmologies -> CAMB spectra -> maps -> HDF5.
+
+Work is split into units (a block of flat-sky samples, or one full-sky realisation cut into patches).
+Each finished unit is saved atomically under ``OUT.partial/``; when all are there they are assembled
+into ``OUT`` (written under a temporary name, then renamed). Re-running the same command after an
+interruption skips the units already saved, and because every sample's randomness derives from
+``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import cosmology
+from .config import Free, OneOf, resolve
+from .errors import ConfigError, InputError, OutputExistsError
+from .executor import open_executor, run_tasks
+from .geometry import FlatSkyGeometry
+from .h5io import write_sims
+from .provenance import config_json
+from .sample import FIELDS, Instrument, simulate_flat
+
+SCHEMA = {
+    "seed": 1234,
+    "n_maps": 256,
+    "geometry": {
+        "kind": OneOf("flat", "flat", "curved"),
+        "shape": [128, 128],
+        "pixel_arcmin": 2.34375,
+    },
+    "curved": {
+        "nside": 2048,
+        "lmax": 5000,
+        "patch_nside": 8,
+        "max_abs_lat_deg": 90.0,
+    },
+    "cosmology": {
+        "sampling": OneOf("fiducial", "fiducial", "list", "grid", "latin_hypercube"),
+        "fixed": Free({}),
+        "list": Free([]),
+        "grid": Free({}),
+        "ranges": Free({}),
+        "n": 8,
+        "lmax": 5000,
+        "lens_potential_accuracy": 1,
+    },
+    "instrument": {
+        "beam_fwhm_arcmin": 1.0,
+        "noise_p_uk_arcmin": [1.0],
+        "noise_t_uk_arcmin": None,
+    },
+    "simulation": {
+        "fields": list(FIELDS),
+        "lmax_cmb": None,
+        "lmax_phi": None,
+        "include_b": False,
+        "nufft_epsilon": 1e-7,
+        "block_size": 32,
+    },
+}
+"""Config schema with defaults. See ``sims/quick.yaml`` for a commented example."""
+
+
+def resolve_config(user):
+    """Resolve a user config over :data:`SCHEMA` and check every value (raises ConfigError)."""
+    cfg = resolve(user, SCHEMA)
+    plan_from_config(cfg)
+    return cfg
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _number_list(values, name):
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(f"{name}: expected a non-empty list of numbers, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            raise ConfigError(f"{name}: entries must be non-negative numbers, got {v!r}")
+        out.append(float(v))
+    return out
+
+
+def sample_cosmologies(cosmo_cfg, seed):
+    """The list of full parameter sets a config asks for.
+
+    Parameters
+    ----------
+    cosmo_cfg : dict
+        The resolved ``cosmology`` section.
+    seed : int
+        Root seed (a Latin hypercube uses its own stream derived from it).
+
+    Returns
+    -------
+    list of dict
+    """
+    fixed = cosmo_cfg["fixed"]
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"cosmology.fixed: expected a mapping, got {fixed!r}")
+    mode = cosmo_cfg["sampling"]
+    if mode == "fiducial":
+        points = [{}]
+    elif mode == "list":
+        points = cosmo_cfg["list"]
+        if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+            raise ConfigError("cosmology.list: expected a non-empty list of parameter mappings")
+    elif mode == "grid":
+        values = cosmo_cfg["grid"]
+        if not isinstance(values, dict) or not values:
+            raise ConfigError("cosmology.grid: expected a mapping of parameter -> list of values")
+        for name, vals in values.items():
+            if not isinstance(vals, list) or not vals:
+                raise ConfigError(f"cosmology.grid.{name}: expected a non-empty list of values")
+        points = cosmology.grid(values)
+    else:
+        ranges = cosmo_cfg["ranges"]
+        if not isinstance(ranges, dict) or not ranges:
+            raise ConfigError("cosmology.ranges: expected a mapping of parameter -> [low, high]")
+        for name, rng_ in ranges.items():
+            if (not isinstance(rng_, (list, tuple)) or len(rng_) != 2
+                    or not all(isinstance(v, (int, float)) for v in rng_) or not rng_[0] < rng_[1]):
+                raise ConfigError(f"cosmology.ranges.{name}: expected [low, high] with low < high, got {rng_!r}")
+            cosmology.check_params({name: rng_[0]}, where="cosmology.ranges")
+            cosmology.check_params({name: rng_[1]}, where="cosmology.ranges")
+        n = _positive_int(cosmo_cfg["n"], "cosmology.n")
+        points = cosmology.latin_hypercube(ranges, n, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,))))
+    where = "cosmology.fixed"
+    out = []
+    for k, p in enumerate(points):
+        out.append(cosmology.check_params({**fixed, **p}, where=where if not p else f"cosmology.{mode}[{k}]"))
+    return out
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    """Everything needed to make any sample, derived once from a resolved config.
+
+    Attributes
+    ----------
+    config : dict
+        The resolved config.
+    geom : FlatSkyGeometry
+        Geometry of a map (a flat periodic patch, or a gnomonic curved-sky patch).
+    cosmologies : list of dict
+        Full parameter sets.
+    instruments : list of Instrument
+        One per noise level.
+    units : list of tuple
+        ``(unit_id, first_sample, stop_sample, seed_index)``; a unit is made by one task.
+    """
+
+    config: dict
+    geom: FlatSkyGeometry
+    cosmologies: list
+    instruments: list
+    units: list
+
+    @property
+    def n_maps(self):
+        return self.config["n_maps"]
+
+    @property
+    def kind(self):
+        return self.config["geometry"]["kind"]
+
+    @property
+    def fields(self):
+        return tuple(self.config["simulation"]["fields"])
+
+    def assignment(self, seed_index):
+        """``(cosmology_index, noise_index)`` of a flat sample or a full-sky realisation."""
+        nc = len(self.cosmologies)
+        return seed_index % nc, (seed_index // nc) % len(self.instruments)
+
+
+def plan_from_config(cfg):
+    """Validate a resolved config and build its :class:`SimPlan`."""
+    n_maps = _positive_int(cfg["n_maps"], "n_maps")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
+        raise ConfigError(f"seed: must be a non-negative integer, got {cfg['seed']!r}")
+    g = cfg["geometry"]
+    if not isinstance(g["pixel_arcmin"], float) or g["pixel_arcmin"] <= 0:
+        raise ConfigError(f"geometry.pixel_arcmin: must be positive, got {g['pixel_arcmin']!r}")
+    geom = FlatSkyGeometry(tuple(g["shape"]), g["pixel_arcmin"])
+    sim = cfg["simulation"]
+    unknown = [f for f in sim["fields"] if f not in FIELDS]
+    if unknown or not sim["fields"]:
+        raise ConfigError(f"simulation.fields: unknown {unknown}; choose from {', '.join(FIELDS)}")
+    for key in ("lmax_cmb", "lmax_phi"):
+        if sim[key] is not None and (not isinstance(sim[key], (int, float)) or sim[key] <= 0):
+            raise ConfigError(f"simulation.{key}: must be a positive multipole or null, got {sim[key]!r}")
+    if not 2e-13 < sim["nufft_epsilon"] < 1e-2:
+        raise ConfigError(f"simulation.nufft_epsilon: must lie in (2e-13, 1e-2), got {sim['nufft_epsilon']}")
+    block = _positive_int(sim["block_size"], "simulation.block_size")
+    inst = cfg["instrument"]
+    noise_p = _number_list(inst["noise_p_uk_arcmin"], "instrument.noise_p_uk_arcmin")
+    if inst["noise_t_uk_arcmin"] is None:
+        noise_t = [p / np.sqrt(2.0) for p in noise_p]
+    else:
+        noise_t = _number_list(inst["noise_t_uk_arcmin"], "instrument.noise_t_uk_arcmin")
+        if len(noise_t) != len(noise_p):
+            raise ConfigError("instrument.noise_t_uk_arcmin: needs one entry per noise_p_uk_arcmin level")
+    instruments = [Instrument(float(inst["beam_fwhm_arcmin"]), t, p) for t, p in zip(noise_t, noise_p)]
+    cc = cfg["cosmology"]
+    if _positive_int(cc["lmax"], "cosmology.lmax") < 3000:
+        raise ConfigError(f"cosmology.lmax: must be at least 3000, got {cc['lmax']}")
+    _positive_int(cc["lens_potential_accuracy"], "cosmology.lens_potential_accuracy")
+    cosmologies = sample_cosmologies(cc, cfg["seed"])
+    if g["kind"] == "flat":
+        units = [(u, s, min(s + block, n_maps), None) for u, s in enumerate(range(0, n_maps, block))]
+    else:
+        units = _curved_units(cfg, geom)
+    return SimPlan(cfg, geom, cosmologies, instruments, units)
+
+
+def _curved_units(cfg, geom):
+    from .curvedsky import patch_centres
+
+    c = cfg["curved"]
+    lmax = _positive_int(c["lmax"], "curved.lmax")
+    if lmax > cfg["cosmology"]["lmax"]:
+        raise ConfigError(f"curved.lmax: {lmax} exceeds cosmology.lmax {cfg['cosmology']['lmax']}")
+    npatch = len(patch_centres(_positive_int(c["patch_nside"], "curved.patch_nside"), c["max_abs_lat_deg"]))
+    if npatch == 0:
+        raise ConfigError("curved.max_abs_lat_deg: leaves no patch centre")
+    n = cfg["n_maps"]
+    return [(u, s, min(s + npatch, n), u) for u, s in enumerate(range(0, n, npatch))]
+
+
+# -- work units --------------------------------------------------------------------------------------
+
+def simulate_unit(plan, unit, spectra_by_index):
+    """Make the samples of one unit.
+
+    Parameters
+    ----------
+    plan : SimPlan
+    unit : tuple
+        ``(unit_id, start, stop, seed_index)`` from ``plan.units``.
+    spectra_by_index : dict
+        Cosmology index -> CMBSpectra for the cosmologies this unit needs.
+
+    Returns
+    -------
+    tuple
+        ``(unit_id, maps, meta)``: ``maps`` maps field -> float32 array ``(stop - start, ny, nx)``;
+        ``meta`` maps ``cosmology_index``, ``noise_index``, ``seed_index`` (and ``patch_centre``
+        for curved patches) to per-sample arrays.
+    """
+    unit_id, start, stop, seed_index = unit
+    cfg = plan.config
+    sim = cfg["simulation"]
+    if plan.kind == "flat":
+        maps = {f: np.empty((stop - start,) + plan.geom.shape, np.float32) for f in plan.fields}
+        meta = {k: np.empty(stop - start, np.int64) for k in ("cosmology_index", "noise_index", "seed_index")}
+        for k, i in enumerate(range(start, stop)):
+            ci, ni = plan.assignment(i)
+            sample = simulate_flat(plan.geom, spectra_by_index[ci], plan.instruments[ni], cfg["seed"], i,
+                                   lmax_cmb=sim["lmax_cmb"], lmax_phi=sim["lmax_phi"],
+                                   include_b=sim["include_b"], epsilon=sim["nufft_epsilon"], fields=plan.fields)
+            for f in plan.fields:
+                maps[f][k] = sample[f]
+            meta["cosmology_index"][k], meta["noise_index"][k], meta["seed_index"][k] = ci, ni, i
+        return unit_id, maps, meta
+    from .curvedsky import patch_centres, simulate_curved_patches
+
+    c = cfg["curved"]
+    centres = patch_centres(c["patch_nside"], c["max_abs_lat_deg"])[: stop - start]
+    ci, ni = plan.assignment(seed_index)
+    patches = simulate_curved_patches(spectra_by_index[ci], plan.instruments[ni], cfg["seed"], seed_index,
+                                      plan.geom, centres, lmax=c["lmax"], fields=plan.fields,
+                                      epsilon=sim["nufft_epsilon"])
+    n = stop - start
+    maps = {f: patches[f].astype(np.float32) for f in plan.fields}
+    meta = {"cosmology_index": np.full(n, ci, np.int64), "noise_index": np.full(n, ni, np.int64),
+            "seed_index": np.full(n, seed_index, np.int64), "patch_centre": np.asarray(centres, float)}
+    return unit_id, maps, meta
+
+
+def needed_cosmologies(plan, unit):
+    """Indices of the cosmologies a unit uses."""
+    _, start, stop, seed_index = unit
+    if seed_index is not None:
+        return {plan.assignment(seed_index)[0]}
+    return {plan.assignment(i)[0] for i in range(start, stop)}
+
+
+def _compute_spectra_task(params, lmax, accuracy):
+    return cosmology.compute_spectra(params, lmax=lmax, lens_potential_accuracy=accuracy)
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+def _partial_dir(out):
+    return out.with_name(out.name + ".partial")
+
+
+def _unit_path(partial, unit_id):
+    return partial / f"unit_{unit_id:07d}.npz"
+
+
+def _save_unit(partial, unit_id, maps, meta):
+    path = _unit_path(partial, unit_id)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{f"map_{k}": v for k, v in maps.items()}, **{f"meta_{k}": v for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def _load_unit(partial, unit_id):
+    path = _unit_path(partial, unit_id)
+    try:
+        with np.load(path) as f:
+            maps = {k[4:]: f[k] for k in f.files if k.startswith("map_")}
+            meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable partial result ({exc}); delete it and re-run") from None
+    return maps, meta
+
+
+def _prepare_output(out, cfg, overwrite):
+    """Check the output path; return the folder of partial results (created, or reused on resume)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
+    if out.exists() and out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+    partial = _partial_dir(out)
+    stamp = partial / "config.json"
+    text = config_json(cfg)
+    if partial.exists():
+        if not stamp.exists() or stamp.read_text() != text or overwrite:
+            shutil.rmtree(partial)
+    partial.mkdir(exist_ok=True)
+    if not stamp.exists():
+        stamp.write_text(text)
+    return partial
+
+
+def run_simulate(user_config, out, workers=1, scheduler=None, overwrite=False, progress=True):
+    """Run the simulate stage.
+
+    Parameters
+    ----------
+    user_config : dict
+        Config as read from YAML (merged over :data:`SCHEMA`).
+    out : str or Path
+        Output HDF5 path.
+    workers : int
+        Local worker processes.
+    scheduler : str, optional
+        Dask scheduler address; overrides ``workers``.
+    overwrite : bool
+        Replace an existing output.
+    progress : bool
+        Show a progress bar (maps and maps/s) on stderr.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    cfg = resolve(user_config, SCHEMA)
+    plan = plan_from_config(cfg)
+    out = Path(out)
+    partial = _prepare_output(out, cfg, overwrite)
+    cc = cfg["cosmology"]
+    todo = [u for u in plan.units if not _unit_path(partial, u[0]).exists()]
+    n_done = sum(u[2] - u[1] for u in plan.units) - sum(u[2] - u[1] for u in todo)
+    from tqdm.auto import tqdm
+
+    with open_executor(workers, scheduler) as ex:
+        cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
+        spectra = list(tqdm(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
+                                      max_in_flight=max(2 * workers, 2)),
+                            total=len(cosmo_tasks), desc="CAMB", unit="cosmo", disable=not progress,
+                            leave=False))
+        spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
+        tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
+        bar = tqdm(total=plan.n_maps, initial=n_done, desc="simulate", unit="map", disable=not progress,
+                   smoothing=0.1)
+        with bar:
+            for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks, max_in_flight=max(2 * workers, 2)):
+                _save_unit(partial, unit_id, maps, meta)
+                bar.update(len(next(iter(maps.values()))))
+    write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
+    shutil.rmtree(partial)
+    return out
+
+
+class _indexed:
+    """Picklable wrapper: ``_indexed(fn)((i, args)) -> (i, fn(*args))`` keeps results in order."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, i, args):
+        return i, self.fn(*args)
