@@ -16,72 +16,18 @@ and lensing).
 
 import numpy as np
 
-from .geometry import ARCMIN, interp_spectrum
+from .geometry import ARCMIN
 
 
-def white_fourier(geom, rng):
-    """Fourier modes (rfft grid) of a unit-variance white-noise map: ``<|w(l)|^2> = N_pix``."""
-    return np.fft.rfft2(rng.standard_normal(geom.shape))
+def band_mask(geom, lmax=None):
+    """Boolean rfft-grid mask of ``0 < |l| < lmax``.
 
-
-def band_mask(geom, lmin=0.0, lmax=None):
-    """Boolean rfft-grid mask of ``lmin <= |l| < lmax`` (``lmax`` defaults to the Nyquist multipole)."""
+    ``lmax`` defaults to the Nyquist multipole; band-limiting there keeps a field isotropic and free
+    of the ill-defined Nyquist row and column.
+    """
     ell = geom.ell()
     lmax = geom.ell_nyquist if lmax is None else min(lmax, geom.ell_nyquist)
-    return (ell >= lmin) & (ell < lmax) & (ell > 0)
-
-
-def gaussian_fourier(geom, cl, white, lmax=None):
-    """Fourier modes of a Gaussian field of spectrum ``cl`` from white noise modes.
-
-    Parameters
-    ----------
-    geom : FlatSkyGeometry
-    cl : array_like, shape (lmax_cl + 1,)
-        Power spectrum at integer multipoles (field units squared times steradian).
-    white : ndarray, complex, shape ``geom.fourier_shape()``
-        Output of :func:`white_fourier`.
-    lmax : float, optional
-        Modes with ``|l| >= lmax`` are zeroed (default: the Nyquist multipole, which keeps the field
-        isotropic and free of the ill-defined Nyquist row and column).
-
-    Returns
-    -------
-    ndarray, complex, shape ``geom.fourier_shape()``
-        Modes in the convention of :mod:`deepcmb.geometry`: ``<|f(l)|^2> = A C_l``; ``f(0) = 0``.
-    """
-    amp = np.sqrt(np.maximum(interp_spectrum(cl, geom.ell()), 0.0)) * geom.pixel_rad
-    return white * amp * band_mask(geom, lmax=lmax)
-
-
-def correlated_te_fourier(geom, cltt, clee, clte, white_t, white_e, lmax=None):
-    """Fourier modes of correlated Gaussian T and E (Cholesky factor of the 2x2 covariance).
-
-    Parameters
-    ----------
-    geom : FlatSkyGeometry
-    cltt, clee, clte : array_like
-        Spectra at integer multipoles in µK².
-    white_t, white_e : ndarray
-        Independent white-noise modes from :func:`white_fourier`.
-    lmax : float, optional
-        Band limit, as in :func:`gaussian_fourier`.
-
-    Returns
-    -------
-    t, e : ndarray, complex, shape ``geom.fourier_shape()``
-    """
-    ell = geom.ell()
-    tt = interp_spectrum(cltt, ell)
-    ee = interp_spectrum(clee, ell)
-    te = interp_spectrum(clte, ell)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(tt > 0, te / np.sqrt(tt), 0.0)
-    b = np.sqrt(np.maximum(ee - a**2, 0.0))
-    mask = band_mask(geom, lmax=lmax) * geom.pixel_rad
-    t = white_t * np.sqrt(np.maximum(tt, 0.0)) * mask
-    e = (white_t * a + white_e * b) * mask
-    return t, e
+    return (ell < lmax) & (ell > 0)
 
 
 def deflection(geom, phi_fourier):
@@ -90,24 +36,20 @@ def deflection(geom, phi_fourier):
     return geom.fourier2map(1j * ly * phi_fourier), geom.fourier2map(1j * lx * phi_fourier)
 
 
-def kappa_from_phi(geom, phi_fourier):
-    """Convergence modes ``kappa(l) = |l|^2 / 2 phi(l)`` (flat sky, ``kappa = -lap(phi) / 2``)."""
-    return 0.5 * geom.ell() ** 2 * phi_fourier
-
-
 def _deflected_coords(geom, dy, dx):
     y, x = geom.pixel_positions()
     return np.stack([(y + dy).ravel(), (x + dx).ravel()], axis=-1)
 
 
-def lens_nufft(geom, fields, dy, dx, epsilon=1e-7, nthreads=1):
-    """Lens maps by evaluating their Fourier series at the deflected positions (type-2 NUFFT).
+def lens_fourier_grid(geom, grid, dy, dx, epsilon=1e-6, nthreads=1):
+    """Evaluate Fourier series at the deflected pixel positions (type-2 NUFFT).
 
     Parameters
     ----------
     geom : FlatSkyGeometry
-    fields : ndarray, shape (nfield, ny, nx), real or complex
-        Unlensed maps (e.g. ``T`` and ``Q + iU``), band-limited below the Nyquist multipole.
+    grid : ndarray, complex, shape (nfield, ny, nx)
+        Series coefficients in ``numpy.fft.fft2`` layout, normalised so that the field is
+        ``f(x) = sum_k grid[k] exp(i l_k . x)`` (i.e. ``fft2(map) / N_pix``).
     dy, dx : ndarray, shape (ny, nx)
         Deflection components in radians.
     epsilon : float
@@ -118,31 +60,58 @@ def lens_nufft(geom, fields, dy, dx, epsilon=1e-7, nthreads=1):
     Returns
     -------
     ndarray, complex, shape (nfield, ny, nx)
-        ``f(x + d(x))`` for each field; take ``.real`` for real input fields.
+        ``f(x + d(x))`` for each field.
     """
     import ducc0
 
-    fields = np.asarray(fields)
-    grid = np.fft.fft2(fields).astype(np.complex128) / np.prod(geom.shape)
     out = ducc0.nufft.u2nu(
-        grid=grid, coord=_deflected_coords(geom, dy, dx), forward=False, epsilon=epsilon,
-        nthreads=nthreads, periodicity=list(geom.extent_rad), fft_order=True,
+        grid=np.ascontiguousarray(grid, dtype=np.complex128), coord=_deflected_coords(geom, dy, dx),
+        forward=False, epsilon=epsilon, nthreads=nthreads, periodicity=list(geom.extent_rad), fft_order=True,
     )
-    return out.reshape(fields.shape)
+    return out.reshape(grid.shape)
 
 
-def lens_bruteforce(geom, fields, dy, dx):
-    """Reference for :func:`lens_nufft`: direct sum of the Fourier series (O(N_pix^2), small maps only)."""
+def lens_nufft(geom, fields, dy, dx, epsilon=1e-6, nthreads=1):
+    """Lens maps by evaluating their Fourier series at the deflected positions.
+
+    Parameters
+    ----------
+    geom : FlatSkyGeometry
+    fields : ndarray, shape (nfield, ny, nx), real or complex
+        Unlensed maps (e.g. ``T`` and ``Q + iU``), band-limited below the Nyquist multipole.
+    dy, dx : ndarray, shape (ny, nx)
+        Deflection components in radians.
+    epsilon, nthreads
+        As in :func:`lens_fourier_grid`.
+
+    Returns
+    -------
+    ndarray, complex, shape (nfield, ny, nx)
+        ``f(x + d(x))`` for each field; take ``.real`` for real input fields.
+    """
+    fields = np.asarray(fields)
+    grid = np.fft.fft2(fields) / np.prod(geom.shape)
+    return lens_fourier_grid(geom, grid, dy, dx, epsilon=epsilon, nthreads=nthreads)
+
+
+def lens_bruteforce(geom, fields, dy, dx, chunk=1024):
+    """Reference for :func:`lens_nufft`: the Fourier series summed directly at each deflected point.
+
+    ``O(N_pix^2)`` operations, organised as one matrix product per ``chunk`` output pixels (memory
+    ``O(chunk * n)``): about a second for a 128 x 128 map.
+    """
     fields = np.asarray(fields)
     ny, nx = geom.shape
     ky = np.fft.fftfreq(ny, d=1.0 / ny)
     kx = np.fft.fftfreq(nx, d=1.0 / nx)
     ly_, lx_ = geom.extent_rad
     coords = _deflected_coords(geom, dy, dx)
-    phase_y = np.exp(2j * np.pi * np.outer(coords[:, 0], ky) / ly_)  # (npix, ny)
-    phase_x = np.exp(2j * np.pi * np.outer(coords[:, 1], kx) / lx_)  # (npix, nx)
     grid = np.fft.fft2(fields) / (ny * nx)
-    out = np.einsum("py,fyx,px->fp", phase_y, grid, phase_x)
+    out = np.empty((fields.shape[0], ny * nx), dtype=complex)
+    for s in range(0, ny * nx, chunk):
+        phase_y = np.exp(2j * np.pi * np.outer(coords[s:s + chunk, 0], ky) / ly_)  # (p, ny)
+        phase_x = np.exp(2j * np.pi * np.outer(coords[s:s + chunk, 1], kx) / lx_)  # (p, nx)
+        out[:, s:s + chunk] = np.einsum("py,fyp->fp", phase_y, grid @ phase_x.T)
     return out.reshape(fields.shape)
 
 

@@ -15,8 +15,9 @@ approximated by a pixel sum,
 so that for a statistically isotropic field of power spectrum :math:`C_\\ell`,
 :math:`\\langle |m(\\boldsymbol{\\ell})|^2 \\rangle = A\\, C_\\ell` with :math:`A` the patch area in
 steradians (the convention of quicklens and symlens). :meth:`FlatSkyGeometry.map2fourier` and
-:meth:`FlatSkyGeometry.fourier2map` implement it on real maps with ``numpy.fft.rfft2``; the full
-complex grids (for spin-2 fields ``Q + iU``) use the same normalisation with ``fft2``.
+:meth:`FlatSkyGeometry.fourier2map` implement it on real maps with real-to-complex FFTs (``ducc0.fft``,
+the layout of ``numpy.fft.rfft2``); the full complex grids (for spin-2 fields ``Q + iU``) use the same
+normalisation with the layout of ``numpy.fft.fft2``.
 
 Polarization follows Hu & Okamoto (2002): ``Q(l) + i U(l) = (E(l) + i B(l)) exp(2 i phi_l)`` with
 ``phi_l = atan2(l_y, l_x)``.
@@ -25,6 +26,7 @@ Polarization follows Hu & Okamoto (2002): ``Q(l) + i U(l) = (E(l) + i B(l)) exp(
 from dataclasses import dataclass
 from functools import cached_property
 
+import ducc0
 import numpy as np
 
 from .errors import ConfigError
@@ -136,11 +138,15 @@ class FlatSkyGeometry:
     # -- transforms -------------------------------------------------------------------------------
     def map2fourier(self, m):
         """Fourier transform of real map(s) ``m[..., ny, nx]`` (rfft2 times the pixel area)."""
-        return np.fft.rfft2(m) * self.pixel_rad**2
+        m = np.asarray(m)
+        if not np.issubdtype(m.dtype, np.floating):
+            m = m.astype(float)
+        return ducc0.fft.r2c(m, axes=(-2, -1), forward=True, inorm=0) * self.pixel_rad**2
 
     def fourier2map(self, f):
         """Inverse of :meth:`map2fourier`: real map(s) of shape ``(..., ny, nx)``."""
-        return np.fft.irfft2(f, s=self.shape) / self.pixel_rad**2
+        return ducc0.fft.c2r(np.asarray(f), axes=(-2, -1), lastsize=self.shape[1], forward=False,
+                             inorm=2) / self.pixel_rad**2
 
     def qu2eb(self, q, u):
         """Flat-sky E and B Fourier modes (rfft grid) of Stokes maps ``q, u`` (``(..., ny, nx)``)."""

@@ -21,7 +21,7 @@ from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
 from .h5io import write_sims
 from .provenance import config_json
-from .sample import FIELDS, Instrument, simulate_flat
+from .sample import FIELDS, FlatSimulator, Instrument
 
 SCHEMA = {
     "seed": 1234,
@@ -57,7 +57,7 @@ SCHEMA = {
         "lmax_cmb": None,
         "lmax_phi": None,
         "include_b": False,
-        "nufft_epsilon": 1e-7,
+        "nufft_epsilon": 1e-6,
         "block_size": 32,
     },
 }
@@ -261,11 +261,14 @@ def simulate_unit(plan, unit, spectra_by_index):
     if plan.kind == "flat":
         maps = {f: np.empty((stop - start,) + plan.geom.shape, np.float32) for f in plan.fields}
         meta = {k: np.empty(stop - start, np.int64) for k in ("cosmology_index", "noise_index", "seed_index")}
+        simulators = {}
         for k, i in enumerate(range(start, stop)):
             ci, ni = plan.assignment(i)
-            sample = simulate_flat(plan.geom, spectra_by_index[ci], plan.instruments[ni], cfg["seed"], i,
-                                   lmax_cmb=sim["lmax_cmb"], lmax_phi=sim["lmax_phi"],
-                                   include_b=sim["include_b"], epsilon=sim["nufft_epsilon"], fields=plan.fields)
+            if (ci, ni) not in simulators:
+                simulators[ci, ni] = FlatSimulator(plan.geom, spectra_by_index[ci], plan.instruments[ni],
+                                                   lmax_cmb=sim["lmax_cmb"], lmax_phi=sim["lmax_phi"],
+                                                   include_b=sim["include_b"], epsilon=sim["nufft_epsilon"])
+            sample = simulators[ci, ni].sample(cfg["seed"], i, fields=plan.fields)
             for f in plan.fields:
                 maps[f][k] = sample[f]
             meta["cosmology_index"][k], meta["noise_index"][k], meta["seed_index"][k] = ci, ni, i

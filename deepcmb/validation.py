@@ -8,7 +8,7 @@ import numpy as np
 
 from . import spectra as sp
 from .flatsky import gaussian_beam, white_noise_cl
-from .sample import simulate_flat
+from .sample import FlatSimulator
 from .theory import periodic_lensed_cls
 
 CMB_EDGES = sp.linear_bins(500, 3000, 250)
@@ -24,8 +24,9 @@ _FIELDS = ("T", "Q", "U", "T_lensed", "Q_lensed", "U_lensed", "kappa")
 def simulate_many(geom, spectra, instrument, n_sims, seed):
     """Stack ``n_sims`` flat-sky samples: dict field -> ``(n_sims, ny, nx)`` (fields used below)."""
     maps = {f: np.empty((n_sims,) + geom.shape) for f in _FIELDS}
+    sim = FlatSimulator(geom, spectra, instrument)
     for i in range(n_sims):
-        s = simulate_flat(geom, spectra, instrument, seed, i, fields=_FIELDS)
+        s = sim.sample(seed, i, fields=_FIELDS)
         for f in _FIELDS:
             maps[f][i] = s[f]
     return maps
