@@ -46,7 +46,7 @@ PARAM_BOUNDS = {
 }
 """Hard limits outside which a parameter is refused before CAMB is called."""
 
-SPECTRA_VERSION = 1
+SPECTRA_VERSION = 2
 """Bump when :func:`compute_spectra` changes what it computes, to invalidate on-disk caches."""
 
 
@@ -148,12 +148,19 @@ class CMBSpectra:
     clpp : ndarray, shape (lmax + 1,)
         Lensing-potential power :math:`C_L^{\\phi\\phi}` including the ``Alens`` scaling, i.e. the
         spectrum that lenses ``lensed``; phi maps are drawn from it.
+    gradient : ndarray, shape (4, lmax + 1)
+        Lensed gradient spectra :math:`C^{T\\nabla T}, C^{E\\nabla E}, C^{B\\nabla B}, C^{T\\nabla E}`
+        in µK² (Lewis, Challinor & Hanson 2011): the correlation of the lensed fields with their
+        gradients, which sets the response of the lensed CMB to a lens. They equal the lensed
+        spectra to < 1 % below l ~ 1500 but not in the damping tail (TT: 4 % at l = 2500, 14 % at
+        3500), so quadratic estimators normalise with them.
     """
 
     params: dict
     unlensed: np.ndarray
     lensed: np.ndarray
     clpp: np.ndarray
+    gradient: np.ndarray
 
     @property
     def lmax(self):
@@ -233,14 +240,14 @@ def compute_spectra(params, lmax=5000, lens_potential_accuracy=1, cache_dir=None
     if use_cache and path.exists():
         try:
             with np.load(path) as f:
-                return CMBSpectra(full, f["unlensed"], f["lensed"], f["clpp"])
+                return CMBSpectra(full, f["unlensed"], f["lensed"], f["clpp"], f["gradient"])
         except (OSError, ValueError, KeyError):
             pass  # a corrupt cache entry is recomputed and overwritten below
     spectra = _run_camb(full, int(lmax), int(lens_potential_accuracy))
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp)
+        np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp, gradient=spectra.gradient)
         os.replace(tmp, path)
     return spectra
 
@@ -280,6 +287,7 @@ def _run_camb(full, lmax, accuracy):
             )
             results = camb.get_results(pars)
             cls = results.get_cmb_power_spectra(pars, CMB_unit="muK", raw_cl=True, lmax=lmax)
+            grad = results.get_lensed_gradient_cls(lmax=lmax, CMB_unit="muK", raw_cl=True)
     except Exception as exc:  # CAMB raises several exception types for unphysical input
         reason = " ".join(str(exc).split())
         raise ConfigError(f"cosmology: CAMB rejected ({described}): {reason}") from None
@@ -287,6 +295,8 @@ def _run_camb(full, lmax, accuracy):
     lensed = np.ascontiguousarray(cls["lensed_scalar"][: lmax + 1, :4].T)
     # With raw_cl=True CAMB returns C_L^pp itself, already scaled by Alens.
     clpp = np.ascontiguousarray(cls["lens_potential"][: lmax + 1, 0])
-    if not (np.all(np.isfinite(unlensed)) and np.all(np.isfinite(lensed)) and np.all(np.isfinite(clpp))):
+    # CAMB orders the gradient spectra TgradT, EgradE, BgradB, PPperp, TgradE, ...
+    gradient = np.ascontiguousarray(grad[: lmax + 1, [0, 1, 2, 4]].T)
+    if not all(np.all(np.isfinite(a)) for a in (unlensed, lensed, clpp, gradient)):
         raise ConfigError(f"cosmology: CAMB returned non-finite spectra for ({described})")
-    return CMBSpectra(full, unlensed, lensed, clpp)
+    return CMBSpectra(full, unlensed, lensed, clpp, gradient)

@@ -174,19 +174,25 @@ def _grids(lx, ly):
 
 
 def interp_spectrum(cl, ell):
-    """Evaluate a spectrum tabulated at integer multipoles at (non-integer) ``ell``.
+    """A curved-sky spectrum seen by flat-sky Fourier modes of wavenumber ``ell``.
+
+    A flat-sky mode of modulus ``|l|`` stands for the curved-sky multipole ``l_c = |l| - 1/2``
+    (Lewis & Challinor 2006, Sec. 4.1): then ``|l|^2 = l_c(l_c + 1) + 1/4``, so the flat-sky
+    deflection power ``|l|^2 C`` and convergence power ``|l|^4 C / 4`` match the curved-sky
+    ``l(l+1) C_l`` and ``[l(l+1)]^2 C_l / 4`` to ``O(1/l^2)``. Evaluating ``C`` at ``|l|`` instead
+    leaves the deflection power short by ``1/(l+1)``: 1 % at L = 100, which lowers lensed BB by ~1 %.
 
     Parameters
     ----------
     cl : array_like, shape (lmax + 1,)
         ``C_l`` at ``l = 0 .. lmax``.
     ell : ndarray
-        Multipoles at which to evaluate, any shape.
+        Flat-sky wavenumbers ``|l|``, any shape.
 
     Returns
     -------
     ndarray
-        Linear interpolation of ``cl``; zero for ``ell > lmax``.
+        ``C`` linearly interpolated at ``max(|l| - 1/2, 0)``; zero beyond ``lmax``.
     """
     cl = np.asarray(cl, dtype=float)
-    return np.interp(ell, np.arange(cl.size), cl, right=0.0)
+    return np.interp(np.maximum(np.asarray(ell, dtype=float) - 0.5, 0.0), np.arange(cl.size), cl, right=0.0)

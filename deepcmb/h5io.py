@@ -16,6 +16,8 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
     /cosmology/cl_lensed   (n_cosmo, 4, lmax + 1) float64  idem, lensed
     /cosmology/cl_pp       (n_cosmo, lmax + 1) float64     C_L^phiphi (includes Alens)
     /cosmology/cl_kk       (n_cosmo, lmax + 1) float64     [L(L+1)]^2 C_L^phiphi / 4
+    /cosmology/cl_gradient (n_cosmo, 4, lmax + 1) float64  lensed gradient spectra TgradT, EgradE,
+                                                           BgradB, TgradE in µK² (QE responses)
     /instrument            attrs: beam_fwhm_arcmin
     /instrument/noise_t_uk_arcmin, /instrument/noise_p_uk_arcmin   (n_levels,) float64
 
@@ -116,7 +118,8 @@ def _write_cosmology(f, plan, spectra):
     g["cl_lensed"] = np.stack([s.lensed for s in spectra])
     g["cl_pp"] = np.stack([s.clpp for s in spectra])
     g["cl_kk"] = np.stack([s.clkk for s in spectra])
-    for key in ("cl_unlensed", "cl_lensed"):
+    g["cl_gradient"] = np.stack([s.gradient for s in spectra])
+    for key in ("cl_unlensed", "cl_lensed", "cl_gradient"):
         g[key].attrs.update(units="uK^2", columns="TT, EE, BB, TE", convention="C_l (no l(l+1)/2pi)")
     g["cl_pp"].attrs["units"] = "1"
     g["cl_kk"].attrs["units"] = "1"
@@ -141,3 +144,13 @@ def open_sims(path):
         f.close()
         raise InputError(f"{path}: not a deepcmb simulation file (format attribute missing or wrong)")
     return f
+
+
+def read_spectra(f, index):
+    """The :class:`~deepcmb.cosmology.CMBSpectra` of cosmology ``index`` stored in an open sims file."""
+    from .cosmology import CMBSpectra
+
+    g = f["cosmology"]
+    params = {name: float(g["params"][name][index]) for name in PARAM_NAMES}
+    return CMBSpectra(params, g["cl_unlensed"][index], g["cl_lensed"][index], g["cl_pp"][index],
+                      g["cl_gradient"][index])

@@ -32,7 +32,6 @@ SCHEMA = {
         "pixel_arcmin": 2.34375,
     },
     "curved": {
-        "nside": 2048,
         "lmax": 5000,
         "patch_nside": 8,
         "max_abs_lat_deg": 90.0,
@@ -280,7 +279,7 @@ def simulate_unit(plan, unit, spectra_by_index):
     ci, ni = plan.assignment(seed_index)
     patches = simulate_curved_patches(spectra_by_index[ci], plan.instruments[ni], cfg["seed"], seed_index,
                                       plan.geom, centres, lmax=c["lmax"], fields=plan.fields,
-                                      epsilon=sim["nufft_epsilon"])
+                                      include_b=sim["include_b"], epsilon=sim["nufft_epsilon"])
     n = stop - start
     maps = {f: patches[f].astype(np.float32) for f in plan.fields}
     meta = {"cosmology_index": np.full(n, ci, np.int64), "noise_index": np.full(n, ni, np.int64),

@@ -12,7 +12,7 @@ spectra and an effective lensing power
 
 .. math:: C_L^{\\phi\\phi,\\rm eff} = C_L^{\\phi\\phi}\\, n_{\\rm grid}(L) / n_{\\rm cont}(L),
 
-where ``n_grid(L)`` counts the patch's Fourier modes in ``[L, L + 1)`` and
+where ``n_grid(L)`` counts the patch's Fourier modes with ``|l| - 1/2`` in ``[L, L + 1)`` and
 ``n_cont(L) = A (L + 1/2) / 2 pi`` is the continuum expectation. The lensing integral over the
 azimuthally averaged discrete modes then equals the patch's discrete sum.
 """
@@ -39,7 +39,8 @@ def effective_lensing_power(spectra, geom, lmax_phi=None):
     lmax_phi = geom.ell_nyquist if lmax_phi is None else min(lmax_phi, geom.ell_nyquist)
     modes = geom.ell(real=False).ravel()
     modes = modes[(modes > 0) & (modes < lmax_phi)]
-    counts = np.bincount(np.floor(modes).astype(int), minlength=ell.size)[: ell.size]
+    # a mode of modulus |l| stands for the curved-sky multipole |l| - 1/2 (geometry.interp_spectrum)
+    counts = np.bincount(np.floor(modes - 0.5).astype(int), minlength=ell.size)[: ell.size]
     continuum = geom.area * (ell + 0.5) / (2.0 * np.pi)
     return spectra.clpp * counts / continuum
 

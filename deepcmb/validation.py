@@ -54,11 +54,10 @@ def spectrum_ratios(geom, spectra, instrument, maps):
     dict
         Arrays of ratios per bin: ``TT``, ``EE``, ``BB`` (lensed, over CAMB's full-sky lensed
         spectra, bins :data:`CMB_EDGES`); ``BB_patch`` (over :func:`periodic_lensed_cls`);
-        ``kk`` (over CAMB's ``[L(L+1)]^2 C^pp / 4``) and ``kk_flat`` (over ``L^4 C^pp / 4``), bins
-        :data:`KAPPA_EDGES`; ``noise_T``, ``noise_Q``, ``noise_U`` (observed minus beam-convolved
+        ``kk`` and ``kk_sigma`` (see :func:`kappa_ratios`); ``noise_T``, ``noise_Q``, ``noise_U`` (observed minus beam-convolved
         lensed map over the configured white-noise power, bins :data:`NOISE_EDGES`);
         ``TT_observed`` (over ``B_l^2 C_l^TT + N_l``). Also ``BB_sigma``: the standard error of
-        the BB ratio, and ``kk_sigma`` that of ``kk_flat``, per bin.
+        the BB ratio, per bin.
     """
     e, b = geom.qu2eb(maps["Q_lensed"], maps["U_lensed"])
     bb = sp.binned_fourier_power(geom, b, b, CMB_EDGES)
@@ -71,9 +70,7 @@ def spectrum_ratios(geom, spectra, instrument, maps):
     }
     out["BB_sigma"] = out["BB"] * bb.std(axis=0) / bb.mean(axis=0) / np.sqrt(len(bb))
     kk = sp.binned_auto_spectrum(geom, maps["kappa"], KAPPA_EDGES)
-    out["kk"] = _ratio(geom, kk, spectra.clkk, KAPPA_EDGES)
-    out["kk_flat"] = _ratio(geom, kk, spectra.ell**4 * spectra.clpp / 4.0, KAPPA_EDGES)
-    out["kk_sigma"] = out["kk_flat"] * kk.std(axis=0) / kk.mean(axis=0) / np.sqrt(len(kk))
+    out.update(_kappa_ratio(geom, spectra, kk))
     beam = gaussian_beam(instrument.beam_fwhm_arcmin, geom.ell())
     for obs, depth in (("T", instrument.noise_t_uk_arcmin), ("Q", instrument.noise_p_uk_arcmin),
                        ("U", instrument.noise_p_uk_arcmin)):
@@ -83,3 +80,21 @@ def spectrum_ratios(geom, spectra, instrument, maps):
     observed = spectra.lensed_cl("TT") * beam_l**2 + white_noise_cl(instrument.noise_t_uk_arcmin)
     out["TT_observed"] = _ratio(geom, sp.binned_auto_spectrum(geom, maps["T"], CMB_EDGES), observed, CMB_EDGES)
     return out
+
+
+def _kappa_ratio(geom, spectra, kk):
+    ratio = _ratio(geom, kk, spectra.clkk, KAPPA_EDGES)
+    return {"kk": ratio, "kk_sigma": ratio * kk.std(axis=0) / kk.mean(axis=0) / np.sqrt(len(kk))}
+
+
+def kappa_ratios(geom, spectra, instrument, n_sims, seed):
+    """Mean binned kappa power of ``n_sims`` sims over CAMB's ``[L(L+1)]^2 C^pp / 4``.
+
+    Returns
+    -------
+    dict
+        ``kk``: ratio per bin of :data:`KAPPA_EDGES`; ``kk_sigma``: its standard error.
+    """
+    sim = FlatSimulator(geom, spectra, instrument)
+    kappa = np.stack([sim.sample(seed, i, fields=("kappa",))["kappa"] for i in range(n_sims)])
+    return _kappa_ratio(geom, spectra, sp.binned_auto_spectrum(geom, kappa, KAPPA_EDGES))

@@ -181,3 +181,24 @@ def test_dask_scheduler_gives_the_same_maps(tmp_path):
     a, b = _maps(local), _maps(remote)
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_curved_sky_patches_stage(tmp_path):
+    """geometry.kind = curved: lenspyx full sky cut into patches, same layout plus patch centres."""
+    cfg = {"seed": 3, "n_maps": 60, "geometry": {"kind": "curved", "shape": [16, 16], "pixel_arcmin": 6.0},
+           "curved": {"lmax": 1200, "patch_nside": 2},
+           "simulation": {"fields": ["Q", "U", "kappa"]}}
+    out = tmp_path / "curved.h5"
+    assert main(["simulate", "--config", str(_write(tmp_path, cfg)), "--out", str(out), "--workers", "1",
+                 "--quiet"]) == 0
+    with open_sims(out) as f:
+        assert f.attrs["kind"] == "curved" and not bool(f.attrs["periodic"])
+        assert f["maps/kappa"].shape == (60, 16, 16)
+        centres = f["meta/patch_centre"][...]
+        # 48 patches per full sky (nside 2): two realisations, the second one cut short
+        np.testing.assert_array_equal(f["meta/seed_index"][...], [0] * 48 + [1] * 12)
+        np.testing.assert_allclose(centres[48:], centres[:12])
+        assert np.all(np.abs(centres[:, 1]) <= 90) and len(np.unique(centres[:48], axis=0)) == 48
+        k = f["maps/kappa"][...]
+        assert np.all(np.isfinite(k)) and 0.005 < k.std() < 0.1
+        assert not np.allclose(k[:12], k[48:])  # a new realisation, not a copy
