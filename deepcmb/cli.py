@@ -34,6 +34,90 @@ def _run_simulate(args):
     print(f"wrote {out}")
 
 
+def _quiet_tensorflow():
+    # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) would bury the stage's own output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train the ResUNet on a simulation file",
+                       description="Train the ResUNet (Keras 3; backend from KERAS_BACKEND) on the maps of a "
+                                   "simulation file. Re-running the same command on an interrupted run folder "
+                                   "resumes from its last checkpoint.")
+    p.add_argument("--config", required=True, help="YAML config (see train/quick.yaml)")
+    p.add_argument("--data", required=True, help="simulation file of `deepcmb simulate`")
+    p.add_argument("--out", required=True, help="run folder (model.keras, checkpoints, history.csv, ...)")
+    p.add_argument("--qe", default=None, help="QE reconstruction of --data (for a model with a kappa_qe input)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder holding another or a finished run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    _quiet_tensorflow()
+    from .config import load_yaml
+    from .nn.train import run_train
+
+    out = run_train(load_yaml(args.config), args.data, args.out, qe=args.qe, overwrite=args.overwrite,
+                    progress=not args.quiet)
+    print(f"wrote {out}/model.keras")
+
+
+def _add_reconstruct(sub):
+    p = sub.add_parser("reconstruct", help="reconstruct kappa from the observed maps of a simulation file",
+                       description="Reconstruct the lensing convergence of every map of a simulation file, with a "
+                                   "trained ResUNet (--method nn; also the unlensed E map for a network with that "
+                                   "head) or a quadratic estimator (--method qe).")
+    p.add_argument("--method", required=True, choices=["nn", "qe"],
+                   help="nn: a trained ResUNet; qe: a flat-sky quadratic estimator")
+    p.add_argument("--data", required=True, help="simulation file of `deepcmb simulate`")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    nn = p.add_argument_group("nn options")
+    nn.add_argument("--model", default=None,
+                    help="run folder of `deepcmb train` or a .keras file (default: the shipped pretrained model)")
+    nn.add_argument("--batch-size", type=int, default=32, help="maps per forward pass / QE batch (default 32)")
+    nn.add_argument("--split", default="all", choices=["all", "train", "validation", "test"],
+                    help="reconstruct one split of the model's training file (default: all maps)")
+    nn.add_argument("--qe", default=None, help="QE reconstruction of --data (for a model with a kappa_qe input)")
+    qe = p.add_argument_group("qe options")
+    qe.add_argument("--estimator", default="EB", help="TT, TE, EE, EB, TB, MV or MV_POL (default EB)")
+    qe.add_argument("--lmin", type=float, default=300.0, help="lowest CMB multipole used (default 300)")
+    qe.add_argument("--lmax", type=float, default=3500.0, help="highest CMB multipole used (default 3500)")
+    qe.add_argument("--Lmin", type=float, default=20.0, help="lowest lensing multipole kept (default 20)")
+    qe.add_argument("--Lmax", type=float, default=3500.0, help="highest lensing multipole kept (default 3500)")
+    qe.add_argument("--wiener", action="store_true", help="write the Wiener-filtered kappa C/(C+N0) kappa_hat")
+    qe.add_argument("--apodize-arcmin", type=float, default=None,
+                    help="cosine taper width (default: 0 for periodic maps, 60 for curved-sky patches)")
+    qe.add_argument("--mean-field-maps", type=int, default=64,
+                    help="maps per mean-field estimate, non-periodic patches only (default 64)")
+    qe.add_argument("--precision", default="single", choices=["single", "double"],
+                    help="arithmetic of the estimate (default single: the maps are float32)")
+    p.set_defaults(func=_run_reconstruct)
+
+
+def _run_reconstruct(args):
+    if args.method == "qe":
+        from .errors import ConfigError
+        from .qe.stage import run_reconstruct_qe
+
+        if args.model is not None or args.qe is not None or args.split != "all":
+            raise ConfigError("--model, --qe and --split apply to --method nn only")
+        out = run_reconstruct_qe(args.data, args.out, estimator=args.estimator, lmin=args.lmin, lmax=args.lmax,
+                                 Lmin=args.Lmin, Lmax=args.Lmax, wiener=args.wiener,
+                                 apodize_arcmin=args.apodize_arcmin, mean_field_maps=args.mean_field_maps,
+                                 batch_size=args.batch_size, precision=args.precision, overwrite=args.overwrite,
+                                 progress=not args.quiet)
+    else:
+        _quiet_tensorflow()
+        from .nn.reconstruct import run_reconstruct_nn
+
+        out = run_reconstruct_nn(args.model, args.data, args.out, batch_size=args.batch_size, split=args.split,
+                                 qe=args.qe, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out}")
+
+
 def build_parser():
     """The argument parser of the ``deepcmb`` command."""
     from . import __version__
@@ -42,6 +126,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"deepcmb {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_simulate(sub)
+    _add_train(sub)
+    _add_reconstruct(sub)
     return parser
 
 

@@ -6,14 +6,15 @@ two compare without any binning bias on a finite grid.
 """
 
 import numpy as np
+from scipy import sparse
 
 from .errors import InputError
 from .geometry import interp_spectrum
 
 
 def linear_bins(lmin, lmax, width):
-    """Bin edges ``[lmin, lmin + width, ..., <= lmax]`` (floats)."""
-    return np.arange(lmin, lmax + 0.5 * width, width, dtype=float)
+    """Bin edges ``[lmin, lmin + width, ...]``, the last one at most ``lmax`` (floats)."""
+    return np.arange(lmin, lmax + 1e-9 * width, width, dtype=float)
 
 
 def _bin_index(geom, edges):
@@ -37,10 +38,12 @@ def _binned_mean(geom, values, edges):
     """Mode-weighted mean of rfft-grid ``values[..., ny, nxr]`` in bins; returns ``(..., nbin)``."""
     idx = _bin_index(geom, edges)
     keep = np.flatnonzero(idx >= 0)
-    weights = np.zeros((keep.size, len(edges) - 1))
-    weights[np.arange(keep.size), idx[keep]] = _mode_weights(geom)[keep]
-    counts = weights.sum(axis=0)
-    sums = values.reshape(values.shape[:-2] + (-1,))[..., keep] @ weights
+    # sparse, so that a mode only ever meets its own bin (an inf elsewhere cannot turn into 0 * inf)
+    weights = sparse.csr_matrix((_mode_weights(geom)[keep], (np.arange(keep.size), idx[keep])),
+                                shape=(keep.size, len(edges) - 1))
+    counts = np.asarray(weights.sum(axis=0)).ravel()
+    flat = values.reshape((-1, values.shape[-2] * values.shape[-1]))[:, keep]
+    sums = (weights.T @ flat.T).T.reshape(values.shape[:-2] + (len(edges) - 1,))
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts, counts
 

@@ -1,0 +1,266 @@
+"""HDF5 layout of a lensing reconstruction (network or quadratic estimator), its writer and reader.
+
+Every reconstruction method writes the same layout, so the evaluation treats them alike
+(``format = 'deepcmb.reconstruction'``, ``format_version = 1``)::
+
+    /              attrs: format, format_version, deepcmb_version, git_revision, stage, created,
+                          config (JSON), method ('nn' | 'qe'), sims_file (absolute path),
+                          sims_created, sims_git_revision (copied from the simulation file) and
+                          sims_config_sha256 (SHA-256 of its config attribute), so that a mismatched
+                          truth file can be refused; n_maps, shape (ny, nx), pixel_arcmin,
+                          plus method-specific attributes
+    /maps/kappa    (n, ny, nx) float32, chunks (1, ny, nx): reconstructed convergence (dimensionless)
+    /maps/<NAME>   further maps of the same shape, e.g. E_unlensed (µK) from the network's second head
+    /meta/index    (n,) int64: row of each map in the simulation file
+    /meta/<NAME>   further per-map arrays (n, ...)
+
+The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import InputError, OutputExistsError
+from .h5io import UNITS, open_sims
+from .provenance import provenance_attrs
+
+FORMAT = "deepcmb.reconstruction"
+FORMAT_VERSION = 1
+METHODS = ("nn", "qe")
+
+
+def check_output_path(out, overwrite=False):
+    """Refuse an existing output (unless ``overwrite``) or an output in a missing/unwritable folder."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+    return out
+
+
+def sims_identity(sims_path):
+    """What identifies a simulation file, whatever its path.
+
+    Returns
+    -------
+    dict
+        ``path`` (absolute), ``created``, ``git_revision``, ``config_sha256`` (of its config JSON),
+        ``shape``, ``pixel_arcmin``, ``n_maps``.
+    """
+    path = Path(sims_path).resolve()
+    with open_sims(path) as f:
+        a = f.attrs
+        return {"path": str(path), "created": str(a.get("created", "")), "git_revision": str(a.get("git_revision", "")),
+                "config_sha256": hashlib.sha256(str(a.get("config", "")).encode()).hexdigest(),
+                "shape": [int(n) for n in a["shape"]], "pixel_arcmin": float(a["pixel_arcmin"]),
+                "n_maps": int(a["n_maps"])}
+
+
+def same_sims(identity, other):
+    """Whether two :func:`sims_identity` records (or reconstruction attributes) name the same simulations."""
+    keys = ("created", "git_revision", "config_sha256")
+    return all(str(identity.get(k, "")) == str(other.get(k, "")) for k in keys)
+
+
+class ReconstructionWriter:
+    """Write a reconstruction file map by map (a context manager).
+
+    Parameters
+    ----------
+    out : str or Path
+        Final path; data go to ``OUT.tmp`` until :meth:`close`.
+    index : array_like of int, shape (n,)
+        Row of each reconstructed map in the simulation file.
+    fields : sequence of str
+        Names of the maps written (must include ``'kappa'``).
+    sims_path : str or Path
+        The simulation file the maps were reconstructed from.
+    method : {'nn', 'qe'}
+    config : dict
+        The resolved config of the stage (stored as JSON with the provenance).
+    attrs : dict, optional
+        Extra root attributes (e.g. the model or estimator used).
+    units : dict, optional
+        Field -> units string for fields not in :data:`deepcmb.h5io.UNITS`.
+    overwrite : bool
+        Replace an existing file.
+
+    Examples
+    --------
+    >>> with ReconstructionWriter(out, index, ["kappa"], sims, "nn", cfg) as w:
+    ...     w.write(0, {"kappa": batch})           # rows 0 .. len(batch) - 1
+    """
+
+    def __init__(self, out, index, fields, sims_path, method, config, attrs=None, units=None, overwrite=False):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        fields = list(fields)
+        if "kappa" not in fields:
+            raise ValueError("a reconstruction must contain 'kappa'")
+        self.out = check_output_path(out, overwrite)
+        self.tmp = self.out.with_name(self.out.name + ".tmp")
+        ident = sims_identity(sims_path)
+        path, shape, n_sims = ident["path"], tuple(ident["shape"]), ident["n_maps"]
+        self.index = np.asarray(index, dtype=np.int64)
+        if self.index.ndim != 1 or self.index.size == 0:
+            raise InputError("reconstruction index: expected a non-empty 1-d array of rows")
+        if self.index.min() < 0 or self.index.max() >= n_sims:
+            raise InputError(f"reconstruction index: rows must lie in [0, {n_sims}) of {path}")
+        self.shape, self.n, self.fields = shape, self.index.size, fields
+        self._written = np.zeros(self.n, bool)
+        self._f = h5py.File(self.tmp, "w")
+        a = provenance_attrs(config, "reconstruct")
+        a.update(format=FORMAT, format_version=FORMAT_VERSION, method=method, sims_file=path,
+                 sims_created=ident["created"], sims_git_revision=ident["git_revision"],
+                 sims_config_sha256=ident["config_sha256"], n_maps=self.n, shape=np.array(shape),
+                 pixel_arcmin=ident["pixel_arcmin"])
+        a.update(attrs or {})
+        self._f.attrs.update(a)
+        units = {**UNITS, **(units or {})}
+        g = self._f.create_group("maps")
+        for name in fields:
+            d = g.create_dataset(name, (self.n,) + shape, dtype="f4", chunks=(1,) + shape)
+            d.attrs["units"] = units.get(name, "")
+        self._f.create_group("meta").create_dataset("index", data=self.index)
+
+    def write(self, start, maps):
+        """Store rows ``start .. start + k - 1`` of every field; ``maps`` maps field -> ``(k, ny, nx)``."""
+        if set(maps) != set(self.fields):
+            raise ValueError(f"expected maps {sorted(self.fields)}, got {sorted(maps)}")
+        k = None
+        for name, m in maps.items():
+            m = np.asarray(m)
+            if m.ndim != 3 or m.shape[1:] != self.shape or (k is not None and m.shape[0] != k):
+                raise ValueError(f"{name}: expected ({k or 'k'}, {self.shape[0]}, {self.shape[1]}), got {m.shape}")
+            k = m.shape[0]
+            if start < 0 or start + k > self.n:
+                raise ValueError(f"rows {start}..{start + k} outside 0..{self.n}")
+            self._f["maps"][name][start:start + k] = m.astype(np.float32)
+        self._written[start:start + k] = True
+
+    def write_meta(self, name, values):
+        """Store a per-map array ``/meta/<name>`` of shape ``(n, ...)``."""
+        values = np.asarray(values)
+        if values.shape[:1] != (self.n,):
+            raise ValueError(f"meta {name}: expected {self.n} rows, got shape {values.shape}")
+        self._f["meta"].create_dataset(name, data=values)
+
+    def write_group(self, name, datasets):
+        """Store a group ``/<name>`` of datasets that are not per map (e.g. the analytic N0)."""
+        g = self._f.create_group(name)
+        for key, values in datasets.items():
+            g.create_dataset(key, data=np.asarray(values))
+
+    def close(self):
+        """Finish the file and move it to its final name (all rows must have been written)."""
+        if not self._written.all():
+            missing = np.flatnonzero(~self._written)
+            raise RuntimeError(f"{self.out}: rows {missing[:5].tolist()}... were never written")
+        self._f.close()
+        os.replace(self.tmp, self.out)
+
+    def abort(self):
+        """Drop the temporary file."""
+        try:
+            self._f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False
+
+
+def write_reconstruction(out, kappa, extra_maps=None, *, sims_path, method, config, meta=None, attrs=None,
+                         overwrite=False):
+    """Write a whole reconstruction at once (see :class:`ReconstructionWriter` to stream it).
+
+    Parameters
+    ----------
+    out : str or Path
+    kappa : ndarray, shape (n, ny, nx)
+        Reconstructed convergence, dimensionless.
+    extra_maps : dict, optional
+        Name -> ``(n, ny, nx)`` maps, e.g. ``{'E_unlensed': e}`` (µK) or ``{'phi': phi}`` (rad²).
+    sims_path : str or Path
+        Simulation file the maps come from.
+    method : {'nn', 'qe'}
+    config : dict
+        Resolved config of the stage (provenance).
+    meta : dict, optional
+        Per-map arrays stored under ``/meta``; ``'index'`` (rows in the simulation file) defaults to
+        ``0 .. n - 1``.
+    attrs : dict, optional
+        Extra root attributes.
+    overwrite : bool
+
+    Returns
+    -------
+    Path
+    """
+    maps = {"kappa": kappa, **(extra_maps or {})}
+    meta = dict(meta or {})
+    n = np.shape(kappa)[0]
+    index = meta.pop("index", np.arange(n))
+    with ReconstructionWriter(out, index, list(maps), sims_path, method, config, attrs=attrs,
+                              overwrite=overwrite) as w:
+        w.write(0, maps)
+        for name, values in meta.items():
+            w.write_meta(name, values)
+    return w.out
+
+
+def open_reconstruction(path, sims_path=None):
+    """Open a reconstruction file read-only, checking its format (and, optionally, its truth file).
+
+    Parameters
+    ----------
+    path : str or Path
+    sims_path : str or Path, optional
+        When given, the simulation file must be the one the reconstruction was made from: same
+        ``created`` time stamp, git revision and config (the path may differ, e.g. after a copy).
+
+    Returns
+    -------
+    h5py.File
+        The caller closes it (use as a context manager).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise InputError(f"{path}: not a deepcmb reconstruction file (format attribute missing or wrong)")
+    if sims_path is not None:
+        ident = sims_identity(sims_path)
+        made_from = {k: f.attrs.get(f"sims_{k}", "") for k in ("file", "created", "git_revision", "config_sha256")}
+        if not same_sims(ident, made_from):
+            f.close()
+            raise InputError(f"{path}: was reconstructed from {made_from['file']} (created {made_from['created']}), "
+                             f"not from {sims_path} (created {ident['created']})")
+    return f
