@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from .cosmology import PARAM_NAMES
-from .errors import InputError
+from .errors import InputError, OutputExistsError
 from .provenance import provenance_attrs
 
 FORMAT = "deepcmb.sims"
@@ -125,8 +125,36 @@ def _write_cosmology(f, plan, spectra):
     g["cl_kk"].attrs["units"] = "1"
 
 
-def open_sims(path):
-    """Open a simulate-stage file read-only, checking that it is one.
+def check_output_path(out, overwrite=False):
+    """Refuse an existing output (unless ``overwrite``) or an output in a missing/unwritable folder.
+
+    Returns
+    -------
+    Path
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+    return out
+
+
+def open_checked(path, fmt, what):
+    """Open a deepcmb HDF5 file read-only, checking its ``format`` attribute.
+
+    Parameters
+    ----------
+    path : str or Path
+    fmt : str
+        Expected ``format`` attribute.
+    what : str
+        What the file should be, for the message (e.g. ``'simulation'``).
 
     Returns
     -------
@@ -140,10 +168,15 @@ def open_sims(path):
         f = h5py.File(path, "r")
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if f.attrs.get("format") != FORMAT:
+    if f.attrs.get("format") != fmt:
         f.close()
-        raise InputError(f"{path}: not a deepcmb simulation file (format attribute missing or wrong)")
+        raise InputError(f"{path}: not a deepcmb {what} file (format attribute missing or wrong)")
     return f
+
+
+def open_sims(path):
+    """Open a simulate-stage file read-only, checking that it is one (see :func:`open_checked`)."""
+    return open_checked(path, FORMAT, "simulation")
 
 
 def read_spectra(f, index):

@@ -16,10 +16,10 @@ import numpy as np
 
 from . import cosmology
 from .config import Free, OneOf, resolve
-from .errors import ConfigError, InputError, OutputExistsError
+from .errors import ConfigError, InputError
 from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
-from .h5io import write_sims
+from .h5io import check_output_path, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
 
@@ -329,17 +329,7 @@ def _load_unit(partial, unit_id):
 
 def _prepare_output(out, cfg, overwrite):
     """Check the output path; return the folder of partial results (created, or reused on resume)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
-    if out.exists() and out.is_dir():
-        raise OutputExistsError(f"{out}: is a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: folder {parent} is not writable")
-    partial = _partial_dir(out)
+    partial = _partial_dir(check_output_path(out, overwrite))
     stamp = partial / "config.json"
     text = config_json(cfg)
     if partial.exists():
