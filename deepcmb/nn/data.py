@@ -1,0 +1,266 @@
+"""Data pipeline of the network: splits, normalisation statistics and batches streamed from HDF5.
+
+Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
+Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
+(:mod:`deepcmb.recio`), matched row by row through its ``/meta/index``.
+"""
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..h5io import open_sims
+from ..recio import open_reconstruction
+from .augment import allowed_transforms, transform_maps
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_rows(n_maps, fractions, seed):
+    """Fixed train / validation / test rows of a file of ``n_maps`` maps.
+
+    Parameters
+    ----------
+    n_maps : int
+    fractions : sequence of 3 floats
+        Fractions of the maps in each split (they must sum to 1).
+    seed : int
+        The permutation is drawn from ``SeedSequence(seed, spawn_key=(1,))``.
+
+    Returns
+    -------
+    dict
+        ``'train'``, ``'validation'``, ``'test'`` -> sorted int64 row arrays, disjoint, covering all rows.
+    """
+    fr = np.asarray(fractions, float)
+    if fr.shape != (3,) or np.any(fr < 0) or abs(fr.sum() - 1.0) > 1e-6 or fr[0] <= 0 or fr[1] <= 0:
+        raise ConfigError(f"data.split: expected [train, validation, test] fractions summing to 1 with "
+                          f"train and validation > 0, got {list(fractions)!r}")
+    perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(n_maps)
+    n_train = int(round(fr[0] * n_maps))
+    n_val = int(round(fr[1] * n_maps))
+    if n_train < 1 or n_val < 1:
+        raise ConfigError(f"data.split: {n_maps} maps leave an empty training or validation split")
+    cuts = np.split(perm, [n_train, n_train + n_val])
+    return {name: np.sort(rows).astype(np.int64) for name, rows in zip(SPLITS, cuts)}
+
+
+class MapSource:
+    """Read named maps of given rows from a simulation file (and, for ``kappa_qe``, a QE file).
+
+    Parameters
+    ----------
+    sims_path : str or Path
+    qe_path : str or Path, optional
+        Reconstruction file (``method = 'qe'``) made from ``sims_path``; provides ``kappa_qe``.
+
+    Notes
+    -----
+    Files are opened lazily in the process that reads them, so the object can be sent to workers.
+    """
+
+    def __init__(self, sims_path, qe_path=None):
+        self.sims_path = Path(sims_path)
+        self.qe_path = None if qe_path is None else Path(qe_path)
+        with open_sims(self.sims_path) as f:
+            self.shape = tuple(int(n) for n in f.attrs["shape"])
+            self.pixel_arcmin = float(f.attrs["pixel_arcmin"])
+            self.n_maps = int(f.attrs["n_maps"])
+            self.fields = list(f["maps"].keys())
+        self._qe_pos = None
+        if self.qe_path is not None:
+            with open_reconstruction(self.qe_path, self.sims_path) as g:
+                index = g["meta/index"][...]
+                if "kappa" not in g["maps"]:
+                    raise InputError(f"{self.qe_path}: has no /maps/kappa")
+            if index.size and (index.min() < 0 or index.max() >= self.n_maps):
+                raise InputError(f"{self.qe_path}: rows outside the {self.n_maps} maps of {self.sims_path}")
+            pos = np.full(self.n_maps, -1, np.int64)
+            pos[index] = np.arange(index.size)
+            self._qe_pos = pos
+        self._files = None
+
+    def available(self):
+        """Names this source can read."""
+        return self.fields + (["kappa_qe"] if self._qe_pos is not None else [])
+
+    def require(self, names, what):
+        """Raise a clear error unless every name in ``names`` can be read."""
+        missing = [n for n in names if n not in self.available()]
+        if missing:
+            hint = " (kappa_qe needs --qe QE_RECONSTRUCTION.h5)" if "kappa_qe" in missing else ""
+            raise InputError(f"{self.sims_path}: {what} {missing} not in the file (it has "
+                             f"{', '.join(self.available())}){hint}")
+
+    def _open(self):
+        if self._files is None:
+            self._files = {"sims": h5py.File(self.sims_path, "r")}
+            if self.qe_path is not None:
+                self._files["qe"] = h5py.File(self.qe_path, "r")
+        return self._files
+
+    def read(self, name, rows):
+        """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)``."""
+        files = self._open()
+        rows = np.asarray(rows, np.int64)
+        if name == "kappa_qe":
+            pos = self._qe_pos[rows]
+            if np.any(pos < 0):
+                raise InputError(f"{self.qe_path}: no QE reconstruction of sims rows "
+                                 f"{rows[pos < 0][:5].tolist()}")
+            d, rows = files["qe"]["maps/kappa"], pos
+        else:
+            d = files["sims"]["maps"][name]
+        out = np.empty((rows.size,) + self.shape, np.float32)
+        for k, r in enumerate(rows):
+            d.read_direct(out, np.s_[r], np.s_[k])
+        return out
+
+    def close(self):
+        if self._files:
+            for f in self._files.values():
+                f.close()
+        self._files = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": None}
+
+
+def channel_stats(source, names, rows, batch=64):
+    """Mean and standard deviation of each named map over ``rows`` (float64 accumulation).
+
+    Returns
+    -------
+    dict
+        name -> ``(mean, std)``.
+    """
+    out = {}
+    for name in names:
+        s = s2 = 0.0
+        count = 0
+        for start in range(0, len(rows), batch):
+            m = source.read(name, rows[start:start + batch]).astype(np.float64)
+            bad = ~np.isfinite(m)
+            if bad.any():
+                row = rows[start + np.argwhere(bad)[0][0]]
+                raise InputError(f"{source.sims_path}: non-finite values in map {name!r} row {row}")
+            s += m.sum()
+            s2 += np.square(m).sum()
+            count += m.size
+        mean = s / count
+        std = float(np.sqrt(max(s2 / count - mean**2, 0.0)))
+        if not std > 0:
+            raise InputError(f"{source.sims_path}: map {name!r} is constant over the training rows; "
+                             "it cannot be normalised")
+        out[name] = (float(mean), std)
+    return out
+
+
+class SimsBatches(keras.utils.PyDataset):
+    """Batches ``(x, {head: y})`` streamed from a simulation file, in physical units.
+
+    Parameters
+    ----------
+    source : MapSource
+    rows : array of int
+        Rows of the split.
+    inputs, outputs : list of str
+        Input channels (stacked last, in order) and output heads.
+    batch_size : int
+    seed : int
+        Root of the shuffling and augmentation streams: epoch ``e`` shuffles with
+        ``SeedSequence(seed, spawn_key=(2, e))`` and batch ``b`` of it augments with
+        ``SeedSequence(seed, spawn_key=(3, e, b))``.
+    shuffle, augment : bool
+        Reshuffle every epoch; apply a random symmetry (:mod:`deepcmb.nn.augment`) to each sample.
+    drop_remainder : bool
+        Drop the last incomplete batch (training) or keep it (validation, prediction).
+    max_batches : int, optional
+        Cap on the batches per epoch.
+    endless : bool
+        Training mode: an endless stream (``num_batches`` is None; use ``steps_per_epoch = len(self)``
+        in ``fit``) whose item ``i`` is batch ``(offset + i) % len(self)`` of epoch
+        ``(offset + i) // len(self)``. The content of every batch is thus fixed by its global position,
+        whatever the prefetching, and a run resumed at epoch ``e`` with ``offset = e * len(self)``
+        sees exactly the batches of an uninterrupted run.
+    **kwargs
+        ``workers``, ``use_multiprocessing``, ``max_queue_size`` of :class:`keras.utils.PyDataset`.
+
+    Notes
+    -----
+    A non-finite value raises :class:`~deepcmb.errors.InputError` naming the field, the row and the
+    batch; the error is also kept in :attr:`error`, because a backend may wrap exceptions raised in
+    the data pipeline.
+    """
+
+    def __init__(self, source, rows, inputs, outputs, batch_size, seed=0, shuffle=False, augment=False,
+                 drop_remainder=False, max_batches=None, endless=False, split="data", **kwargs):
+        super().__init__(**kwargs)
+        self.source, self.rows = source, np.asarray(rows, np.int64)
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.shuffle, self.augment, self.drop_remainder = shuffle, augment, drop_remainder
+        self.endless, self.offset = endless, 0
+        self.split = split
+        self.error = None
+        n = len(self.rows) // self.batch_size if drop_remainder else -(-len(self.rows) // self.batch_size)
+        if n < 1:
+            raise ConfigError(f"training.batch_size: {self.batch_size} is larger than the {split} split "
+                              f"({len(self.rows)} maps)")
+        self.n_batches = n if max_batches is None else min(n, int(max_batches))
+        self.transforms = allowed_transforms(source.shape)
+
+    def __len__(self):
+        return self.n_batches
+
+    @property
+    def num_batches(self):
+        return None if self.endless else self.n_batches
+
+    def position(self, i):
+        """``(epoch, batch)`` of item ``i``."""
+        if self.endless:
+            return divmod(self.offset + i, self.n_batches)
+        return 0, i
+
+    def batch_rows(self, epoch, batch):
+        """Rows of ``batch`` in ``epoch``."""
+        order = self.rows
+        if self.shuffle:
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, epoch)))
+            order = self.rows[rng.permutation(len(self.rows))]
+        return order[batch * self.batch_size:(batch + 1) * self.batch_size]
+
+    def load(self, i):
+        """``(rows, maps)`` of item ``i``: maps is field -> ``(b, ny, nx)`` float32, augmented."""
+        epoch, batch = self.position(i)
+        rows = self.batch_rows(epoch, batch)
+        maps = {name: self.source.read(name, rows) for name in self.inputs + self.outputs}
+        for name, m in maps.items():
+            bad = ~np.isfinite(m)
+            if bad.any():
+                k = np.argwhere(bad)[0][0]
+                where = f"{self.split} batch {batch} of epoch {epoch + 1}" if self.endless else f"{self.split} batch {batch}"
+                raise InputError(f"{self.source.sims_path}: NaN or inf in map {name!r} row {rows[k]} ({where}); "
+                                 "stopped")
+        if self.augment:
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(3, epoch, batch)))
+            ks = rng.choice(self.transforms, size=len(rows))
+            for j, k in enumerate(ks):
+                one = transform_maps({name: m[j] for name, m in maps.items()}, int(k))
+                for name in maps:
+                    maps[name][j] = one[name]
+        return rows, maps
+
+    def __getitem__(self, i):
+        try:
+            _, maps = self.load(i)
+        except Exception as exc:
+            self.error = exc
+            raise
+        x = np.stack([maps[n] for n in self.inputs], axis=-1)
+        y = {n: maps[n][..., None] for n in self.outputs}
+        return x, y

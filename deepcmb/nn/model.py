@@ -1,0 +1,204 @@
+"""The ResUNet: lensed, noisy Q/U (T, QE kappa optional) -> kappa and unlensed E.
+
+:func:`build_resunet` is the one builder; every architectural choice comes from the ``model`` section of
+the training config (:data:`MODEL_SCHEMA`). The default is the DeepCMB design (Caldeira et al. 2019):
+residual blocks of 5 x 5 convolutions, each unit ``Dropout(0.3) -> Conv -> BatchNorm -> SELU``, an
+encoder-decoder with long skip connections and one linear 1 x 1 convolution per output head.
+
+Layout (``F = filters``, ``D = len(F) - 1`` downsamplings)::
+
+    input (ny, nx, C), physical units -> Standardize -> stem unit (stride stem_stride) -> F[0]
+    encoder, level i < D:   `blocks` residual blocks at F[i] (-> skip i), unit with stride 2 -> F[i+1]
+    bottleneck:             `blocks` residual blocks at F[D]
+    decoder, level i = D-1..0: upsample x2, unit -> F[i], concatenate skip i, `blocks` residual blocks
+    (stem_stride 2: upsample x2 and a unit at F[0])
+    head h: Conv 1x1 (linear) -> Destandardize(mean_h, std_h) -> output named h, physical units
+
+A residual block is ``unit(x) -> Dropout -> Conv -> Norm``, added to ``x`` (through a 1 x 1 projection
+when the width changes), then the activation. With ``padding: periodic`` every convolution sees the
+map wrapped around its edges (flat-sky simulations are periodic); ``same`` pads with zeros (use it for
+non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride * 2**D``.
+"""
+
+import keras
+from keras import layers
+
+from ..config import OneOf
+from ..errors import ConfigError
+from .layers import Destandardize, PeriodicPad2D, Standardize
+
+INPUT_FIELDS = ("T", "Q", "U", "kappa_qe")
+"""Allowed input channels: observed maps of the simulation file, and ``kappa_qe`` (a QE
+reconstruction of the same maps, read from a reconstruction file)."""
+
+OUTPUT_FIELDS = ("kappa", "E_unlensed", "phi", "T_unlensed", "Q_unlensed", "U_unlensed", "B_unlensed")
+"""Allowed heads: truth maps of the simulation file."""
+
+MODEL_SCHEMA = {
+    "inputs": ["Q", "U"],
+    "outputs": ["kappa", "E_unlensed"],
+    "filters": [32, 64, 128, 256],
+    "blocks": 1,
+    "kernel_size": 5,
+    "activation": "selu",
+    "normalization": OneOf("batch", "batch", "none"),
+    "dropout": 0.3,
+    "padding": OneOf("periodic", "periodic", "same"),
+    "stem_stride": OneOf(1, 1, 2),
+}
+"""The ``model`` section of the training config, with its defaults (the DeepCMB design)."""
+
+
+def check_model_config(cfg, shape=None):
+    """Validate a resolved ``model`` section (and, if given, the map ``shape`` it will see)."""
+    for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
+        names = cfg[key]
+        if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {names!r}")
+    f = cfg["filters"]
+    if len(f) < 1 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in f):
+        raise ConfigError(f"model.filters: expected a list of positive integers, got {f!r}")
+    if isinstance(cfg["blocks"], bool) or cfg["blocks"] < 1:
+        raise ConfigError(f"model.blocks: must be a positive integer, got {cfg['blocks']!r}")
+    k = cfg["kernel_size"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {k!r}")
+    if not 0.0 <= cfg["dropout"] < 1.0:
+        raise ConfigError(f"model.dropout: must lie in [0, 1), got {cfg['dropout']!r}")
+    try:
+        keras.activations.get(cfg["activation"])
+    except (ValueError, TypeError):
+        raise ConfigError(f"model.activation: unknown Keras activation {cfg['activation']!r}") from None
+    if shape is not None:
+        factor = cfg["stem_stride"] * 2 ** (len(f) - 1)
+        if any(n % factor for n in shape):
+            raise ConfigError(f"model.filters: {len(f) - 1} downsamplings with stem_stride {cfg['stem_stride']} "
+                              f"need map sides divisible by {factor}; the maps are {shape[0]} x {shape[1]}")
+        side = min(shape) // factor
+        if cfg["padding"] == "periodic" and side < k // 2:
+            raise ConfigError(f"model.filters: {len(f) - 1} downsamplings leave {side} x {side} pixels at the "
+                              f"bottleneck, fewer than the periodic padding of a {k} x {k} kernel needs; "
+                              "use fewer levels or a smaller kernel")
+
+
+class _Builder:
+    def __init__(self, cfg):
+        self.k = cfg["kernel_size"]
+        self.act = cfg["activation"]
+        self.norm = cfg["normalization"]
+        self.dropout = cfg["dropout"]
+        self.periodic = cfg["padding"] == "periodic"
+        self.init = "lecun_normal" if self.act == "selu" else "he_normal"
+        self.count = 0
+
+    def name(self, kind):
+        self.count += 1
+        return f"{kind}_{self.count}"
+
+    def conv(self, x, filters, kernel, stride=1):
+        pad = "same"
+        if self.periodic and kernel > 1:
+            x = PeriodicPad2D(kernel // 2, name=self.name("pad"))(x)
+            pad = "valid"
+        return layers.Conv2D(filters, kernel, strides=stride, padding=pad, kernel_initializer=self.init,
+                             use_bias=self.norm == "none", name=self.name("conv"))(x)
+
+    def unit(self, x, filters, stride=1, activate=True):
+        """Dropout -> Conv (k x k) -> Norm -> activation."""
+        if self.dropout > 0:
+            x = layers.Dropout(self.dropout, name=self.name("dropout"))(x)
+        x = self.conv(x, filters, self.k, stride)
+        if self.norm == "batch":
+            x = layers.BatchNormalization(name=self.name("bn"))(x)
+        if activate:
+            x = layers.Activation(self.act, name=self.name("act"))(x)
+        return x
+
+    def residual(self, x, filters):
+        shortcut = x
+        if x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, kernel_initializer=self.init, name=self.name("proj"))(x)
+        y = self.unit(x, filters)
+        y = self.unit(y, filters, activate=False)
+        y = layers.Add(name=self.name("add"))([y, shortcut])
+        return layers.Activation(self.act, name=self.name("act"))(y)
+
+    def upsample(self, x, filters):
+        x = layers.UpSampling2D(2, name=self.name("up"))(x)
+        return self.unit(x, filters)
+
+
+def build_resunet(cfg, shape, stats=None, pixel_arcmin=None, name="resunet"):
+    """Build the ResUNet described by a resolved ``model`` config.
+
+    Parameters
+    ----------
+    cfg : dict
+        The ``model`` section (see :data:`MODEL_SCHEMA`).
+    shape : tuple of int
+        ``(ny, nx)`` of the maps.
+    stats : dict, optional
+        Field name -> ``(mean, std)`` in physical units for every input and output (the training
+        split's statistics); default ``(0, 1)``.
+    pixel_arcmin : float, optional
+        Pixel size, recorded in the model so that maps of another resolution can be refused.
+    name : str
+
+    Returns
+    -------
+    keras.Model
+        One input ``maps`` of shape ``(ny, nx, len(inputs))`` (channels in the order of
+        ``cfg['inputs']``, physical units); a dict of outputs, one per head, each ``(ny, nx, 1)``
+        in physical units.
+    """
+    check_model_config(cfg, shape)
+    stats = stats or {}
+    mean_std = [stats.get(n, (0.0, 1.0)) for n in cfg["inputs"]]
+    b = _Builder(cfg)
+    f = cfg["filters"]
+    depth = len(f) - 1
+    inp = keras.Input(shape=(shape[0], shape[1], len(cfg["inputs"])), name="maps")
+    x = Standardize(cfg["inputs"], [m for m, _ in mean_std], [s for _, s in mean_std], pixel_arcmin,
+                    name="standardize")(inp)
+    x = b.unit(x, f[0], stride=cfg["stem_stride"])
+    skips = []
+    for level in range(depth):
+        for _ in range(cfg["blocks"]):
+            x = b.residual(x, f[level])
+        skips.append(x)
+        x = b.unit(x, f[level + 1], stride=2)
+    for _ in range(cfg["blocks"]):
+        x = b.residual(x, f[depth])
+    for level in reversed(range(depth)):
+        x = b.upsample(x, f[level])
+        x = layers.Concatenate(name=b.name("skip"))([x, skips[level]])
+        for _ in range(cfg["blocks"]):
+            x = b.residual(x, f[level])
+    if cfg["stem_stride"] == 2:
+        x = b.upsample(x, f[0])
+    outputs = {}
+    for head in cfg["outputs"]:
+        y = layers.Conv2D(1, 1, name=f"{head}_head")(x)
+        mean, std = stats.get(head, (0.0, 1.0))
+        outputs[head] = Destandardize(mean, std, name=head)(y)
+    return keras.Model(inp, outputs, name=name)
+
+
+def model_spec(model):
+    """What a built or loaded model expects: ``inputs``, ``outputs``, ``shape``, ``pixel_arcmin``, ``stats``.
+
+    Read from the model itself (its :class:`Standardize` and :class:`Destandardize` layers), so a
+    ``.keras`` file is self-describing.
+    """
+    try:
+        std = model.get_layer("standardize")
+    except ValueError:
+        raise ConfigError(f"model {model.name!r}: not a deepcmb network (no 'standardize' layer)") from None
+    outputs = list(model.output.keys()) if isinstance(model.output, dict) else [o.name for o in model.outputs]
+    stats = {n: (m, s) for n, m, s in zip(std.names, std.mean, std.std)}
+    for head in outputs:
+        layer = model.get_layer(head)
+        stats[head] = (layer.mean, layer.std)
+    ny, nx = model.inputs[0].shape[1:3]
+    return {"inputs": list(std.names), "outputs": outputs, "shape": (int(ny), int(nx)),
+            "pixel_arcmin": std.pixel_arcmin, "stats": stats}

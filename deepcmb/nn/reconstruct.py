@@ -1,0 +1,180 @@
+"""Reconstruction with a trained network: simulation file -> kappa (and E) maps in physical units.
+
+:func:`load_network` loads a model in Keras safe mode (no code from the file is executed) and
+returns it with its description; :func:`check_compatible` refuses data the network was not trained
+for; :func:`run_reconstruct_nn` is ``deepcmb reconstruct --method nn``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..recio import ReconstructionWriter
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
+"""The small model shipped with the repository (``data/pretrained/quick``)."""
+
+RMS_TOLERANCE = 3.0
+"""Input maps whose rms differs from the training rms by more than this factor are refused."""
+
+
+def default_model():
+    """Path of the shipped pretrained model folder (raises InputError when it is absent)."""
+    if not (PRETRAINED / "model.keras").exists():
+        raise InputError(f"no --model given and the pretrained model {PRETRAINED / 'model.keras'} is missing "
+                         "(it ships with a source checkout; train one with `deepcmb train`)")
+    return PRETRAINED
+
+
+def load_network(path):
+    """Load a trained network.
+
+    Parameters
+    ----------
+    path : str or Path
+        A run folder of ``deepcmb train`` (its ``model.keras`` is used) or a ``.keras`` file.
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The model and its description: ``inputs``, ``outputs``, ``shape``, ``pixel_arcmin``,
+        ``stats`` (read from the model's own layers), plus ``card`` (``model.json`` when present).
+    """
+    import keras
+
+    from . import layers  # noqa: F401  (registers the custom layers)
+    from .model import model_spec
+
+    path = Path(path)
+    file = path / "model.keras" if path.is_dir() else path
+    if not file.exists():
+        hint = " (training unfinished? re-run `deepcmb train` to resume)" if path.is_dir() else ""
+        raise InputError(f"{file}: no such model file{hint}")
+    try:
+        model = keras.saving.load_model(file, safe_mode=True, compile=False)
+    except ValueError as exc:
+        raise InputError(f"{file}: refused or unreadable model ({str(exc).splitlines()[0]})") from None
+    except (OSError, KeyError) as exc:
+        raise InputError(f"{file}: unreadable model ({exc})") from None
+    spec = model_spec(model)
+    if "kappa" not in spec["outputs"]:
+        raise InputError(f"{file}: the model has no kappa head (outputs {spec['outputs']})")
+    card_path = file.with_name("model.json")
+    spec["card"] = json.loads(card_path.read_text()) if card_path.exists() else None
+    if spec["card"] is not None:
+        norm = spec["card"].get("normalization", {})
+        for name, (mean, std) in spec["stats"].items():
+            saved = norm.get(name)
+            if saved is None or not np.isclose(saved["mean"], mean, rtol=1e-6, atol=0) or \
+                    not np.isclose(saved["std"], std, rtol=1e-6, atol=0):
+                raise InputError(f"{card_path}: its normalisation of {name!r} does not match {file.name}'s; "
+                                 "the files come from different runs")
+    return model, spec
+
+
+def check_compatible(spec, source, rows, n_check=32):
+    """Refuse data the network cannot be applied to, with a message saying why.
+
+    Checks the input channels are present, the map shape and pixel size match, and the rms of each
+    input channel over the first ``n_check`` maps lies within a factor :data:`RMS_TOLERANCE` of the
+    training rms (a different unit, noise level or sky would otherwise pass silently).
+    """
+    source.require(spec["inputs"], "the model's input maps")
+    if tuple(source.shape) != tuple(spec["shape"]):
+        raise InputError(f"{source.sims_path}: maps are {source.shape[0]} x {source.shape[1]} pixels, the model "
+                         f"was trained on {spec['shape'][0]} x {spec['shape'][1]}")
+    pix = spec["pixel_arcmin"]
+    if pix is not None and not np.isclose(pix, source.pixel_arcmin, rtol=1e-6):
+        raise InputError(f"{source.sims_path}: pixels of {source.pixel_arcmin} arcmin, the model was trained on "
+                         f"{pix} arcmin")
+    sample = rows[:n_check]
+    for name in spec["inputs"]:
+        m = source.read(name, sample)
+        if not np.all(np.isfinite(m)):
+            raise InputError(f"{source.sims_path}: NaN or inf in map {name!r} "
+                             f"(row {sample[np.argwhere(~np.isfinite(m))[0][0]]})")
+        mean, std = spec["stats"][name]
+        rms = float(np.sqrt(np.mean((m.astype(np.float64) - mean) ** 2)))
+        if not std / RMS_TOLERANCE <= rms <= std * RMS_TOLERANCE:
+            raise InputError(f"{source.sims_path}: map {name!r} has rms {rms:.4g} about the training mean, the "
+                             f"model was trained on rms {std:.4g}: normalisation mismatch (other units, noise "
+                             "level or sky?)")
+
+
+def select_rows(source, split, model_path, spec):
+    """Rows to reconstruct: all, or one split of the run that trained the model on this very file."""
+    if split == "all":
+        return np.arange(source.n_maps, dtype=np.int64)
+    card = spec["card"]
+    model_path = Path(model_path)
+    run = model_path if model_path.is_dir() else model_path.parent
+    if card is None or not (run / "splits.npz").exists():
+        raise InputError(f"{model_path}: --split {split} needs the run folder with splits.npz")
+    from ..recio import same_sims, sims_identity
+
+    trained = card["trained_on"]
+    if not same_sims(sims_identity(source.sims_path), trained):
+        raise InputError(f"--split {split}: {source.sims_path} is not the file the model was trained on "
+                         f"({trained['path']})")
+    with np.load(run / "splits.npz") as s:
+        return s[split]
+
+
+def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, overwrite=False, progress=True):
+    """Apply a trained network to a simulation file and write the reconstruction.
+
+    Parameters
+    ----------
+    model_path : str or Path or None
+        Run folder or ``.keras`` file; None: the shipped pretrained model.
+    data : str or Path
+        Simulation file (observed maps of the model's input channels).
+    out : str or Path
+        Output HDF5 file in the layout of :mod:`deepcmb.recio` (``method = 'nn'``).
+    batch_size : int
+        Maps per forward pass.
+    split : {'all', 'train', 'validation', 'test'}
+        Which maps to reconstruct; a split needs the model's run folder and its training file.
+    qe : str or Path, optional
+        QE reconstruction of ``data`` (for a model with a ``kappa_qe`` input).
+    overwrite : bool
+    progress : bool
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from ..recio import check_output_path
+    from .data import MapSource, SimsBatches
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    check_output_path(out, overwrite)
+    model_path = Path(model_path) if model_path is not None else default_model()
+    model, spec = load_network(model_path)
+    source = MapSource(data, qe)
+    rows = select_rows(source, split, model_path, spec)
+    check_compatible(spec, source, rows)
+    batches = SimsBatches(source, rows, spec["inputs"], [], batch_size, split="prediction")
+    config = {"method": "nn", "model": str(model_path.resolve()), "batch_size": batch_size, "split": split,
+              "qe": None if qe is None else str(Path(qe).resolve()),
+              "model_card": {k: v for k, v in (spec["card"] or {}).items() if k != "config"},
+              "training_config": (spec["card"] or {}).get("config")}
+    attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split}
+    from tqdm.auto import tqdm
+
+    try:
+        with ReconstructionWriter(out, rows, spec["outputs"], data, "nn", config, attrs=attrs,
+                                  overwrite=overwrite) as w, \
+                tqdm(total=len(rows), desc="reconstruct", unit="map", disable=not progress, smoothing=0.1) as bar:
+            for i in range(len(batches)):
+                x, _ = batches[i]
+                pred = model.predict_on_batch(x)
+                w.write(i * batch_size, {h: np.asarray(pred[h])[..., 0] for h in spec["outputs"]})
+                bar.update(len(x))
+    finally:
+        source.close()
+    return Path(out)
