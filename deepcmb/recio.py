@@ -24,28 +24,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import InputError, OutputExistsError
-from .h5io import UNITS, open_sims
+from .errors import InputError
+from .h5io import UNITS, check_output_path, open_checked, open_sims
 from .provenance import provenance_attrs
 
 FORMAT = "deepcmb.reconstruction"
 FORMAT_VERSION = 1
 METHODS = ("nn", "qe")
-
-
-def check_output_path(out, overwrite=False):
-    """Refuse an existing output (unless ``overwrite``) or an output in a missing/unwritable folder."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
-    if out.is_dir():
-        raise OutputExistsError(f"{out}: is a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: folder {parent} is not writable")
-    return out
 
 
 def sims_identity(sims_path):
@@ -246,16 +231,7 @@ def open_reconstruction(path, sims_path=None):
     h5py.File
         The caller closes it (use as a context manager).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise InputError(f"{path}: not a deepcmb reconstruction file (format attribute missing or wrong)")
+    f = open_checked(path, FORMAT, "reconstruction")
     if sims_path is not None:
         ident = sims_identity(sims_path)
         made_from = {k: f.attrs.get(f"sims_{k}", "") for k in ("file", "created", "git_revision", "config_sha256")}

@@ -147,7 +147,7 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     Path
         The written file.
     """
-    from ..recio import check_output_path
+    from ..h5io import check_output_path
     from .data import MapSource, SimsBatches
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -21,8 +21,8 @@ import numpy as np
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..h5io import open_sims
-from ..recio import ReconstructionWriter, check_output_path
+from ..h5io import check_output_path, open_sims
+from ..recio import ReconstructionWriter
 from ..sample import Instrument
 from ..spectra import bin_centres, linear_bins
 from .apodization import cosine_window, window_moment
