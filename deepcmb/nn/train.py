@@ -255,7 +255,11 @@ def _callbacks():
                     f"{rows[:8].tolist()}{'...' if len(rows) > 8 else ''}); the model was not saved past the "
                     "last checkpoint: lower training.learning_rate or set training.clipnorm")
 
-    class ReduceLR(keras.callbacks.ReduceLROnPlateau):
+    class Restorable:
+        """Mixin for a Keras schedule callback: restore its counters on resume, report them for the checkpoint."""
+
+        COUNTERS = ()
+
         def __init__(self, restore=None, **kw):
             super().__init__(**kw)
             self.restore = restore
@@ -263,27 +267,19 @@ def _callbacks():
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
             if self.restore:
-                self.best, self.wait, self.cooldown_counter = (self.restore["best"], self.restore["wait"],
-                                                               self.restore["cooldown_counter"])
+                self.best = self.restore["best"]
+                for name in self.COUNTERS:
+                    setattr(self, name, self.restore[name])
 
         def state(self):
-            return {"best": None if self.best is None else float(self.best), "wait": int(self.wait),
-                    "cooldown_counter": int(self.cooldown_counter)}
+            return {"best": None if self.best is None else float(self.best),
+                    **{name: int(getattr(self, name)) for name in self.COUNTERS}}
 
-    class EarlyStop(keras.callbacks.EarlyStopping):
-        def __init__(self, restore=None, **kw):
-            super().__init__(**kw)
-            self.restore = restore
+    class ReduceLR(Restorable, keras.callbacks.ReduceLROnPlateau):
+        COUNTERS = ("wait", "cooldown_counter")
 
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if self.restore:
-                self.best, self.wait, self.best_epoch = (self.restore["best"], self.restore["wait"],
-                                                         self.restore["best_epoch"])
-
-        def state(self):
-            return {"best": None if self.best is None else float(self.best), "wait": int(self.wait),
-                    "best_epoch": int(self.best_epoch)}
+    class EarlyStop(Restorable, keras.callbacks.EarlyStopping):
+        COUNTERS = ("wait", "best_epoch")
 
     class Checkpointer(keras.callbacks.Callback):
         """After every epoch: history row, best and last checkpoints, schedule state (in this order)."""
