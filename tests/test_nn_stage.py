@@ -283,7 +283,7 @@ def test_batches_stream_and_augment_consistently(sims):
 
 
 def test_splits_are_fixed_by_the_seed():
-    a, b, c = split_rows(100, [0.8, 0.1, 0.1], 1), split_rows(100, [0.8, 0.1, 0.1], 1), split_rows(100, [0.8, 0.1, 0.1], 2)
+    a, b, c = (split_rows(100, [0.8, 0.1, 0.1], seed) for seed in (1, 1, 2))
     assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["test"], c["test"])
     assert [len(a[k]) for k in ("train", "validation", "test")] == [80, 10, 10]
 

@@ -243,7 +243,7 @@ class SimsBatches(keras.utils.PyDataset):
             bad = ~np.isfinite(m)
             if bad.any():
                 k = np.argwhere(bad)[0][0]
-                where = f"{self.split} batch {batch} of epoch {epoch + 1}" if self.endless else f"{self.split} batch {batch}"
+                where = f"{self.split} batch {batch}" + (f" of epoch {epoch + 1}" if self.endless else "")
                 raise InputError(f"{self.source.sims_path}: NaN or inf in map {name!r} row {rows[k]} ({where}); "
                                  "stopped")
         if self.augment:

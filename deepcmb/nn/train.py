@@ -313,7 +313,7 @@ def _callbacks():
             state = {"epoch": epoch + 1, "learning_rate": lr, "best": self.best,
                      "optimizer_iterations": int(np.asarray(self.model.optimizer.iterations)),
                      "reduce_lr": self.reduce_lr.state(), "early_stopping": self.early.state(),
-                     "finished": False}
+                     "stopped_early": bool(self.model.stop_training), "finished": False}
             _write_json(self.run.last_state, state)
 
     class Progress(keras.callbacks.Callback):
@@ -535,7 +535,7 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
         print(f"training {model.count_params():,} parameters on {len(splits['train'])} maps "
               f"({len(train_ds)} batches of {tcfg['batch_size']} per epoch), {len(splits['validation'])} "
               f"validation maps; backend {keras.backend.backend()}, {dist_desc}", flush=True)
-    if initial_epoch < tcfg["epochs"]:
+    if initial_epoch < tcfg["epochs"] and not (state or {}).get("stopped_early"):
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch,
                       steps_per_epoch=len(train_ds), shuffle=False, callbacks=cbs, verbose=0)
@@ -546,6 +546,7 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
             raise
         finally:
             source.close()
+    source.close()
     best_model = _load_checkpoint(run.best)
     ckpt_state = run.read_state()
     _save_model(best_model, run / "model.keras", include_optimizer=False)
