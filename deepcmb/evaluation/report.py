@@ -1,0 +1,191 @@
+"""Layout of the evaluation outputs ``OUT/report.h5`` and ``OUT/summary.json``, and their writers.
+
+``report.h5`` (``format = 'deepcmb.evaluation'``, ``format_version = 1``); spectra in sr (kappa
+dimensionless) or µK² sr (E), every spectrum of windowed maps divided by ``window_w2``::
+
+    /                 attrs: format, format_version, deepcmb_version, git_revision, stage, created,
+                             config (JSON), sims_file (absolute path), methods (labels), n_maps,
+                             apodize_arcmin, window_w2, shape (ny, nx), pixel_arcmin, periodic,
+                             snr_Lmax, jackknife
+    /bins/edges (nb+1,), /bins/L (nb,) mode-weighted centres, /bins/n_modes (nb,) Fourier modes per
+        map (l and -l counted separately; independent modes = n_modes / 2)
+    /e_bins/edges, /e_bins/L, /e_bins/n_modes (nbe...)     only when a method has an E map
+    /meta/index (n,) rows of the sims file evaluated; /meta/cosmology_index (n,); /meta/noise_index (n,)
+    /cosmology/params/<P> (n_cosmo,); /cosmology/clkk (n_cosmo, nb): theory C_L^kk binned on the modes
+        of /bins
+    /instrument/noise_p_uk_arcmin, /instrument/noise_t_uk_arcmin (n_levels,); attrs beam_fwhm_arcmin
+    /theory/n0_<EST> (n_levels, nb): analytic QE kappa N0 (fiducial spectra) for each
+        theory.qe_estimators (canonical labels: EB, MV_POL, ...)
+    /theory/n_iterative (n_levels, nb): iterative-limit kappa noise at /bins/L (if theory.iterative)
+    /truth/kappa_auto (n, nb): per-map binned C^kk of the true kappa
+    /truth/E_auto (n, nbe): per-map unlensed-E power (when a method has an E map)
+    /methods/<label>/            attrs: method, file, and estimator, model, wiener when the file has them
+        per_map/auto, per_map/cross (n, nb): kappa_hat x kappa_hat, kappa_hat x kappa
+        per_map/E_auto, per_map/E_cross, per_map/E_resid (n, nbe): E_hat x E_hat, E_hat x E,
+            (E_hat - E) x (E_hat - E)                         methods with an E map only
+        groups/<g>/  g = 'all', 'noise<j>' (every cosmology at level j), 'cosmo<c>_noise<j>';
+                     attrs cosmology_index (-1: pooled), noise_index (-1: pooled), n_maps
+            auto_mean, auto_std, cross_mean, cross_std, truth_mean, truth_std (nb,): std = scatter
+                over the maps (not the error of the mean)
+            clkk_theory (nb,): mean theory C^kk of the group's maps
+            rho, rho_err, rho2, rho2_err, n_eff, n_eff_err, transfer, transfer_err (nb,)
+            snr_per_bin, snr_cumulative, snr_cumulative_err (nb,): NaN above snr.Lmax
+            E_rho, E_rho_err, E_resid_mean, E_resid_std, E_truth_mean (nbe,)   methods with E
+    /examples/index, /examples/cosmology_index, /examples/noise_index (k,)
+    /examples/<FIELD> (k, ny, nx): the sims' Q, U, T, kappa, E_unlensed (those present), unwindowed
+    /examples/<label>/kappa, /examples/<label>/E_unlensed (k, ny, nx)
+
+Definitions (:mod:`deepcmb.evaluation.metrics`): rho = cross_mean / sqrt(auto_mean truth_mean);
+n_eff = clkk_theory (1/rho^2 - 1); transfer = cross_mean / truth_mean; snr_per_bin^2 =
+(n_modes / 2) rho^4; snr_cumulative = sqrt(cumsum snr_per_bin^2) over the bins whose upper edge is at
+most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of maps.
+
+``summary.json`` (non-finite numbers are ``null``; lists run over the bins of /bins)::
+
+    sims_file            absolute path of the simulation file
+    created, git_revision    of the report (UTC ISO 8601; git commit of deepcmb)
+    methods              the labels evaluated
+    n_maps               maps evaluated (rows common to every reconstruction)
+    bins                 {"edges", "L", "n_modes"}; e_bins likewise when a method has an E map
+    noise_p_uk_arcmin    polarization noise of each level j of the simulation file
+    cosmologies          [{"index": c, "params": {P: value}, "n_maps": maps evaluated}]
+    results              {label: {group: {"n_maps", "rho2", "rho2_err", "n_eff", "n_eff_err",
+                          "transfer", "transfer_err", "snr_cumulative" (float: at the last bin below
+                          snr.Lmax), "snr_cumulative_err", and with an E map "E_rho2" and
+                          "E_rho2_err" (= 2 |E_rho| E_rho_err)}}}
+    theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
+                          "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
+    cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
+                          "n_maps"}}}: per cosmology, pooled over noise levels, the weighted mean
+                          over bins below snr.Lmax of auto_mean_c / auto_mean_all, and its
+                          expectation (T^2 C_c + N) / (T^2 C_all + N) with T and N of the group 'all'
+                          (see :func:`deepcmb.evaluation.metrics.cosmology_amplitude`)
+"""
+
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+
+FORMAT = "deepcmb.evaluation"
+FORMAT_VERSION = 1
+
+_KAPPA_SUMMARY = ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err")
+
+
+def write_report(path, ev):
+    """Write ``report.h5`` from an evaluation (see :func:`deepcmb.evaluation.stage.evaluate`).
+
+    The file goes to ``PATH.tmp`` and is renamed when complete.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(ev["attrs"])
+            for name in ("bins", "e_bins", "meta", "truth"):
+                _datasets(f, name, ev[name])
+            _datasets(f, "cosmology", {"clkk": ev["cosmology"]["clkk"]})
+            _datasets(f, "cosmology/params", ev["cosmology"]["params"])
+            inst = ev["instrument"]
+            _datasets(f, "instrument", {k: v for k, v in inst.items() if k != "beam_fwhm_arcmin"})
+            f["instrument"].attrs["beam_fwhm_arcmin"] = inst["beam_fwhm_arcmin"]
+            theory = {f"n0_{k}": v for k, v in ev["theory"]["n0"].items()}
+            if ev["theory"]["n_iterative"] is not None:
+                theory["n_iterative"] = ev["theory"]["n_iterative"]
+            _datasets(f, "theory", theory)
+            for label, m in ev["methods"].items():
+                g = f.create_group(f"methods/{label}")
+                g.attrs.update(m["attrs"])
+                _datasets(g, "per_map", m["per_map"])
+                for name, stats in m["groups"].items():
+                    sub = _datasets(g, f"groups/{name}", stats)
+                    info = ev["groups"][name]
+                    sub.attrs.update(cosmology_index=info["cosmology_index"], noise_index=info["noise_index"],
+                                     n_maps=len(info["index"]))
+            ex = ev["examples"]
+            g = _datasets(f, "examples", {k: ex[k] for k in ("index", "cosmology_index", "noise_index")})
+            for key, maps in ex["maps"].items():
+                g.create_dataset(key, data=maps)
+            for label, maps in ex["methods"].items():
+                _datasets(g, label, maps)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _datasets(parent, name, arrays):
+    """Create group ``name`` under ``parent`` (if needed) holding ``arrays``; skip when ``arrays`` is None."""
+    if arrays is None:
+        return None
+    g = parent.require_group(name)
+    for key, value in arrays.items():
+        if value is not None:
+            g.create_dataset(key, data=np.asarray(value))
+    return g
+
+
+def summary(ev):
+    """The ``summary.json`` content of an evaluation (a JSON-ready dict, NaN as None)."""
+    a = ev["attrs"]
+    last = ev["snr_last_bin"]
+    results = {}
+    for label, m in ev["methods"].items():
+        results[label] = {}
+        for name, s in m["groups"].items():
+            r = {"n_maps": len(ev["groups"][name]["index"])}
+            r.update({k: s[k] for k in _KAPPA_SUMMARY})
+            r["snr_cumulative"] = s["snr_cumulative"][last]
+            r["snr_cumulative_err"] = s["snr_cumulative_err"][last]
+            if "E_rho" in s:
+                r["E_rho2"] = s["E_rho"] ** 2
+                r["E_rho2_err"] = 2 * np.abs(s["E_rho"]) * s["E_rho_err"]
+            results[label][name] = r
+    levels = range(len(ev["instrument"]["noise_p_uk_arcmin"]))
+    theory = {"clkk": {name: g["clkk_theory"] for name, g in ev["groups"].items()}}
+    for est, n0 in ev["theory"]["n0"].items():
+        theory[f"n0_{est}"] = {f"noise{j}": n0[j] for j in levels}
+    if ev["theory"]["n_iterative"] is not None:
+        theory["n_iterative"] = {f"noise{j}": ev["theory"]["n_iterative"][j] for j in levels}
+    params = ev["cosmology"]["params"]
+    n_cosmo = len(ev["cosmology"]["clkk"])
+    cosmo_idx = ev["meta"]["cosmology_index"]
+    out = {
+        "sims_file": a["sims_file"], "created": a["created"], "git_revision": a["git_revision"],
+        "methods": list(ev["methods"]), "n_maps": len(ev["meta"]["index"]),
+        "bins": dict(ev["bins"]),
+        "noise_p_uk_arcmin": ev["instrument"]["noise_p_uk_arcmin"],
+        "cosmologies": [{"index": c, "params": {p: v[c] for p, v in params.items()},
+                         "n_maps": int(np.sum(cosmo_idx == c))} for c in range(n_cosmo)],
+        "results": results, "theory": theory,
+        "cosmology_dependence": {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
+                                 for label, m in ev["methods"].items()},
+    }
+    if ev["e_bins"] is not None:
+        out["e_bins"] = dict(ev["e_bins"])
+    return _jsonable(out)
+
+
+def _jsonable(obj):
+    """Nested dicts/lists/arrays -> plain JSON types, non-finite floats -> None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer, bool, np.bool_)):
+        return obj.item() if isinstance(obj, np.generic) else obj
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    return obj
+
+
+def write_summary(path, ev):
+    """Write ``summary.json`` (to ``PATH.tmp``, then renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary(ev), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,360 @@
+"""The ``deepcmb evaluate`` stage: a simulation file and its reconstructions -> report.h5 + summary.json.
+
+For every map evaluated it measures binned spectra of the reconstructed kappa, of the true kappa and
+their cross-spectrum (and the same for the unlensed E map of a network with that head), with
+:mod:`deepcmb.spectra` on the bins of ``evaluate.bins``, so the theory binned with
+:func:`~deepcmb.spectra.bin_theory` averages over exactly the same Fourier modes. Non-periodic maps
+(curved-sky patches) are multiplied by a cosine window before the FFT and every spectrum is divided
+by the window moment :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
+(:mod:`deepcmb.evaluation.metrics`) are then computed for groups of maps (all maps, each noise level,
+each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
+layout of the outputs is documented in :mod:`deepcmb.evaluation.report`.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..config import resolve
+from ..cosmology import PARAM_NAMES, compute_spectra
+from ..errors import ConfigError, InputError, OutputExistsError
+from ..provenance import provenance_attrs
+from ..qe import cosine_window, window_moment
+from ..spectra import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
+from . import metrics
+from .inputs import EvaluationInputs, read_rows
+from .report import FORMAT, FORMAT_VERSION, write_report, write_summary
+from .theory import estimator_labels, iterative_kappa_noise, qe_n0
+
+SCHEMA = {
+    "bins": {"Lmin": 100.0, "Lmax": 2000.0, "width": None},
+    "e_bins": {"lmin": 100.0, "lmax": 3000.0, "width": None},
+    "apodize_arcmin": None,
+    "snr": {"Lmax": 2000.0},
+    "theory": {"qe_estimators": ["EB", "MV_POL"], "qe_lmin": 300.0, "qe_lmax": 3500.0, "iterative": True},
+    "examples": 4,
+    "jackknife": 20,
+}
+"""The ``evaluate:`` section of a config, with its defaults.
+
+bins.Lmin, bins.Lmax, bins.width : lensing multipole bins of the kappa spectra (width null: twice
+    the fundamental multipole of the patch);
+e_bins.lmin, e_bins.lmax, e_bins.width : multipole bins of the unlensed-E spectra;
+apodize_arcmin : cosine-taper width of the window applied to every map (null: 0, no window, for
+    periodic flat-sky maps and 60 for non-periodic curved-sky patches);
+snr.Lmax : highest multipole of the cumulative S/N and of the cosmology-dependence fit;
+theory.qe_estimators, theory.qe_lmin, theory.qe_lmax : QE whose analytic N0 is computed, and their
+    CMB multipole range (also that of the iterative limit); theory.iterative : compute the
+    iterative limit (about 10 s per noise level);
+examples : maps copied into the report for figures; jackknife : groups of the jackknife errors.
+"""
+
+BATCH = 128
+"""Maps read and transformed at once."""
+
+
+def resolve_config(user):
+    """Resolve the ``evaluate:`` section over :data:`SCHEMA` and check the values that need no geometry."""
+    cfg = resolve(user, SCHEMA, prefix="evaluate.")
+    for key in ("examples", "jackknife"):
+        lo = 0 if key == "examples" else 2
+        if cfg[key] < lo:
+            raise ConfigError(f"evaluate.{key}: must be at least {lo}, got {cfg[key]}")
+    a = cfg["apodize_arcmin"]
+    if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not np.isfinite(a) or a < 0):
+        raise ConfigError(f"evaluate.apodize_arcmin: must be null or a non-negative number, got {a!r}")
+    estimator_labels(cfg["theory"]["qe_estimators"])
+    return cfg
+
+
+def make_bins(geom, section, lo, hi, name):
+    """Bin edges of a config section for a geometry; refuses empty or mode-less bins.
+
+    Parameters
+    ----------
+    geom : FlatSkyGeometry
+    section : dict
+        ``{lo: ..., hi: ..., 'width': ...}`` (multipoles; width null: twice the fundamental).
+    lo, hi : str
+        Keys of the lower and upper limit (``'Lmin', 'Lmax'`` or ``'lmin', 'lmax'``).
+    name : str
+        Dotted config name for messages (``'evaluate.bins'``).
+
+    Returns
+    -------
+    dict
+        ``edges`` (nbin + 1,), ``L`` (nbin,) mode-weighted centres, ``n_modes`` (nbin,).
+    """
+    width = section["width"]
+    if width is None:
+        width = 2.0 * geom.ell_fundamental
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ConfigError(f"{name}.width: must be null or a positive multipole width, got {width!r}")
+    if not 0 <= section[lo] < section[hi]:
+        raise ConfigError(f"{name}: need 0 <= {lo} < {hi}, got {section[lo]}, {section[hi]}")
+    edges = linear_bins(section[lo], section[hi], float(width))
+    if edges.size < 2:
+        raise ConfigError(f"{name}: no bin of width {width:g} fits in [{section[lo]:g}, {section[hi]:g}]")
+    n_modes = mode_counts(geom, edges)
+    empty = np.flatnonzero(n_modes == 0)
+    if empty.size:
+        k = empty[0]
+        raise ConfigError(f"{name}: bin [{edges[k]:g}, {edges[k + 1]:g}) holds no Fourier mode of the "
+                          f"{geom.shape[0]} x {geom.shape[1]} patch (fundamental {geom.ell_fundamental:.1f}, "
+                          f"Nyquist {geom.ell_nyquist:.0f}); widen {name}.width or narrow the range")
+    return {"edges": edges, "L": bin_centres(geom, edges), "n_modes": n_modes}
+
+
+def make_window(geom, periodic, apodize_arcmin):
+    """``(taper_arcmin, window or None, w2)`` of the evaluation (see :data:`SCHEMA`)."""
+    taper = (0.0 if periodic else 60.0) if apodize_arcmin is None else float(apodize_arcmin)
+    if taper == 0:
+        return taper, None, 1.0
+    try:
+        window = cosine_window(geom, taper)
+    except ConfigError as exc:
+        raise ConfigError(f"evaluate.apodize_arcmin: {exc}") from None
+    return taper, window, window_moment(window, 2)
+
+
+def check_output(out, overwrite):
+    """Refuse an output folder that holds a report (unless ``overwrite``) or cannot be written; returns it.
+
+    The folder itself is created only when the report is written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not overwrite and any((out / n).exists() for n in ("report.h5", "summary.json")):
+        raise OutputExistsError(f"{out}: holds an evaluation report (use --overwrite to replace it)")
+    if not os.access(out if out.exists() else parent, os.W_OK):
+        raise InputError(f"{out}: not writable")
+    return out
+
+
+def _spectra(geom, fa, fb, edges, w2):
+    return binned_fourier_power(geom, fa, fb, edges) / w2
+
+
+def per_map_spectra(inp, bins, e_bins, window, w2, progress=True):
+    """Binned spectra of every evaluated map, window-corrected.
+
+    Parameters
+    ----------
+    inp : EvaluationInputs
+    bins, e_bins : dict
+        From :func:`make_bins` (``e_bins`` None when no method has an E map).
+    window : ndarray or None
+        Window applied to every map before the FFT.
+    w2 : float
+        :math:`\\langle W^2\\rangle`, dividing every spectrum.
+    progress : bool
+
+    Returns
+    -------
+    truth : dict
+        ``kappa_auto`` (n, nb) and ``E_auto`` (n, nbe) or None.
+    methods : dict
+        Label -> ``{'auto', 'cross'}`` (n, nb) and, for E methods, ``E_auto, E_cross, E_resid`` (n, nbe).
+    """
+    from tqdm.auto import tqdm
+
+    geom, n = inp.geom, inp.rows.size
+    edges, nb = bins["edges"], len(bins["L"])
+    do_e = bool(inp.e_labels)
+    truth = {"kappa_auto": np.empty((n, nb)), "E_auto": np.empty((n, len(e_bins["L"]))) if do_e else None}
+    methods = {label: {"auto": np.empty((n, nb)), "cross": np.empty((n, nb))} for label in inp.recs}
+    for label in inp.e_labels:
+        methods[label].update({k: np.empty((n, len(e_bins["L"]))) for k in ("E_auto", "E_cross", "E_resid")})
+
+    def fourier(maps):
+        maps = maps.astype(np.float64)
+        return geom.map2fourier(maps if window is None else maps * window)
+
+    with tqdm(total=n, desc="evaluate", unit="map", disable=not progress) as bar:
+        for start in range(0, n, BATCH):
+            sel = slice(start, min(start + BATCH, n))
+            rows = inp.rows[sel]
+            f_true = fourier(read_rows(inp.sims["maps/kappa"], rows))
+            truth["kappa_auto"][sel] = _spectra(geom, f_true, f_true, edges, w2)
+            if do_e:
+                fe_true = fourier(read_rows(inp.sims["maps/E_unlensed"], rows))
+                truth["E_auto"][sel] = _spectra(geom, fe_true, fe_true, e_bins["edges"], w2)
+            for label, f in inp.recs.items():
+                pos = inp.positions[label][sel]
+                fk = fourier(_finite(read_rows(f["maps/kappa"], pos), inp.rec_paths[label], "kappa", rows))
+                methods[label]["auto"][sel] = _spectra(geom, fk, fk, edges, w2)
+                methods[label]["cross"][sel] = _spectra(geom, fk, f_true, edges, w2)
+                if label in inp.e_labels:
+                    fe = fourier(_finite(read_rows(f["maps/E_unlensed"], pos), inp.rec_paths[label], "E_unlensed",
+                                         rows))
+                    m, e_edges = methods[label], e_bins["edges"]
+                    m["E_auto"][sel] = _spectra(geom, fe, fe, e_edges, w2)
+                    m["E_cross"][sel] = _spectra(geom, fe, fe_true, e_edges, w2)
+                    m["E_resid"][sel] = _spectra(geom, fe - fe_true, fe - fe_true, e_edges, w2)
+            bar.update(len(rows))
+    return truth, methods
+
+
+def _finite(maps, path, name, rows):
+    bad = ~np.all(np.isfinite(maps), axis=(-2, -1))
+    if bad.any():
+        raise InputError(f"{path}: /maps/{name} has non-finite values (NaN or inf) for simulation row "
+                         f"{int(rows[np.argmax(bad)])}")
+    return maps
+
+
+def map_groups(cosmology_index, noise_index):
+    """The groups of maps evaluated: ``'all'``, ``'noise<j>'``, ``'cosmo<c>_noise<j>'``.
+
+    Returns
+    -------
+    dict
+        Name -> ``{'index': positions (into the evaluated maps), 'cosmology_index': c or -1,
+        'noise_index': j or -1}``.
+    """
+    out = {"all": {"index": np.arange(cosmology_index.size), "cosmology_index": -1, "noise_index": -1}}
+    for j in np.unique(noise_index):
+        out[f"noise{j}"] = {"index": np.flatnonzero(noise_index == j), "cosmology_index": -1, "noise_index": int(j)}
+    for c, j in sorted({(int(c), int(j)) for c, j in zip(cosmology_index, noise_index)}):
+        sel = np.flatnonzero((cosmology_index == c) & (noise_index == j))
+        out[f"cosmo{c}_noise{j}"] = {"index": sel, "cosmology_index": c, "noise_index": j}
+    return out
+
+
+def _method_attrs(f, path):
+    attrs = {"method": str(f.attrs["method"]), "file": str(path)}
+    for key in ("estimator", "model", "wiener"):
+        if key in f.attrs:
+            attrs[key] = f.attrs[key]
+    return attrs
+
+
+def _examples(inp, k):
+    rows_pos = np.arange(min(k, inp.rows.size))
+    rows = inp.rows[rows_pos]
+    maps = {name: read_rows(inp.sims["maps"][name], rows) for name in ("T", "Q", "U", "kappa", "E_unlensed")
+            if name in inp.sims["maps"]}
+    methods = {}
+    for label, f in inp.recs.items():
+        pos = inp.positions[label][rows_pos]
+        methods[label] = {name: read_rows(f["maps"][name], pos) for name in ("kappa", "E_unlensed")
+                          if name in f["maps"]}
+    return {"index": rows, "cosmology_index": inp.cosmology_index[rows_pos],
+            "noise_index": inp.noise_index[rows_pos], "maps": maps, "methods": methods}
+
+
+def evaluate(cfg, inp, progress=True):
+    """Compute an evaluation in memory (everything :mod:`deepcmb.evaluation.report` writes).
+
+    Parameters
+    ----------
+    cfg : dict
+        Resolved ``evaluate`` config.
+    inp : EvaluationInputs
+        Open, checked inputs.
+    progress : bool
+
+    Returns
+    -------
+    dict
+        ``bins``, ``e_bins``, ``meta``, ``cosmology``, ``instrument``, ``theory``, ``truth``,
+        ``groups``, ``methods``, ``examples``, ``snr_last_bin`` and ``window`` (taper, w2).
+    """
+    geom, sims = inp.geom, inp.sims
+    bins = make_bins(geom, cfg["bins"], "Lmin", "Lmax", "evaluate.bins")
+    e_bins = make_bins(geom, cfg["e_bins"], "lmin", "lmax", "evaluate.e_bins") if inp.e_labels else None
+    keep = bins["edges"][1:] <= cfg["snr"]["Lmax"]
+    if not keep[0]:
+        raise ConfigError(f"evaluate.snr.Lmax: {cfg['snr']['Lmax']:g} is below the first bin's upper edge "
+                          f"{bins['edges'][1]:g}")
+    taper, window, w2 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
+    instruments, fiducial, th = inp.instruments(), compute_spectra({}), cfg["theory"]
+    theory = {"n0": qe_n0(geom, fiducial, instruments, estimator_labels(th["qe_estimators"]), bins["edges"],
+                          th["qe_lmin"], th["qe_lmax"]),
+              "n_iterative": iterative_kappa_noise(fiducial, instruments, bins["L"], th["qe_lmin"], th["qe_lmax"],
+                                                   progress) if th["iterative"] else None}
+    truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress)
+
+    clkk = np.stack([bin_theory(geom, cl, bins["edges"]) for cl in sims["cosmology/cl_kk"][...]])
+    clkk_maps = clkk[inp.cosmology_index]
+    groups = map_groups(inp.cosmology_index, inp.noise_index)
+    for g in groups.values():
+        g["clkk_theory"] = clkk_maps[g["index"]].mean(axis=0)
+    methods = {}
+    for label, pm in per_map.items():
+        stats = {}
+        for name, g in groups.items():
+            i = g["index"]
+            stats[name] = metrics.kappa_metrics(pm["auto"][i], pm["cross"][i], truth["kappa_auto"][i], clkk_maps[i],
+                                                bins["n_modes"], keep, cfg["jackknife"])
+            if label in inp.e_labels:
+                stats[name].update(metrics.e_metrics(pm["E_auto"][i], pm["E_cross"][i], truth["E_auto"][i],
+                                                     pm["E_resid"][i], cfg["jackknife"]))
+        a = stats["all"]
+        dependence = {int(c): metrics.cosmology_amplitude(pm["auto"][inp.cosmology_index == c], clkk[c],
+                                                          a["auto_mean"], a["transfer"], a["truth_mean"],
+                                                          a["clkk_theory"], keep)
+                      for c in np.unique(inp.cosmology_index)}
+        methods[label] = {"attrs": _method_attrs(inp.recs[label], inp.rec_paths[label]), "per_map": pm,
+                          "groups": stats, "cosmology_dependence": dependence}
+
+    inst = sims["instrument"]
+    return {
+        "bins": bins, "e_bins": e_bins, "snr_last_bin": int(np.flatnonzero(keep)[-1]),
+        "window": {"apodize_arcmin": taper, "window_w2": w2},
+        "meta": {"index": inp.rows, "cosmology_index": inp.cosmology_index, "noise_index": inp.noise_index},
+        "cosmology": {"params": {p: sims["cosmology/params"][p][...] for p in PARAM_NAMES
+                                 if p in sims["cosmology/params"]}, "clkk": clkk},
+        "instrument": {"noise_p_uk_arcmin": inst["noise_p_uk_arcmin"][...],
+                       "noise_t_uk_arcmin": inst["noise_t_uk_arcmin"][...],
+                       "beam_fwhm_arcmin": float(inst.attrs["beam_fwhm_arcmin"])},
+        "theory": theory, "truth": truth, "groups": groups, "methods": methods,
+        "examples": _examples(inp, cfg["examples"]),
+    }
+
+
+def run_evaluate(config, sims, recs, out, overwrite=False, progress=True):
+    """Evaluate reconstructions of a simulation file against its truth.
+
+    Parameters
+    ----------
+    config : dict
+        The ``evaluate:`` section of a config (merged over :data:`SCHEMA`).
+    sims : str or Path
+        Simulation file of ``deepcmb simulate`` (the truth).
+    recs : dict
+        Label (``[A-Za-z0-9_]+``, e.g. ``'nn'``, ``'qe_eb'``) -> reconstruction file made from ``sims``.
+        The rows common to all of them are evaluated.
+    out : str or Path
+        Output folder; receives ``report.h5`` and ``summary.json`` (layout in
+        :mod:`deepcmb.evaluation.report`).
+    overwrite : bool
+        Replace a report already in ``out``.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
+    cfg = resolve_config(config)
+    out = check_output(out, overwrite)
+    with EvaluationInputs(sims, recs) as inp:
+        ev = evaluate(cfg, inp, progress)
+        attrs = provenance_attrs({"evaluate": cfg, "sims": str(inp.sims_path),
+                                  "recs": {k: str(v) for k, v in inp.rec_paths.items()}}, "evaluate")
+        attrs.update(format=FORMAT, format_version=FORMAT_VERSION, sims_file=str(inp.sims_path),
+                     methods=list(inp.recs), n_maps=int(inp.rows.size), shape=np.array(inp.geom.shape),
+                     pixel_arcmin=inp.geom.pixel_arcmin, periodic=inp.periodic, snr_Lmax=cfg["snr"]["Lmax"],
+                     jackknife=cfg["jackknife"], **ev["window"])
+        ev["attrs"] = attrs
+    out.mkdir(exist_ok=True)
+    write_report(out / "report.h5", ev)
+    write_summary(out / "summary.json", ev)
+    return out
