@@ -1,0 +1,222 @@
+"""The params stage: evaluation report -> calibrated band-power likelihood -> emcee chains.
+
+For each method of the report and each test cosmology, the data vector is the mean auto band power of
+the test maps at one noise level, fitted with :math:`T_b^2 C_b^{\\kappa\\kappa}(\\theta) + N_b` where
+:math:`T_b, N_b` and the covariance come from the maps of a separate calibration cosmology
+(:mod:`~deepcmb.params.calibration`, :mod:`~deepcmb.params.likelihood`). Quadratic estimators are
+fitted twice: with the simulation-calibrated noise (N0 + N1 + ...) and with the analytic N0 alone.
+"""
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..h5io import check_output_path
+from .calibration import calibrate_qe, calibrate_transfer
+from .emulator import build_emulator
+from .likelihood import amplitude_exponents, build_likelihood, derived_amplitude
+from .output import write_chains, write_summary
+from .report import read_report
+from .sampling import run_emcee
+from .schema import resolve_config
+
+RESERVED = ("bins", "calibration")
+"""Top-level groups of chains.h5 that a method label may not take."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One sampled posterior and what it was fitted to.
+
+    Attributes
+    ----------
+    label : str
+        Method label.
+    cosmology : int
+        Test cosmology.
+    debias : str
+        ``'calibrated'`` or ``'n0'`` (quadratic estimators' N0-only fit).
+    names : tuple of str
+        Sampled parameters.
+    truth : ndarray, shape (ndim,)
+        The test cosmology's values.
+    lower, upper : ndarray, shape (ndim,)
+        Prior bounds.
+    data, model_best : ndarray, shape (nb,)
+        Mean band powers of the test maps and the model at the best sample (sr).
+    covariance : ndarray, shape (nb, nb)
+    chi2_best : float
+    fisher_std : ndarray, shape (ndim,)
+        Fisher forecast of the marginal errors at the best sample.
+    n_maps : int
+        Test maps averaged.
+    chain : Chain
+    derived : dict or None
+        ``samples`` (steps - burn, walkers), ``truth``, ``exponents`` and ``correlation`` (ndim,),
+        ``definition`` (text) of :data:`~deepcmb.params.likelihood.DERIVED`; None when only ``Alens`` is sampled.
+    """
+
+    label: str
+    cosmology: int
+    debias: str
+    names: tuple
+    truth: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    data: np.ndarray
+    model_best: np.ndarray
+    covariance: np.ndarray
+    chi2_best: float
+    fisher_std: np.ndarray
+    n_maps: int
+    chain: object
+    derived: dict
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a resolved config selects from a report."""
+
+    bins: slice
+    calibration_rows: np.ndarray
+    tests: list
+    base: dict
+
+
+def _plan(cfg, report):
+    inside = np.flatnonzero((report.edges[:-1] >= cfg["Lmin"]) & (report.edges[1:] <= cfg["Lmax"]))
+    if inside.size == 0:
+        raise ConfigError(f"params.Lmin, params.Lmax: no band of {report.path} lies inside "
+                          f"[{cfg['Lmin']:g}, {cfg['Lmax']:g}] (edges {report.edges[0]:g} .. {report.edges[-1]:g})")
+    n_cosmo = report.n_cosmologies
+    c_cal, j = cfg["calibration_cosmology"], cfg["noise_index"]
+    if c_cal >= n_cosmo:
+        raise ConfigError(f"params.calibration_cosmology: {c_cal} is not a cosmology of {report.path} "
+                          f"(it has {n_cosmo})")
+    cal_rows = report.rows(c_cal, j)
+    if cal_rows.size == 0:
+        raise ConfigError(f"params.noise_index: {report.path} has no maps of cosmology {c_cal} at noise level {j}")
+    if cfg["test_cosmologies"] is None:
+        tests = [c for c in range(n_cosmo) if c != c_cal and report.rows(c, j).size]
+        if not tests:
+            raise ConfigError(f"params.test_cosmologies: {report.path} has no cosmology other than the "
+                              f"calibration cosmology {c_cal} with maps at noise level {j}")
+    else:
+        tests = list(cfg["test_cosmologies"])
+        for c in tests:
+            if c >= n_cosmo or not report.rows(c, j).size:
+                raise ConfigError(f"params.test_cosmologies: {report.path} has no maps of cosmology {c} "
+                                  f"at noise level {j}")
+    for label in report.methods:
+        if label in RESERVED:
+            raise InputError(f"{report.path}: method label {label!r} is reserved in chains.h5; rename it")
+    base = report.cosmology(c_cal)
+    for name in cfg["sample"]:
+        lo, hi = cfg["priors"][name]
+        if name != "Alens" and not lo <= base[name] <= hi:
+            raise ConfigError(f"params.priors.{name}: [{lo:g}, {hi:g}] excludes the calibration cosmology's "
+                              f"value {base[name]:g}, the emulator's reference point")
+    return Plan(slice(inside[0], inside[-1] + 1), cal_rows, tests, base)
+
+
+def _calibrations(spectra, report, plan, noise_index):
+    rows, b = plan.calibration_rows, plan.bins
+    auto, truth = spectra.auto[rows, b], report.truth[rows, b]
+    if spectra.method == "qe":
+        if noise_index >= spectra.n0.shape[0]:
+            raise InputError(f"{report.path}: the N0 of {spectra.label!r} has no noise level {noise_index}")
+        return calibrate_qe(auto, truth, spectra.n0[noise_index, b])
+    return (calibrate_transfer(auto, spectra.cross[rows, b], truth),)
+
+
+def _chain_key(label, cosmology, debias):
+    return zlib.crc32(f"{label}/cosmo{cosmology}/{debias}".encode())
+
+
+def _fit(cfg, report, plan, emulator, spectra, calibration, c, progress):
+    names = tuple(cfg["sample"])
+    rows = report.rows(c, cfg["noise_index"])
+    data = spectra.auto[rows, plan.bins].mean(0)
+    lower = np.array([cfg["priors"][n][0] for n in names])
+    upper = np.array([cfg["priors"][n][1] for n in names])
+    lik = build_likelihood(data, calibration, rows.size, emulator, lower, upper)
+    chain = run_emcee(lik, lower, upper, cfg["walkers"], cfg["steps"], cfg["burn"], cfg["seed"],
+                      _chain_key(spectra.label, c, calibration.debias), progress=progress,
+                      desc=f"{spectra.label} cosmo{c}" + (" N0-only" if calibration.debias == "n0" else ""))
+    best = chain.best()
+    truth_params = report.cosmology(c)
+    truth = np.array([truth_params[n] for n in names])
+    derived = None
+    theta0 = emulator.base_theta()
+    if any(n != "Alens" for n in names) and all(theta0[i] > 0 for i, n in enumerate(names) if n != "Alens"):
+        exponents, correlation = amplitude_exponents(lik, theta0)
+        alens_fixed = 1.0 if "Alens" in names else emulator.base["Alens"]
+        terms = [f"({n}/{theta0[i]:.6g})^{exponents[i]:.4f}" for i, n in enumerate(names) if n != "Alens"]
+        derived = {
+            "samples": derived_amplitude(chain.samples, names, theta0, exponents, alens_fixed),
+            "truth": float(derived_amplitude(truth, names, theta0, exponents, truth_params["Alens"])),
+            "exponents": exponents, "correlation": correlation,
+            "definition": " * ".join(["Alens" if "Alens" in names else f"{alens_fixed:g}"] + terms),
+        }
+    return Fit(spectra.label, c, calibration.debias, names, truth, lower, upper, data, lik.model(best),
+               lik.covariance, float(lik.chi2(best)), lik.fisher_std(best), int(rows.size), chain, derived)
+
+
+def _prepare_output(out, overwrite):
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if not out.exists():
+        check_output_path(out)
+        return out, out / "chains.h5", out / "summary.json"
+    return out, check_output_path(out / "chains.h5", overwrite), check_output_path(out / "summary.json", overwrite)
+
+
+def run_params(config, report, out, overwrite=False, progress=True):
+    """Fit cosmological parameters to the reconstructed lensing spectra of an evaluation report.
+
+    Parameters
+    ----------
+    config : dict or None
+        The ``params:`` section (resolved over :data:`~deepcmb.params.schema.SCHEMA`).
+    report : str or Path
+        ``report.h5`` of ``deepcmb evaluate``.
+    out : str or Path
+        Output folder (created if missing; its parent must exist); receives ``chains.h5`` and
+        ``summary.json`` (see :mod:`deepcmb.params.output`).
+    overwrite : bool
+        Replace existing ``chains.h5`` / ``summary.json`` in ``out``.
+    progress : bool
+        Progress bars for the CAMB grid and each chain.
+
+    Returns
+    -------
+    Path
+        The output folder.
+
+    Raises
+    ------
+    ConfigError, InputError, OutputExistsError
+        For a bad config, an unusable report, or existing outputs.
+    """
+    cfg = resolve_config(config)
+    out, chains_path, summary_path = _prepare_output(out, overwrite)
+    rep = read_report(report, cfg["methods"])
+    plan = _plan(cfg, rep)
+    edges = rep.edges[plan.bins.start:plan.bins.stop + 1]
+    emulator = build_emulator(rep.geom, edges, cfg["sample"], plan.base, cfg["priors"], cfg["emulator_points"],
+                              lmax=cfg["camb"]["lmax"], lens_potential_accuracy=cfg["camb"]["lens_potential_accuracy"],
+                              progress=progress)
+    calibrations, fits = {}, []
+    for label, spectra in rep.methods.items():
+        calibrations[label] = _calibrations(spectra, rep, plan, cfg["noise_index"])
+        for c in plan.tests:
+            for cal in calibrations[label]:
+                fits.append(_fit(cfg, rep, plan, emulator, spectra, cal, c, progress))
+    out.mkdir(exist_ok=True)
+    write_chains(chains_path, cfg, rep, plan, edges, calibrations, fits)
+    write_summary(summary_path, cfg, rep, plan, edges, emulator, calibrations, fits)
+    return out
