@@ -1,0 +1,41 @@
+"""Figures of the evaluation report and the parameter chains (``deepcmb figures``).
+
+Public API
+----------
+run_figures
+    report.h5 (and chains.h5) -> a folder of PNG/PDF figures with ``index.json`` (captions, files).
+plan_figures
+    The figures an open report supports (stems, captions, draw functions).
+SCHEMA
+    The ``figures:`` section of an evaluate config (``formats``), resolved with
+    ``deepcmb.config.resolve(section, SCHEMA, "figures.")`` and passed to run_figures as keywords.
+Report, Chains
+    Read-only views of ``report.h5`` / ``chains.h5`` whose missing datasets raise InputError.
+SIZES, DPI
+    Figure sizes in inches per kind, and the PNG resolution (PNG pixels = 100 x inches).
+
+Figures (file stem: content; PNG size in pixels):
+
+=====================  ==========  ==============================================================
+``maps_kappa``         1200 x 600  example Q, U, true kappa, each method's kappa and residual
+``maps_E``             1200 x 600  true unlensed E, each E-head method's E and residual
+``spectra``            700 x 500   C_L^kk theory, truth, auto and cross spectra, N0 curves
+``rho``                700 x 500   rho_L^2 per method vs C/(C+N0) and C/(C+N_iter)
+``noise``              700 x 500   N_eff per method vs analytic N0 and iterative limit (log y)
+``transfer``           700 x 500   transfer function per method
+``snr``                700 x 500   cumulative S/N of the lensing amplitude per map
+``cosmology``          1200 x 500  per-cosmology debiased, transfer-normalised power vs theory
+``E_spectra``          1200 x 500  E head: rho_l and residual power
+``posteriors``         700 x 700   corner plot per test cosmology, all methods, truth marked
+=====================  ==========  ==============================================================
+
+Per-level figures get the suffix ``_noise<j>`` when the report has several noise levels, posteriors
+``_cosmo<c>`` when there are several test cosmologies. Every figure is a
+:class:`matplotlib.figure.Figure` on its own Agg canvas; pyplot is never imported.
+"""
+
+from .report import Chains, Report
+from .stage import SCHEMA, plan_figures, run_figures
+from .style import DPI, SIZES
+
+__all__ = ["run_figures", "plan_figures", "SCHEMA", "Report", "Chains", "SIZES", "DPI"]

@@ -1,0 +1,129 @@
+"""Reconstruction-quality figures of one noise level: rho_L^2, effective noise, transfer, S/N.
+
+Each function draws the statistics group ``noise<level>`` of every method of the report (points
+with jackknife error bars, one colour per method) against the theory stored in the report (lines:
+the analytic QE N0 of each estimator dashed, the iterative limit dotted). The theory C_L^kk of a
+noise level is the map-weighted mean over its cosmologies (:meth:`Report.theory_clkk`). Sizes:
+``line`` (700 x 500 px, see :mod:`deepcmb.figures.style`).
+"""
+
+import numpy as np
+
+from .style import ITERATIVE_STYLE, N0_LINESTYLE, THEORY, log_multipoles, n0_colour, new_figure, offsets, positive
+
+_POINTS = {"fmt": "o", "ms": 4, "capsize": 2, "lw": 1.2}
+
+
+def level_title(report, level):
+    """Axes title naming the noise level, e.g. ``'Delta_P = 1 uK-arcmin'`` in mathtext."""
+    return rf"$\Delta_P$ = {report.noise_p[level]:g} $\mu$K-arcmin"
+
+
+def theory_noises(report, level):
+    """The theory noise curves of a level.
+
+    Returns
+    -------
+    list of (name, symbol, noise, style)
+        ``name`` (e.g. ``'QE EB'``), mathtext ``symbol`` of the noise, ``noise`` N_L [sr] shape (nb,),
+        and the line style: each analytic N0 dashed in the colour of the method using that estimator,
+        the iterative limit dotted grey.
+    """
+    curves = [(f"QE {est}", r"N^{(0)}_L", report.array(f"theory/n0_{est}")[level],
+               {"color": n0_colour(report, est), "ls": N0_LINESTYLE, "lw": 1.5}) for est in report.estimators()]
+    if report.has("theory/n_iterative"):
+        curves.append(("iterative limit", r"N^{\rm iter}_L", report.array("theory/n_iterative")[level],
+                       ITERATIVE_STYLE))
+    return curves
+
+
+def _methods(report, level, name, err=None):
+    """Yield ``(label, colour, L offset factor, values, errors)`` of dataset ``name`` for every method."""
+    group = f"noise{level}"
+    for label, dx in zip(report.methods, offsets(len(report.methods))):
+        values = report.group(label, group, name)
+        errors = report.group(label, group, err) if err else None
+        yield label, report.colours[label], dx, values, errors
+
+
+def _finish(ax, report, level):
+    ax.set_xlabel(r"multipole $L$")
+    ax.set_title(level_title(report, level))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_rho(report, level):
+    """rho_L^2 = (C^{k hat k})^2 / (C^{k hat k hat} C^{kk}) per method against C/(C+N) of the theories.
+
+    Errors: 2 |rho| sigma_rho from the jackknife sigma_rho of the report.
+    """
+    fig = new_figure("line")
+    ax = fig.add_subplot()
+    L = report.array("bins/L")
+    group = f"noise{level}"
+    for label, colour, dx, rho2, _ in _methods(report, level, "rho2"):
+        err = 2 * np.abs(report.group(label, group, "rho")) * report.group(label, group, "rho_err")
+        ax.errorbar(L * dx, rho2, yerr=err, color=colour, label=label, **_POINTS)
+    clkk = report.theory_clkk(level)
+    for name, symbol, noise, style in theory_noises(report, level):
+        ax.plot(L, clkk / (clkk + noise), label=f"{name} theory $C/(C+{symbol})$", **style)
+    ax.set_ylabel(r"cross-correlation $\rho_L^2$")
+    ax.set_ylim(0, 1.05)
+    _finish(ax, report, level)
+    return fig
+
+
+def plot_noise(report, level):
+    """Effective noise N_eff = C^kk (1/rho^2 - 1) per method against the analytic N0 and iterative limit."""
+    fig = new_figure("line")
+    ax = fig.add_subplot()
+    L = report.array("bins/L")
+    for label, colour, dx, n_eff, err in _methods(report, level, "n_eff", "n_eff_err"):
+        ax.errorbar(L * dx, positive(n_eff), yerr=err, color=colour, label=f"{label} $N^{{\\rm eff}}_L$",
+                    **_POINTS)
+    ax.plot(L, report.theory_clkk(level), color=THEORY, lw=1.5, label=r"signal $C_L^{\kappa\kappa}$ (theory)")
+    for name, symbol, noise, style in theory_noises(report, level):
+        ax.plot(L, positive(noise), label=f"{name} theory ${symbol}$", **style)
+    log_multipoles(ax)
+    ax.set_yscale("log")
+    ax.set_ylabel(r"lensing noise $N_L$ [sr]")
+    _finish(ax, report, level)
+    return fig
+
+
+def plot_transfer(report, level):
+    """Transfer function T_L = C^{k hat k} / C^{kk} per method (1 for an unbiased estimator)."""
+    fig = new_figure("line")
+    ax = fig.add_subplot()
+    L = report.array("bins/L")
+    for label, colour, dx, transfer, err in _methods(report, level, "transfer", "transfer_err"):
+        ax.errorbar(L * dx, transfer, yerr=err, color=colour, label=label, **_POINTS)
+    ax.axhline(1.0, color=THEORY, lw=1.0, label="unbiased")
+    ax.set_ylabel(r"transfer $T_L = C_L^{\hat\kappa\kappa} / C_L^{\kappa\kappa}$")
+    _finish(ax, report, level)
+    return fig
+
+
+def plot_snr(report, level):
+    """Cumulative S/N of the lensing amplitude per map, against the theory C/(C+N) of each noise curve.
+
+    Theory: sqrt(cumsum((n_modes / 2) (C/(C+N))^2)) over the bins where the report's S/N is defined
+    (up to its ``snr.Lmax``), the Gaussian form the report uses for the measurement.
+    """
+    fig = new_figure("line")
+    ax = fig.add_subplot()
+    L = report.array("bins/L")
+    defined = np.zeros(L.shape, dtype=bool)
+    for label, colour, dx, snr, err in _methods(report, level, "snr_cumulative", "snr_cumulative_err"):
+        ax.errorbar(L * dx, snr, yerr=err, color=colour, label=label, **_POINTS)
+        defined |= np.isfinite(snr)
+    clkk = report.theory_clkk(level)
+    half_modes = report.array("bins/n_modes") / 2
+    for name, _, noise, style in theory_noises(report, level):
+        per_bin = np.where(defined, half_modes * (clkk / (clkk + noise)) ** 2, 0.0)
+        ax.plot(L[defined], np.sqrt(np.cumsum(per_bin))[defined], label=f"{name} theory", **style)
+    ax.set_ylabel(r"cumulative $S/N$ of $A_{\rm lens}$ (one map, $\leq L$)")
+    ax.set_ylim(bottom=0)
+    _finish(ax, report, level)
+    return fig

@@ -1,0 +1,225 @@
+"""The ``deepcmb figures`` stage: an evaluation report (and parameter chains) -> every figure + index.json.
+
+The figures read ``report.h5`` of ``deepcmb evaluate`` and, when given, ``chains.h5`` of ``deepcmb
+params``; they never open the simulations or the reconstructions and recompute nothing but plotting
+arithmetic. Content the inputs lack is skipped (no E head: no ``maps_E``/``E_spectra``; no chains:
+no ``posteriors``; one cosmology: no ``cosmology``; no ``/examples``: no map figures); a dataset a
+drawn figure needs and the report lacks raises :class:`~deepcmb.errors.InputError` naming both.
+"""
+
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, InputError, OutputExistsError
+from ..provenance import provenance_attrs
+from . import maps, performance, posteriors, spectra
+from .report import Chains, Report, check_same_bins
+from .style import DPI, method_colours, save
+
+FORMATS = ("png", "pdf", "svg")
+INDEX_FORMAT = "deepcmb.figures"
+
+SCHEMA = {"formats": ["png", "pdf"]}
+"""Schema of the ``figures:`` section of an evaluate config (keyword arguments of :func:`run_figures`).
+
+formats : list of str
+    Files written per figure, from :data:`FORMATS`.
+"""
+
+_LEVEL_FIGURES = (
+    ("spectra", spectra.plot_spectra,
+     "Binned kappa power: theory C_L^kk (line), mean true-kappa power and each method's auto and cross "
+     "spectra (points, error of the mean), analytic QE N0 and iterative limit (lines)"),
+    ("rho", performance.plot_rho,
+     "Cross-correlation rho_L^2 of each method with the true kappa (points, jackknife errors) against "
+     "C/(C+N) for the analytic QE N0 and the iterative limit (lines)"),
+    ("noise", performance.plot_noise,
+     "Effective noise N_eff = C^kk (1/rho^2 - 1) of each method (points, jackknife errors) against the "
+     "analytic QE N0 and the iterative limit (lines), log scale"),
+    ("transfer", performance.plot_transfer,
+     "Transfer function T_L = C^(kappa_hat kappa) / C^(kappa kappa) of each method (points, jackknife errors)"),
+    ("snr", performance.plot_snr,
+     "Cumulative S/N of the lensing amplitude per map (points, jackknife errors) against the Gaussian "
+     "forecast for each theory noise curve (lines)"),
+)
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    """One figure to draw: its file stem, one-line caption and a no-argument function returning it."""
+
+    stem: str
+    caption: str
+    draw: Callable
+
+
+def plan_figures(report, chains=None):
+    """The figures an open report (and chains) supports, in drawing order.
+
+    Parameters
+    ----------
+    report : deepcmb.figures.report.Report
+    chains : deepcmb.figures.report.Chains, optional
+
+    Returns
+    -------
+    list of FigureJob
+        Stems: ``maps_kappa``, ``maps_E``, then per noise level ``spectra``, ``rho``, ``noise``,
+        ``transfer``, ``snr``, ``cosmology``, ``E_spectra`` (suffix ``_noise<j>`` when the report has
+        several levels), then ``posteriors`` (suffix ``_cosmo<c>`` when there are several test
+        cosmologies).
+    """
+    e_methods = report.e_methods()
+    jobs = []
+    if report.has("examples/index") and len(report.array("examples/index")):
+        jobs.append(FigureJob("maps_kappa", "Example maps: observed Q and U, true kappa, and each method's kappa "
+                              "and residual (same colour scale as the truth)", partial(maps.plot_maps_kappa, report)))
+        if e_methods:
+            jobs.append(FigureJob("maps_E", "Example maps: true unlensed E, and each E-head method's E and "
+                                  "residual (same colour scale as the truth)", partial(maps.plot_maps_E, report)))
+    for level in range(report.n_levels):
+        jobs += _level_jobs(report, level, e_methods)
+    if chains is not None:
+        colours = method_colours(report.methods + [m for m in chains.labels if m not in report.methods])
+        cosmologies = chains.cosmologies()
+        for c in cosmologies:
+            jobs.append(FigureJob(
+                "posteriors" + (f"_cosmo{c}" if len(cosmologies) > 1 else ""),
+                f"Posteriors of test cosmology {c}: 1-d marginals and 68/95 % contours of every method, "
+                "truth marked", partial(posteriors.plot_posteriors, chains, c, colours)))
+    return jobs
+
+
+def _level_jobs(report, level, e_methods):
+    """The figures of one noise level (none if the report holds no maps at that level)."""
+    cosmologies, counts = report.cosmologies(level)
+    if not counts.sum():
+        return []
+    suffix = f"_noise{level}" if report.n_levels > 1 else ""
+    where = f", at Delta_P = {report.noise_p[level]:g} uK-arcmin."
+    jobs = [FigureJob(stem + suffix, caption + where, partial(draw, report, level))
+            for stem, draw, caption in _LEVEL_FIGURES]
+    if len(cosmologies) > 1:
+        jobs.append(FigureJob(
+            "cosmology" + suffix,
+            "Per-cosmology kappa power of each method, debiased and transfer-normalised with the pooled "
+            "transfer and noise (points), against each cosmology's theory C^kk (lines), both relative to "
+            f"the mean theory; at most {spectra.MAX_COSMOLOGIES} cosmologies spread in amplitude" + where,
+            partial(spectra.plot_cosmology, report, level)))
+    if e_methods:
+        jobs.append(FigureJob("E_spectra" + suffix, "Unlensed-E head: cross-correlation rho_l of E_hat with the "
+                              "true E, and residual power against the true E power" + where,
+                              partial(spectra.plot_E_spectra, report, level)))
+    return jobs
+
+
+def _is_figure_folder(path):
+    try:
+        return json.loads((path / "index.json").read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output_folder(out, overwrite=False):
+    """Refuse an output folder that holds figures (unless ``overwrite``) or anything else.
+
+    A folder that exists and is not empty is replaced only with ``overwrite`` and only if it holds
+    the figures of an earlier run (an ``index.json`` of this stage): other folders are never deleted.
+
+    Returns
+    -------
+    Path
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_figure_folder(out):
+            raise OutputExistsError(f"{out}: folder holds files that are not deepcmb figures; choose a new "
+                                    "or empty folder")
+        if not overwrite:
+            raise OutputExistsError(f"{out}: holds figures (use --overwrite to replace them)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+    return out
+
+
+def _check_formats(formats):
+    formats = tuple(str(f).lower() for f in formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"formats: expected one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
+    return formats
+
+
+def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=False, progress=True):
+    """Draw every figure a report (and chains) supports into a folder, with ``index.json``.
+
+    Parameters
+    ----------
+    report : str or Path
+        ``report.h5`` of ``deepcmb evaluate``.
+    out : str or Path
+        Output folder (created; refused if it holds anything, see :func:`check_output_folder`).
+    chains : str or Path, optional
+        ``chains.h5`` of ``deepcmb params`` (adds the posterior figures); its bins must be the report's.
+    formats : sequence of {'png', 'pdf', 'svg'}
+        Files written per figure. PNGs are 100 dpi at the sizes of :mod:`deepcmb.figures.style`.
+    overwrite : bool
+        Replace a folder holding the figures of an earlier run.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of Path
+        The figure files written (``OUT/<stem>.<format>``). ``OUT/index.json`` holds ``format``
+        (``'deepcmb.figures'``), the input paths ``report`` and ``chains``, the provenance
+        (``deepcmb_version``, ``git_revision``, ``stage``, ``created``, ``config``) and ``figures``:
+        each stem -> ``caption``, ``files`` and ``size_px`` (PNG width, height).
+
+    Notes
+    -----
+    Figures are drawn into ``OUT.tmp`` and the folder is renamed to ``OUT`` when all are done, so
+    ``OUT`` never holds a partial set.
+    """
+    from tqdm.auto import tqdm
+
+    formats = _check_formats(formats)
+    out = check_output_folder(out, overwrite)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        index = {}
+        with Report(report) as rep, (Chains(chains) if chains is not None else nullcontext()) as ch:
+            if ch is not None:
+                check_same_bins(rep, ch)
+            for job in tqdm(plan_figures(rep, ch), desc="figures", unit="fig", disable=not progress):
+                fig = job.draw()
+                files = save(fig, tmp, job.stem, formats)
+                width, height = (int(round(v * DPI)) for v in fig.get_size_inches())
+                index[job.stem] = {"caption": job.caption, "files": [p.name for p in files],
+                                   "size_px": [width, height]}
+        inputs = {"report": str(Path(report).resolve()),
+                  "chains": str(Path(chains).resolve()) if chains is not None else None}
+        meta = {"format": INDEX_FORMAT, **inputs, **provenance_attrs({**inputs, "formats": list(formats)}, "figures"),
+                "figures": index}
+        (tmp / "index.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return [out / name for entry in index.values() for name in entry["files"]]
