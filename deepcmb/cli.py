@@ -5,6 +5,7 @@ without a traceback.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -118,6 +119,29 @@ def _run_reconstruct(args):
     print(f"wrote {out}")
 
 
+def _add_run(sub):
+    p = sub.add_parser("run", help="run every stage of a preset (simulate -> ... -> figures)",
+                       description="Run simulate -> train -> reconstruct (nn and qe) -> evaluate -> params -> "
+                                   "figures for a preset (evaluate/PRESET.yaml and the presets it names), one "
+                                   "line per stage. Stages finished under the same config are re-used; an "
+                                   "interrupted run resumes.")
+    p.add_argument("--preset", default="quick", help="preset name (quick, paper) or path to evaluate/<name>.yaml")
+    p.add_argument("--root", default=None,
+                   help="folder holding sims/, train/, evaluate/ (default: the current folder, else the checkout)")
+    p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="local worker processes for the simulations (default: all cores)")
+    p.add_argument("--verbose", action="store_true", help="also show each stage's own progress bars")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args):
+    _quiet_tensorflow()
+    from .pipeline import run_pipeline
+
+    run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose)
+
+
 def build_parser():
     """The argument parser of the ``deepcmb`` command."""
     from . import __version__
@@ -128,6 +152,9 @@ def build_parser():
     _add_simulate(sub)
     _add_train(sub)
     _add_reconstruct(sub)
+    for module in ("evaluation", "params", "figures"):
+        importlib.import_module(f".{module}.cli", __package__).add_parser(sub)
+    _add_run(sub)
     return parser
 
 

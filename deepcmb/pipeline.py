@@ -1,0 +1,297 @@
+"""``deepcmb run``: every stage of a preset, in order, re-using the stages that are already done.
+
+A preset ``P`` is the file ``evaluate/P.yaml`` of a preset root (a checkout of this repository: the
+folders ``sims/``, ``train/``, ``evaluate/``). Its ``run:`` section names the other stages' presets
+(paths relative to the root); its ``evaluate:``, ``params:`` and ``figures:`` sections configure those
+stages. The stages and their outputs in the run folder ``OUT`` (default ``data/out/run_P``)::
+
+    simulate_train   OUT/sims_train.h5         training maps        (run.train_sims)
+    simulate_test    OUT/sims_test.h5          test maps, never trained on (run.test_sims)
+    reconstruct_qe_train  OUT/rec_qe_train.h5  QE of the training maps (only for a kappa_qe input)
+    train            OUT/train/                the network's run folder (run.train)
+    reconstruct_qe_<E>  OUT/rec_qe_<e>.h5      each quadratic estimator of run.qe_estimators
+    reconstruct_nn   OUT/rec_nn.h5             the trained network on the test maps
+    reconstruct_<M>  OUT/rec_<M>.h5            each model of run.models (e.g. the shipped pretrained one)
+    evaluate         OUT/eval/                 report.h5, summary.json
+    params           OUT/params/               chains.h5, summary.json
+    figures          OUT/figures/              PNG and PDF of every figure, index.json
+
+Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config
+and of the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
+re-used; a changed config re-runs that stage and every stage after it. An interrupted simulation or
+training resumes where it stopped (those stages resume by themselves).
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from .config import Free, load_yaml, resolve
+from .errors import ConfigError
+from .provenance import config_json
+
+RUN_SCHEMA = {
+    "train_sims": "sims/quick.yaml",
+    "test_sims": "sims/quick_test.yaml",
+    "train": "train/quick.yaml",
+    "models": Free({}),
+    "qe_estimators": ["EB", "MV_POL"],
+    "qe_input": "MV_POL",
+    "qe": {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0},
+    "params": True,
+}
+"""Schema of the ``run:`` section of ``evaluate/<preset>.yaml``.
+
+``models`` maps extra labels to trained models (run folders or ``.keras`` files, relative to the
+root) that are evaluated beside the freshly trained one; ``qe_input`` is the estimator whose kappa
+feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation.
+"""
+
+SECTIONS = ("run", "evaluate", "params", "figures")
+
+
+def source_root():
+    """The checkout this package was installed from (editable installs), or None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "evaluate").is_dir() and (root / "sims").is_dir() else None
+
+
+def find_preset(preset, root=None):
+    """Locate a preset file.
+
+    Parameters
+    ----------
+    preset : str
+        A preset name (``quick``, ``paper``) looked up as ``ROOT/evaluate/<name>.yaml``, or a path to
+        such a YAML file (its root is then the folder above ``evaluate/``).
+    root : str or Path, optional
+        Preset root; default: the current folder if it has ``evaluate/<name>.yaml``, else the source
+        checkout of the package.
+
+    Returns
+    -------
+    (Path, Path)
+        The preset file and its root.
+    """
+    if preset.endswith((".yaml", ".yml")):
+        path = Path(preset).resolve()
+        if not path.is_file():
+            raise ConfigError(f"--preset: {preset}: no such file")
+        return path, Path(root).resolve() if root else path.parent.parent
+    candidates = [Path(root)] if root else [Path.cwd()] + ([source_root()] if source_root() else [])
+    for base in candidates:
+        path = base / "evaluate" / f"{preset}.yaml"
+        if path.is_file():
+            return path.resolve(), base.resolve()
+    known = sorted(p.stem for base in candidates for p in (base / "evaluate").glob("*.yaml"))
+    raise ConfigError(f"--preset: no preset {preset!r} in {', '.join(str(b / 'evaluate') for b in candidates)}"
+                      + (f" (known: {', '.join(known)})" if known else ""))
+
+
+class Stage:
+    """One step of the pipeline: a name, what it writes, the config that fixes it and how to run it."""
+
+    def __init__(self, name, output, config, inputs, run):
+        self.name, self.output, self.config, self.inputs, self.run = name, Path(output), config, inputs, run
+        self.key = None
+
+
+def _key(stage, keys):
+    text = config_json({"stage": stage.name, "config": stage.config, "inputs": [keys[i] for i in stage.inputs]})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _label(name):
+    return "".join(c if c.isalnum() else "_" for c in name.lower())
+
+
+def plan_stages(preset_file, root, out, workers=1, verbose=False):
+    """The stages of a preset, in order (nothing is run).
+
+    Parameters
+    ----------
+    preset_file, root : Path
+        From :func:`find_preset`.
+    out : Path
+        Run folder.
+    workers : int
+        Worker processes of the simulate stages.
+    verbose : bool
+        Let the stages show their own progress bars.
+
+    Returns
+    -------
+    list of Stage
+    """
+    top = load_yaml(preset_file)
+    unknown = sorted(set(top) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{preset_file}: unknown section(s) {', '.join(unknown)} (expected {', '.join(SECTIONS)})")
+    run = resolve(top.get("run") or {}, RUN_SCHEMA, prefix="run.")
+    sections = {k: top.get(k) or {} for k in ("evaluate", "params", "figures")}
+
+    def preset(key):
+        return load_yaml(root / run[key])
+
+    train_sims, test_sims, train_cfg = preset("train_sims"), preset("test_sims"), preset("train")
+    if not isinstance(run["models"], dict):
+        raise ConfigError("run.models: expected a mapping label -> model path")
+    inputs = (train_cfg.get("model") or {}).get("inputs") or []
+    qe_input = "kappa_qe" in inputs
+    estimators = list(run["qe_estimators"])
+    if qe_input and run["qe_input"] not in estimators:
+        estimators.append(run["qe_input"])
+    o = Path(out)
+    quiet = not verbose
+    stages = []
+
+    def add(name, output, config, inputs, fn):
+        stages.append(Stage(name, o / output, config, inputs, fn))
+
+    from .simulate import run_simulate
+
+    add("simulate_train", "sims_train.h5", train_sims, [],
+        lambda s, ow: run_simulate(train_sims, s.output, workers=workers, overwrite=ow, progress=not quiet))
+    add("simulate_test", "sims_test.h5", test_sims, [],
+        lambda s, ow: run_simulate(test_sims, s.output, workers=workers, overwrite=ow, progress=not quiet))
+    qe_opts = run["qe"]
+
+    def qe(sims, est):
+        def fn(s, ow):
+            from .qe.stage import run_reconstruct_qe
+
+            run_reconstruct_qe(o / sims, s.output, estimator=est, overwrite=ow, progress=not quiet, **qe_opts)
+        return fn
+
+    train_qe = test_qe = None
+    if qe_input:
+        # the network reads the QE kappa as an input channel: the QE of the training maps feeds the
+        # training, the same estimator on the test maps feeds the network's reconstruction
+        train_qe, test_qe = o / "rec_qe_train.h5", o / f"rec_qe_{_label(run['qe_input'])}.h5"
+        add("reconstruct_qe_train", train_qe.name, {"estimator": run["qe_input"], **qe_opts}, ["simulate_train"],
+            qe("sims_train.h5", run["qe_input"]))
+
+    def train(s, ow):
+        from .nn.train import run_train
+
+        run_train(train_cfg, o / "sims_train.h5", s.output, qe=train_qe, overwrite=ow, progress=not quiet)
+
+    add("train", "train", train_cfg, ["simulate_train"] + (["reconstruct_qe_train"] if qe_input else []), train)
+    recs = {}
+    for est in estimators:
+        lab = "qe_" + _label(est)
+        recs[lab] = f"rec_{lab}.h5"
+        add(f"reconstruct_{lab}", recs[lab], {"estimator": est, **qe_opts}, ["simulate_test"], qe("sims_test.h5", est))
+
+    def reconstruct_nn(model, qe_file=None):
+        def fn(s, ow):
+            from .nn.reconstruct import run_reconstruct_nn
+
+            run_reconstruct_nn(model, o / "sims_test.h5", s.output, qe=qe_file, overwrite=ow, progress=not quiet)
+        return fn
+
+    recs["nn"] = "rec_nn.h5"
+    add("reconstruct_nn", "rec_nn.h5", {}, ["train", "simulate_test"]
+        + ([f"reconstruct_qe_{_label(run['qe_input'])}"] if qe_input else []), reconstruct_nn(o / "train", test_qe))
+    for label, model in run["models"].items():
+        lab = _label(label)
+        if lab in ("nn", "qe_train") or lab.startswith("qe_"):
+            raise ConfigError(f"run.models.{label}: the labels 'nn' and 'qe_*' are taken")
+        recs[lab] = f"rec_{lab}.h5"
+        model_path = (root / model).resolve()
+        if not model_path.exists():
+            raise ConfigError(f"run.models.{label}: {model_path} does not exist")
+        add(f"reconstruct_{lab}", recs[lab], {"model": str(model_path)}, ["simulate_test"],
+            reconstruct_nn(model_path))
+    rec_stages = [s.name for s in stages if s.name.startswith("reconstruct_")]
+
+    def evaluate(s, ow):
+        from .evaluation import run_evaluate
+
+        run_evaluate(sections["evaluate"], o / "sims_test.h5", {k: o / v for k, v in recs.items()}, s.output,
+                     overwrite=ow, progress=not quiet)
+
+    add("evaluate", "eval", sections["evaluate"], rec_stages, evaluate)
+    chains = None
+    if run["params"]:
+        def params(s, ow):
+            from .params import run_params
+
+            run_params(sections["params"], o / "eval" / "report.h5", s.output, overwrite=ow, progress=not quiet)
+
+        add("params", "params", sections["params"], ["evaluate"], params)
+        chains = o / "params" / "chains.h5"
+
+    from .figures import SCHEMA as FIGURES_SCHEMA
+
+    figures_cfg = resolve(sections["figures"], FIGURES_SCHEMA, prefix="figures.")
+
+    def figures(s, ow):
+        from .figures import run_figures
+
+        run_figures(o / "eval" / "report.h5", s.output, chains=chains, overwrite=ow, progress=not quiet,
+                    formats=tuple(figures_cfg["formats"]))
+
+    add("figures", "figures", figures_cfg, ["evaluate"] + (["params"] if chains else []), figures)
+    keys = {}
+    for s in stages:
+        s.key = keys[s.name] = _key(s, keys)
+    return stages
+
+
+def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, echo=print):
+    """Run (or resume) every stage of a preset.
+
+    Parameters
+    ----------
+    preset : str
+        Preset name or file (see :func:`find_preset`).
+    out : str or Path, optional
+        Run folder; default ``ROOT/data/out/run_<preset>``.
+    root : str or Path, optional
+        Preset root.
+    workers : int
+        Worker processes of the simulate stages.
+    verbose : bool
+        Show each stage's own progress bars under its line.
+    echo : callable
+        Receives one line per stage (``print`` by default).
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    preset_file, root = find_preset(preset, root)
+    out = Path(out) if out is not None else root / "data" / "out" / f"run_{preset_file.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    stages = plan_stages(preset_file, root, out, workers=workers, verbose=verbose)
+    record_path = out / "pipeline.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    total = time.perf_counter()
+    width = max(len(s.name) for s in stages)
+    for i, s in enumerate(stages, 1):
+        prefix = f"[{i}/{len(stages)}] {s.name:<{width}}"
+        entry = record.get(s.name, {})
+        same = entry.get("key") == s.key
+        if same and entry.get("finished") and s.output.exists():
+            echo(f"{prefix}  re-used   {s.output}")
+            continue
+        if same and s.name == "train" and (s.output / "model.keras").exists():
+            overwrite = None  # finished training whose record was not written: nothing to redo
+        elif same and s.name in ("simulate_train", "simulate_test", "train"):
+            # an interrupted simulation or training of this very config resumes by itself
+            overwrite = s.name != "train" and s.output.exists()
+        else:
+            overwrite = s.output.exists()
+        record[s.name] = {"key": s.key, "output": str(s.output), "finished": False}
+        record_path.write_text(json.dumps(record, indent=1))
+        t0 = time.perf_counter()
+        if overwrite is not None:
+            s.run(s, overwrite)
+        record[s.name].update(finished=True, seconds=round(time.perf_counter() - t0, 1))
+        record_path.write_text(json.dumps(record, indent=1))
+        echo(f"{prefix}  done in {time.perf_counter() - t0:6.1f} s   {s.output}")
+    echo(f"all {len(stages)} stages done in {time.perf_counter() - total:.0f} s; summary: {out / 'eval' / 'summary.json'}")
+    return out

@@ -1,0 +1,175 @@
+"""``deepcmb run``: the whole pipeline end to end on a tiny preset, stage re-use and re-runs.
+
+The tiny preset has the structure of ``evaluate/quick.yaml`` (train and test sims, a network that also
+reads the QE kappa, two quadratic estimators, evaluation, parameters, figures) at a size CI can afford: 32 x 32 maps, a
+two-level network trained for two epochs, three test cosmologies differing in Alens only (values that
+other tests use too, so CAMB runs once).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from deepcmb.errors import ConfigError
+from deepcmb.pipeline import find_preset, plan_stages
+
+GEOMETRY = {"kind": "flat", "shape": [32, 32], "pixel_arcmin": 2.34375}
+INSTRUMENT = {"beam_fwhm_arcmin": 1.0, "noise_p_uk_arcmin": [1.0]}
+
+TRAIN_SIMS = {"seed": 11, "n_maps": 384, "geometry": GEOMETRY, "cosmology": {"sampling": "fiducial"},
+              "instrument": INSTRUMENT, "simulation": {"fields": ["Q", "U", "E_unlensed", "kappa"]}}
+TEST_SIMS = {"seed": 12, "n_maps": 240, "geometry": GEOMETRY,
+             "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}, {"Alens": 0.5}]},
+             "instrument": INSTRUMENT,
+             "simulation": {"fields": ["T", "Q", "U", "E_unlensed", "kappa"], "block_size": 40}}
+TRAIN = {"seed": 3, "data": {"split": [0.9, 0.1, 0.0]},
+         "model": {"inputs": ["Q", "U", "kappa_qe"], "filters": [8, 16], "outputs": ["kappa", "E_unlensed"]},
+         "training": {"batch_size": 32, "epochs": 2}}
+PRESET = {
+    "run": {"train_sims": "sims/tiny_train.yaml", "test_sims": "sims/tiny_test.yaml", "train": "train/tiny.yaml",
+            "qe_estimators": ["EB", "MV_POL"]},
+    "evaluate": {"bins": {"Lmin": 300, "Lmax": 2000, "width": 300}, "e_bins": {"lmin": 300, "lmax": 3000},
+                 "snr": {"Lmax": 2000}, "examples": 2, "jackknife": 8,
+                 "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": False}},
+    "params": {"sample": ["Alens"], "priors": {"Alens": [0.4, 1.8]}, "Lmin": 300, "Lmax": 2000,
+               "walkers": 8, "steps": 300, "burn": 100},
+    "figures": {},
+}
+
+
+def _write_root(root, preset=PRESET):
+    for folder, name, content in (("sims", "tiny_train", TRAIN_SIMS), ("sims", "tiny_test", TEST_SIMS),
+                                  ("train", "tiny", TRAIN), ("evaluate", "tiny", preset)):
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder / f"{name}.yaml").write_text(yaml.safe_dump(content))
+
+
+def _run(root, out):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    return subprocess.run([sys.executable, "-m", "deepcmb.cli", "run", "--preset", "tiny", "--root", str(root),
+                           "--out", str(out), "--workers", "1"], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    _write_root(root)
+    out = root / "out"
+    first = _run(root, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return root, out, first
+
+
+STAGES = ["simulate_train", "simulate_test", "reconstruct_qe_train", "train", "reconstruct_qe_eb",
+          "reconstruct_qe_mv_pol", "reconstruct_nn", "evaluate", "params", "figures"]
+
+
+def test_one_line_per_stage_and_every_output(tiny_run):
+    root, out, first = tiny_run
+    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("[")]
+    assert [ln.split()[1] for ln in lines] == STAGES
+    assert all("done in" in ln for ln in lines)
+    for name in ("sims_train.h5", "sims_test.h5", "rec_qe_train.h5", "train/model.keras", "rec_nn.h5", "rec_qe_eb.h5",
+                 "rec_qe_mv_pol.h5", "eval/report.h5", "eval/summary.json", "params/chains.h5",
+                 "params/summary.json", "figures/index.json"):
+        assert (out / name).exists(), name
+    record = json.loads((out / "pipeline.json").read_text())
+    assert set(record) == set(STAGES) and all(r["finished"] for r in record.values())
+
+
+def test_the_network_is_evaluated_on_maps_it_never_saw(tiny_run):
+    _, out, _ = tiny_run
+    with h5py.File(out / "rec_nn.h5") as rec, h5py.File(out / "sims_test.h5") as test, \
+            h5py.File(out / "sims_train.h5") as train:
+        assert rec.attrs["sims_file"] == str((out / "sims_test.h5").resolve())
+        assert test.attrs["seed"] != train.attrs["seed"]
+        assert not np.allclose(test["maps/kappa"][0], train["maps/kappa"][0])
+        # its kappa_qe channel is the MV_POL QE of the very same test maps
+        assert json.loads(rec.attrs["config"])["qe"] == str((out / "rec_qe_mv_pol.h5").resolve())
+
+
+def test_summary_compares_every_method_per_cosmology(tiny_run):
+    _, out, _ = tiny_run
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"nn", "qe_eb", "qe_mv_pol"}
+    for label in summary["methods"]:
+        groups = summary["results"][label]
+        assert {"all", "cosmo0_noise0", "cosmo1_noise0", "cosmo2_noise0"} <= set(groups)
+        rho2 = np.array(groups["all"]["rho2"], dtype=float)
+        assert np.all((rho2 > 0) & (rho2 <= 1)), (label, rho2)
+    # the QE is unbiased: its transfer function is one within a few per cent where it has signal
+    transfer = np.array(summary["results"]["qe_mv_pol"]["all"]["transfer"], dtype=float)
+    assert np.all(np.abs(transfer[:3] - 1) < 0.1), transfer
+    params = json.loads((out / "params" / "summary.json").read_text())
+    assert set(params["results"]) == {"nn", "qe_eb", "qe_mv_pol"}
+    assert set(params["results"]["qe_mv_pol"]) == {"cosmo1", "cosmo2"}
+
+
+def _documented_summary_keys():
+    """First-column keys of the ``summary.json`` table of README.rst's evaluation section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.rst").read_text()
+    section = readme[readme.index("``summary.json``\n~~~~"):]
+    table = section[section.index("====="):]
+    rows = table.split("\n\n")[0].splitlines()
+    return {m for line in rows for m in re.findall(r"^``(\w+)``", line)}
+
+
+def test_summary_has_every_key_the_readme_documents(tiny_run):
+    _, out, _ = tiny_run
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    documented = _documented_summary_keys()
+    assert {"results", "theory", "cosmology_dependence", "methods"} <= documented
+    assert documented <= set(summary), documented - set(summary)
+    group = summary["results"]["nn"]["all"]
+    for key in ("n_maps", "rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err",
+                "snr_cumulative", "snr_cumulative_err", "E_rho2", "E_rho2_err"):
+        assert key in group, key
+    assert {"cosmo0", "cosmo1", "cosmo2"} <= set(summary["cosmology_dependence"]["nn"])
+
+
+def test_rerun_reuses_every_stage_and_a_changed_config_reruns_what_follows(tiny_run, tmp_path):
+    root, out, _ = tiny_run
+    again = _run(root, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = [ln for ln in again.stdout.splitlines() if ln.startswith("[")]
+    assert all("re-used" in ln for ln in lines) and len(lines) == len(STAGES)
+
+    changed = json.loads(json.dumps(PRESET))
+    changed["evaluate"]["jackknife"] = 6
+    _write_root(root, changed)
+    rerun = _run(root, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    status = {ln.split()[1]: ("re-used" in ln) for ln in rerun.stdout.splitlines() if ln.startswith("[")}
+    assert [s for s in STAGES if status[s]] == STAGES[:7]
+    _write_root(root)
+
+
+def test_preset_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no preset 'nope'"):
+        find_preset("nope", tmp_path)
+    _write_root(tmp_path, {**PRESET, "evaluation": {}})
+    with pytest.raises(ConfigError, match="unknown section"):
+        plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
+    _write_root(tmp_path, {**PRESET, "run": {**PRESET["run"], "models": {"nn": "data/pretrained/quick"}}})
+    with pytest.raises(ConfigError, match="taken"):
+        plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
+
+
+def test_shipped_presets_resolve():
+    for name in ("quick", "paper"):
+        path, root = find_preset(name)
+        stages = plan_stages(path, root, root / "data" / "out" / f"run_{name}")
+        names = [s.name for s in stages]
+        assert names[:2] == ["simulate_train", "simulate_test"] and names[-3:] == ["evaluate", "params", "figures"]
+        # the quick network reads the QE kappa, so the QE of its training maps comes before training
+        assert ("reconstruct_qe_train" in names) == (name == "quick")
+        assert names.index("train") < names.index("reconstruct_nn")
