@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 
 #: Method label -> (transfer, noise as a multiple of the EB N0, QE estimator or None).
-METHODS = {"nn": (0.9, 0.5, None), "qe_eb": (1.0, 1.0, "EB"), "qe_mv_pol": (1.0, 0.9, "MV_POL")}
+METHODS = {"nn": (0.9, 0.5, None), "nn_pretrained": (0.7, 0.6, None), "qe_eb": (1.0, 1.0, "EB"),
+           "qe_mv_pol": (1.0, 0.9, "MV_POL")}
 
 
 def clkk_model(L, amplitude=1.0):
@@ -75,7 +76,7 @@ def make_report(path, methods=("nn", "qe_eb"), e_methods=("nn",), n_levels=2, n_
     n_levels, n_cosmo, maps_per : int
         Noise levels, cosmologies (Alens = 0.8 ... 1.2) and maps per (cosmology, level).
     examples : int
-        Example maps in ``/examples`` (0: no ``/examples`` group).
+        Example maps in ``/examples`` (0: no ``/examples`` group): smooth fields, plus white noise for a QE.
     shape, pixel_arcmin
         Map geometry.
     estimators : sequence of str
@@ -172,8 +173,11 @@ def _examples(f, rng, k, shape, methods, e_methods):
     if e_methods:
         f["examples/E_unlensed"] = e_true
     for label in methods:
-        t = METHODS[label][0]
-        f[f"examples/{label}/kappa"] = t * kappa + _smooth_field(rng, k, shape, 0.02)
+        t, _, est = METHODS[label]
+        rec = t * kappa + _smooth_field(rng, k, shape, 0.02)
+        if est is not None:  # a QE keeps every multipole: white noise up to the pixel scale
+            rec += 0.3 * rng.standard_normal(rec.shape).astype("f4")
+        f[f"examples/{label}/kappa"] = rec
         if label in e_methods:
             f[f"examples/{label}/E_unlensed"] = e_true + _smooth_field(rng, k, shape, 1.0)
 
@@ -181,14 +185,15 @@ def _examples(f, rng, k, shape, methods, e_methods):
 def make_chains(path, report, labels=("nn", "qe_eb"), cosmologies=(1, 2), steps=150, walkers=8, seed=1):
     """Write synthetic parameter chains (Alens, As) for some test cosmologies of a synthetic report.
 
-    The posteriors are correlated Gaussians centred near the truth; the network's is narrower. QE
-    labels also get an N0-only fit (``n0_only``) shifted up by 3 sigma in Alens.
+    The posteriors are correlated Gaussians centred near the truth, clipped to the flat prior; the
+    network's is narrower. QE labels also get an N0-only fit (``n0_only``) shifted up by 3 sigma in Alens.
 
     Returns
     -------
     Path
     """
     rng = np.random.default_rng(seed)
+    lower, upper = np.array([0.3, 1.95e-9]), np.array([2.0, 2.6e-9])  # flat priors; As piles up at its lower edge
     with h5py.File(report, "r") as r:
         edges, L = r["bins/edges"][:9], r["bins/L"][:8]
         truths = {c: np.array([r["cosmology/params/Alens"][c], r["cosmology/params/As"][c]]) for c in cosmologies}
@@ -203,10 +208,11 @@ def make_chains(path, report, labels=("nn", "qe_eb"), cosmologies=(1, 2), steps=
                 sigma = width * np.array([0.05, 0.08e-9])
                 cov = np.diag(sigma ** 2)
                 cov[0, 1] = cov[1, 0] = -0.6 * sigma[0] * sigma[1]
-                draws = rng.multivariate_normal(truth + 0.3 * sigma, cov, size=(steps, walkers))
+                draws = np.clip(rng.multivariate_normal(truth + 0.3 * sigma, cov, size=(steps, walkers)), lower, upper)
                 g = f.create_group(f"{label}/cosmo{c}")
                 g["chain"], g["log_prob"] = draws, -0.5 * rng.chisquare(2, size=(steps, walkers))
-                g.attrs.update(param_names=["Alens", "As"], truth=truth, acceptance=0.4)
+                g.attrs.update(param_names=["Alens", "As"], truth=truth, acceptance=0.4, prior_lower=lower,
+                               prior_upper=upper)
                 g["data"], g["covariance"], g["model_best"] = clkk_model(L), np.eye(len(L)), clkk_model(L)
                 if label.startswith("qe"):  # the N0-only fit of a QE, biased high by N1
                     n0 = g.create_group("n0_only")

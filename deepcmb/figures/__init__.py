@@ -12,22 +12,24 @@ SCHEMA
 Report, Chains
     Read-only views of ``report.h5`` / ``chains.h5`` whose missing datasets raise InputError.
 SIZES, DPI
-    Figure sizes in inches per kind, and the PNG resolution (PNG pixels = 100 x inches).
+    Figure sizes in inches per fixed-size kind, and the PNG resolution (PNG pixels = 100 x inches).
 
-Figures (file stem: content; PNG size in pixels):
+Figures (file stem: content; PNG size in pixels, ``m`` = number of methods drawn):
 
-=====================  ==========  ==============================================================
-``maps_kappa``         1200 x 600  example Q, U, true kappa, each method's kappa and residual
-``maps_E``             1200 x 600  true unlensed E, each E-head method's E and residual
-``spectra``            700 x 500   C_L^kk theory, truth, auto and cross spectra, N0 curves
-``rho``                700 x 500   rho_L^2 per method vs C/(C+N0) and C/(C+N_iter)
-``noise``              700 x 500   N_eff per method vs analytic N0 and iterative limit (log y)
-``transfer``           700 x 500   transfer function per method
-``snr``                700 x 500   cumulative S/N of the lensing amplitude per map
-``cosmology``          1200 x 500  per-cosmology debiased, transfer-normalised power vs theory
-``E_spectra``          1200 x 500  E head: rho_l and residual power
-``posteriors``         700 x 700   corner plot per test cosmology, all methods, truth marked
-=====================  ==========  ==============================================================
+==============  ======================  ==============================================================
+``maps_kappa``  1200 x (430 + 175 m)    example Q, U, true kappa, each method's kappa and residual,
+                                        low-passed to L <= Lmax of the analysis bins
+``maps_E``      1200 x (430 + 175 m)    example Q, U, true unlensed E, each E-head method's E, residual
+``spectra``     700 x 500               C_L^kk theory, truth, auto and cross spectra, N0 curves
+``rho``         700 x 500               rho_L^2 per method vs C/(C+N0) and C/(C+N_iter)
+``noise``       700 x 500               N_eff per method vs analytic N0 and iterative limit (log y)
+``transfer``    700 x 500               transfer function per method
+``snr``         700 x 500               cumulative S/N of the lensing amplitude per map
+``cosmology``   1200 x 500              per-cosmology debiased, transfer-normalised power vs theory
+``E_spectra``   1200 x 500              E head: rho_l and residual power
+``posteriors``  700 x 700               corner plot per test cosmology, all methods, truth marked,
+                                        values outside the flat prior shaded
+==============  ======================  ==============================================================
 
 Per-level figures get the suffix ``_noise<j>`` when the report has several noise levels, posteriors
 ``_cosmo<c>`` when there are several test cosmologies. Every figure is a

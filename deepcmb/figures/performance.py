@@ -9,7 +9,8 @@ noise level is the map-weighted mean over its cosmologies (:meth:`Report.theory_
 
 import numpy as np
 
-from .style import ITERATIVE_STYLE, N0_LINESTYLE, THEORY, log_multipoles, n0_colour, new_figure, offsets, positive
+from .style import (ITERATIVE_STYLE, N0_LINESTYLE, THEORY, legend_below, log_multipoles, n0_colour, new_figure, offsets,
+                    positive)
 
 _POINTS = {"fmt": "o", "ms": 4, "capsize": 2, "lw": 1.2}
 
@@ -49,7 +50,7 @@ def _methods(report, level, name, err=None):
 def _finish(ax, report, level):
     ax.set_xlabel(r"multipole $L$")
     ax.set_title(level_title(report, level))
-    ax.legend(fontsize=8)
+    legend_below(ax)
     ax.grid(alpha=0.3)
 
 

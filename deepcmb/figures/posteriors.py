@@ -2,12 +2,16 @@
 
 Diagonal: 1-d marginal densities (histograms of the flattened chain, each scaled to a peak of 1).
 Below it: 2-d marginals as 68 % and 95 % credible contours (highest-density levels of a lightly
-smoothed 2-d histogram). The cosmology's true parameters are marked in black (dotted lines, star).
-Colours are those of the methods in the report; a QE's N0-only fit is dashed. Size: ``corner`` (700 x 700 px, see :mod:`deepcmb.figures.style`).
+smoothed 2-d histogram). The cosmology's true parameters are marked in black (dotted lines, star);
+values outside the flat prior are shaded grey, so a marginal piled up at a prior edge is not read as
+a measurement.
+Colours are those of the methods in the report; a QE's N0-only fit is dashed. Size: ``corner``
+(700 x 700 px, see :mod:`deepcmb.figures.style`).
 """
 
 import numpy as np
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
@@ -27,6 +31,7 @@ PARAM_LABELS = {
 
 LEVELS = (0.68, 0.95)
 _BINS = 40
+_EXCLUDED = "0.88"
 
 
 def _label_scale(name):
@@ -75,9 +80,13 @@ def _contours(ax, x, y, xr, yr, style):
 
 
 def _load(chains, cosmo):
-    """Samples (display units) of every fit of a cosmology, the parameter names and the scaled truth."""
+    """Samples (display units) of every fit of a cosmology, the parameter names, the scaled truth and prior.
+
+    The prior bounds, shape (ndim, 2), are those of the first fit (every fit of a run shares them).
+    """
     fits = chains.fits(cosmo)
     _, names, truth = chains.samples(fits[0][1])
+    lower, upper = chains.prior(fits[0][1])
     samples = []
     for label, where, debias in fits:
         s, other, _ = chains.samples(where)
@@ -86,7 +95,17 @@ def _load(chains, cosmo):
                              "corner plot needs the same parameters")
         samples.append((label, debias, s))
     scale = np.array([_label_scale(n)[1] for n in names])
-    return [(label, debias, s * scale) for label, debias, s in samples], names, truth * scale
+    prior = np.stack([lower, upper], axis=1) * scale[:, None]
+    return [(label, debias, s * scale) for label, debias, s in samples], names, truth * scale, prior
+
+
+def _shade_outside(span, limits, bounds):
+    """Shade the part of an axis range outside the prior bounds (``span`` is axvspan or axhspan)."""
+    lo, hi = limits
+    if lo < bounds[0]:
+        span(lo, bounds[0], color=_EXCLUDED, lw=0, zorder=0)
+    if bounds[1] < hi:
+        span(bounds[1], hi, color=_EXCLUDED, lw=0, zorder=0)
 
 
 def _style(label, debias, colours):
@@ -114,7 +133,7 @@ def plot_posteriors(chains, cosmo, colours):
     -------
     matplotlib.figure.Figure
     """
-    fits, names, truth = _load(chains, cosmo)
+    fits, names, truth, prior = _load(chains, cosmo)
     ranges = _ranges([s for _, _, s in fits], truth)
     labels = [_label_scale(n)[0] for n in names]
     ndim = len(names)
@@ -129,6 +148,7 @@ def plot_posteriors(chains, cosmo, colours):
             hist, edges = np.histogram(s[:, i], bins=_BINS, range=ranges[i])
             diag.stairs(hist / max(hist.max(), 1), edges, lw=1.5, **style)
         diag.axvline(truth[i], color=THEORY, lw=0.8, ls=":")
+        _shade_outside(diag.axvspan, ranges[i], prior[i])
         diag.set(xlim=ranges[i], ylim=(0, 1.1), yticks=[])
         for j in range(i):
             ax = axes[i, j]
@@ -137,6 +157,8 @@ def plot_posteriors(chains, cosmo, colours):
             ax.axvline(truth[j], color=THEORY, lw=0.8, ls=":")
             ax.axhline(truth[i], color=THEORY, lw=0.8, ls=":")
             ax.plot(truth[j], truth[i], "*", color=THEORY, ms=9)
+            _shade_outside(ax.axvspan, ranges[j], prior[j])
+            _shade_outside(ax.axhspan, ranges[i], prior[i])
             ax.set(xlim=ranges[j], ylim=ranges[i])
             if j:
                 ax.set_yticklabels([])
@@ -152,6 +174,7 @@ def plot_posteriors(chains, cosmo, colours):
         name, style = _style(label, debias, colours)
         handles.append(Line2D([], [], lw=1.5, label=name, **style))
     handles.append(Line2D([], [], color=THEORY, ls=":", marker="*", label="truth"))
+    handles.append(Patch(color=_EXCLUDED, label="outside prior"))
     # the empty upper triangle holds the legend; a single panel places it where the data are not
     target, where = (fig, "upper right") if ndim > 1 else (axes[0, 0], "best")
     target.legend(handles=handles, loc=where, title=f"cosmology {cosmo}, 68/95 %")

@@ -186,6 +186,11 @@ class Chains(_H5View):
         truth = np.atleast_1d(np.asarray(self.attr("truth", where), dtype=float))
         return chain.reshape(-1, chain.shape[-1]), names, truth
 
+    def prior(self, where):
+        """Bounds of the flat prior of the chain in group ``where``: ``(lower, upper)``, each shape (ndim,)."""
+        return tuple(np.atleast_1d(np.asarray(self.attr(name, where), dtype=float))
+                     for name in ("prior_lower", "prior_upper"))
+
 
 def check_same_bins(report, chains):
     """Refuse chains whose band powers were not binned like the report (made from another report).

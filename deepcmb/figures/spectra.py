@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 
 from .performance import level_title, theory_noises
-from .style import THEORY, log_multipoles, new_figure, offsets, positive
+from .style import THEORY, legend_below, log_multipoles, new_figure, offsets, positive
 
 MAX_COSMOLOGIES = 5
 """At most this many cosmologies are drawn in the cosmology figure, spread over their C^kk amplitude."""
@@ -46,7 +46,7 @@ def plot_spectra(report, level):
     ax.set_xlabel(r"multipole $L$")
     ax.set_ylabel(r"$C_L^{\kappa\kappa}$, $N_L$ [sr]")
     ax.set_title(level_title(report, level))
-    ax.legend(fontsize=7, ncol=2)
+    legend_below(ax, fontsize=7)
     ax.grid(alpha=0.3)
     return fig
 
@@ -73,37 +73,78 @@ def _cosmology_label(report, c):
     return f"cosmo {c}" + (f" ({values})" if values else "")
 
 
+def robust_ylim(values, errors, lines, low=5.0, high=95.0, pad=0.08):
+    """A y range that ignores outlying points: the ``low``-``high`` percentiles of the points -+ errors.
+
+    Parameters
+    ----------
+    values, errors : array_like
+        Points and their errors (non-finite ones ignored).
+    lines : sequence of array_like
+        Curves that are always inside the range (theory), at least one.
+    low, high : float
+        Percentiles of ``values - errors`` and ``values + errors`` that bound the range.
+    pad : float
+        Margin on each side, as a fraction of the range.
+
+    Returns
+    -------
+    (float, float)
+        Points beyond it are clipped by the axes.
+    """
+    values, errors = np.ravel(values), np.ravel(errors)
+    ok = np.isfinite(values) & np.isfinite(errors)
+    ends = []
+    if ok.any():
+        ends = [np.percentile(values[ok] - errors[ok], low), np.percentile(values[ok] + errors[ok], high)]
+    ends = np.concatenate([ends, *(np.ravel(line) for line in lines)])
+    lo, hi = np.nanmin(ends), np.nanmax(ends)
+    margin = pad * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+    return lo - margin, hi + margin
+
+
 def plot_cosmology(report, level):
     """Per-cosmology kappa power of each method, debiased and transfer-normalised, against its theory C^kk.
 
     Points: (C_hat_c - N) / T^2 with T = transfer and N = auto_mean - T^2 truth_mean of the pooled
     group of the level, so a method that follows the cosmology lands on the theory line of each
     one. Points and lines are divided by the level's mean theory C^kk (:meth:`Report.theory_clkk`),
-    so each cosmology sits at its lensing amplitude relative to the mean.
+    so each cosmology sits at its lensing amplitude relative to the mean. Each cosmology's points
+    and theory line share one colour; each panel has its own y range (:func:`robust_ylim`), so one
+    noisy method does not flatten the others.
     """
     fig = new_figure("wide")
-    axes = fig.subplots(1, len(report.methods), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(report.methods), squeeze=False)[0]
     L = report.array("bins/L")
     clkk = report.array("cosmology/clkk")
     mean = report.theory_clkk(level)
     shown = shown_cosmologies(report, level)
     colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(shown)))
     pooled = f"noise{level}"
+    entries = {}
     for ax, label in zip(axes, report.methods):
         transfer = report.group(label, pooled, "transfer")
         noise = report.group(label, pooled, "auto_mean") - transfer ** 2 * report.group(label, pooled, "truth_mean")
+        points, errors = [], []
         for c, colour, dx in zip(shown, colours, offsets(len(shown), spread=0.02)):
             auto, err = _mean_error(report, label, f"cosmo{c}_noise{level}", "auto")
-            ax.errorbar(L * dx, (auto - noise) / transfer ** 2 / mean, yerr=err / transfer ** 2 / mean, fmt="o",
-                        ms=4, capsize=2, color=colour, label=_cosmology_label(report, c))
-            ax.plot(L, clkk[c] / mean, color=colour, lw=1.2)
-        ax.plot([], [], color=THEORY, lw=1.2, label=r"lines: theory $C_L^{\kappa\kappa}$")
+            points.append((auto - noise) / transfer ** 2 / mean)
+            errors.append(err / transfer ** 2 / mean)
+            name = _cosmology_label(report, c)
+            bars = ax.errorbar(L * dx, points[-1], yerr=errors[-1], fmt="o", ms=4, capsize=2, color=colour, label=name)
+            (line,) = ax.plot(L, clkk[c] / mean, color=colour, lw=1.2, label=f"{name} theory")
+            entries[int(c)] = ((line, bars), name)
+        ax.set_ylim(*robust_ylim(points, errors, clkk[shown] / mean))
         log_multipoles(ax)
         ax.set_xlabel(r"multipole $L$")
-        ax.set_title(f"{label}, " + level_title(report, level))
+        ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(r"$[(\hat C_L - N_L) / T_L^2] \, / \, \bar C_L^{\kappa\kappa}$")
-    axes[0].legend(fontsize=7)
+    handles, names = zip(*(entries[c] for c in sorted(entries)))  # legend in cosmology-index order
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), fontsize=8,
+               title=r"points: measured; lines: theory $C_L^{\kappa\kappa}$ of the same cosmology",
+               title_fontsize=8)
+    fig.suptitle(level_title(report, level))
     return fig
 
 

@@ -78,11 +78,16 @@ def plan_figures(report, chains=None):
     e_methods = report.e_methods()
     jobs = []
     if report.has("examples/index") and len(report.array("examples/index")):
-        jobs.append(FigureJob("maps_kappa", "Example maps: observed Q and U, true kappa, and each method's kappa "
-                              "and residual (same colour scale as the truth)", partial(maps.plot_maps_kappa, report)))
+        lmax = maps.display_lmax(report)
+        jobs.append(FigureJob(
+            "maps_kappa", "Example maps: observed Q and U, true kappa, and each method's kappa and residual; "
+            f"maps low-passed to L <= Lmax of the analysis bins (Lmax = {lmax:g}, cosine roll-off to zero at "
+            f"{1 + maps.ROLLOFF:g} Lmax); truth, reconstructions and residuals share one colour scale",
+            partial(maps.plot_maps_kappa, report)))
         if e_methods:
-            jobs.append(FigureJob("maps_E", "Example maps: true unlensed E, and each E-head method's E and "
-                                  "residual (same colour scale as the truth)", partial(maps.plot_maps_E, report)))
+            jobs.append(FigureJob("maps_E", "Example maps: observed Q and U, true unlensed E, and each E-head "
+                                  "method's E and residual; truth, reconstructions and residuals share one "
+                                  "colour scale", partial(maps.plot_maps_E, report)))
     for level in range(report.n_levels):
         jobs += _level_jobs(report, level, e_methods)
     if chains is not None:
@@ -92,7 +97,8 @@ def plan_figures(report, chains=None):
             jobs.append(FigureJob(
                 "posteriors" + (f"_cosmo{c}" if len(cosmologies) > 1 else ""),
                 f"Posteriors of test cosmology {c}: 1-d marginals and 68/95 % contours of every method, "
-                "truth marked", partial(posteriors.plot_posteriors, chains, c, colours)))
+                "truth marked, values outside the flat prior shaded",
+                partial(posteriors.plot_posteriors, chains, c, colours)))
     return jobs
 
 
@@ -109,8 +115,9 @@ def _level_jobs(report, level, e_methods):
         jobs.append(FigureJob(
             "cosmology" + suffix,
             "Per-cosmology kappa power of each method, debiased and transfer-normalised with the pooled "
-            "transfer and noise (points), against each cosmology's theory C^kk (lines), both relative to "
-            f"the mean theory; at most {spectra.MAX_COSMOLOGIES} cosmologies spread in amplitude" + where,
+            "transfer and noise (points), against each cosmology's theory C^kk (lines of the same colour), both "
+            f"relative to the mean theory; at most {spectra.MAX_COSMOLOGIES} cosmologies spread in amplitude; "
+            "each panel's y range spans the 5-95 % of its points -+ errors, so outliers may be clipped" + where,
             partial(spectra.plot_cosmology, report, level)))
     if e_methods:
         jobs.append(FigureJob("E_spectra" + suffix, "Unlensed-E head: cross-correlation rho_l of E_hat with the "

@@ -5,14 +5,16 @@ pyplot or matplotlib's global backend, so importing :mod:`deepcmb.figures` is fr
 
 Sizes (inches at :data:`DPI` = 100, so PNG pixels = 100 x inches):
 
-=========  ===========  ==========  =============================================
-kind       inches       PNG pixels  figures
-=========  ===========  ==========  =============================================
-``line``   7 x 5        700 x 500   spectra, rho, noise, transfer, snr
-``wide``   12 x 5       1200 x 500  cosmology, E_spectra
-``maps``   12 x 6       1200 x 600  maps_kappa, maps_E
-``corner`` 7 x 7        700 x 700   posteriors
-=========  ===========  ==========  =============================================
+==========  ========================  ======================  ==================================
+kind        inches                    PNG pixels              figures
+==========  ========================  ======================  ==================================
+``line``    7 x 5                     700 x 500               spectra, rho, noise, transfer, snr
+``wide``    12 x 5                    1200 x 500              cosmology, E_spectra
+``maps``    12 x (0.8 + 1.75 rows)    1200 x (80 + 175 rows)  maps_kappa, maps_E
+``corner``  7 x 7                     700 x 700               posteriors
+==========  ========================  ======================  ==================================
+
+A maps figure has ``rows`` = 2 + its number of methods (see :func:`maps_size`).
 """
 
 from pathlib import Path
@@ -23,34 +25,43 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 DPI = 100
-SIZES = {"line": (7.0, 5.0), "wide": (12.0, 5.0), "maps": (12.0, 6.0), "corner": (7.0, 7.0)}
+SIZES = {"line": (7.0, 5.0), "wide": (12.0, 5.0), "corner": (7.0, 7.0)}
+"""Size ``(width, height)`` in inches of each fixed-size figure kind (``maps`` grows, see :func:`maps_size`)."""
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 THEORY = "black"
 ITERATIVE_STYLE = {"color": "0.35", "ls": ":", "lw": 1.8}
 N0_LINESTYLE = "--"
 
 
-def new_figure(kind):
+def maps_size(rows):
+    """Size ``(width, height)`` in inches of a maps figure: 12 x (0.8 + 1.75 rows).
+
+    Parameters
+    ----------
+    rows : int
+        Rows of map panels: observed Q/U, truth, and one per method.
+    """
+    return 12.0, 0.8 + 1.75 * rows
+
+
+def new_figure(kind, rows=None):
     """A blank figure of a documented size (see the module table) on an Agg canvas.
 
     Parameters
     ----------
     kind : {'line', 'wide', 'maps', 'corner'}
+    rows : int, optional
+        Rows of map panels; only (and required) for ``'maps'``.
 
     Returns
     -------
     matplotlib.figure.Figure
         With constrained layout.
     """
-    fig = Figure(figsize=SIZES[kind], dpi=DPI, layout="constrained")
+    size = maps_size(rows) if kind == "maps" else SIZES[kind]
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def size_px(kind):
-    """PNG size ``(width, height)`` in pixels of a figure kind."""
-    w, h = SIZES[kind]
-    return int(round(w * DPI)), int(round(h * DPI))
 
 
 def method_colours(methods):
@@ -81,12 +92,27 @@ def offsets(n, spread=0.012):
     return 1.0 + spread * (np.arange(n) - (n - 1) / 2)
 
 
+class _MultipoleLocator(LogLocator):
+    """Log ticks at 1, 2, 5 x 10^n, and also at 3 and 7 x 10^n when the axis spans at most 1.5 decades."""
+
+    def tick_values(self, vmin, vmax):
+        narrow = 0 < vmin and 0 < vmax and abs(np.log10(vmax / vmin)) <= 1.5
+        self.set_params(subs=(1.0, 2.0, 3.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0))
+        return super().tick_values(vmin, vmax)
+
+
 def log_multipoles(ax):
-    """Log-scale multipole (x) axis with plain-number ticks at 1, 2, 5 x 10^n (100, 200, 500, 1000, ...)."""
+    """Log-scale multipole (x) axis with plain-number ticks (200, 300, 500, 700, 1000, ... over a narrow range)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_locator(_MultipoleLocator(base=10))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def legend_below(ax, ncol=3, fontsize=8):
+    """The legend of an axes' labelled artists, placed below the axes (outside the data), ``ncol`` columns."""
+    handles, labels = ax.get_legend_handles_labels()
+    return ax.figure.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize)
 
 
 def positive(values):
