@@ -62,12 +62,12 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
                           (see :func:`deepcmb.evaluation.metrics.cosmology_amplitude`)
 """
 
-import json
-import math
 import os
 
 import h5py
 import numpy as np
+
+from ..jsonio import plain, write_json
 
 FORMAT = "deepcmb.evaluation"
 FORMAT_VERSION = 1
@@ -165,27 +165,9 @@ def summary(ev):
     }
     if ev["e_bins"] is not None:
         out["e_bins"] = dict(ev["e_bins"])
-    return _jsonable(out)
-
-
-def _jsonable(obj):
-    """Nested dicts/lists/arrays -> plain JSON types, non-finite floats -> None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer, bool, np.bool_)):
-        return obj.item() if isinstance(obj, np.generic) else obj
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    return obj
+    return plain(out)
 
 
 def write_summary(path, ev):
     """Write ``summary.json`` (to ``PATH.tmp``, then renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary(ev), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json(path, summary(ev))
