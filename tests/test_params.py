@@ -1,4 +1,5 @@
-"""Params stage, pure parts: calibration, likelihood and its covariance, sampler, derived amplitude, config.
+"""Params stage, pure parts: calibration (constant and linear in the parameters), likelihood and its
+covariance, sampler, derived amplitude, config.
 
 No CAMB here: theory band powers are synthetic. Band powers of Gaussian fields are drawn from their
 real Fourier degrees of freedom (``n_modes`` per band, l and -l counted apart), so auto, cross and truth
@@ -10,10 +11,10 @@ import pytest
 
 from deepcmb.errors import ConfigError, InputError
 from deepcmb.params import resolve_config
-from deepcmb.params.calibration import calibrate_qe, calibrate_transfer
+from deepcmb.params.calibration import calibrate, calibrate_n0, calibration_design
 from deepcmb.params.emulator import KappaEmulator
 from deepcmb.params.likelihood import (BandPowerLikelihood, amplitude_exponents, build_likelihood,
-                                       derived_amplitude, hartlap_factor)
+                                       derived_amplitude, hartlap_factor, posterior_peak)
 from deepcmb.params.sampling import run_emcee
 
 MODES = np.array([24, 40, 56, 72, 88, 104])
@@ -36,41 +37,103 @@ def alens_emulator(clkk=CLKK):
     return KappaEmulator(["Alens"], {"Alens": 1.0}, [], np.log(clkk))
 
 
+def calibrate_one(maps, alens=1.0):
+    """Constant calibration on the (auto, cross, truth) maps of one cosmology, sampling Alens only."""
+    return calibrate([[alens]], ["Alens"], *([m] for m in maps))
+
+
+def unit_response(theta_ref=(1.0,)):
+    """A parameter-independent calibration T = 1, N = 0 (its auto statistics unused)."""
+    return calibrate_n0(band_powers(np.random.default_rng(0), 8, CLKK)[0], np.zeros(6), theta_ref)
+
+
 def gls_alens(lik):
-    """Closed-form posterior mean and std of Alens for the linear model (flat prior far away)."""
-    s = lik.transfer**2 * lik.emulator(np.array([1.0]))
+    """Closed-form posterior mean and std of Alens for a constant calibration (flat prior far away)."""
+    s = lik.calibration.transfer**2 * lik.emulator(np.array([1.0]))
     f = s @ lik.precision @ s
-    return s @ lik.precision @ (lik.data - lik.noise) / f, f**-0.5
+    return s @ lik.precision @ (lik.data - lik.calibration.noise) / f, f**-0.5
 
 
 def test_calibration_recovers_transfer_and_noise():
     rng = np.random.default_rng(1)
     n = 400
     auto, cross, truth = band_powers(rng, n, CLKK)
-    cal = calibrate_transfer(auto, cross, truth)
+    cal = calibrate_one((auto, cross, truth))
     # error of T from the scatter of cross/truth ~ sqrt(N / (C m n)); of N from (4 T^2 C N + 2 N^2) / (m n)
     t_err = np.sqrt(NOISE / (CLKK * MODES * n))
     n_var = (4 * TRANSFER**2 * CLKK * NOISE + 2 * NOISE**2) / (MODES * n)
     assert np.all(np.abs(cal.transfer - TRANSFER) < 4 * t_err)
     assert np.all(np.abs(cal.noise - NOISE) < 4 * np.sqrt(n_var))
-    # the calibrated noise is only as uncertain as the noise: its variance is the analytic one
-    assert np.allclose(np.diag(cal.noise_covariance), n_var, rtol=0.25)
+    # the calibrated model is only as uncertain as the noise: its variance is the analytic one
+    assert np.allclose(np.diag(cal.model_covariance([1.0], CLKK)), n_var, rtol=0.25)
     # the auto covariance is the Gaussian 2 (T^2 C + N)^2 / m
     assert np.allclose(np.diag(cal.auto_covariance), 2 * (TRANSFER**2 * CLKK + NOISE) ** 2 / MODES, rtol=0.25)
+    # one cosmology: constant response, no gradient
+    assert not cal.fitted and not cal.transfer_gradient.any() and not cal.noise_gradient.any()
+    assert np.array_equal(cal.transfer_at([[0.7], [1.3]]), [cal.transfer, cal.transfer])
 
 
 def test_qe_calibration_measures_n1_and_n0_only_is_exact():
     rng = np.random.default_rng(2)
     n0 = np.full(6, 3e-8)
     n1 = 0.1 * n0
-    auto, _, truth = band_powers(rng, 300, CLKK, transfer=np.ones(6), noise=n0 + n1)
-    calibrated, n0_only = calibrate_qe(auto, truth, n0)
-    err = np.sqrt(np.diag(calibrated.noise_covariance))
+    maps = band_powers(rng, 300, CLKK, transfer=np.ones(6), noise=n0 + n1)
+    calibrated, n0_only = calibrate_one(maps), calibrate_n0(maps[0], n0, [1.0])
+    err = np.sqrt(np.diag(calibrated.model_covariance([1.0], CLKK)))
     assert np.all(np.abs(calibrated.noise - n0 - n1) < 4 * err)
-    assert np.all(calibrated.transfer == 1) and np.all(n0_only.transfer == 1)
-    assert np.array_equal(n0_only.noise, n0) and not n0_only.noise_covariance.any()
+    assert np.all(np.abs(calibrated.transfer - 1) < 4 * np.sqrt((n0 + n1) / (CLKK * MODES * 300)))
+    assert np.all(n0_only.transfer == 1) and n0_only.debias == "n0"
+    assert np.array_equal(n0_only.noise, n0) and not n0_only.model_covariance([1.2], CLKK).any()
     with pytest.raises(InputError, match="N0"):
-        calibrate_qe(auto, truth, n0[:3])
+        calibrate_n0(maps[0], n0[:3], [1.0])
+
+
+def linear_response(alens):
+    """Transfer and noise of a method whose response grows with the lensing power."""
+    return TRANSFER * (1 + 0.3 * (alens - 1)), NOISE * (1 + 0.5 * (alens - 1))
+
+
+def test_linear_calibration_gives_unbiased_gradients_and_unit_pull_scatter():
+    """T and N linear in Alens, calibrated on three cosmologies: gradients and Alens with honest errors.
+
+    A constant calibration on the reference alone is biased at the test cosmology by many sigma.
+    """
+    rng = np.random.default_rng(6)
+    cal_alens, n_cal, n_test, alens = [1.0, 0.8, 1.2], 40, 20, 1.1
+    grad_t, grad_n = 0.3 * TRANSFER, 0.5 * NOISE
+    pulls, grad_pulls, stds, constant = [], [], [], []
+    for _ in range(200):
+        maps = [band_powers(rng, n_cal, a * CLKK, *linear_response(a)) for a in cal_alens]
+        cal = calibrate([[a] for a in cal_alens], ["Alens"], *zip(*maps))
+        t_err, n_err = cal.gradient_errors()
+        grad_pulls.append([(cal.transfer_gradient[0] - grad_t) / t_err[0],
+                           (cal.noise_gradient[0] - grad_n) / n_err[0]])
+        data = band_powers(rng, n_test, alens * CLKK, *linear_response(alens))[0].mean(0)
+        lik = build_likelihood(data, cal, n_test, alens_emulator(), [0.3], [2.0])
+        peak = posterior_peak(lik, lik.lower, lik.upper)[0]
+        stds.append(lik.fisher_std([peak])[0])
+        pulls.append((peak - alens) / stds[-1])
+        fixed = build_likelihood(data, calibrate_one(maps[0]), n_test, alens_emulator(), [0.3], [2.0])
+        constant.append(gls_alens(fixed)[0] - alens)
+    pulls, grad_pulls = np.array(pulls), np.array(grad_pulls)
+    assert cal.fitted and cal.fit_dof == 1
+    assert abs(pulls.mean()) < 0.2 and 0.85 < pulls.std() < 1.15
+    # per-band gradient errors (T and N), pooled over bands
+    grad_pulls = grad_pulls.transpose(1, 0, 2).reshape(2, -1)
+    assert np.all(np.abs(grad_pulls.mean(1)) < 0.1) and np.all((grad_pulls.std(1) > 0.9) & (grad_pulls.std(1) < 1.1))
+    # the constant calibration misses the response's growth: biased by many of the linear fit's errors
+    assert np.mean(constant) > 5 * np.mean(stds)
+
+
+def test_calibration_design_needs_every_sampled_parameter_to_vary():
+    design, scale = calibration_design([[1.0, 2.1e-9], [0.8, 2.1e-9], [1.0, 1.9e-9]], ["Alens", "As"])
+    assert design.shape == (3, 3) and np.allclose(scale, [0.2, 0.2e-9]) and np.abs(design).max() == 1
+    with pytest.raises(ValueError, match=r"As = 2\.1e-09 take the same value"):
+        calibration_design([[1.0, 2.1e-9], [0.8, 2.1e-9], [1.2, 2.1e-9]], ["Alens", "As"])
+    with pytest.raises(ValueError, match="give at least 3"):
+        calibration_design([[1.0, 2.1e-9], [0.8, 1.9e-9]], ["Alens", "As"])
+    with pytest.raises(ValueError, match="collinear"):
+        calibration_design([[1.0, 2.1e-9], [0.8, 1.9e-9], [1.2, 2.3e-9]], ["Alens", "As"])
 
 
 def test_hartlap_factor():
@@ -85,28 +148,27 @@ def test_errors_have_unit_pull_scatter_over_realisations():
     n_cal, n_test, alens = 40, 20, 1.2
     pulls, naive = [], []
     for _ in range(300):
-        cal = calibrate_transfer(*band_powers(rng, n_cal, CLKK))
+        cal = calibrate_one(band_powers(rng, n_cal, CLKK))
         data = band_powers(rng, n_test, alens * CLKK)[0].mean(0)
         lik = build_likelihood(data, cal, n_test, alens_emulator(), [0.0], [5.0])
         mean, std = gls_alens(lik)
         pulls.append((mean - alens) / std)
-        # the same, leaving out the error of the calibrated noise
-        cov = lik.covariance - cal.noise_covariance
-        lik = BandPowerLikelihood(data, cov, hartlap_factor(n_cal, 6), alens_emulator(), cal.transfer,
-                                  cal.noise, [0.0], [5.0])
+        # the same, leaving out the error of the calibration
+        cov = lik.covariance - cal.model_covariance([mean], alens_emulator()([mean]))
+        lik = BandPowerLikelihood(data, cov, hartlap_factor(n_cal, 6), alens_emulator(), cal, [0.0], [5.0])
         mean, std = gls_alens(lik)
         naive.append((mean - alens) / std)
     pulls, naive = np.array(pulls), np.array(naive)
     assert abs(pulls.mean()) < 0.2
     assert 0.85 < pulls.std() < 1.15
-    # leaving out the error of the calibrated noise understates the errors
+    # leaving out the error of the calibration understates the errors
     assert naive.std() > 1.15
 
 
 def test_posterior_recovers_alens_with_fisher_error():
     rng = np.random.default_rng(4)
     n_cal, n_test, alens = 200, 100, 1.15
-    cal = calibrate_transfer(*band_powers(rng, n_cal, CLKK))
+    cal = calibrate_one(band_powers(rng, n_cal, CLKK))
     data = band_powers(rng, n_test, alens * CLKK)[0].mean(0)
     lik = build_likelihood(data, cal, n_test, alens_emulator(), [0.3], [2.0])
     chain = run_emcee(lik, lik.lower, lik.upper, walkers=16, steps=600, burn=200, seed=5, key=0, progress=False)
@@ -125,7 +187,7 @@ def test_posterior_recovers_alens_with_fisher_error():
 
 
 def test_sampler_is_reproducible_and_keyed():
-    lik = BandPowerLikelihood(CLKK, np.diag((0.05 * CLKK) ** 2), 1.0, alens_emulator(), np.ones(6), np.zeros(6),
+    lik = BandPowerLikelihood(CLKK, np.diag((0.05 * CLKK) ** 2), 1.0, alens_emulator(), unit_response(),
                               [0.3], [2.0])
     a = run_emcee(lik, lik.lower, lik.upper, 8, 50, 10, seed=7, key=3, progress=False)
     b = run_emcee(lik, lik.lower, lik.upper, 8, 50, 10, seed=7, key=3, progress=False)
@@ -143,7 +205,7 @@ def test_derived_amplitude_exponent_of_a_power_law():
     emu = KappaEmulator(["Alens", "As"], {"Alens": 1.0, "As": as0}, [grid], table)
     theta0 = emu.base_theta()
     assert np.allclose(emu(np.array([[1.5, 2.4e-9]])), 1.5 * CLKK * (2.4 / 2.1) ** p, rtol=1e-3)
-    lik = BandPowerLikelihood(CLKK, np.diag((0.05 * CLKK) ** 2), 1.0, emu, np.ones(6), np.zeros(6),
+    lik = BandPowerLikelihood(CLKK, np.diag((0.05 * CLKK) ** 2), 1.0, emu, unit_response(theta0),
                               [0.3, 1.5e-9], [2.0, 2.7e-9])
     exponents, correlation = amplitude_exponents(lik, theta0)
     assert exponents == pytest.approx([1.0, p], rel=1e-3)
@@ -164,6 +226,12 @@ def test_derived_amplitude_exponent_of_a_power_law():
     ({"walkers": 3}, "params.walkers"),
     ({"steps": 100, "burn": 100}, "params.burn"),
     ({"test_cosmologies": [0, 1]}, "params.test_cosmologies"),
+    ({"calibration_cosmologies": [0, 5], "test_cosmologies": [1, 5]}, "params.test_cosmologies"),
+    ({"calibration_cosmologies": [0, 5, 0]}, "params.calibration_cosmologies"),
+    ({"calibration_cosmologies": []}, "params.calibration_cosmologies"),
+    ({"calibration_cosmologies": 0}, "params.calibration_cosmologies"),
+    ({"calibration_cosmology": 0, "calibration_cosmologies": [0]}, "params.calibration_cosmology: give only"),
+    ({"calibration_cosmology": [0, 5]}, "params.calibration_cosmology: expected a cosmology index"),
     ({"Lmin": 500, "Lmax": 400}, "params.Lmin"),
     ({"camb": {"lmax": 1000}}, "params.camb.lmax"),
 ])
@@ -176,3 +244,6 @@ def test_config_defaults_and_prior_merge():
     cfg = resolve_config({"sample": ["Alens", "omch2"], "priors": {"omch2": [0.1, 0.14]}})
     assert cfg["priors"] == {"Alens": [0.3, 2.0], "omch2": [0.1, 0.14]}
     assert cfg["walkers"] == 32 and cfg["steps"] == 2000 and cfg["camb"]["lmax"] == 5000
+    assert cfg["calibration_cosmologies"] == [0] and cfg["test_cosmologies"] is None
+    # the older single-cosmology key means a one-element list
+    assert resolve_config({"calibration_cosmology": 2})["calibration_cosmologies"] == [2]

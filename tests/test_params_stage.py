@@ -2,8 +2,9 @@
 
 The report is built by hand with h5py (only the datasets the params stage reads), from Gaussian band
 powers of known spectra: a network-like method ``T kappa + n`` and a QE-like method ``kappa + n`` whose
-noise is the analytic N0 plus 15% (an "N1"). CAMB runs five times in all (lmax 2000, cached on disk):
-the fiducial cosmology and four As nodes of the emulator grid.
+noise is the analytic N0 plus 15% (an "N1"), and for the calibration over cosmology a method whose T and N
+are linear in Alens and As. CAMB runs five times in all (lmax 2000, cached on disk): the fiducial
+cosmology and four As nodes of the emulator grid.
 """
 
 import argparse
@@ -44,20 +45,35 @@ def cosmologies():
     return [(fid, clkk0), (dict(fid, Alens=1.15), 1.15 * clkk0), (high_as, binned_clkk(GEOM, EDGES, high_as, **CAMB))]
 
 
-def make_report(path, cosmologies, seed=0, skip=()):
-    """Write a minimal report.h5 with methods 'nn' and 'qe_eb'; ``skip`` names datasets to leave out."""
+def constant(transfer, noise):
+    """A response independent of cosmology: params -> (transfer, noise), each shape (nb,)."""
+    return lambda params: (np.broadcast_to(transfer, L.shape), noise)
+
+
+DEFAULT_METHODS = {"nn": ("nn", constant(NN_TRANSFER, NN_NOISE)), "qe_eb": ("qe", constant(1.0, QE_N0 + QE_N1))}
+
+
+def make_report(path, cosmologies, seed=0, skip=(), methods=DEFAULT_METHODS):
+    """Write a minimal report.h5; ``skip`` names datasets to leave out.
+
+    ``methods``: label -> (kind 'nn' | 'qe', response), ``response(params) -> (T, N)``, each shape (nb,);
+    a 'qe' method gets the analytic N0 ``QE_N0`` of estimator EB.
+    """
     rng = np.random.default_rng(seed)
     modes = mode_counts(GEOM, EDGES).astype(int)
     n = N_MAPS * len(cosmologies)
     cosmo_index = np.repeat(np.arange(len(cosmologies)), N_MAPS)
     truth = np.empty((n, L.size))
-    per = {"nn": np.empty((2, n, L.size)), "qe_eb": np.empty((2, n, L.size))}
+    per = {label: np.empty((2, n, L.size)) for label in methods}
+    response = {label: np.array([np.stack(fn(c[0])) for c in cosmologies])[cosmo_index]
+                for label, (_, fn) in methods.items()}
     for b, m in enumerate(modes):
         clkk = np.array([c[1][b] for c in cosmologies])[cosmo_index]
         k = np.sqrt(clkk)[:, None] * rng.standard_normal((n, m))
         truth[:, b] = (k * k).mean(1)
-        for label, t, noise in (("nn", NN_TRANSFER[b], NN_NOISE[b]), ("qe_eb", 1.0, QE_N0[b] + QE_N1[b])):
-            rec = t * k + np.sqrt(noise) * rng.standard_normal((n, m))
+        for label in methods:
+            t, noise = response[label][:, 0, b], response[label][:, 1, b]
+            rec = t[:, None] * k + np.sqrt(noise)[:, None] * rng.standard_normal((n, m))
             per[label][:, :, b] = [(rec * rec).mean(1), (rec * k).mean(1)]
     data = {
         "bins/edges": EDGES, "bins/L": L, "bins/n_modes": modes.astype(float),
@@ -71,12 +87,12 @@ def make_report(path, cosmologies, seed=0, skip=()):
         data[f"methods/{label}/per_map/cross"] = cross
     with h5py.File(path, "w") as f:
         f.attrs.update(format="deepcmb.evaluation", format_version=1, shape=[128, 128], pixel_arcmin=2.34375,
-                       methods=["nn", "qe_eb"], periodic=True)
+                       methods=list(methods), periodic=True)
         for name, values in data.items():
             if name not in skip:
                 f[name] = values
-        f["methods/nn"].attrs.update(method="nn", model="synthetic")
-        f["methods/qe_eb"].attrs.update(method="qe", estimator="EB")
+        for label, (kind, _) in methods.items():
+            f[f"methods/{label}"].attrs.update(method=kind, **({"estimator": "EB"} if kind == "qe" else {}))
     return path
 
 
@@ -165,11 +181,70 @@ def test_run_params_alens_as_gives_the_degenerate_amplitude(report, cosmologies,
     # the data pin the product, not the factors
     assert d["std"] < r["Alens"]["std"] / 3 and r["As"]["prior_std_ratio"] > 0.5
     assert "nearly degenerate" in summary["notes"]
-    assert "nn: constrained: Alens_eff; degenerate in C^kk, marginals set by the priors: Alens, As" in summary["notes"]
+    assert ("nn: constrained: Alens_eff (= Alens * (As/2.101e-09)^" in summary["notes"]
+            and "degenerate in the model, marginals set by the priors: Alens, As; prior" in summary["notes"])
     with h5py.File(out / "chains.h5", "r") as f:
         g = f["nn/cosmo2"]
         assert g["chain"].shape == (400, 16, 2) and g["derived"].shape == (400, 16)
         assert g.attrs["derived_name"] == "Alens_eff"
+
+
+def linear_response(params):
+    """A network whose transfer grows with As (like a fiducially normalised QE) and noise with Alens and As."""
+    alens, amp = params["Alens"] - 1, params["As"] / PLANCK2018["As"] - 1
+    return NN_TRANSFER * (1 + 0.2 * alens + 1.0 * amp), NN_NOISE * (1 + 0.5 * alens + 1.0 * amp)
+
+
+LINEAR_SLOPES = {"Alens": (0.2, 0.5), "As": (1.0, 1.0)}
+"""d ln T / d ln P and d ln N / d ln P of :func:`linear_response` at the fiducial cosmology."""
+
+
+@pytest.fixture(scope="module")
+def over_cosmology(tmp_path_factory, cosmologies):
+    """Report of ``linear_response``: calibration cosmologies 0-4 (fiducial, Alens 0.8 and 1.2, As on the
+    outer emulator nodes), held-out tests 5-8 (Alens 0.9 and 1.1, As on the inner nodes)."""
+    fid, clkk0 = cosmologies[0]
+    at_as = [(dict(fid, As=float(a)), binned_clkk(GEOM, EDGES, dict(fid, As=float(a)), **CAMB)) for a in AS_NODES]
+    by_alens = [(dict(fid, Alens=a), a * clkk0) for a in (0.8, 1.2, 0.9, 1.1)]
+    cosmos = [cosmologies[0], *by_alens[:2], at_as[0], at_as[3], *by_alens[2:], at_as[1], at_as[2]]
+    return make_report(tmp_path_factory.mktemp("linear") / "report.h5", cosmos, seed=3,
+                       methods={"nn": ("nn", linear_response)})
+
+
+def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology, tmp_path):
+    """T(theta), N(theta) linear in (Alens, As) from five calibration cosmologies: every held-out cosmology is
+    recovered within 2 sigma, while a calibration on the fiducial maps alone is biased by many sigma."""
+    cfg = dict(FAST, sample=["Alens", "As"], priors={"As": AS_PRIOR}, emulator_points=4, steps=400, burn=150,
+               calibration_cosmologies=[0, 1, 2, 3, 4])
+    out = run_params(cfg, over_cosmology, tmp_path / "linear", progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["calibration_cosmologies"] == [0, 1, 2, 3, 4] and summary["test_cosmologies"] == [5, 6, 7, 8]
+    res = summary["results"]["nn"]
+    for c in (5, 6, 7, 8):
+        assert res[f"cosmo{c}"]["within_2sigma"], (c, res[f"cosmo{c}"])
+    # the derived amplitude's truth counts Alens once: Alens = 0.9 at the fiducial As gives 0.9
+    assert res["cosmo5"]["derived"]["Alens_eff"]["truth"] == pytest.approx(0.9)
+    # the measured cosmology dependence is the simulated one
+    cal = summary["calibration"]["nn"]
+    assert cal["cosmologies"] == [0, 1, 2, 3, 4] and cal["linear_fit"]["dof"] == 2 * len(summary["bins"]["L"])
+    for name, (dlnt, dlnn) in LINEAR_SLOPES.items():
+        g = cal["gradients"][name]
+        assert abs(g["dlnT_dlnP"] - dlnt) < 4 * g["dlnT_dlnP_err"]
+        assert abs(g["dlnN_dlnP"] - dlnn) < 4 * g["dlnN_dlnP_err"]
+    assert "measured cosmology dependence" in summary["notes"] and "rejected" not in summary["notes"]
+    with h5py.File(out / "chains.h5", "r") as f:
+        assert list(f.attrs["calibration_cosmologies"]) == [0, 1, 2, 3, 4]
+        g = f["calibration/nn"]
+        assert g["transfer_gradient"].shape == g["noise_gradient_err"].shape == (2, len(summary["bins"]["L"]))
+        assert list(g.attrs["parameter_names"]) == ["Alens", "As"]
+    # the same data with a constant T, N from the fiducial maps: every test cosmology is off by many sigma
+    out = run_params(dict(cfg, calibration_cosmologies=[0], test_cosmologies=[5, 6, 7, 8]), over_cosmology,
+                     tmp_path / "constant", progress=False)
+    single = json.loads((out / "summary.json").read_text())
+    res = single["results"]["nn"]
+    assert all(abs(res[f"cosmo{c}"]["derived"]["Alens_eff"]["pull"]) > 4 for c in (5, 6, 7, 8))
+    assert not any(res[f"cosmo{c}"]["within_2sigma"] for c in (5, 6, 7, 8))
+    assert "gradients" not in single["calibration"]["nn"] and "calibrate on several cosmologies" in single["notes"]
 
 
 def test_chains_are_reproducible_and_outputs_protected(report, tmp_path):
@@ -190,7 +265,10 @@ def test_chains_are_reproducible_and_outputs_protected(report, tmp_path):
     (("theory/n0_EB",), {}, InputError, "n0_EB"),
     ((), {"methods": ["cnn"]}, InputError, "params.methods"),
     ((), {"test_cosmologies": [5]}, ConfigError, "params.test_cosmologies"),
-    ((), {"calibration_cosmology": 7}, ConfigError, "params.calibration_cosmology"),
+    ((), {"calibration_cosmologies": [7]}, ConfigError, "params.calibration_cosmologies"),
+    ((), {"calibration_cosmologies": [0, 2]}, ConfigError, "params.calibration_cosmologies: .* not sampled: As"),
+    ((), {"calibration_cosmologies": [0, 1], "sample": ["Alens", "As"], "priors": {"As": AS_PRIOR}}, ConfigError,
+     "params.calibration_cosmologies: .* As = 2.101e-09 take the same value"),
     ((), {"Lmin": 1460, "Lmax": 1500}, ConfigError, "params.Lmin"),
     ((), {"sample": ["Alens", "As"], "priors": {"As": [2.2e-9, 2.4e-9]}}, ConfigError, "params.priors.As"),
 ])

@@ -1,7 +1,8 @@
 """Cosmological parameters from reconstructed lensing spectra (the ``deepcmb params`` stage).
 
-Reads an evaluation report, calibrates each method's response and noise on the maps of one cosmology,
-and samples the posterior of ``Alens`` and CAMB parameters for the others with emcee.
+Reads an evaluation report, calibrates each method's response and noise (and their dependence on the
+sampled parameters) on the maps of calibration cosmologies, and samples the posterior of ``Alens`` and
+CAMB parameters for the held-out test cosmologies with emcee.
 
 Pure numerics: :mod:`~deepcmb.params.emulator` (binned :math:`C^{\\kappa\\kappa}_b(\\theta)`),
 :mod:`~deepcmb.params.calibration` (transfer and noise), :mod:`~deepcmb.params.likelihood` (Gaussian

@@ -1,20 +1,38 @@
-"""Response and noise of a reconstruction, calibrated on simulations of a known cosmology.
+"""Response and noise of a reconstruction, calibrated on simulations of known cosmologies.
 
 The mean auto-spectrum of a reconstruction :math:`\\hat\\kappa = T\\kappa + n` (with :math:`n`
 uncorrelated with :math:`\\kappa`) is
 
 .. math:: \\langle \\hat C_b \\rangle = T_b^2\\, C_b^{\\kappa\\kappa} + N_b .
 
-For a network (or any method) both :math:`T_b` and :math:`N_b` are measured on calibration maps
-whose true :math:`\\kappa` is known: :math:`T_b = \\overline{C^{\\hat\\kappa\\kappa}_b} /
-\\overline{C^{\\kappa\\kappa}_b}` and :math:`N_b = \\overline{\\hat C_b} - T_b^2
-\\overline{C^{\\kappa\\kappa}_b}`, averages over the calibration maps. Subtracting the maps' own truth
-power (rather than the theory) cancels their sample variance, so :math:`N_b` is only as uncertain as
-the noise itself: its covariance is that of the per-map :math:`\\hat C_b - T_b^2 C_b^{\\kappa\\kappa}`
-divided by the number of maps, and is carried into the likelihood.
+On the maps of one cosmology whose true :math:`\\kappa` is known, :math:`T_b = \\overline{C^{\\hat\\kappa
+\\kappa}_b} / \\overline{C^{\\kappa\\kappa}_b}` and :math:`N_b = \\overline{\\hat C_b} - T_b^2
+\\overline{C^{\\kappa\\kappa}_b}`, averages over the maps. Subtracting the maps' own truth power (rather
+than the theory) cancels their sample variance, so :math:`N_b` is only as uncertain as the noise itself.
 
-A normalised quadratic estimator has :math:`T_b = 1` and :math:`N_b = N^{(0)}_b + N^{(1)}_b + \\dots`:
-the analytic :math:`N^{(0)}` plus a Monte-Carlo residual (mostly :math:`N^{(1)}`) measured the same way.
+Neither is a constant: a quadratic estimator normalised with fiducial spectra has a response
+:math:`T \\propto A_s` (the CMB amplitude) and an :math:`N^{(1)} \\propto A_{\\rm lens}`; a network's
+transfer and noise depend on the cosmology of its input too. With the maps of ``k`` calibration
+cosmologies :math:`\\theta_c` (the first one the reference :math:`\\theta_{\\rm ref}`) both are modelled
+as linear in the sampled parameters,
+
+.. math:: T_b(\\theta) = T_b + \\nabla T_b \\cdot (\\theta - \\theta_{\\rm ref}), \\qquad
+          N_b(\\theta) = N_b + \\nabla N_b \\cdot (\\theta - \\theta_{\\rm ref}),
+
+fitted per band by weighted least squares to the per-cosmology estimates, weighted by their variance
+(per-map scatter over the number of maps). With one calibration cosmology the gradients are zero (a
+constant response).
+
+Every fitted quantity is a linear combination of the per-cosmology estimates, and each of those a
+mean over maps, so the calibration's statistical error at any :math:`\\theta` follows from per-map
+influence functions (:meth:`Calibration.model_covariance`); it includes the correlations between
+bands and between :math:`T_b` and :math:`N_b`, and reduces to the covariance of the per-map
+:math:`\\hat C_b - T_b^2 C_b^{\\kappa\\kappa}` over the number of maps at the reference.
+
+A normalised quadratic estimator is calibrated the same way (its fitted :math:`T_b` tests the
+normalisation; :math:`N_b` is the analytic :math:`N^{(0)}` plus the Monte-Carlo residual, mostly
+:math:`N^{(1)}`); :func:`calibrate_n0` gives the textbook alternative :math:`T_b = 1`,
+:math:`N_b = N^{(0)}_b`.
 """
 
 from dataclasses import dataclass
@@ -26,33 +44,143 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class Calibration:
-    """Transfer, noise and band-power scatter of one method, from the calibration maps.
+    """Transfer and noise of one method as linear functions of the sampled parameters.
 
     Attributes
     ----------
-    transfer : ndarray, shape (nb,)
-        :math:`T_b` (dimensionless).
-    noise : ndarray, shape (nb,)
-        :math:`N_b`, the additive noise bias of the auto-spectrum (sr).
-    noise_covariance : ndarray, shape (nb, nb)
-        Covariance of the estimate of ``noise`` (sr²); zero for an analytic noise.
+    theta_ref : ndarray, shape (ndim,)
+        Sampled parameters of the reference cosmology.
+    thetas : ndarray, shape (k, ndim)
+        Sampled parameters of the ``k`` calibration cosmologies (``thetas[0] = theta_ref``).
+    transfer, noise : ndarray, shape (nb,)
+        :math:`T_b` (dimensionless) and :math:`N_b` (sr) at ``theta_ref``.
+    transfer_gradient, noise_gradient : ndarray, shape (ndim, nb)
+        :math:`\\partial T_b / \\partial \\theta_i` and :math:`\\partial N_b / \\partial\\theta_i`
+        (per unit of each parameter); zero with one calibration cosmology or an analytic noise.
+    transfer_smoother, noise_smoother : ndarray, shape (nb, 1 + ndim, k)
+        Per band, the weighted least-squares operator mapping the ``k`` per-cosmology estimates to the
+        intercept and gradients.
+    transfer_influence, noise_influence : tuple of ndarray, shape (n_c, nb)
+        Per calibration cosmology, the centred per-map influence of each map on the cosmology's
+        :math:`T_b` and :math:`N_b`: the estimates' errors are the means of these.
+    fit_chi2_transfer, fit_chi2_noise : ndarray, shape (nb,)
+        :math:`\\chi^2` of the linear fits per band, with ``fit_dof`` degrees of freedom each.
+    fit_dof : int
+        ``k - 1 - ndim`` for a fitted gradient, 0 otherwise.
     auto_mean : ndarray, shape (nb,)
-        Mean auto band powers of the calibration maps (sr).
+        Mean auto band powers of the reference cosmology's maps (sr).
     auto_covariance : ndarray, shape (nb, nb)
-        Per-map covariance of the auto band powers (sr²), unbiased (``n_maps - 1`` normalisation).
+        Per-map covariance of those band powers (sr²), unbiased (``n_maps - 1`` normalisation).
     n_maps : int
-        Number of calibration maps.
+        Number of maps of the reference cosmology.
     debias : str
-        ``'calibrated'`` (noise measured on simulations) or ``'n0'`` (analytic N0 only).
+        ``'calibrated'`` (measured on simulations) or ``'n0'`` (unit transfer, analytic N0).
     """
 
+    theta_ref: np.ndarray
+    thetas: np.ndarray
     transfer: np.ndarray
     noise: np.ndarray
-    noise_covariance: np.ndarray
+    transfer_gradient: np.ndarray
+    noise_gradient: np.ndarray
+    transfer_smoother: np.ndarray
+    noise_smoother: np.ndarray
+    transfer_influence: tuple
+    noise_influence: tuple
+    fit_chi2_transfer: np.ndarray
+    fit_chi2_noise: np.ndarray
+    fit_dof: int
     auto_mean: np.ndarray
     auto_covariance: np.ndarray
     n_maps: int
     debias: str
+
+    @property
+    def fitted(self):
+        """Whether the gradients were measured (more than one calibration cosmology)."""
+        return self.thetas.shape[0] > 1
+
+    def transfer_at(self, theta):
+        """:math:`T_b(\\theta)`, shape ``(..., nb)`` for ``theta`` of shape ``(..., ndim)``."""
+        return self.transfer + (np.asarray(theta, dtype=float) - self.theta_ref) @ self.transfer_gradient
+
+    def noise_at(self, theta):
+        """:math:`N_b(\\theta)` (sr), shape ``(..., nb)`` for ``theta`` of shape ``(..., ndim)``."""
+        return self.noise + (np.asarray(theta, dtype=float) - self.theta_ref) @ self.noise_gradient
+
+    def _combination_covariance(self, transfer_weights, noise_weights):
+        """Covariance of a linear combination of the per-cosmology estimates.
+
+        Parameters
+        ----------
+        transfer_weights, noise_weights : ndarray, shape (nb, k)
+            Weights :math:`a_{bc}, a'_{bc}` of the quantity
+            :math:`q_b = \\sum_c a_{bc} T_{c,b} + a'_{bc} N_{c,b}`.
+
+        Returns
+        -------
+        ndarray, shape (nb, nb)
+            Its covariance over the noise of the calibration maps (cosmologies independent).
+        """
+        nb = self.transfer.size
+        cov = np.zeros((nb, nb))
+        for c, (u, v) in enumerate(zip(self.transfer_influence, self.noise_influence)):
+            psi = transfer_weights[:, c] * u + noise_weights[:, c] * v
+            n = psi.shape[0]
+            cov += psi.T @ psi / (n * (n - 1))
+        return cov
+
+    def model_covariance(self, theta, clkk):
+        """Covariance of the calibrated model :math:`T_b(\\theta)^2 C_b + N_b(\\theta)` at one point.
+
+        Parameters
+        ----------
+        theta : ndarray, shape (ndim,)
+        clkk : ndarray, shape (nb,)
+            :math:`C_b^{\\kappa\\kappa}(\\theta)` (sr).
+
+        Returns
+        -------
+        ndarray, shape (nb, nb)
+            In sr²; zero for an analytic calibration.
+        """
+        x = np.concatenate([[1.0], np.asarray(theta, dtype=float) - self.theta_ref])
+        a_t = np.einsum("j,bjc->bc", x, self.transfer_smoother)
+        a_n = np.einsum("j,bjc->bc", x, self.noise_smoother)
+        return self._combination_covariance(2 * self.transfer_at(theta)[:, None] * clkk[:, None] * a_t, a_n)
+
+    def gradient_errors(self):
+        """Standard errors of ``transfer_gradient`` and ``noise_gradient``, each shape ``(ndim, nb)``."""
+        ndim, nb = self.transfer_gradient.shape
+        zero = np.zeros((nb, self.thetas.shape[0]))
+        out = np.zeros((2, ndim, nb))
+        for i in range(ndim):
+            out[0, i] = np.diag(self._combination_covariance(self.transfer_smoother[:, 1 + i], zero))
+            out[1, i] = np.diag(self._combination_covariance(zero, self.noise_smoother[:, 1 + i]))
+        return np.sqrt(out[0]), np.sqrt(out[1])
+
+    def log_response(self, i):
+        """Band-averaged logarithmic response to parameter ``i`` with its standard error.
+
+        Returns
+        -------
+        dict
+            ``transfer``, ``transfer_err``: mean over bands of
+            :math:`\\theta_{{\\rm ref},i}\\, \\partial_i T_b / T_b` (:math:`d\\ln T/d\\ln\\theta_i`);
+            ``noise``, ``noise_err``: the same for :math:`N_b`. NaN when :math:`\\theta_{{\\rm ref},i} = 0`.
+            The errors are those of the gradients (the much smaller error of the denominators is left out).
+        """
+        nb = self.transfer.size
+        zero = np.zeros((nb, self.thetas.shape[0]))
+        t_weight = self.theta_ref[i] / (nb * self.transfer)
+        n_weight = self.theta_ref[i] / (nb * self.noise)
+        t_cov = self._combination_covariance(t_weight[:, None] * self.transfer_smoother[:, 1 + i], zero)
+        n_cov = self._combination_covariance(zero, n_weight[:, None] * self.noise_smoother[:, 1 + i])
+        out = {"transfer": float(np.sum(t_weight * self.transfer_gradient[i])),
+               "transfer_err": float(np.sqrt(t_cov.sum())),
+               "noise": float(np.sum(n_weight * self.noise_gradient[i])),
+               "noise_err": float(np.sqrt(n_cov.sum()))}
+        return {k: (v if self.theta_ref[i] != 0 else float("nan")) for k, v in out.items()}
 
 
 def _check(auto, *others):
@@ -70,60 +198,145 @@ def _check(auto, *others):
     return out
 
 
-def _covariance(x):
-    return np.atleast_2d(np.cov(x, rowvar=False))
-
-
-def calibrate_transfer(auto, cross, truth):
-    """Calibrate transfer and noise of a method on maps with known truth.
+def calibration_design(thetas, names):
+    """Design matrix of the linear calibration, its columns scaled to order one.
 
     Parameters
     ----------
-    auto, cross, truth : ndarray, shape (n, nb)
+    thetas : array_like, shape (k, ndim)
+        Sampled parameters of the calibration cosmologies, the reference first.
+    names : sequence of str
+        Names of the ``ndim`` parameters (for messages).
+
+    Returns
+    -------
+    design : ndarray, shape (k, 1 + ndim) or (1, 1)
+        Rows :math:`(1, (\\theta_c - \\theta_{\\rm ref}) / s)`; just ``[[1]]`` for one cosmology.
+    scale : ndarray, shape (ndim,) or (0,)
+        :math:`s`, the largest :math:`|\\theta_c - \\theta_{\\rm ref}|` of each parameter.
+
+    Raises
+    ------
+    ValueError
+        If a parameter takes one value in every calibration cosmology (its gradient is then unknown),
+        if there are fewer than ``1 + ndim`` cosmologies, or if their parameter values are collinear.
+    """
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=float))
+    k, ndim = thetas.shape
+    if k == 1:
+        return np.ones((1, 1)), np.zeros(0)
+    offset = thetas - thetas[0]
+    scale = np.max(np.abs(offset), axis=0)
+    fixed = [f"{n} = {thetas[0, i]:.6g}" for i, n in enumerate(names) if scale[i] == 0]
+    if fixed:
+        raise ValueError(f"the sampled parameters {', '.join(fixed)} take the same value in every calibration "
+                         "cosmology, so the dependence of T_b and N_b on them is unknown: add calibration "
+                         "cosmologies that vary them, or stop sampling them")
+    if k < 1 + ndim:
+        raise ValueError(f"{k} calibration cosmologies cannot fix T_b, N_b and their gradients in the {ndim} "
+                         f"sampled parameters ({', '.join(names)}): give at least {1 + ndim}")
+    design = np.column_stack([np.ones(k), offset / scale])
+    if np.linalg.matrix_rank(design) < 1 + ndim:
+        raise ValueError(f"the calibration cosmologies' values of {', '.join(names)} are collinear, so the "
+                         "gradients are not separately determined: vary the parameters independently")
+    return design, scale
+
+
+def _wls(design, scale, values, variance, ndim):
+    """Per-band weighted least squares of ``values`` (k, nb): smoother (nb, 1 + ndim, k) and chi2 (nb,)."""
+    w = 1.0 / variance
+    xtwx = np.einsum("cb,ci,cj->bij", w, design, design)
+    smoother = np.linalg.solve(xtwx, np.einsum("ci,cb->bic", design, w))
+    coef = np.einsum("bjc,cb->bj", smoother, values)
+    chi2 = np.sum(w * (values - design @ coef.T) ** 2, axis=0)
+    full = np.zeros((values.shape[1], 1 + ndim, values.shape[0]))
+    full[:, 0] = smoother[:, 0]
+    full[:, 1:smoother.shape[1]] = smoother[:, 1:] / scale[:, None]
+    return full, chi2
+
+
+def calibrate(thetas, names, auto, cross, truth):
+    """Calibrate transfer and noise of a method, and their linear dependence on the sampled parameters.
+
+    Parameters
+    ----------
+    thetas : array_like, shape (k, ndim)
+        Sampled parameters of the ``k`` calibration cosmologies; the first is the reference, whose maps
+        also give the band-power covariance (``auto_mean``, ``auto_covariance``).
+    names : sequence of str
+        Names of the ``ndim`` parameters (for messages).
+    auto, cross, truth : sequence of ``k`` ndarray, shape (n_c, nb)
         Per-map band powers :math:`\\hat C_b`, :math:`C^{\\hat\\kappa\\kappa}_b` and
-        :math:`C^{\\kappa\\kappa}_b` of the ``n`` calibration maps (sr).
+        :math:`C^{\\kappa\\kappa}_b` of the maps of each calibration cosmology (sr).
 
     Returns
     -------
     Calibration
-        ``debias = 'calibrated'``.
+        ``debias = 'calibrated'``; with ``k = 1`` the gradients are zero.
+
+    Raises
+    ------
+    ValueError
+        If the cosmologies cannot determine the gradients (see :func:`calibration_design`).
+    InputError
+        For band powers of wrong shapes or non-finite values.
     """
-    auto, cross, truth = _check(auto, cross, truth)
-    transfer = cross.mean(0) / truth.mean(0)
-    residual = auto - transfer**2 * truth
-    n = auto.shape[0]
-    return Calibration(transfer, residual.mean(0), _covariance(residual) / n, auto.mean(0), _covariance(auto), n,
-                       "calibrated")
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=float))
+    k, ndim = thetas.shape
+    design, scale = calibration_design(thetas, names)
+    est = np.empty((2, k, np.shape(auto[0])[1]))
+    var = np.empty_like(est)
+    influence = ([], [])
+    for c in range(k):
+        a, x, t = _check(auto[c], cross[c], truth[c])
+        if a.shape[1] != est.shape[2]:
+            raise InputError(f"calibration: cosmologies with {est.shape[2]} and {a.shape[1]} bins")
+        n, t_mean = a.shape[0], t.mean(0)
+        transfer = x.mean(0) / t_mean
+        noise = a.mean(0) - transfer**2 * t_mean
+        u = (x - transfer * t) / t_mean
+        v = a - transfer**2 * t - noise - 2 * transfer * t_mean * u
+        est[:, c] = transfer, noise
+        var[:, c] = (u**2).sum(0) / (n * (n - 1)), (v**2).sum(0) / (n * (n - 1))
+        influence[0].append(u)
+        influence[1].append(v)
+    t_smooth, t_chi2 = _wls(design, scale, est[0], var[0], ndim)
+    n_smooth, n_chi2 = _wls(design, scale, est[1], var[1], ndim)
+    t_coef = np.einsum("bjc,cb->jb", t_smooth, est[0])
+    n_coef = np.einsum("bjc,cb->jb", n_smooth, est[1])
+    ref = np.asarray(auto[0], dtype=float)
+    return Calibration(thetas[0], thetas, t_coef[0], n_coef[0], t_coef[1:], n_coef[1:], t_smooth, n_smooth,
+                       tuple(influence[0]), tuple(influence[1]), t_chi2, n_chi2, k - design.shape[1],
+                       ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), ref.shape[0], "calibrated")
 
 
-def calibrate_qe(auto, truth, n0):
-    """Calibrate a normalised quadratic estimator (unit transfer).
+def calibrate_n0(auto, n0, theta_ref):
+    """The textbook calibration of a normalised quadratic estimator: unit transfer, analytic N0.
 
     Parameters
     ----------
-    auto, truth : ndarray, shape (n, nb)
-        Per-map auto band powers of the estimate and of the true kappa (sr).
+    auto : ndarray, shape (n, nb)
+        Per-map auto band powers of the reference cosmology's maps (sr), for the band-power covariance.
     n0 : ndarray, shape (nb,)
         Analytic :math:`N^{(0)}_b` (sr).
+    theta_ref : array_like, shape (ndim,)
+        Sampled parameters of the reference cosmology.
 
     Returns
     -------
-    calibrated : Calibration
-        ``noise`` = :math:`N^{(0)}` plus the Monte-Carlo residual
-        :math:`\\overline{\\hat C_b - C^{\\kappa\\kappa}_b} - N^{(0)}_b` (:math:`N^{(1)}` and any
-        normalisation error), i.e. the mean of :math:`\\hat C_b - C^{\\kappa\\kappa}_b`.
-    n0_only : Calibration
-        ``noise`` = :math:`N^{(0)}` alone, exact (zero ``noise_covariance``); it misses
-        :math:`N^{(1)} > 0`, so an amplitude fitted with it is biased high.
+    Calibration
+        ``debias = 'n0'``, exact (no calibration error) and independent of the parameters. It misses
+        :math:`N^{(1)} > 0` and the response's dependence on the CMB amplitude, so an amplitude fitted
+        with it is biased.
     """
-    auto, truth = _check(auto, truth)
+    (auto,) = _check(auto)
     n0 = np.asarray(n0, dtype=float)
     if n0.shape != auto.shape[1:]:
         raise InputError(f"calibration: N0 of shape {n0.shape} does not match {auto.shape[1]} bins")
-    ones = np.ones_like(n0)
-    residual = auto - truth
-    n = auto.shape[0]
-    mean, cov = auto.mean(0), _covariance(auto)
-    calibrated = Calibration(ones, residual.mean(0), _covariance(residual) / n, mean, cov, n, "calibrated")
-    n0_only = Calibration(ones, n0, np.zeros_like(cov), mean, cov, n, "n0")
-    return calibrated, n0_only
+    theta_ref = np.asarray(theta_ref, dtype=float)
+    nb, ndim = n0.size, theta_ref.size
+    zero = np.zeros((ndim, nb))
+    smoother = np.zeros((nb, 1 + ndim, 0))
+    return Calibration(theta_ref, theta_ref[None], np.ones(nb), n0, zero, zero, smoother, smoother, (), (),
+                       np.zeros(nb), np.zeros(nb), 0, auto.mean(0), np.atleast_2d(np.cov(auto, rowvar=False)),
+                       auto.shape[0], "n0")

@@ -7,8 +7,9 @@ def add_parser(subparsers):
     """Add the ``params`` subcommand to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "params", help="fit Alens and cosmological parameters to the reconstructed lensing spectra",
-        description="Calibrate each method's transfer and noise on the maps of one cosmology of an evaluation "
-                    "report, then sample the posterior of Alens and CAMB parameters (emcee) for the others. "
+        description="Calibrate each method's transfer and noise (and their dependence on the sampled parameters) "
+                    "on the maps of calibration cosmologies of an evaluation report, then sample the posterior of "
+                    "Alens and CAMB parameters (emcee) for the held-out test cosmologies. "
                     "Reads the params: section of the config; writes OUT/chains.h5 and OUT/summary.json.")
     p.add_argument("--config", required=True, help="YAML config with a params: section (see evaluate/quick.yaml)")
     p.add_argument("--report", required=True, help="report.h5 of `deepcmb evaluate`")

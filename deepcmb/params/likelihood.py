@@ -2,13 +2,14 @@
 
 Model of the mean auto band power of a method over ``n_test`` maps of one cosmology:
 
-.. math:: \\hat C_b(\\theta) = T_b^2\\, C_b^{\\kappa\\kappa}(\\theta) + N_b ,
+.. math:: \\hat C_b(\\theta) = T_b(\\theta)^2\\, C_b^{\\kappa\\kappa}(\\theta) + N_b(\\theta) ,
 
-with :math:`T_b, N_b` from :mod:`deepcmb.params.calibration` and :math:`C^{\\kappa\\kappa}_b(\\theta)` from
-:class:`~deepcmb.params.emulator.KappaEmulator`. The covariance of the data vector is the per-map
-band-power covariance of the calibration maps, rescaled to the best-fit power of the test maps and
-divided by ``n_test``, plus the covariance of the calibrated noise; its inverse is scaled by the
-Hartlap et al. (2007) factor :math:`(n - p - 2)/(n - 1)` for ``n`` calibration maps and ``p`` bins,
+with :math:`T_b(\\theta), N_b(\\theta)` from :mod:`deepcmb.params.calibration` (constant, or linear in the
+parameters) and :math:`C^{\\kappa\\kappa}_b(\\theta)` from :class:`~deepcmb.params.emulator.KappaEmulator`.
+The covariance of the data vector is the per-map band-power covariance of the reference calibration
+maps, rescaled to the best-fit power of the test maps and divided by ``n_test``, plus the covariance of
+the calibrated model at the best fit (the calibration maps' own noise); its inverse is scaled by the
+Hartlap et al. (2007) factor :math:`(n - p - 2)/(n - 1)` for ``n`` reference maps and ``p`` bins,
 which removes the bias of the inverse of an estimated covariance. Priors are flat within
 ``[lower, upper]``.
 """
@@ -36,31 +37,32 @@ def hartlap_factor(n_sims, n_bins):
     return (n_sims - n_bins - 2) / (n_sims - 1)
 
 
-def data_covariance(calibration, n_test, model=None):
-    """Covariance of the mean auto band powers of ``n_test`` maps, including the noise calibration error.
+def data_covariance(calibration, n_test, theta, clkk):
+    """Covariance of the mean auto band powers of ``n_test`` maps, including the calibration error.
 
     Parameters
     ----------
     calibration : Calibration
     n_test : int
         Number of maps averaged in the data vector.
-    model : ndarray, shape (nb,), optional
-        Expected band powers of the test maps (sr). The per-map covariance of the calibration maps is
-        rescaled to them, :math:`\\Sigma_{bb'} \\to \\Sigma_{bb'} r_b r_{b'}` with
-        :math:`r = m / \\bar C^{\\rm cal}`, as for Gaussian band powers whose covariance goes as
-        :math:`\\hat C_b \\hat C_{b'}`. Without it the test cosmology is assumed to have the
-        calibration cosmology's power.
+    theta : ndarray, shape (ndim,)
+        Parameters of the test cosmology (e.g. the best fit).
+    clkk : ndarray, shape (nb,)
+        :math:`C_b^{\\kappa\\kappa}(\\theta)` (sr).
 
     Returns
     -------
     ndarray, shape (nb, nb)
-        In sr².
+        In sr². The per-map covariance of the reference calibration maps is rescaled to the expected
+        band powers :math:`m = T(\\theta)^2 C + N(\\theta)`, :math:`\\Sigma_{bb'} \\to \\Sigma_{bb'} r_b r_{b'}`
+        with :math:`r = m / \\bar C^{\\rm ref}`, as for Gaussian band powers whose covariance goes as
+        :math:`\\hat C_b \\hat C_{b'}`; to it is added
+        :meth:`~deepcmb.params.calibration.Calibration.model_covariance` at ``theta``.
     """
-    cov = calibration.auto_covariance
-    if model is not None:
-        r = np.asarray(model, dtype=float) / calibration.auto_mean
-        cov = cov * np.outer(r, r)
-    return cov / n_test + calibration.noise_covariance
+    theta = np.asarray(theta, dtype=float)
+    clkk = np.asarray(clkk, dtype=float)
+    r = (calibration.transfer_at(theta) ** 2 * clkk + calibration.noise_at(theta)) / calibration.auto_mean
+    return calibration.auto_covariance * np.outer(r, r) / n_test + calibration.model_covariance(theta, clkk)
 
 
 def posterior_peak(log_prob, lower, upper):
@@ -89,11 +91,11 @@ def posterior_peak(log_prob, lower, upper):
 
 
 def build_likelihood(data, calibration, n_test, emulator, lower, upper):
-    """The band-power likelihood of ``n_test`` maps, its covariance rescaled to the best fit.
+    """The band-power likelihood of ``n_test`` maps, its covariance evaluated at the posterior peak.
 
-    A first pass with the calibration maps' covariance finds the posterior peak; the covariance is then
-    rescaled to the model there (:func:`data_covariance`), so that a test cosmology with more or less
-    lensing power than the calibration one gets error bars of the right size.
+    A first pass with the covariance at the reference cosmology finds the posterior peak; the
+    covariance is then re-evaluated there (:func:`data_covariance`), so that a test cosmology with more
+    or less lensing power than the reference gets error bars of the right size.
 
     Parameters
     ----------
@@ -102,6 +104,7 @@ def build_likelihood(data, calibration, n_test, emulator, lower, upper):
     calibration : Calibration
     n_test : int
     emulator : KappaEmulator
+        Over the same parameters as ``calibration``.
     lower, upper : ndarray, shape (ndim,)
         Flat prior bounds.
 
@@ -110,10 +113,11 @@ def build_likelihood(data, calibration, n_test, emulator, lower, upper):
     BandPowerLikelihood
     """
     hartlap = hartlap_factor(calibration.n_maps, np.size(data))
-    args = (hartlap, emulator, calibration.transfer, calibration.noise, lower, upper)
-    first = BandPowerLikelihood(data, data_covariance(calibration, n_test), *args)
+    args = (hartlap, emulator, calibration, lower, upper)
+    ref = calibration.theta_ref
+    first = BandPowerLikelihood(data, data_covariance(calibration, n_test, ref, emulator(ref)), *args)
     peak = posterior_peak(lambda t: first(t), lower, upper)
-    return BandPowerLikelihood(data, data_covariance(calibration, n_test, first.model(peak)), *args)
+    return BandPowerLikelihood(data, data_covariance(calibration, n_test, peak, emulator(peak)), *args)
 
 
 class BandPowerLikelihood:
@@ -129,18 +133,17 @@ class BandPowerLikelihood:
         Factor multiplying the inverse covariance (:func:`hartlap_factor`).
     emulator : KappaEmulator
         :math:`C_b^{\\kappa\\kappa}(\\theta)`.
-    transfer, noise : ndarray, shape (nb,)
-        :math:`T_b` and :math:`N_b` of the method.
+    calibration : Calibration
+        :math:`T_b(\\theta)` and :math:`N_b(\\theta)` of the method, over the parameters of ``emulator``.
     lower, upper : ndarray, shape (ndim,)
         Flat prior bounds, in the order of ``emulator.names``.
     """
 
-    def __init__(self, data, covariance, hartlap, emulator, transfer, noise, lower, upper):
+    def __init__(self, data, covariance, hartlap, emulator, calibration, lower, upper):
         self.data = np.asarray(data, dtype=float)
         self.covariance = np.asarray(covariance, dtype=float)
         self.emulator = emulator
-        self.transfer = np.asarray(transfer, dtype=float)
-        self.noise = np.asarray(noise, dtype=float)
+        self.calibration = calibration
         self.lower = np.asarray(lower, dtype=float)
         self.upper = np.asarray(upper, dtype=float)
         try:
@@ -152,8 +155,11 @@ class BandPowerLikelihood:
         self.precision = hartlap * inv_chol.T @ inv_chol
 
     def model(self, theta):
-        """Model band powers :math:`T_b^2 C_b^{\\kappa\\kappa}(\\theta) + N_b`, shape ``(..., nb)``."""
-        return self.transfer**2 * self.emulator(theta) + self.noise
+        """Model band powers :math:`T_b(\\theta)^2 C_b^{\\kappa\\kappa}(\\theta) + N_b(\\theta)`, shape ``(..., nb)``.
+
+        ``theta`` has shape ``(..., ndim)``.
+        """
+        return self.calibration.transfer_at(theta) ** 2 * self.emulator(theta) + self.calibration.noise_at(theta)
 
     def chi2(self, theta):
         """:math:`(d - m)^T \\Psi (d - m)` with :math:`\\Psi` the Hartlap-scaled precision, shape ``(...)``."""
@@ -179,9 +185,16 @@ class BandPowerLikelihood:
         return out
 
     def model_gradient(self, theta):
-        """:math:`\\partial m_b / \\partial \\ln\\theta_i` at one point, shape ``(ndim, nb)``."""
+        """:math:`\\partial m_b / \\partial \\ln\\theta_i` at one point, shape ``(ndim, nb)``.
+
+        The response of the theory, :math:`T^2 C\\, \\partial\\ln C/\\partial\\ln\\theta_i`, plus that of
+        the calibration, :math:`\\theta_i (2 T C\\, \\partial_i T + \\partial_i N)`.
+        """
         theta = np.asarray(theta, dtype=float)
-        return self.transfer**2 * self.emulator(theta) * self.emulator.log_derivatives(theta)
+        cal = self.calibration
+        t, clkk = cal.transfer_at(theta), self.emulator(theta)
+        theory = t**2 * clkk * self.emulator.log_derivatives(theta)
+        return theory + theta[:, None] * (2 * t * clkk * cal.transfer_gradient + cal.noise_gradient)
 
     def fisher_std(self, theta):
         """Fisher-matrix forecast of the marginal standard deviations at ``theta`` (prior ignored).
@@ -202,15 +215,18 @@ class BandPowerLikelihood:
 
 
 def amplitude_exponents(likelihood, theta0):
-    """Exponents of the best-constrained lensing amplitude and each parameter's degeneracy with it.
+    """Exponents of the best-constrained amplitude and each parameter's degeneracy with it.
 
     Near ``theta0`` a change :math:`\\delta\\ln\\theta_i` of a parameter moves the model along
-    :math:`g_i = \\partial m / \\partial\\ln\\theta_i`; its projection on the amplitude direction
-    :math:`s = T^2 C^{\\kappa\\kappa}` (the response to :math:`\\ln A_{\\rm lens}`), weighted by the
-    precision :math:`\\Psi`, is :math:`p_i = s^T\\Psi g_i / s^T\\Psi s`. The data then constrain
+    :math:`g_i = \\partial m / \\partial\\ln\\theta_i` (:meth:`BandPowerLikelihood.model_gradient`: the
+    theory's response and, for a calibration over cosmology, the method's own); its projection on the
+    amplitude direction :math:`s = \\partial m / \\partial\\ln A_{\\rm lens}` (:math:`T^2 C^{\\kappa\\kappa}`
+    when ``Alens`` is not sampled), weighted by the precision :math:`\\Psi`, is
+    :math:`p_i = s^T\\Psi g_i / s^T\\Psi s`. The data then constrain
     :math:`A_{\\rm eff} = A_{\\rm lens}\\prod_i (\\theta_i/\\theta_{0,i})^{p_i}`, e.g.
-    :math:`A_{\\rm lens} (A_s/A_{s,0})^{p}` with :math:`p \\approx 1` (more where non-linear growth
-    boosts the small-scale power).
+    :math:`A_{\\rm lens} (A_s/A_{s,0})^{p}` with :math:`p \\approx 1` for a response independent of
+    cosmology (more where non-linear growth boosts the small-scale power), and :math:`p \\approx 3` for a
+    quadratic estimator normalised with fiducial spectra, whose response grows as :math:`A_s`.
 
     Parameters
     ----------
@@ -227,8 +243,12 @@ def amplitude_exponents(likelihood, theta0):
         rescales the amplitude (fully degenerate with ``Alens``), smaller when it also changes the shape.
     """
     theta0 = np.asarray(theta0, dtype=float)
+    names = likelihood.emulator.names
     grad = likelihood.model_gradient(theta0)
-    s = likelihood.transfer**2 * likelihood.emulator(theta0)
+    if "Alens" in names:
+        s = grad[names.index("Alens")]
+    else:
+        s = likelihood.calibration.transfer_at(theta0) ** 2 * likelihood.emulator(theta0)
     psi = likelihood.precision
     ss = s @ psi @ s
     sg = grad @ psi @ s

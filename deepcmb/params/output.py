@@ -1,15 +1,21 @@
 """Outputs of the params stage: ``chains.h5`` and ``summary.json``.
 
-``chains.h5`` (``format = 'deepcmb.params'``, ``format_version = 1``)::
+``chains.h5`` (``format = 'deepcmb.params'``, ``format_version = 2``)::
 
     /                         attrs: provenance (deepcmb_version, git_revision, stage, created, config),
                                      format, format_version, report_file, parameters (sampled names),
-                                     calibration_cosmology, noise_index, test_cosmologies
+                                     calibration_cosmologies (reference first), noise_index, test_cosmologies
     /bins/edges (nb+1,), /bins/L (nb,)        the bands fitted
-    /calibration/<label>/transfer (nb,)       T_b (1 for a QE)
-    /calibration/<label>/noise (nb,)          N_b used by the calibrated fit (sr)
+    /calibration/<label>/transfer (nb,)       T_b at the reference cosmology
+    /calibration/<label>/noise (nb,)          N_b at the reference cosmology, used by the calibrated fit (sr)
     /calibration/<label>/n0, noise_residual   QE only: analytic N0 and N_b - N0 (N1 + ...)
-                           attrs: method, n_maps
+    /calibration/<label>/transfer_gradient, transfer_gradient_err (ndim, nb)
+                                              dT_b/dtheta_i per unit of each sampled parameter, and its
+                                              standard error (several calibration cosmologies only)
+    /calibration/<label>/noise_gradient, noise_gradient_err (ndim, nb)   dN_b/dtheta_i (sr per unit), likewise
+                           attrs: method, n_maps (reference), cosmologies, n_maps_per_cosmology,
+                                  parameter_names, theta_ref; with gradients also fit_dof and the linear
+                                  fits' chi2 summed over bands, fit_chi2_transfer, fit_chi2_noise
     /<label>/cosmo<c>/chain (steps - burn, walkers, ndim) float64
     /<label>/cosmo<c>/log_prob (steps - burn, walkers)
     /<label>/cosmo<c>/data, model_best (nb,), covariance (nb, nb)
@@ -22,10 +28,13 @@
 ``summary.json``::
 
     {"report_file", "created", "git_revision", "parameters": [...], "derived_parameter": "Alens_eff" | null,
-     "priors": {P: [low, high]}, "calibration_cosmology", "test_cosmologies": [...], "noise_index",
+     "priors": {P: [low, high]}, "calibration_cosmologies": [...], "test_cosmologies": [...], "noise_index",
      "bins": {"edges": [...], "L": [...]},
-     "calibration": {label: {"method", "n_maps", "transfer": [...], "noise": [...],
-                             "n0": [...], "noise_residual": [...] (QE)}},
+     "calibration": {label: {"method", "n_maps", "cosmologies": [...], "transfer": [...], "noise": [...],
+                             "n0": [...], "noise_residual": [...] (QE),
+                             "gradients": {P: {"transfer", "transfer_err", "noise", "noise_err": [...],
+                                               "dlnT_dlnP", "dlnT_dlnP_err", "dlnN_dlnP", "dlnN_dlnP_err"}},
+                             "linear_fit": {"chi2_transfer", "chi2_noise", "dof"}  (several cosmologies)}},
      "theory_check": {"emulator_vs_report_max_rel": float, "truth_over_theory": [...],
                       "truth_over_theory_err": [...]},
      "results": {label: {"cosmo<c>": {P: {"mean", "std", "truth", "pull", "fisher_std", "prior_std_ratio"},
@@ -37,28 +46,34 @@
                                       "n0_only": {... the same, QE only}}}},
      "all_within_2sigma": {label: bool}, "notes": "..."}
 
+``dlnT_dlnP`` (``dlnN_dlnP``) is the mean over bands of :math:`P_{\\rm ref}\\, \\partial_P T_b / T_b`, the
+measured logarithmic response of the method's transfer (noise) to parameter P, with its standard error.
 ``pull = (mean - truth) / std``; ``within_2sigma``: every sampled parameter and the derived amplitude
 have ``|pull| <= 2``; ``prior_std_ratio``: posterior std over the flat prior's (range / sqrt 12), near 1
 for a parameter the data do not constrain. Non-finite numbers are written as null.
 """
 
-import json
 import math
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+from scipy.stats import chi2 as chi2_dist
 
+from ..jsonio import write_json
 from ..provenance import provenance_attrs
 from .likelihood import DERIVED
 from .sampling import marginal
 
 FORMAT = "deepcmb.params"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DEGENERATE = 0.98
-"""Correlation of a parameter's C^kk response with Alens's above which the two are called degenerate."""
+"""Correlation of a parameter's model response with Alens's above which the two are called degenerate."""
+
+NONLINEAR = 1e-3
+"""p-value of a calibration's linear-fit chi2 below which the notes call the linear model rejected."""
 
 PRIOR_DOMINATED = 0.5
 """Posterior over prior standard deviation above which a parameter counts as unconstrained."""
@@ -87,13 +102,14 @@ def write_chains(path, cfg, report, plan, edges, calibrations, fits):
         with h5py.File(tmp, "w") as f:
             f.attrs.update(provenance_attrs(cfg, "params"))
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, report_file=str(report.path.resolve()),
-                           parameters=list(cfg["sample"]), calibration_cosmology=cfg["calibration_cosmology"],
+                           parameters=list(cfg["sample"]),
+                           calibration_cosmologies=np.array(plan.calibration, dtype=np.int64),
                            noise_index=cfg["noise_index"], test_cosmologies=np.array(plan.tests, dtype=np.int64))
             f["bins/edges"] = edges
             f["bins/L"] = report.L[plan.bins]
             for label, cals in calibrations.items():
                 g = f.create_group(f"calibration/{label}")
-                _calibration_datasets(g, report.methods[label].method, cals)
+                _calibration_datasets(g, report.methods[label].method, cals, plan, cfg["sample"])
             for fit in fits:
                 name = f"{fit.label}/cosmo{fit.cosmology}" + ("/n0_only" if fit.debias == "n0" else "")
                 _fit_group(f.require_group(name), fit)
@@ -103,14 +119,44 @@ def write_chains(path, cfg, report, plan, edges, calibrations, fits):
             tmp.unlink()
 
 
-def _calibration_datasets(g, method, cals):
+def _calibration_datasets(g, method, cals, plan, names):
     cal = cals[0]
     g["transfer"] = cal.transfer
     g["noise"] = cal.noise
-    g.attrs.update(method=method, n_maps=cal.n_maps)
+    g.attrs.update(method=method, n_maps=cal.n_maps, cosmologies=np.array(plan.calibration, dtype=np.int64),
+                   n_maps_per_cosmology=np.array([r.size for r in plan.calibration_rows], dtype=np.int64),
+                   parameter_names=list(names), theta_ref=cal.theta_ref)
     if method == "qe":
         g["n0"] = cals[1].noise
         g["noise_residual"] = cal.noise - cals[1].noise
+    if cal.fitted:
+        t_err, n_err = cal.gradient_errors()
+        g["transfer_gradient"], g["transfer_gradient_err"] = cal.transfer_gradient, t_err
+        g["noise_gradient"], g["noise_gradient_err"] = cal.noise_gradient, n_err
+        g.attrs.update(fit_dof=cal.fit_dof, fit_chi2_transfer=float(cal.fit_chi2_transfer.sum()),
+                       fit_chi2_noise=float(cal.fit_chi2_noise.sum()))
+
+
+def _calibration_summary(method, cals, plan, names):
+    cal = cals[0]
+    rec = {"method": method, "n_maps": cal.n_maps, "cosmologies": plan.calibration, "transfer": cal.transfer,
+           "noise": cal.noise}
+    if method == "qe":
+        rec.update(n0=cals[1].noise, noise_residual=cal.noise - cals[1].noise)
+    if cal.fitted:
+        t_err, n_err = cal.gradient_errors()
+        rec["gradients"] = {}
+        for i, name in enumerate(names):
+            resp = cal.log_response(i)
+            rec["gradients"][name] = {
+                "transfer": cal.transfer_gradient[i], "transfer_err": t_err[i],
+                "noise": cal.noise_gradient[i], "noise_err": n_err[i],
+                "dlnT_dlnP": resp["transfer"], "dlnT_dlnP_err": resp["transfer_err"],
+                "dlnN_dlnP": resp["noise"], "dlnN_dlnP_err": resp["noise_err"]}
+        rec["linear_fit"] = {"chi2_transfer": float(cal.fit_chi2_transfer.sum()),
+                             "chi2_noise": float(cal.fit_chi2_noise.sum()),
+                             "dof": cal.fit_dof * cal.transfer.size}
+    return rec
 
 
 def _fit_summary(fit):
@@ -138,7 +184,7 @@ def _fit_summary(fit):
 def _theory_check(report, plan, emulator):
     theta = np.array([plan.base[n] for n in emulator.names])
     theory = emulator(theta)
-    rows = plan.calibration_rows
+    rows = plan.calibration_rows[0]
     truth = report.truth[rows, plan.bins]
     stored = report.clkk[int(report.cosmology_index[rows[0]]), plan.bins]
     return {"emulator_vs_report_max_rel": float(np.max(np.abs(theory / stored - 1))),
@@ -155,36 +201,69 @@ def _amplitude(entry):
 
 
 def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
-    c_cal, j = cfg["calibration_cosmology"], cfg["noise_index"]
-    n_cal = plan.calibration_rows.size
-    notes = [
-        f"Model: C_hat_b = T_b^2 C^kk_b(theta) + N_b over {edges.size - 1} bands, L = {edges[0]:g}..{edges[-1]:g}. "
-        f"T_b, N_b and the band-power covariance come from the {n_cal} maps of cosmology {c_cal} at noise level "
-        f"{j}, separate from the test maps; the covariance (Hartlap-corrected) includes the error of the "
-        "calibrated noise. T_b and N_b are held at their calibration values: a method whose response depends "
-        "on cosmology (a Wiener-like network) is biased by that dependence beyond the quoted errors."]
+    cal, j = plan.calibration, cfg["noise_index"]
+    n_ref = plan.calibration_rows[0].size
+    text = (f"Model: C_hat_b = T_b(theta)^2 C^kk_b(theta) + N_b(theta) over {edges.size - 1} bands, "
+            f"L = {edges[0]:g}..{edges[-1]:g}. ")
+    if len(cal) == 1:
+        text += (f"T_b and N_b come from the {n_ref} maps of cosmology {cal[0]} at noise level {j}, separate from "
+                 "the test maps, and are held at those values: a method whose response depends on cosmology (a "
+                 "Wiener-like network, a QE normalised with fiducial spectra) is biased by that dependence beyond "
+                 "the quoted errors; calibrate on several cosmologies (params.calibration_cosmologies) to model it.")
+    else:
+        text += (f"T_b and N_b are linear in ({', '.join(cfg['sample'])}) about reference cosmology {cal[0]}, "
+                 f"fitted per band by weighted least squares to the maps of calibration cosmologies {cal} at noise "
+                 f"level {j} ({', '.join(str(r.size) for r in plan.calibration_rows)} maps), separate from the "
+                 "test maps.")
+    notes = [text + f" The band-power covariance comes from the {n_ref} maps of cosmology {cal[0]} (Hartlap-"
+             "corrected) and includes the calibration's own statistical error, propagated to the model at the "
+             "best fit."]
     for label, cals in calibrations.items():
+        c0 = cals[0]
+        if c0.fitted:
+            parts = []
+            for i, name in enumerate(cfg["sample"]):
+                r = c0.log_response(i)
+                if np.isfinite(r["transfer"]):
+                    parts.append(f"dlnT/dln{name} = {r['transfer']:+.3f} +- {r['transfer_err']:.3f}, "
+                                 f"dlnN/dln{name} = {r['noise']:+.3f} +- {r['noise_err']:.3f}")
+            dof = c0.fit_dof * c0.transfer.size
+            text = (f"{label}: measured cosmology dependence (band means; gradients per band in calibration): "
+                    f"{'; '.join(parts) or 'see calibration'}. Linear fits: chi2 {c0.fit_chi2_transfer.sum():.1f} "
+                    f"(T), {c0.fit_chi2_noise.sum():.1f} (N) for {dof} degrees of freedom")
+            bad = [q for q, x in (("T", c0.fit_chi2_transfer), ("N", c0.fit_chi2_noise))
+                   if dof and chi2_dist.sf(x.sum(), dof) < NONLINEAR]
+            if bad:
+                text += (f"; the linear model of {' and '.join(bad)} is rejected (p < {NONLINEAR:g}): narrow the "
+                         "spread of the calibration cosmologies")
+            notes.append(text + ".")
         if report.methods[label].method != "qe":
             continue
-        frac = float(np.mean((cals[0].noise - cals[1].noise) / cals[1].noise))
-        text = (f"{label}: quadratic estimator, T_b = 1, N_b = analytic N0 + Monte-Carlo residual (N1 + ...; "
-                f"{100 * frac:+.1f}% of N0 on average over the bands). The N0-only fit (n0_only) ignores N1 > 0 "
-                "and is expected to be biased high in the lensing amplitude")
+        frac = float(np.mean((c0.noise - cals[1].noise) / cals[1].noise))
+        text = (f"{label}: quadratic estimator calibrated like any method (T_b from its cross-spectrum with the "
+                f"truth, {np.mean(c0.transfer):.3f} on average at the reference; N_b = analytic N0 + Monte-Carlo "
+                f"residual, N1 + ..., {100 * frac:+.1f}% of N0 on average). The textbook fit (n0_only: T_b = 1, "
+                "N_b = N0) ignores N1 > 0 (its lensing amplitude is biased high) and any dependence of the "
+                "response on cosmology")
         shifts = [f"cosmo{c} {_amplitude(results[label][f'cosmo{c}']['n0_only']):.3f} vs "
                   f"{_amplitude(results[label][f'cosmo{c}']):.3f}" for c in plan.tests]
         if shifts:
             text += " (amplitude mean N0-only vs calibrated: " + ", ".join(shifts) + ")"
         notes.append(text + ".")
-    first = next((f for f in fits if f.derived is not None), None)
-    if first is not None:
-        corr, expo = first.derived["correlation"], first.derived["exponents"]
-        degenerate = [(n, corr[i], expo[i]) for i, n in enumerate(first.names) if n != "Alens" and corr[i] > DEGENERATE]
-        if degenerate and "Alens" in first.names:
-            desc = ", ".join(f"{n} (correlation {r:.4f}, exponent {p:.3f})" for n, r, p in degenerate)
-            notes.append(f"Alens is nearly degenerate in C^kk with {desc}: the band powers constrain the derived "
-                         f"amplitude {DERIVED} = {first.derived['definition']} (for {first.label}; the exponents "
-                         "of each fit are in its derived entry), while the marginals of the degenerate parameters "
-                         "follow the degeneracy out to the prior edges.")
+    degenerate, where = set(), {}
+    for f in fits:
+        if f.derived is not None and "Alens" in f.names:
+            found = {n for i, n in enumerate(f.names) if n != "Alens" and f.derived["correlation"][i] > DEGENERATE}
+            degenerate |= found
+            if found:
+                where[f.label + (" n0_only" if f.debias == "n0" else "")] = None
+    if degenerate:
+        notes.append(f"Alens is nearly degenerate with {', '.join(sorted(degenerate))} (response correlation > "
+                     f"{DEGENERATE}) in the band-power model of {', '.join(where)}: the band powers constrain the "
+                     f"derived amplitude {DERIVED} = Alens * prod_P (P/P_ref)^p_P, p_P the precision-weighted response "
+                     "of the model to ln P relative to ln Alens (the method's own response to cosmology included; "
+                     "each fit's exponents are in its derived entry), while the marginals of the degenerate "
+                     "parameters follow the degeneracy out to the prior edges.")
     for label in calibrations:
         fitted = [f for f in fits if f.label == label and f.debias == "calibrated"]
         ratios = {n: max(results[label][f"cosmo{f.cosmology}"][n]["prior_std_ratio"] for f in fitted)
@@ -195,11 +274,12 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
             degenerate = {n for i, n in enumerate(fitted[0].names) if derived["correlation"][i] > DEGENERATE}
             degenerate = degenerate if len(degenerate) > 1 else set()
         constrained = [n for n, r in ratios.items() if r < PRIOR_DOMINATED and n not in degenerate]
-        constrained += [DERIVED] if derived is not None else []
+        if derived is not None:
+            constrained.append(f"{DERIVED} (= {derived['definition']} for cosmo{fitted[0].cosmology})")
         loose = [n for n, r in ratios.items() if r >= PRIOR_DOMINATED and n not in degenerate]
         text = f"{label}: constrained: {', '.join(constrained) or 'none'}"
         if degenerate:
-            text += f"; degenerate in C^kk, marginals set by the priors: {', '.join(sorted(degenerate))}"
+            text += f"; degenerate in the model, marginals set by the priors: {', '.join(sorted(degenerate))}"
         notes.append(text + f"; prior-dominated (posterior std > {PRIOR_DOMINATED} x prior std): "
                             f"{', '.join(loose) or 'none'}.")
     for c in plan.tests:
@@ -207,18 +287,18 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
         off = [f"{n} = {truth[n]:.6g} (held at {plan.base[n]:.6g})" for n in truth
                if n not in cfg["sample"] and not np.isclose(truth[n], plan.base[n], rtol=1e-6, atol=0)]
         if off:
-            notes.append(f"cosmo{c}: parameters not sampled differ from the calibration cosmology's: "
+            notes.append(f"cosmo{c}: parameters not sampled differ from the reference calibration cosmology's: "
                          f"{', '.join(off)}; the fit is biased by them.")
     if check["emulator_vs_report_max_rel"] > 0.01:
-        notes.append(f"The emulator's C^kk at the calibration cosmology differs from the report's /cosmology/clkk by "
-                     f"up to {100 * check['emulator_vs_report_max_rel']:.1f}%: set params.camb to the CAMB "
-                     "settings of the simulations.")
+        notes.append(f"The emulator's C^kk at the reference calibration cosmology differs from the report's "
+                     f"/cosmology/clkk by up to {100 * check['emulator_vs_report_max_rel']:.1f}%: set params.camb to "
+                     "the CAMB settings of the simulations.")
     dev = np.abs(check["truth_over_theory"] - 1)
     bad = np.flatnonzero((dev > 3 * check["truth_over_theory_err"]) & (dev > 0.01))
     if bad.size:
-        notes.append("The calibration maps' true kappa power departs from the theory by more than 3 sigma at "
-                     f"L = {', '.join(f'{x:.0f}' for x in report.L[plan.bins][bad])} (see theory_check); the model "
-                     "assumes the simulations follow the theory.")
+        notes.append("The reference calibration maps' true kappa power departs from the theory by more than 3 "
+                     f"sigma at L = {', '.join(f'{x:.0f}' for x in report.L[plan.bins][bad])} (see theory_check); "
+                     "the model assumes the simulations follow the theory.")
     kept = cfg["steps"] - cfg["burn"]
     short = [f"{f.label}/cosmo{f.cosmology}" + ("/n0_only" if f.debias == "n0" else "") for f in fits
              if np.nanmax(f.chain.autocorr) * 50 > kept]
@@ -226,20 +306,6 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
         notes.append(f"Chains shorter than 50 autocorrelation times ({kept} steps kept): {', '.join(short)}; "
                      "increase params.steps for publication-quality errors.")
     return " ".join(notes)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_summary(path, cfg, report, plan, edges, emulator, calibrations, fits):
@@ -252,30 +318,18 @@ def write_summary(path, cfg, report, plan, edges, emulator, calibrations, fits):
         else:
             entry.update(_fit_summary(fit))
     check = _theory_check(report, plan, emulator)
-    calibration = {}
-    for label, cals in calibrations.items():
-        method = report.methods[label].method
-        rec = {"method": method, "n_maps": cals[0].n_maps, "transfer": cals[0].transfer, "noise": cals[0].noise}
-        if method == "qe":
-            rec.update(n0=cals[1].noise, noise_residual=cals[0].noise - cals[1].noise)
-        calibration[label] = rec
+    calibration = {label: _calibration_summary(report.methods[label].method, cals, plan, cfg["sample"])
+                   for label, cals in calibrations.items()}
     prov = provenance_attrs(cfg, "params")
     summary = {
         "report_file": str(report.path.resolve()), "created": prov["created"], "git_revision": prov["git_revision"],
         "parameters": list(cfg["sample"]),
         "derived_parameter": DERIVED if any(f.derived is not None for f in fits) else None,
-        "priors": cfg["priors"], "calibration_cosmology": cfg["calibration_cosmology"],
+        "priors": cfg["priors"], "calibration_cosmologies": plan.calibration,
         "test_cosmologies": plan.tests, "noise_index": cfg["noise_index"],
         "bins": {"edges": edges, "L": report.L[plan.bins]},
         "calibration": calibration, "theory_check": check, "results": results,
         "all_within_2sigma": {label: all(r["within_2sigma"] for r in per.values()) for label, per in results.items()},
         "notes": _notes(cfg, report, plan, edges, calibrations, fits, results, check),
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(_jsonable(summary), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_json(path, summary)

@@ -9,7 +9,7 @@ DEFAULT_PRIORS = {"Alens": [0.3, 2.0], "As": [1.5e-9, 2.7e-9]}
 """Flat prior ranges used for a sampled parameter the config gives no prior for."""
 
 SCHEMA = {
-    "calibration_cosmology": 0,
+    "calibration_cosmologies": [0],
     "test_cosmologies": None,
     "noise_index": 0,
     "methods": None,
@@ -26,11 +26,16 @@ SCHEMA = {
 }
 """Schema of the ``params:`` section with its defaults (see ``evaluate/quick.yaml``).
 
-calibration_cosmology : int
-    Cosmology (row of the report's ``/cosmology/params``) whose maps calibrate transfer, noise and
-    covariance.
+calibration_cosmologies : list of int
+    Cosmologies (rows of the report's ``/cosmology/params``) whose maps calibrate each method's transfer
+    and noise. The first is the reference: its maps also give the band-power covariance, and the
+    emulator's parameters not sampled are its values. One cosmology: constant transfer and noise;
+    several: linear in the sampled parameters, which must all vary among them (at least
+    ``1 + len(sample)`` cosmologies). The older ``calibration_cosmology: c`` is still accepted and
+    means ``[c]``.
 test_cosmologies : list of int or null
-    Cosmologies fitted; null: every other cosmology with maps at ``noise_index``.
+    Cosmologies fitted, none of them a calibration cosmology; null: every cosmology not used for
+    calibration with maps at ``noise_index``.
 noise_index : int
     Noise level of the maps used.
 methods : list of str or null
@@ -49,6 +54,31 @@ walkers, steps, burn, seed : int
 camb.lmax, camb.lens_potential_accuracy : int
     CAMB settings of the emulator; use those of the simulations (their cached spectra are then reused).
 """
+
+
+def _index_list(cfg, key, alternative=""):
+    value = cfg[key]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value)):
+        raise ConfigError(f"params.{key}: expected {alternative}a non-empty list of cosmology indices, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"params.{key}: repeated index in {value}")
+
+
+def _legacy(user):
+    """Map the old ``calibration_cosmology: c`` to ``calibration_cosmologies: [c]``."""
+    if not isinstance(user, dict) or "calibration_cosmology" not in user:
+        return user
+    old = user["calibration_cosmology"]
+    if "calibration_cosmologies" in user:
+        raise ConfigError("params.calibration_cosmology: give only params.calibration_cosmologies (the old key "
+                          "calibration_cosmology: c means calibration_cosmologies: [c])")
+    if isinstance(old, bool) or not isinstance(old, int):
+        raise ConfigError(f"params.calibration_cosmology: expected a cosmology index, got {old!r} (prefer "
+                          "params.calibration_cosmologies, a list whose first entry is the reference)")
+    out = {k: v for k, v in user.items() if k != "calibration_cosmology"}
+    out["calibration_cosmologies"] = [old]
+    return out
 
 
 def _int_at_least(cfg, key, low):
@@ -99,19 +129,17 @@ def resolve_config(user):
     ConfigError
         Naming the offending field.
     """
-    cfg = resolve(user, SCHEMA, prefix="params.")
-    for key in ("calibration_cosmology", "noise_index", "seed"):
+    cfg = resolve(_legacy(user), SCHEMA, prefix="params.")
+    for key in ("noise_index", "seed"):
         _int_at_least(cfg, key, 0)
+    _index_list(cfg, "calibration_cosmologies")
     tests = cfg["test_cosmologies"]
     if tests is not None:
-        if (not isinstance(tests, list) or not tests
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in tests)):
-            raise ConfigError(f"params.test_cosmologies: expected null or a list of cosmology indices, got {tests!r}")
-        if len(set(tests)) != len(tests):
-            raise ConfigError(f"params.test_cosmologies: repeated index in {tests}")
-        if cfg["calibration_cosmology"] in tests:
-            raise ConfigError(f"params.test_cosmologies: {cfg['calibration_cosmology']} is the calibration "
-                              "cosmology; test on separate simulations")
+        _index_list(cfg, "test_cosmologies", "null or ")
+        shared = sorted(set(tests) & set(cfg["calibration_cosmologies"]))
+        if shared:
+            raise ConfigError(f"params.test_cosmologies: {shared} also calibrate (params.calibration_cosmologies); "
+                              "test on separate simulations")
     methods = cfg["methods"]
     if methods is not None and (not isinstance(methods, list) or not methods
                                 or not all(isinstance(m, str) for m in methods)):

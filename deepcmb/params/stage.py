@@ -1,10 +1,12 @@
 """The params stage: evaluation report -> calibrated band-power likelihood -> emcee chains.
 
 For each method of the report and each test cosmology, the data vector is the mean auto band power of
-the test maps at one noise level, fitted with :math:`T_b^2 C_b^{\\kappa\\kappa}(\\theta) + N_b` where
-:math:`T_b, N_b` and the covariance come from the maps of a separate calibration cosmology
+the test maps at one noise level, fitted with :math:`T_b(\\theta)^2 C_b^{\\kappa\\kappa}(\\theta) + N_b(\\theta)`
+where :math:`T_b, N_b` (constant, or linear in the sampled parameters) come from the maps of separate
+calibration cosmologies and the covariance from those of the first, the reference
 (:mod:`~deepcmb.params.calibration`, :mod:`~deepcmb.params.likelihood`). Quadratic estimators are
-fitted twice: with the simulation-calibrated noise (N0 + N1 + ...) and with the analytic N0 alone.
+fitted twice: calibrated on simulations like any method (N0 + N1 + ...) and with unit transfer and the
+analytic N0 alone.
 """
 
 import zlib
@@ -15,7 +17,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..h5io import check_output_path
-from .calibration import calibrate_qe, calibrate_transfer
+from ..cosmology import PARAM_NAMES
+from .calibration import calibrate, calibrate_n0, calibration_design
 from .emulator import build_emulator
 from .likelihood import amplitude_exponents, build_likelihood, derived_amplitude
 from .output import write_chains, write_summary
@@ -78,12 +81,57 @@ class Fit:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a resolved config selects from a report."""
+    """What a resolved config selects from a report.
+
+    Attributes
+    ----------
+    bins : slice
+        The bands fitted.
+    calibration : list of int
+        Calibration cosmologies, the reference first.
+    calibration_rows : list of ndarray
+        Their maps at the chosen noise level.
+    thetas : ndarray, shape (k, ndim)
+        Their sampled parameters.
+    tests : list of int
+        Test cosmologies.
+    base : dict
+        Full parameter set of the reference cosmology.
+    """
 
     bins: slice
-    calibration_rows: np.ndarray
+    calibration: list
+    calibration_rows: list
+    thetas: np.ndarray
     tests: list
     base: dict
+
+
+def _calibration_cosmologies(cfg, report):
+    """Check the calibration cosmologies; return their rows and sampled parameters, shape (k, ndim)."""
+    cal, j, names = cfg["calibration_cosmologies"], cfg["noise_index"], cfg["sample"]
+    n_cosmo = report.n_cosmologies
+    rows = []
+    for c in cal:
+        if c >= n_cosmo:
+            raise ConfigError(f"params.calibration_cosmologies: {c} is not a cosmology of {report.path} "
+                              f"(it has {n_cosmo})")
+        rows.append(report.rows(c, j))
+        if rows[-1].size == 0:
+            raise ConfigError(f"params.noise_index: {report.path} has no maps of cosmology {c} at noise level {j}")
+    params = [report.cosmology(c) for c in cal]
+    varying = [f"{p} ({', '.join(f'{q[p]:.6g}' for q in params)})" for p in PARAM_NAMES
+               if p not in names and any(q[p] != params[0][p] for q in params)]
+    if varying:
+        raise ConfigError(f"params.calibration_cosmologies: {cal} differ in parameters not sampled: "
+                          f"{'; '.join(varying)}; the calibration is linear in the sampled parameters only: "
+                          "sample them or calibrate on cosmologies that share them")
+    thetas = np.array([[q[n] for n in names] for q in params])
+    try:
+        calibration_design(thetas, names)
+    except ValueError as exc:
+        raise ConfigError(f"params.calibration_cosmologies: {cal}: {exc}") from None
+    return rows, thetas
 
 
 def _plan(cfg, report):
@@ -91,19 +139,13 @@ def _plan(cfg, report):
     if inside.size == 0:
         raise ConfigError(f"params.Lmin, params.Lmax: no band of {report.path} lies inside "
                           f"[{cfg['Lmin']:g}, {cfg['Lmax']:g}] (edges {report.edges[0]:g} .. {report.edges[-1]:g})")
-    n_cosmo = report.n_cosmologies
-    c_cal, j = cfg["calibration_cosmology"], cfg["noise_index"]
-    if c_cal >= n_cosmo:
-        raise ConfigError(f"params.calibration_cosmology: {c_cal} is not a cosmology of {report.path} "
-                          f"(it has {n_cosmo})")
-    cal_rows = report.rows(c_cal, j)
-    if cal_rows.size == 0:
-        raise ConfigError(f"params.noise_index: {report.path} has no maps of cosmology {c_cal} at noise level {j}")
+    n_cosmo, j, cal = report.n_cosmologies, cfg["noise_index"], cfg["calibration_cosmologies"]
+    cal_rows, thetas = _calibration_cosmologies(cfg, report)
     if cfg["test_cosmologies"] is None:
-        tests = [c for c in range(n_cosmo) if c != c_cal and report.rows(c, j).size]
+        tests = [c for c in range(n_cosmo) if c not in cal and report.rows(c, j).size]
         if not tests:
             raise ConfigError(f"params.test_cosmologies: {report.path} has no cosmology other than the "
-                              f"calibration cosmology {c_cal} with maps at noise level {j}")
+                              f"calibration cosmologies {cal} with maps at noise level {j}")
     else:
         tests = list(cfg["test_cosmologies"])
         for c in tests:
@@ -113,23 +155,26 @@ def _plan(cfg, report):
     for label in report.methods:
         if label in RESERVED:
             raise InputError(f"{report.path}: method label {label!r} is reserved in chains.h5; rename it")
-    base = report.cosmology(c_cal)
+    base = report.cosmology(cal[0])
     for name in cfg["sample"]:
         lo, hi = cfg["priors"][name]
         if name != "Alens" and not lo <= base[name] <= hi:
-            raise ConfigError(f"params.priors.{name}: [{lo:g}, {hi:g}] excludes the calibration cosmology's "
-                              f"value {base[name]:g}, the emulator's reference point")
-    return Plan(slice(inside[0], inside[-1] + 1), cal_rows, tests, base)
+            raise ConfigError(f"params.priors.{name}: [{lo:g}, {hi:g}] excludes the reference calibration "
+                              f"cosmology's value {base[name]:g}, the emulator's reference point")
+    return Plan(slice(inside[0], inside[-1] + 1), list(cal), cal_rows, thetas, tests, base)
 
 
-def _calibrations(spectra, report, plan, noise_index):
-    rows, b = plan.calibration_rows, plan.bins
-    auto, truth = spectra.auto[rows, b], report.truth[rows, b]
+def _calibrations(cfg, spectra, report, plan):
+    b, j = plan.bins, cfg["noise_index"]
+    auto = [spectra.auto[rows, b] for rows in plan.calibration_rows]
+    truth = [report.truth[rows, b] for rows in plan.calibration_rows]
+    cross = [spectra.cross[rows, b] for rows in plan.calibration_rows]
+    calibrated = calibrate(plan.thetas, cfg["sample"], auto, cross, truth)
     if spectra.method == "qe":
-        if noise_index >= spectra.n0.shape[0]:
-            raise InputError(f"{report.path}: the N0 of {spectra.label!r} has no noise level {noise_index}")
-        return calibrate_qe(auto, truth, spectra.n0[noise_index, b])
-    return (calibrate_transfer(auto, spectra.cross[rows, b], truth),)
+        if j >= spectra.n0.shape[0]:
+            raise InputError(f"{report.path}: the N0 of {spectra.label!r} has no noise level {j}")
+        return calibrated, calibrate_n0(auto[0], spectra.n0[j, b], plan.thetas[0])
+    return (calibrated,)
 
 
 def _chain_key(label, cosmology, debias):
@@ -153,13 +198,15 @@ def _fit(cfg, report, plan, emulator, spectra, calibration, c, progress):
     theta0 = emulator.base_theta()
     if any(n != "Alens" for n in names) and all(theta0[i] > 0 for i, n in enumerate(names) if n != "Alens"):
         exponents, correlation = amplitude_exponents(lik, theta0)
-        alens_fixed = 1.0 if "Alens" in names else emulator.base["Alens"]
+        sampled = "Alens" in names
+        # Alens enters once: as a component of theta when sampled, else as the fixed factor
+        alens_fixed, alens_truth = (1.0, 1.0) if sampled else (emulator.base["Alens"], truth_params["Alens"])
         terms = [f"({n}/{theta0[i]:.6g})^{exponents[i]:.4f}" for i, n in enumerate(names) if n != "Alens"]
         derived = {
             "samples": derived_amplitude(chain.samples, names, theta0, exponents, alens_fixed),
-            "truth": float(derived_amplitude(truth, names, theta0, exponents, truth_params["Alens"])),
+            "truth": float(derived_amplitude(truth, names, theta0, exponents, alens_truth)),
             "exponents": exponents, "correlation": correlation,
-            "definition": " * ".join(["Alens" if "Alens" in names else f"{alens_fixed:g}"] + terms),
+            "definition": " * ".join(["Alens" if sampled else f"{alens_fixed:g}"] + terms),
         }
     return Fit(spectra.label, c, calibration.debias, names, truth, lower, upper, data, lik.model(best),
                lik.covariance, float(lik.chi2(best)), lik.fisher_std(best), int(rows.size), chain, derived)
@@ -212,7 +259,7 @@ def run_params(config, report, out, overwrite=False, progress=True):
                               progress=progress)
     calibrations, fits = {}, []
     for label, spectra in rep.methods.items():
-        calibrations[label] = _calibrations(spectra, rep, plan, cfg["noise_index"])
+        calibrations[label] = _calibrations(cfg, spectra, rep, plan)
         for c in plan.tests:
             for cal in calibrations[label]:
                 fits.append(_fit(cfg, rep, plan, emulator, spectra, cal, c, progress))
