@@ -272,7 +272,7 @@ def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, 
     total = time.perf_counter()
     width = max(len(s.name) for s in stages)
     for i, s in enumerate(stages, 1):
-        prefix = f"[{i}/{len(stages)}] {s.name:<{width}}"
+        prefix = f"[{i:>{len(str(len(stages)))}}/{len(stages)}] {s.name:<{width}}"
         entry = record.get(s.name, {})
         same = entry.get("key") == s.key
         if same and entry.get("finished") and s.output.exists():
