@@ -52,6 +52,14 @@ def _write_root(root, preset=PRESET):
         (root / folder / f"{name}.yaml").write_text(yaml.safe_dump(content))
 
 
+STAGE_LINE = re.compile(r"^\[\s*\d+/\d+\]\s+(\S+)\s+(done in|re-used)")
+
+
+def _stage_lines(stdout):
+    """``[(stage, 'done in' | 're-used'), ...]`` from the one line per stage of ``deepcmb run``."""
+    return [m.groups() for m in map(STAGE_LINE.match, stdout.splitlines()) if m]
+
+
 def _run(root, out):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     return subprocess.run([sys.executable, "-m", "deepcmb.cli", "run", "--preset", "tiny", "--root", str(root),
@@ -75,9 +83,9 @@ STAGES = ["simulate_train", "simulate_test", "reconstruct_qe_train", "train", "r
 
 def test_one_line_per_stage_and_every_output(tiny_run):
     root, out, first = tiny_run
-    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("[")]
-    assert [ln.split()[1] for ln in lines] == STAGES
-    assert all("done in" in ln for ln in lines)
+    lines = _stage_lines(first.stdout)
+    assert [name for name, _ in lines] == STAGES
+    assert all(status == "done in" for _, status in lines)
     for name in ("sims_train.h5", "sims_test.h5", "rec_qe_train.h5", "train/model.keras", "rec_nn.h5", "rec_qe_eb.h5",
                  "rec_qe_mv_pol.h5", "eval/report.h5", "eval/summary.json", "params/chains.h5",
                  "params/summary.json", "figures/index.json"):
@@ -140,16 +148,16 @@ def test_rerun_reuses_every_stage_and_a_changed_config_reruns_what_follows(tiny_
     root, out, _ = tiny_run
     again = _run(root, out)
     assert again.returncode == 0, again.stderr[-3000:]
-    lines = [ln for ln in again.stdout.splitlines() if ln.startswith("[")]
-    assert all("re-used" in ln for ln in lines) and len(lines) == len(STAGES)
+    lines = _stage_lines(again.stdout)
+    assert all(status == "re-used" for _, status in lines) and len(lines) == len(STAGES)
 
     changed = json.loads(json.dumps(PRESET))
     changed["evaluate"]["jackknife"] = 6
     _write_root(root, changed)
     rerun = _run(root, out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    status = {ln.split()[1]: ("re-used" in ln) for ln in rerun.stdout.splitlines() if ln.startswith("[")}
-    assert [s for s in STAGES if status[s]] == STAGES[:7]
+    status = dict(_stage_lines(rerun.stdout))
+    assert [s for s in STAGES if status[s] == "re-used"] == STAGES[:7]
     _write_root(root)
 
 
