@@ -137,6 +137,12 @@ def check_output_path(out, overwrite=False):
         raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
     if out.is_dir():
         raise OutputExistsError(f"{out}: is a directory")
+    return check_parent_writable(out)
+
+
+def check_parent_writable(out):
+    """Refuse an output whose parent folder is missing or not writable; returns ``Path(out)``."""
+    out = Path(out)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{out}: parent folder {parent} does not exist")

@@ -16,7 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, InputError, OutputExistsError
+from ..errors import ConfigError, OutputExistsError
+from ..h5io import check_parent_writable
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
 from .report import Chains, Report, check_same_bins
@@ -152,12 +153,7 @@ def check_output_folder(out, overwrite=False):
                                     "or empty folder")
         if not overwrite:
             raise OutputExistsError(f"{out}: holds figures (use --overwrite to replace them)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: folder {parent} is not writable")
-    return out
+    return check_parent_writable(out)
 
 
 def _check_formats(formats):
