@@ -80,11 +80,12 @@ def find_preset(preset, root=None):
             raise ConfigError(f"--preset: {preset}: no such file")
         return path, Path(root).resolve() if root else path.parent.parent
     candidates = [Path(root)] if root else [Path.cwd()] + ([source_root()] if source_root() else [])
+    candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for base in candidates:
         path = base / "evaluate" / f"{preset}.yaml"
         if path.is_file():
             return path.resolve(), base.resolve()
-    known = sorted(p.stem for base in candidates for p in (base / "evaluate").glob("*.yaml"))
+    known = sorted({p.stem for base in candidates for p in (base / "evaluate").glob("*.yaml")})
     raise ConfigError(f"--preset: no preset {preset!r} in {', '.join(str(b / 'evaluate') for b in candidates)}"
                       + (f" (known: {', '.join(known)})" if known else ""))
 
