@@ -34,6 +34,7 @@ import numpy as np
 from .cosmology import PARAM_NAMES
 from .errors import InputError, OutputExistsError
 from .provenance import provenance_attrs
+from .sample import Instrument
 
 FORMAT = "deepcmb.sims"
 FORMAT_VERSION = 1
@@ -193,3 +194,11 @@ def read_spectra(f, index):
     params = {name: float(g["params"][name][index]) for name in PARAM_NAMES}
     return CMBSpectra(params, g["cl_unlensed"][index], g["cl_lensed"][index], g["cl_pp"][index],
                       g["cl_gradient"][index])
+
+
+def read_instruments(f):
+    """One :class:`~deepcmb.sample.Instrument` per noise level stored in an open sims file."""
+    inst = f["instrument"]
+    beam = float(inst.attrs["beam_fwhm_arcmin"])
+    return [Instrument(beam, float(t), float(p))
+            for t, p in zip(inst["noise_t_uk_arcmin"][...], inst["noise_p_uk_arcmin"][...])]

@@ -14,9 +14,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import FlatSkyGeometry
-from ..h5io import open_sims
+from ..h5io import open_sims, read_instruments
 from ..recio import open_reconstruction
-from ..sample import Instrument
 
 LABEL = re.compile(r"^[A-Za-z0-9_]+$")
 """Allowed method labels (they name HDF5 groups and JSON keys)."""
@@ -153,10 +152,7 @@ class EvaluationInputs:
 
     def instruments(self):
         """One :class:`~deepcmb.sample.Instrument` per noise level of the simulation file."""
-        inst = self.sims["instrument"]
-        beam = float(inst.attrs["beam_fwhm_arcmin"])
-        return [Instrument(beam, float(t), float(p))
-                for t, p in zip(inst["noise_t_uk_arcmin"][...], inst["noise_p_uk_arcmin"][...])]
+        return read_instruments(self.sims)
 
     def close(self):
         """Close every file."""

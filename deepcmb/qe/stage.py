@@ -21,20 +21,12 @@ import numpy as np
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..h5io import check_output_path, open_sims
+from ..h5io import check_output_path, open_sims, read_instruments
 from ..recio import ReconstructionWriter
-from ..sample import Instrument
 from ..spectra import bin_centres, linear_bins
 from .apodization import cosine_window, window_moment
 from .estimators import fields_needed, resolve
 from .reconstruct import QuadraticEstimator
-
-
-def _instruments(f):
-    inst = f["instrument"]
-    beam = float(inst.attrs["beam_fwhm_arcmin"])
-    return [Instrument(beam, float(t), float(p))
-            for t, p in zip(inst["noise_t_uk_arcmin"][...], inst["noise_p_uk_arcmin"][...])]
 
 
 def _mean_fields(f, qe, rows, need, window, n_max):
@@ -108,7 +100,7 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
         window = cosine_window(geom, taper) if taper > 0 else None
         spectra = compute_spectra({})
         levels = f["meta/noise_index"][...]
-        instruments = _instruments(f)
+        instruments = read_instruments(f)
         qes = {lev: QuadraticEstimator(geom, spectra, instruments[lev], label, lmin=lmin, lmax=lmax, Lmin=Lmin,
                                        Lmax=Lmax, precision=precision) for lev in np.unique(levels)}
         mean_fields = {}
