@@ -8,11 +8,10 @@ head, the iterative-noise theory, example maps) is tested with :meth:`Report.has
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation.report import FORMAT as REPORT_FORMAT
 from ..h5io import open_checked
+from ..params.output import FORMAT as CHAINS_FORMAT
 from .style import method_colours
-
-REPORT_FORMAT = "deepcmb.evaluation"
-CHAINS_FORMAT = "deepcmb.params"
 
 
 def _text(value):

@@ -20,10 +20,9 @@ import numpy as np
 
 from ..cosmology import PARAM_NAMES
 from ..errors import InputError
+from ..evaluation.report import FORMAT
 from ..geometry import FlatSkyGeometry
 from ..h5io import open_checked
-
-FORMAT = "deepcmb.evaluation"
 
 
 @dataclass(frozen=True)
