@@ -259,3 +259,25 @@ def test_command_line(files, tmp_path):
     args = parser.parse_args(argv)
     with pytest.raises(ConfigError, match="evaluate"):
         args.func(args)
+
+
+def test_windowed_qe_is_compared_with_w2_kappa(files, tmp_path):
+    """A QE run on maps apodised with W returns ~W^2 kappa: the evaluation compares it with W^2 kappa
+    (a noise-free W^2 kappa is then the truth itself), and refuses a QE made with another window."""
+    window = cosine_window(GEOM, 15.0)
+    with h5py.File(files["sims"], "r") as f:
+        kappa = f["maps/kappa"][...]
+    fake = write_reconstruction(tmp_path / "qe_w.h5", window**2 * kappa, sims_path=files["sims"], method="qe",
+                                config={}, attrs={"estimator": "EB", "apodize_arcmin": 15.0})
+    out = run_evaluate(dict(FAST, apodize_arcmin=15.0), files["sims"], {"qe_eb": fake, "nn": files["nn"]},
+                       tmp_path / "ev", progress=False)
+    with h5py.File(out / "report.h5", "r") as f:
+        assert f.attrs["window_w4"] == pytest.approx(window_moment(window, 4))
+        g = f["methods/qe_eb/groups/all"]
+        np.testing.assert_allclose(g["transfer"][...], 1.0, rtol=1e-6)
+        np.testing.assert_allclose(g["rho2"][...], 1.0, rtol=1e-6)
+        # a network's kappa (made from unwindowed maps) is windowed by the evaluation: its transfer stays one
+        np.testing.assert_allclose(f["methods/nn/groups/all/transfer"][...], 1.0, atol=0.05)
+    with pytest.raises(ConfigError, match="apodize_arcmin: 15"):
+        run_evaluate(dict(FAST, apodize_arcmin=20.0), files["sims"], {"qe_eb": fake}, tmp_path / "ev2",
+                     progress=False)

@@ -1,11 +1,12 @@
 """Layout of the evaluation outputs ``OUT/report.h5`` and ``OUT/summary.json``, and their writers.
 
 ``report.h5`` (``format = 'deepcmb.evaluation'``, ``format_version = 1``); spectra in sr (kappa
-dimensionless) or µK² sr (E), every spectrum of windowed maps divided by ``window_w2``::
+dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of W² kappa divided by
+``window_w4`` and the E spectra those of W E divided by ``window_w2`` (see :mod:`deepcmb.evaluation.stage`)::
 
     /                 attrs: format, format_version, deepcmb_version, git_revision, stage, created,
                              config (JSON), sims_file (absolute path), methods (labels), n_maps,
-                             apodize_arcmin, window_w2, shape (ny, nx), pixel_arcmin, periodic,
+                             apodize_arcmin, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
                              snr_Lmax, jackknife
     /bins/edges (nb+1,), /bins/L (nb,) mode-weighted centres, /bins/n_modes (nb,) Fourier modes per
         map (l and -l counted separately; independent modes = n_modes / 2)

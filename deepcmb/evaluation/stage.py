@@ -4,8 +4,12 @@ For every map evaluated it measures binned spectra of the reconstructed kappa, o
 their cross-spectrum (and the same for the unlensed E map of a network with that head), with
 :mod:`deepcmb.spectra` on the bins of ``evaluate.bins``, so the theory binned with
 :func:`~deepcmb.spectra.bin_theory` averages over exactly the same Fourier modes. Non-periodic maps
-(curved-sky patches) are multiplied by a cosine window before the FFT and every spectrum is divided
-by the window moment :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
+(curved-sky patches) are apodised with a cosine window W. A quadratic estimator run on windowed maps
+returns about :math:`W^2 \\kappa`, so on windowed maps every kappa is brought to that footing: the true
+kappa is multiplied by :math:`W^2`, a reconstruction made from unwindowed maps (a network) by
+:math:`W^2`, one the QE stage made from windowed maps (its ``apodize_arcmin`` attribute, which must
+match) is left as it is, and the kappa spectra are divided by :math:`w_4 = \\langle W^4 \\rangle`; the E
+maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
 (:mod:`deepcmb.evaluation.metrics`) are then computed for groups of maps (all maps, each noise level,
 each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
 layout of the outputs is documented in :mod:`deepcmb.evaluation.report`.
@@ -107,15 +111,28 @@ def make_bins(geom, section, lo, hi, name):
 
 
 def make_window(geom, periodic, apodize_arcmin):
-    """``(taper_arcmin, window or None, w2)`` of the evaluation (see :data:`SCHEMA`)."""
+    """``(taper_arcmin, window or None, w2, w4)`` of the evaluation (see :data:`SCHEMA`)."""
     taper = (0.0 if periodic else 60.0) if apodize_arcmin is None else float(apodize_arcmin)
     if taper == 0:
-        return taper, None, 1.0
+        return taper, None, 1.0, 1.0
     try:
         window = cosine_window(geom, taper)
     except ConfigError as exc:
         raise ConfigError(f"evaluate.apodize_arcmin: {exc}") from None
-    return taper, window, window_moment(window, 2)
+    return taper, window, window_moment(window, 2), window_moment(window, 4)
+
+
+def rec_window_powers(inp, taper):
+    """Power of the window already in each reconstruction: 2 for a QE made from maps apodised with the
+    evaluation's window, 0 for the others; a QE made with another window is refused."""
+    powers = {}
+    for label, f in inp.recs.items():
+        applied = float(f.attrs.get("apodize_arcmin", 0.0))
+        if applied > 0 and not np.isclose(applied, taper):
+            raise ConfigError(f"{inp.rec_paths[label]}: made from maps apodised with a {applied:g}' taper; "
+                              f"evaluate it with evaluate.apodize_arcmin: {applied:g} (not {taper:g})")
+        powers[label] = 2 if applied > 0 else 0
+    return powers
 
 
 def check_output(out, overwrite):
@@ -140,7 +157,7 @@ def _spectra(geom, fa, fb, edges, w2):
     return binned_fourier_power(geom, fa, fb, edges) / w2
 
 
-def per_map_spectra(inp, bins, e_bins, window, w2, progress=True):
+def per_map_spectra(inp, bins, e_bins, window, w2, progress=True, w4=1.0, powers=None):
     """Binned spectra of every evaluated map, window-corrected.
 
     Parameters
@@ -149,10 +166,14 @@ def per_map_spectra(inp, bins, e_bins, window, w2, progress=True):
     bins, e_bins : dict
         From :func:`make_bins` (``e_bins`` None when no method has an E map).
     window : ndarray or None
-        Window applied to every map before the FFT.
-    w2 : float
-        :math:`\\langle W^2\\rangle`, dividing every spectrum.
+        Window of the evaluation: E maps are multiplied by it, kappa maps brought to ``W^2`` (see the
+        module docstring).
+    w2, w4 : float
+        :math:`\\langle W^2\\rangle` dividing the E spectra, :math:`\\langle W^4\\rangle` the kappa spectra.
     progress : bool
+    powers : dict, optional
+        Label -> power of the window already in that reconstruction (:func:`rec_window_powers`;
+        default 0).
 
     Returns
     -------
@@ -171,24 +192,27 @@ def per_map_spectra(inp, bins, e_bins, window, w2, progress=True):
     for label in inp.e_labels:
         methods[label].update({k: np.empty((n, len(e_bins["L"]))) for k in ("E_auto", "E_cross", "E_resid")})
 
-    def fourier(maps):
+    powers = powers or {}
+
+    def fourier(maps, power=1):
         maps = maps.astype(np.float64)
-        return geom.map2fourier(maps if window is None else maps * window)
+        return geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
 
     with tqdm(total=n, desc="evaluate", unit="map", disable=not progress) as bar:
         for start in range(0, n, BATCH):
             sel = slice(start, min(start + BATCH, n))
             rows = inp.rows[sel]
-            f_true = fourier(read_rows(inp.sims["maps/kappa"], rows))
-            truth["kappa_auto"][sel] = _spectra(geom, f_true, f_true, edges, w2)
+            f_true = fourier(read_rows(inp.sims["maps/kappa"], rows), 2)
+            truth["kappa_auto"][sel] = _spectra(geom, f_true, f_true, edges, w4)
             if do_e:
                 fe_true = fourier(read_rows(inp.sims["maps/E_unlensed"], rows))
                 truth["E_auto"][sel] = _spectra(geom, fe_true, fe_true, e_bins["edges"], w2)
             for label, f in inp.recs.items():
                 pos = inp.positions[label][sel]
-                fk = fourier(_finite(read_rows(f["maps/kappa"], pos), inp.rec_paths[label], "kappa", rows))
-                methods[label]["auto"][sel] = _spectra(geom, fk, fk, edges, w2)
-                methods[label]["cross"][sel] = _spectra(geom, fk, f_true, edges, w2)
+                fk = fourier(_finite(read_rows(f["maps/kappa"], pos), inp.rec_paths[label], "kappa", rows),
+                             2 - powers.get(label, 0))
+                methods[label]["auto"][sel] = _spectra(geom, fk, fk, edges, w4)
+                methods[label]["cross"][sel] = _spectra(geom, fk, f_true, edges, w4)
                 if label in inp.e_labels:
                     fe = fourier(_finite(read_rows(f["maps/E_unlensed"], pos), inp.rec_paths[label], "E_unlensed",
                                          rows))
@@ -272,13 +296,14 @@ def evaluate(cfg, inp, progress=True):
     if not keep[0]:
         raise ConfigError(f"evaluate.snr.Lmax: {cfg['snr']['Lmax']:g} is below the first bin's upper edge "
                           f"{bins['edges'][1]:g}")
-    taper, window, w2 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
+    taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
+    powers = rec_window_powers(inp, taper)
     instruments, fiducial, th = inp.instruments(), compute_spectra({}), cfg["theory"]
     theory = {"n0": qe_n0(geom, fiducial, instruments, estimator_labels(th["qe_estimators"]), bins["edges"],
                           th["qe_lmin"], th["qe_lmax"]),
               "n_iterative": iterative_kappa_noise(fiducial, instruments, bins["L"], th["qe_lmin"], th["qe_lmax"],
                                                    progress) if th["iterative"] else None}
-    truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress)
+    truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
 
     clkk = np.stack([bin_theory(geom, cl, bins["edges"]) for cl in sims["cosmology/cl_kk"][...]])
     clkk_maps = clkk[inp.cosmology_index]
@@ -306,7 +331,7 @@ def evaluate(cfg, inp, progress=True):
     inst = sims["instrument"]
     return {
         "bins": bins, "e_bins": e_bins, "snr_last_bin": int(np.flatnonzero(keep)[-1]),
-        "window": {"apodize_arcmin": taper, "window_w2": w2},
+        "window": {"apodize_arcmin": taper, "window_w2": w2, "window_w4": w4},
         "meta": {"index": inp.rows, "cosmology_index": inp.cosmology_index, "noise_index": inp.noise_index},
         "cosmology": {"params": {p: sims["cosmology/params"][p][...] for p in PARAM_NAMES
                                  if p in sims["cosmology/params"]}, "clkk": clkk},
