@@ -196,6 +196,9 @@ class SimsBatches(keras.utils.PyDataset):
     the data pipeline.
     """
 
+    row_label = "sims rows"
+    """What :meth:`batch_rows` returns, for messages."""
+
     def __init__(self, source, rows, inputs, outputs, batch_size, seed=0, shuffle=False, augment=False,
                  drop_remainder=False, max_batches=None, endless=False, split="data", **kwargs):
         super().__init__(**kwargs)

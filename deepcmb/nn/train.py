@@ -44,6 +44,7 @@ SCHEMA = {
         "max_maps": None,
         "stats_maps": 4096,
         "workers": 1,
+        "on_the_fly": False,
     },
     "model": MODEL_SCHEMA,
     "training": {
@@ -52,7 +53,7 @@ SCHEMA = {
         "steps_per_epoch": None,
         "validation_steps": None,
         "learning_rate": 1.0e-3,
-        "loss": OneOf("mse", "mse", "mae"),
+        "loss": OneOf("mse", "mse", "mae", "fourier_mse"),
         "loss_weights": Free({}),
         "clipnorm": None,
         "reduce_lr": {"factor": 0.5, "patience": 3, "min_delta": 0.0, "min_lr": 1.0e-6},
@@ -85,6 +86,10 @@ def resolve_config(user):
     _pos_int(d["max_maps"], "data.max_maps", allow_none=True)
     _pos_int(d["stats_maps"], "data.stats_maps")
     _pos_int(d["workers"], "data.workers")
+    if not isinstance(d["on_the_fly"], bool):
+        raise ConfigError(f"data.on_the_fly: must be true or false, got {d['on_the_fly']!r}")
+    if t["loss"] == "fourier_mse" and "kappa" not in cfg["model"]["outputs"]:
+        raise ConfigError("training.loss: fourier_mse weights the modes of the kappa head; model.outputs has no kappa")
     _pos_int(t["batch_size"], "training.batch_size")
     _pos_int(t["epochs"], "training.epochs")
     _pos_int(t["steps_per_epoch"], "training.steps_per_epoch", allow_none=True)
@@ -251,7 +256,7 @@ def _callbacks():
                 self.model.stop_training = True
                 rows = self.dataset.batch_rows(self.epoch, batch)
                 raise TrainingDiverged(
-                    f"the loss became {loss} at epoch {self.epoch + 1}, training batch {batch} (sims rows "
+                    f"the loss became {loss} at epoch {self.epoch + 1}, training batch {batch} ({self.dataset.row_label} "
                     f"{rows[:8].tolist()}{'...' if len(rows) > 8 else ''}); the model was not saved past the "
                     "last checkpoint: lower training.learning_rate or set training.clipnorm")
 
@@ -501,7 +506,7 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
         (run / "history.csv").unlink(missing_ok=True)
         with scope:
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin)
-            _compile(model, tcfg, stats)
+            _compile(model, tcfg, stats, data, qe)
         initial_epoch = 0
     else:
         with scope:
@@ -516,9 +521,16 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
             print(f"resuming {run.path} after epoch {initial_epoch} (learning rate {state['learning_rate']:.3g})",
                   flush=True)
     kw = dict(workers=dcfg["workers"], use_multiprocessing=False)
-    train_ds = SimsBatches(source, splits["train"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
-                           seed=cfg["seed"], shuffle=True, augment=dcfg["augment"], drop_remainder=True,
-                           max_batches=tcfg["steps_per_epoch"], endless=True, split="training", **kw)
+    if dcfg["on_the_fly"]:
+        from .onthefly import FreshBatches
+
+        steps = tcfg["steps_per_epoch"] or max(len(splits["train"]) // tcfg["batch_size"], 1)
+        train_ds = FreshBatches(data, mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
+                                qe_path=qe, **kw)
+    else:
+        train_ds = SimsBatches(source, splits["train"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
+                               seed=cfg["seed"], shuffle=True, augment=dcfg["augment"], drop_remainder=True,
+                               max_batches=tcfg["steps_per_epoch"], endless=True, split="training", **kw)
     train_ds.offset = initial_epoch * len(train_ds)
     val_ds = SimsBatches(source, splits["validation"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
                          max_batches=tcfg["validation_steps"], split="validation", **kw)
@@ -532,7 +544,8 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
            Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"]),
            Progress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress), *callbacks]
     if progress:
-        print(f"training {model.count_params():,} parameters on {len(splits['train'])} maps "
+        what = "fresh simulated maps" if dcfg["on_the_fly"] else f"{len(splits['train'])} maps"
+        print(f"training {model.count_params():,} parameters on {what} "
               f"({len(train_ds)} batches of {tcfg['batch_size']} per epoch), {len(splits['validation'])} "
               f"validation maps; backend {keras.backend.backend()}, {dist_desc}", flush=True)
     if initial_epoch < tcfg["epochs"] and not (state or {}).get("stopped_early"):
@@ -568,21 +581,47 @@ def _data_identity(path, kind="sims"):
                 "method": str(f.attrs["method"])}
 
 
-def _compile(model, tcfg, stats):
+def _compile(model, tcfg, stats, data, qe=None):
     import keras
 
     opt = keras.optimizers.Adam(learning_rate=tcfg["learning_rate"], clipnorm=tcfg["clipnorm"])
     heads = list(tcfg["loss_weights"])
     # loss of head h = weight_h * MSE(standardised prediction, standardised truth)
-    power = 2 if tcfg["loss"] == "mse" else 1
+    power = 1 if tcfg["loss"] == "mae" else 2
     weights = {h: tcfg["loss_weights"][h] / stats[h][1] ** power for h in heads}
-    model.compile(optimizer=opt, loss={h: tcfg["loss"] for h in heads}, loss_weights=weights,
-                  jit_compile=tcfg["jit_compile"])
+    losses = {h: tcfg["loss"] for h in heads}
+    if tcfg["loss"] == "fourier_mse":
+        losses = {h: "mse" for h in heads}
+        losses["kappa"] = _fourier_loss(data, qe)
+    model.compile(optimizer=opt, loss=losses, loss_weights=weights, jit_compile=tcfg["jit_compile"])
+
+
+def _fourier_loss(data, qe=None):
+    """The kappa loss weighted by ``1 / (C^kk + N0)``: fiducial C^kk, the N0 of the QE of ``qe`` (default
+    MV_POL with the stage defaults) at each noise level of the training file."""
+    from ..cosmology import compute_spectra
+    from ..geometry import FlatSkyGeometry
+    from ..h5io import open_sims, read_instruments
+    from ..qe.reconstruct import QuadraticEstimator
+    from ..recio import open_reconstruction
+    from .losses import FourierWeightedMSE, inverse_variance_weights
+
+    settings = {"estimator": "MV_POL"}
+    if qe is not None:
+        with open_reconstruction(qe) as g:
+            settings = {k: (str(g.attrs[k]) if k == "estimator" else float(g.attrs[k]))
+                        for k in ("estimator", "lmin", "lmax", "Lmin", "Lmax")}
+    with open_sims(data) as f:
+        geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
+        instruments = read_instruments(f)
+    spectra = compute_spectra({})
+    qes = [QuadraticEstimator(geom, spectra, inst, **settings) for inst in instruments]
+    return FourierWeightedMSE(inverse_variance_weights(geom, qes[0].clkk_grid, [q.n0_kappa for q in qes]))
 
 
 def _load_checkpoint(path):
     import keras
 
-    from . import layers  # noqa: F401  (registers the custom layers)
+    from . import layers, losses  # noqa: F401  (registers the custom layers and losses)
 
     return keras.saving.load_model(path, safe_mode=True)
