@@ -15,6 +15,10 @@ stages. The stages and their outputs in the run folder ``OUT`` (default ``data/o
     evaluate         OUT/eval/                 report.h5, summary.json
     params           OUT/params/               chains.h5, summary.json
     figures          OUT/figures/              PNG and PDF of every figure, index.json
+    simulate_<R>, reconstruct_<M>_<R>, evaluate_<R>   OUT/robust_<R>/   the same on each further test
+                     set R of run.robustness: sims.h5, rec_<M>.h5, eval/
+    results          OUT/results/              results.json, results.rst: every evaluation in one
+                                               table, with the benchmark targets (run.results)
 
 Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config
 and of the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
@@ -40,15 +44,23 @@ RUN_SCHEMA = {
     "qe_input": "MV_POL",
     "qe": {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0},
     "params": True,
+    "robustness": Free({}),
+    "results": False,
 }
 """Schema of the ``run:`` section of ``evaluate/<preset>.yaml``.
 
 ``models`` maps extra labels to trained models (run folders or ``.keras`` files, relative to the
 root) that are evaluated beside the freshly trained one; ``qe_input`` is the estimator whose kappa
 feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation.
+``robustness`` maps a tag to a further test set on which every method is evaluated again (with the
+networks trained as configured, not retrained): a sims preset path, or ``{sims: PATH, evaluate:
+{...}, qe: {...}}`` whose keys override the preset's ``evaluate:`` section and ``run.qe`` for that set
+(e.g. the apodisation of non-periodic curved-sky patches).
+``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
+targets (:mod:`deepcmb.evaluation.results`, configured by the preset's ``results:`` section).
 """
 
-SECTIONS = ("run", "evaluate", "params", "figures")
+SECTIONS = ("run", "evaluate", "params", "figures", "results")
 
 
 def source_root():
@@ -107,6 +119,36 @@ def _label(name):
     return "".join(c if c.isalnum() else "_" for c in name.lower())
 
 
+def _robustness(entries):
+    """``{tag: {'sims': path, 'evaluate': overrides}}`` from ``run.robustness`` (checked)."""
+    if not isinstance(entries, dict):
+        raise ConfigError("run.robustness: expected a mapping tag -> sims preset or {sims, evaluate}")
+    out = {}
+    for tag, entry in entries.items():
+        if not isinstance(tag, str) or not tag or _label(tag) != tag or tag in ("test", "train"):
+            raise ConfigError(f"run.robustness: tag {tag!r} must be lower-case letters, digits and _ "
+                              "(and not 'test' or 'train')")
+        if isinstance(entry, str):
+            entry = {"sims": entry}
+        if not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe"} or not isinstance(entry.get("sims"), str):
+            raise ConfigError(f"run.robustness.{tag}: expected a sims preset path or {{sims: PATH, evaluate: {{...}}, "
+                              "qe: {...}}")
+        out[tag] = {"sims": entry["sims"]}
+        for key in ("evaluate", "qe"):
+            out[tag][key] = entry.get(key) or {}
+            if not isinstance(out[tag][key], dict):
+                raise ConfigError(f"run.robustness.{tag}.{key}: expected a mapping")
+    return out
+
+
+def _merge(base, overrides):
+    """``base`` with ``overrides`` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def plan_stages(preset_file, root, out, workers=1, verbose=False):
     """The stages of a preset, in order (nothing is run).
 
@@ -130,14 +172,17 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
     if unknown:
         raise ConfigError(f"{preset_file}: unknown section(s) {', '.join(unknown)} (expected {', '.join(SECTIONS)})")
     run = resolve(top.get("run") or {}, RUN_SCHEMA, prefix="run.")
-    sections = {k: top.get(k) or {} for k in ("evaluate", "params", "figures")}
+    sections = {k: top.get(k) or {} for k in SECTIONS[1:]}
 
-    def preset(key):
-        return load_yaml(root / run[key])
+    def preset(path, where):
+        if not (root / path).is_file():
+            raise ConfigError(f"{where}: {root / path} does not exist")
+        return load_yaml(root / path)
 
-    train_sims, test_sims, train_cfg = preset("train_sims"), preset("test_sims"), preset("train")
+    train_sims, test_sims, train_cfg = (preset(run[k], f"run.{k}") for k in ("train_sims", "test_sims", "train"))
     if not isinstance(run["models"], dict):
         raise ConfigError("run.models: expected a mapping label -> model path")
+    robustness = _robustness(run["robustness"])
     inputs = (train_cfg.get("model") or {}).get("inputs") or []
     qe_input = "kappa_qe" in inputs
     estimators = list(run["qe_estimators"])
@@ -154,15 +199,13 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
 
     add("simulate_train", "sims_train.h5", train_sims, [],
         lambda s, ow: run_simulate(train_sims, s.output, workers=workers, overwrite=ow, progress=not quiet))
-    add("simulate_test", "sims_test.h5", test_sims, [],
-        lambda s, ow: run_simulate(test_sims, s.output, workers=workers, overwrite=ow, progress=not quiet))
     qe_opts = run["qe"]
 
-    def qe(sims, est):
+    def qe(sims, est, opts=qe_opts):
         def fn(s, ow):
             from .qe.stage import run_reconstruct_qe
 
-            run_reconstruct_qe(o / sims, s.output, estimator=est, overwrite=ow, progress=not quiet, **qe_opts)
+            run_reconstruct_qe(o / sims, s.output, estimator=est, overwrite=ow, progress=not quiet, **opts)
         return fn
 
     train_qe = test_qe = None
@@ -179,41 +222,60 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
         run_train(train_cfg, o / "sims_train.h5", s.output, qe=train_qe, overwrite=ow, progress=not quiet)
 
     add("train", "train", train_cfg, ["simulate_train"] + (["reconstruct_qe_train"] if qe_input else []), train)
-    recs = {}
-    for est in estimators:
-        lab = "qe_" + _label(est)
-        recs[lab] = f"rec_{lab}.h5"
-        add(f"reconstruct_{lab}", recs[lab], {"estimator": est, **qe_opts}, ["simulate_test"], qe("sims_test.h5", est))
-
-    def reconstruct_nn(model, qe_file=None):
-        def fn(s, ow):
-            from .nn.reconstruct import run_reconstruct_nn
-
-            run_reconstruct_nn(model, o / "sims_test.h5", s.output, qe=qe_file, overwrite=ow, progress=not quiet)
-        return fn
-
-    recs["nn"] = "rec_nn.h5"
-    add("reconstruct_nn", "rec_nn.h5", {}, ["train", "simulate_test"]
-        + ([f"reconstruct_qe_{_label(run['qe_input'])}"] if qe_input else []), reconstruct_nn(o / "train", test_qe))
+    models = {}
     for label, model in run["models"].items():
         lab = _label(label)
         if lab in ("nn", "qe_train") or lab.startswith("qe_"):
             raise ConfigError(f"run.models.{label}: the labels 'nn' and 'qe_*' are taken")
-        recs[lab] = f"rec_{lab}.h5"
         model_path = (root / model).resolve()
         if not model_path.exists():
             raise ConfigError(f"run.models.{label}: {model_path} does not exist")
-        add(f"reconstruct_{lab}", recs[lab], {"model": str(model_path)}, ["simulate_test"],
-            reconstruct_nn(model_path))
-    rec_stages = [s.name for s in stages if s.name.startswith("reconstruct_")]
+        models[lab] = model_path
 
-    def evaluate(s, ow):
-        from .evaluation import run_evaluate
+    def test_set(tag, folder, sims_cfg, eval_cfg, opts):
+        """Stages of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
+        suffix = "" if tag == "test" else f"_{tag}"
+        sims = folder + ("sims_test.h5" if tag == "test" else "sims.h5")
+        add(f"simulate_{tag}", sims, sims_cfg, [],
+            lambda s, ow: run_simulate(sims_cfg, s.output, workers=workers, overwrite=ow, progress=not quiet))
+        first = len(stages)
+        recs = {}
+        for est in estimators:
+            lab = "qe_" + _label(est)
+            recs[lab] = folder + f"rec_{lab}.h5"
+            add(f"reconstruct_{lab}{suffix}", recs[lab], {"estimator": est, **opts}, [f"simulate_{tag}"],
+                qe(sims, est, opts))
 
-        run_evaluate(sections["evaluate"], o / "sims_test.h5", {k: o / v for k, v in recs.items()}, s.output,
-                     overwrite=ow, progress=not quiet)
+        def reconstruct_nn(model, qe_file=None):
+            def fn(s, ow):
+                from .nn.reconstruct import run_reconstruct_nn
 
-    add("evaluate", "eval", sections["evaluate"], rec_stages, evaluate)
+                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, overwrite=ow, progress=not quiet)
+            return fn
+
+        recs["nn"] = folder + "rec_nn.h5"
+        qe_label = "qe_" + _label(run["qe_input"])
+        add(f"reconstruct_nn{suffix}", recs["nn"], {}, ["train", f"simulate_{tag}"]
+            + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []),
+            reconstruct_nn(o / "train", o / recs[qe_label] if qe_input else None))
+        for lab, model_path in models.items():
+            recs[lab] = folder + f"rec_{lab}.h5"
+            add(f"reconstruct_{lab}{suffix}", recs[lab], {"model": str(model_path)}, [f"simulate_{tag}"],
+                reconstruct_nn(model_path))
+        rec_stages = [s.name for s in stages[first:]]
+
+        def evaluate(s, ow):
+            from .evaluation import run_evaluate
+
+            run_evaluate(eval_cfg, o / sims, {k: o / v for k, v in recs.items()}, s.output, overwrite=ow,
+                         progress=not quiet)
+
+        add(f"evaluate{suffix}", folder + "eval", eval_cfg, rec_stages, evaluate)
+
+    test_set("test", "", test_sims, sections["evaluate"], qe_opts)
+    for tag, entry in robustness.items():
+        test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),
+                 _merge(sections["evaluate"], entry["evaluate"]), {**qe_opts, **entry["qe"]})
     chains = None
     if run["params"]:
         def params(s, ow):
@@ -235,6 +297,12 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
                     formats=tuple(figures_cfg["formats"]))
 
     add("figures", "figures", figures_cfg, ["evaluate"] + (["params"] if chains else []), figures)
+    if run["results"]:
+        from .evaluation.results import SCHEMA as RESULTS_SCHEMA, run_results
+
+        results_cfg = resolve(sections["results"], RESULTS_SCHEMA, prefix="results.")
+        add("results", "results", results_cfg, [s.name for s in stages if s.name.startswith("evaluate")],
+            lambda s, ow: run_results(o, s.output, results_cfg))
     keys = {}
     for s in stages:
         s.key = keys[s.name] = _key(s, keys)
@@ -289,6 +357,7 @@ def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, 
         record[s.name] = {"key": s.key, "output": str(s.output), "finished": False}
         record_path.write_text(json.dumps(record, indent=1))
         t0 = time.perf_counter()
+        s.output.parent.mkdir(parents=True, exist_ok=True)
         if overwrite is not None:
             s.run(s, overwrite)
         record[s.name].update(finished=True, seconds=round(time.perf_counter() - t0, 1))

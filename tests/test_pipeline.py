@@ -30,23 +30,29 @@ TEST_SIMS = {"seed": 12, "n_maps": 240, "geometry": GEOMETRY,
              "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}, {"Alens": 0.5}]},
              "instrument": INSTRUMENT,
              "simulation": {"fields": ["T", "Q", "U", "E_unlensed", "kappa"], "block_size": 40}}
+NOISE_SIMS = {"seed": 13, "n_maps": 60, "geometry": GEOMETRY,
+              "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}]},
+              "instrument": {"beam_fwhm_arcmin": 1.0, "noise_p_uk_arcmin": [2.0]},
+              "simulation": {"fields": ["Q", "U", "E_unlensed", "kappa"], "block_size": 30}}
 TRAIN = {"seed": 3, "data": {"split": [0.9, 0.1, 0.0]},
          "model": {"inputs": ["Q", "U", "kappa_qe"], "filters": [8, 16], "outputs": ["kappa", "E_unlensed"]},
          "training": {"batch_size": 32, "epochs": 2}}
 PRESET = {
     "run": {"train_sims": "sims/tiny_train.yaml", "test_sims": "sims/tiny_test.yaml", "train": "train/tiny.yaml",
-            "qe_estimators": ["EB", "MV_POL"]},
+            "qe_estimators": ["EB", "MV_POL"], "robustness": {"noise2": "sims/tiny_noise.yaml"}, "results": True},
     "evaluate": {"bins": {"Lmin": 300, "Lmax": 2000, "width": 300}, "e_bins": {"lmin": 300, "lmax": 3000},
                  "snr": {"Lmax": 2000}, "examples": 2, "jackknife": 8,
                  "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": False}},
     "params": {"sample": ["Alens"], "priors": {"Alens": [0.4, 1.8]}, "Lmin": 300, "Lmax": 2000,
                "walkers": 8, "steps": 300, "burn": 100},
     "figures": {},
+    "results": {"low_noise": 1.0, "high_noise": 5.0},
 }
 
 
 def _write_root(root, preset=PRESET):
     for folder, name, content in (("sims", "tiny_train", TRAIN_SIMS), ("sims", "tiny_test", TEST_SIMS),
+                                  ("sims", "tiny_noise", NOISE_SIMS),
                                   ("train", "tiny", TRAIN), ("evaluate", "tiny", preset)):
         (root / folder).mkdir(exist_ok=True)
         (root / folder / f"{name}.yaml").write_text(yaml.safe_dump(content))
@@ -77,8 +83,9 @@ def tiny_run(tmp_path_factory):
     return root, out, first
 
 
-STAGES = ["simulate_train", "simulate_test", "reconstruct_qe_train", "train", "reconstruct_qe_eb",
-          "reconstruct_qe_mv_pol", "reconstruct_nn", "evaluate", "params", "figures"]
+STAGES = ["simulate_train", "reconstruct_qe_train", "train", "simulate_test", "reconstruct_qe_eb",
+          "reconstruct_qe_mv_pol", "reconstruct_nn", "evaluate", "simulate_noise2", "reconstruct_qe_eb_noise2",
+          "reconstruct_qe_mv_pol_noise2", "reconstruct_nn_noise2", "evaluate_noise2", "params", "figures", "results"]
 
 
 def test_one_line_per_stage_and_every_output(tiny_run):
@@ -88,7 +95,8 @@ def test_one_line_per_stage_and_every_output(tiny_run):
     assert all(status == "done in" for _, status in lines)
     for name in ("sims_train.h5", "sims_test.h5", "rec_qe_train.h5", "train/model.keras", "rec_nn.h5", "rec_qe_eb.h5",
                  "rec_qe_mv_pol.h5", "eval/report.h5", "eval/summary.json", "params/chains.h5",
-                 "params/summary.json", "figures/index.json"):
+                 "params/summary.json", "figures/index.json", "robust_noise2/sims.h5", "robust_noise2/rec_nn.h5",
+                 "robust_noise2/eval/summary.json", "results/results.json", "results/results.rst"):
         assert (out / name).exists(), name
     record = json.loads((out / "pipeline.json").read_text())
     assert set(record) == set(STAGES) and all(r["finished"] for r in record.values())
@@ -157,7 +165,8 @@ def test_rerun_reuses_every_stage_and_a_changed_config_reruns_what_follows(tiny_
     rerun = _run(root, out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     status = dict(_stage_lines(rerun.stdout))
-    assert [s for s in STAGES if status[s] == "re-used"] == STAGES[:7]
+    rerun_stages = ("evaluate", "evaluate_noise2", "params", "figures", "results")
+    assert [s for s in STAGES if status[s] == "re-used"] == [s for s in STAGES if s not in rerun_stages]
     _write_root(root)
 
 
@@ -172,12 +181,38 @@ def test_preset_errors_are_clear(tmp_path):
         plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
 
 
+def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
+    preset = json.loads(json.dumps(PRESET))
+    preset["run"]["robustness"] = {"curved": {"sims": "sims/tiny_noise.yaml", "qe": {"apodize_arcmin": 20},
+                                              "evaluate": {"apodize_arcmin": 20, "bins": {"width": 600}}}}
+    _write_root(tmp_path, preset)
+    stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert stages["simulate_curved"].output == tmp_path / "out" / "robust_curved" / "sims.h5"
+    assert stages["reconstruct_qe_eb_curved"].config["apodize_arcmin"] == 20
+    assert "apodize_arcmin" not in stages["reconstruct_qe_eb"].config
+    assert stages["reconstruct_nn_curved"].inputs == ["train", "simulate_curved", "reconstruct_qe_mv_pol_curved"]
+    ev = stages["evaluate_curved"].config
+    assert ev["apodize_arcmin"] == 20 and ev["bins"] == {"Lmin": 300, "Lmax": 2000, "width": 600}
+    assert stages["evaluate"].config["bins"]["width"] == 300
+    assert stages["results"].inputs == ["evaluate", "evaluate_curved"]
+    for bad in ({"Test": "sims/tiny_noise.yaml"}, {"ood": {"sims": "sims/tiny_noise.yaml", "extra": 1}},
+                {"ood": "sims/missing.yaml"}):
+        preset["run"]["robustness"] = bad
+        _write_root(tmp_path, preset)
+        with pytest.raises(ConfigError, match="run.robustness"):
+            plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
+
+
 def test_shipped_presets_resolve():
-    for name in ("quick", "paper"):
+    for name in ("quick", "bench", "paper"):
         path, root = find_preset(name)
         stages = plan_stages(path, root, root / "data" / "out" / f"run_{name}")
         names = [s.name for s in stages]
-        assert names[:2] == ["simulate_train", "simulate_test"] and names[-3:] == ["evaluate", "params", "figures"]
-        # the quick network reads the QE kappa, so the QE of its training maps comes before training
-        assert ("reconstruct_qe_train" in names) == (name == "quick")
+        assert names[0] == "simulate_train" and "simulate_test" in names
+        assert names[-1] == ("figures" if name == "quick" else "results")
+        # a network that reads the QE kappa needs the QE of its training maps before training
+        if name != "paper":
+            assert names.index("reconstruct_qe_train") < names.index("train")
         assert names.index("train") < names.index("reconstruct_nn")
+        for s in stages:
+            assert set(s.inputs) <= set(names[:names.index(s.name)]), s.name

@@ -1,0 +1,233 @@
+"""The results table of a benchmark run: every test set and noise level, every method, and the targets.
+
+Reads the ``summary.json`` of the main evaluation and of each robustness evaluation of a run folder
+(:mod:`deepcmb.pipeline`) and writes ``OUT/results/``::
+
+    results.json   per test set and noise level: bins, rho^2 and N_eff (with errors) of every method,
+                   the analytic MV_POL N0, the iterative limit (as N and as rho^2 = C / (C + N)), the
+                   transfer function of every method; and ``targets``: each target of the benchmark with
+                   the measured figure and whether it is met
+    results.rst    the same as reStructuredText tables, pasted into README.rst
+    neff_ratio.png N_eff / N0(MV_POL) of every method per test set and noise level
+                   (:func:`deepcmb.figures.results.plot_results`)
+
+Nothing here is computed from maps: every number is a value of a ``summary.json``, so the table is
+exactly what ``deepcmb evaluate`` measured.
+
+The targets (measured at the benchmark's low noise level, 1 uK-arcmin, on the main test set):
+
+- ``nn_below_qe_n0``: the network's N_eff is below the analytic N0 of the MV_POL QE in every bin
+  inside ``[Lmin, Lmax_target]`` (default 100-1500);
+- ``nn_near_iterative`` (stretch): N_eff within ``iterative_factor`` (1.3) of the iterative limit
+  for bins below ``Lmax_iterative`` (800);
+- ``nn_not_worse_high_noise``: at the high noise level (5 uK-arcmin), the network's N_eff is no
+  larger than the measured N_eff of the MV_POL QE (within two standard errors) in every bin;
+- ``nn_unbiased``: after dividing by the transfer function measured on the maps of the reference
+  cosmology alone, the cross-spectrum with the truth over all test maps is unbiased to ``bias_tol``
+  (2 %) for bins inside ``[Lmin, Lmax_target]``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..jsonio import write_json
+
+SCHEMA = {"low_noise": 1.0, "high_noise": 5.0, "Lmin": 100.0, "Lmax_target": 1500.0, "Lmax_iterative": 800.0,
+          "iterative_factor": 1.3, "bias_tol": 0.02, "reference_cosmology": 0, "nn": "nn", "qe": "qe_mv_pol"}
+"""Settings of the results table and its targets (``results:`` of a run preset)."""
+
+
+def _arr(values):
+    return np.asarray(values, dtype=float)
+
+
+def noise_table(summary, j):
+    """Every figure of one noise level of one evaluation summary.
+
+    Parameters
+    ----------
+    summary : dict
+        A ``summary.json`` of ``deepcmb evaluate``.
+    j : int
+        Noise-level index (group ``noise<j>``).
+
+    Returns
+    -------
+    dict
+        ``noise_p_uk_arcmin``, ``n_maps``, ``edges``, ``L``; ``methods``: label -> ``rho2``,
+        ``rho2_err``, ``n_eff``, ``n_eff_err``, ``transfer``, ``transfer_err``; ``theory``: ``clkk``,
+        ``n0_mv_pol``, ``n_iterative``, ``rho2_iterative``, ``rho2_n0_mv_pol`` (lists, one value per
+        bin; theory entries the evaluation did not compute are absent).
+    """
+    group = f"noise{j}"
+    out = {"noise_p_uk_arcmin": float(summary["noise_p_uk_arcmin"][j]), "edges": summary["bins"]["edges"],
+           "L": summary["bins"]["L"], "methods": {}, "theory": {}}
+    for label in summary["methods"]:
+        r = summary["results"][label][group]
+        out["n_maps"] = r["n_maps"]
+        out["methods"][label] = {k: r[k] for k in ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer",
+                                                   "transfer_err")}
+    theory = summary["theory"]
+    clkk = _arr(theory["clkk"][group])
+    out["theory"]["clkk"] = clkk.tolist()
+    for key, name in (("n0_MV_POL", "n0_mv_pol"), ("n_iterative", "n_iterative")):
+        if group in theory.get(key, {}):
+            n = _arr(theory[key][group])
+            out["theory"][name] = n.tolist()
+            out["theory"]["rho2_" + name.replace("n_", "")] = (clkk / (clkk + n)).tolist()
+    return out
+
+
+def _inside(edges, lo, hi):
+    e = _arr(edges)
+    return (e[:-1] >= lo - 1e-9) & (e[1:] <= hi + 1e-9)
+
+
+def _level(summary, value):
+    levels = _arr(summary["noise_p_uk_arcmin"])
+    hits = np.flatnonzero(np.isclose(levels, value))
+    return int(hits[0]) if hits.size else None
+
+
+def targets(summary, cfg):
+    """The benchmark targets measured on one evaluation summary (see the module docstring).
+
+    Returns
+    -------
+    dict
+        target name -> ``{'met': bool or None, ...figures}``; ``met`` is None when the summary lacks
+        what the target needs (a noise level, a method or a theory curve).
+    """
+    nn, qe = cfg["nn"], cfg["qe"]
+    out = {}
+    lo_j, hi_j = _level(summary, cfg["low_noise"]), _level(summary, cfg["high_noise"])
+    have = nn in summary["methods"]
+    missing = {"met": None}
+    if lo_j is None or not have:
+        out["nn_below_qe_n0"] = out["nn_near_iterative"] = out["nn_unbiased"] = missing
+    else:
+        t = noise_table(summary, lo_j)
+        sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
+        n_eff = _arr(t["methods"][nn]["n_eff"])
+        if "n0_mv_pol" in t["theory"] and sel.any():
+            ratio = n_eff / _arr(t["theory"]["n0_mv_pol"])
+            out["nn_below_qe_n0"] = {"met": bool(np.all(ratio[sel] < 1)), "max_ratio": float(ratio[sel].max()),
+                                     "ratio": ratio.tolist()}
+        else:
+            out["nn_below_qe_n0"] = missing
+        sel_it = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_iterative"])
+        if "n_iterative" in t["theory"] and sel_it.any():
+            ratio = n_eff / _arr(t["theory"]["n_iterative"])
+            out["nn_near_iterative"] = {"met": bool(np.all(ratio[sel_it] <= cfg["iterative_factor"])),
+                                        "max_ratio": float(ratio[sel_it].max()), "ratio": ratio.tolist()}
+        else:
+            out["nn_near_iterative"] = missing
+        ref = summary["results"][nn].get(f"cosmo{cfg['reference_cosmology']}_noise{lo_j}")
+        if ref is not None and sel.any():
+            bias = _arr(t["methods"][nn]["transfer"]) / _arr(ref["transfer"]) - 1
+            err = np.hypot(_arr(t["methods"][nn]["transfer_err"]), _arr(ref["transfer_err"])) / _arr(ref["transfer"])
+            out["nn_unbiased"] = {"met": bool(np.all(np.abs(bias[sel]) <= cfg["bias_tol"])),
+                                  "max_abs_bias": float(np.abs(bias[sel]).max()), "bias": bias.tolist(),
+                                  "bias_err": err.tolist()}
+        else:
+            out["nn_unbiased"] = missing
+    if hi_j is None or not have or qe not in summary["methods"]:
+        out["nn_not_worse_high_noise"] = missing
+    else:
+        t = noise_table(summary, hi_j)
+        sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
+        a, b = t["methods"][nn], t["methods"][qe]
+        excess = (_arr(a["n_eff"]) - _arr(b["n_eff"])) / np.hypot(_arr(a["n_eff_err"]), _arr(b["n_eff_err"]))
+        ratio = _arr(a["n_eff"]) / _arr(b["n_eff"])
+        out["nn_not_worse_high_noise"] = {"met": bool(np.all(excess[sel] <= 2)) if sel.any() else None,
+                                          "max_ratio": float(ratio[sel].max()) if sel.any() else None,
+                                          "ratio": ratio.tolist()}
+    return out
+
+
+def collect(run_dir, cfg):
+    """Tables and targets of a run folder.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Run folder of ``deepcmb run`` (``eval/`` and ``robust_<tag>/eval/``).
+    cfg : dict
+        Resolved :data:`SCHEMA`.
+
+    Returns
+    -------
+    dict
+        ``sets``: test-set tag (``test`` first) -> list of :func:`noise_table`; ``targets``: from
+        the main test set; ``config``.
+    """
+    run_dir = Path(run_dir)
+    folders = {"test": run_dir / "eval"}
+    folders.update({p.parent.name[len("robust_"):]: p for p in sorted(run_dir.glob("robust_*/eval"))})
+    sets, main = {}, None
+    for tag, folder in folders.items():
+        summary = json.loads((folder / "summary.json").read_text())
+        main = main or summary
+        sets[tag] = [noise_table(summary, j) for j in range(len(summary["noise_p_uk_arcmin"]))]
+    return {"config": cfg, "sets": sets, "targets": targets(main, cfg)}
+
+
+def render_rst(results, title_level="~"):
+    """reStructuredText of :func:`collect`'s results: one table per test set and noise level.
+
+    Each table lists, per L bin, rho^2 of every method and of the iterative limit, then N_eff of every
+    method, the analytic MV_POL N0 and the iterative N, in units of 1e-8 (kappa power, sr).
+    """
+    lines = []
+    for tag, tables in results["sets"].items():
+        for t in tables:
+            methods = list(t["methods"])
+            title = f"{tag}: {t['noise_p_uk_arcmin']:g} uK-arcmin, {t['n_maps']} maps"
+            lines += [title, title_level * len(title), "",
+                      "rho^2 per L bin, then the effective noise N in units of 1e-8 (kappa power, sr):", ""]
+            head = ["L"] + [f"rho2 {m}" for m in methods]
+            cols = [[f"{a:g}-{b:g}" for a, b in zip(t["edges"][:-1], t["edges"][1:])]]
+            cols += [[f"{v:.3f}" for v in t["methods"][m]["rho2"]] for m in methods]
+            if "rho2_iterative" in t["theory"]:
+                head.append("rho2 iterative")
+                cols.append([f"{v:.3f}" for v in t["theory"]["rho2_iterative"]])
+            head += [f"N {m}" for m in methods]
+            cols += [[f"{1e8 * v:.3g}" for v in t["methods"][m]["n_eff"]] for m in methods]
+            for key, name in (("n0_mv_pol", "N0 MV_POL"), ("n_iterative", "N iterative")):
+                if key in t["theory"]:
+                    head.append(name)
+                    cols.append([f"{1e8 * v:.3g}" for v in t["theory"][key]])
+            lines += _grid(head, list(zip(*cols))) + [""]
+    lines += ["Targets (main test set):", ""]
+    for name, t in results["targets"].items():
+        figs = ", ".join(f"{k} {v:.3g}" for k, v in t.items() if isinstance(v, float))
+        status = "n/a" if t["met"] is None else ("met" if t["met"] else "not met")
+        lines.append(f"- {name}: {status}" + (f" ({figs})" if figs else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _grid(head, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def row(cells):
+        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
+
+    return [rule, row(head), rule.replace("-", "="), *[line for r in rows for line in (row(r), rule)]]
+
+
+def run_results(run_dir, out, config=None):
+    """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of a run folder into ``out``; returns ``out``."""
+    from ..config import resolve
+    from ..figures.results import plot_results
+
+    cfg = resolve(config or {}, SCHEMA, prefix="results.")
+    res = collect(run_dir, cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", res)
+    (out / "results.rst").write_text(render_rst(res))
+    plot_results(res).savefig(out / "neff_ratio.png")
+    return out

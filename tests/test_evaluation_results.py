@@ -1,0 +1,97 @@
+"""The benchmark results table: figures copied from summary.json, targets judged correctly, robustness sets."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deepcmb.errors import ConfigError
+from deepcmb.evaluation.results import SCHEMA, collect, noise_table, render_rst, run_results, targets
+
+EDGES = [150.0, 300.0, 450.0, 600.0, 900.0, 1500.0, 2100.0]
+CLKK = np.array([8e-8, 5e-8, 3e-8, 2e-8, 1e-8, 5e-9])
+N0 = np.array([1e-8, 1.1e-8, 1.2e-8, 1.4e-8, 1.8e-8, 3e-8])
+NIT = 0.6 * N0
+
+
+def _group(n_eff, transfer=None, n=500):
+    n_eff = np.asarray(n_eff, float)
+    return {"n_maps": n, "rho2": (CLKK / (CLKK + n_eff)).tolist(), "rho2_err": [0.003] * 6,
+            "n_eff": n_eff.tolist(), "n_eff_err": (0.01 * n_eff).tolist(),
+            "transfer": list(transfer if transfer is not None else np.ones(6)), "transfer_err": [0.003] * 6}
+
+
+def _summary(nn_low, nn_high, qe_high, nn_transfer=None, ref_transfer=None):
+    levels = [1.0, 5.0]
+    results = {
+        "nn": {"noise0": _group(nn_low, nn_transfer), "noise1": _group(nn_high),
+               "cosmo0_noise0": _group(nn_low, ref_transfer, n=100)},
+        "qe_mv_pol": {"noise0": _group(1.2 * N0), "noise1": _group(qe_high),
+                      "cosmo0_noise0": _group(1.2 * N0, n=100)},
+    }
+    theory = {"clkk": {"noise0": CLKK.tolist(), "noise1": CLKK.tolist()},
+              "n0_MV_POL": {"noise0": N0.tolist(), "noise1": (5 * N0).tolist()},
+              "n_iterative": {"noise0": NIT.tolist(), "noise1": (4 * N0).tolist()}}
+    return {"methods": ["nn", "qe_mv_pol"], "noise_p_uk_arcmin": levels,
+            "bins": {"edges": EDGES, "L": [225, 375, 525, 750, 1200, 1800]}, "results": results, "theory": theory}
+
+
+CFG = dict(SCHEMA)
+
+
+def test_targets_met_when_the_network_beats_n0_everywhere():
+    s = _summary(0.9 * N0, 5 * N0, 5.2 * N0)
+    t = targets(s, CFG)
+    assert t["nn_below_qe_n0"]["met"] and t["nn_below_qe_n0"]["max_ratio"] == pytest.approx(0.9)
+    # 0.9 N0 = 1.5 N_iterative: the stretch target (1.3) is missed
+    assert not t["nn_near_iterative"]["met"] and t["nn_near_iterative"]["max_ratio"] == pytest.approx(1.5)
+    assert t["nn_not_worse_high_noise"]["met"]
+    assert t["nn_unbiased"]["met"] and t["nn_unbiased"]["max_abs_bias"] == pytest.approx(0.0)
+
+
+def test_one_bin_above_n0_inside_the_range_fails_but_outside_does_not_count():
+    above = 0.9 * N0
+    above[-1] = 2 * N0[-1]  # bin 1500-2100: outside 100-1500
+    assert targets(_summary(above, 5 * N0, 5 * N0), CFG)["nn_below_qe_n0"]["met"]
+    above[2] = 1.05 * N0[2]
+    t = targets(_summary(above, 5 * N0, 5 * N0), CFG)
+    assert not t["nn_below_qe_n0"]["met"] and t["nn_below_qe_n0"]["max_ratio"] == pytest.approx(1.05)
+
+
+def test_high_noise_and_bias_failures_are_reported():
+    biased = np.ones(6)
+    biased[1] = 1.05
+    s = _summary(0.9 * N0, 6 * N0, 5 * N0, nn_transfer=biased)
+    t = targets(s, CFG)
+    assert not t["nn_not_worse_high_noise"]["met"] and t["nn_not_worse_high_noise"]["max_ratio"] == pytest.approx(1.2)
+    assert not t["nn_unbiased"]["met"] and t["nn_unbiased"]["max_abs_bias"] == pytest.approx(0.05)
+
+
+def test_missing_noise_level_gives_no_verdict():
+    s = _summary(0.9 * N0, 5 * N0, 5 * N0)
+    s["noise_p_uk_arcmin"] = [1.0, 3.0]
+    assert targets(s, CFG)["nn_not_worse_high_noise"]["met"] is None
+
+
+def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
+    s = _summary(0.9 * N0, 5 * N0, 5 * N0)
+    t = noise_table(s, 0)
+    assert t["noise_p_uk_arcmin"] == 1.0 and t["n_maps"] == 500
+    assert t["methods"]["nn"]["n_eff"] == s["results"]["nn"]["noise0"]["n_eff"]
+    np.testing.assert_allclose(t["theory"]["rho2_iterative"], CLKK / (CLKK + NIT))
+    for folder in ("eval", "robust_ood/eval"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "summary.json").write_text(json.dumps(s))
+    out = run_results(tmp_path, tmp_path / "results")
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["sets"]) == ["test", "ood"] and len(res["sets"]["ood"]) == 2
+    rst = (out / "results.rst").read_text()
+    assert "ood: 1 uK-arcmin, 500 maps" in rst and "nn_below_qe_n0: met" in rst
+    assert f"{s['results']['nn']['noise0']['rho2'][0]:.3f}" in rst
+    assert rst == render_rst(collect(tmp_path, res["config"]))
+    assert (out / "neff_ratio.png").stat().st_size > 10_000
+
+
+def test_unknown_results_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError):
+        run_results(tmp_path, tmp_path / "r", {"bias_tolerance": 0.1})
