@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcmb.errors import ConfigError
-from deepcmb.evaluation.results import SCHEMA, collect, noise_table, render_rst, run_results, targets
+from deepcmb.evaluation.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
 
 EDGES = [150.0, 300.0, 450.0, 600.0, 900.0, 1500.0, 2100.0]
 CLKK = np.array([8e-8, 5e-8, 3e-8, 2e-8, 1e-8, 5e-9])
@@ -90,6 +90,12 @@ def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
     assert f"{s['results']['nn']['noise0']['rho2'][0]:.3f}" in rst
     assert rst == render_rst(collect(tmp_path, res["config"]))
     assert (out / "neff_ratio.png").stat().st_size > 10_000
+    head, rows = overview_rows(res)
+    first = dict(zip(head, rows[0]))
+    # L = 400 lies in the bin 300-450; N_eff / N0 over the bins inside 100-1500 (0.9 everywhere)
+    assert first["rho2 nn"] == f"{CLKK[1] / (CLKK[1] + 0.9 * N0[1]):.3f}" and first["N/N0 nn"] == "0.90-0.90"
+    assert first["N/N0 qe_mv_pol"] == "1.20-1.20" and first["N/N0 iter"] == "0.60-0.60"
+    assert [r[0] for r in rows] == ["test", "test", "ood", "ood"]
 
 
 def test_unknown_results_key_is_refused(tmp_path):
