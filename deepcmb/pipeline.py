@@ -120,9 +120,9 @@ def _label(name):
 
 
 def _robustness(entries):
-    """``{tag: {'sims': path, 'evaluate': overrides}}`` from ``run.robustness`` (checked)."""
+    """``{tag: {'sims': path, 'evaluate': overrides, 'qe': overrides}}`` from ``run.robustness`` (checked)."""
     if not isinstance(entries, dict):
-        raise ConfigError("run.robustness: expected a mapping tag -> sims preset or {sims, evaluate}")
+        raise ConfigError("run.robustness: expected a mapping tag -> sims preset or {sims, evaluate, qe}")
     out = {}
     for tag, entry in entries.items():
         if not isinstance(tag, str) or not tag or _label(tag) != tag or tag in ("test", "train"):
@@ -130,9 +130,10 @@ def _robustness(entries):
                               "(and not 'test' or 'train')")
         if isinstance(entry, str):
             entry = {"sims": entry}
-        if not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe"} or not isinstance(entry.get("sims"), str):
-            raise ConfigError(f"run.robustness.{tag}: expected a sims preset path or {{sims: PATH, evaluate: {{...}}, "
-                              "qe: {...}}")
+        if (not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe"}
+                or not isinstance(entry.get("sims"), str)):
+            raise ConfigError(f"run.robustness.{tag}: expected a sims preset path or "
+                              "{sims: PATH, evaluate: {...}, qe: {...}}")
         out[tag] = {"sims": entry["sims"]}
         for key in ("evaluate", "qe"):
             out[tag][key] = entry.get(key) or {}
@@ -208,11 +209,11 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
             run_reconstruct_qe(o / sims, s.output, estimator=est, overwrite=ow, progress=not quiet, **opts)
         return fn
 
-    train_qe = test_qe = None
+    train_qe = None
     if qe_input:
         # the network reads the QE kappa as an input channel: the QE of the training maps feeds the
         # training, the same estimator on the test maps feeds the network's reconstruction
-        train_qe, test_qe = o / "rec_qe_train.h5", o / f"rec_qe_{_label(run['qe_input'])}.h5"
+        train_qe = o / "rec_qe_train.h5"
         add("reconstruct_qe_train", train_qe.name, {"estimator": run["qe_input"], **qe_opts}, ["simulate_train"],
             qe("sims_train.h5", run["qe_input"]))
 
@@ -301,8 +302,9 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
         from .evaluation.results import SCHEMA as RESULTS_SCHEMA, run_results
 
         results_cfg = resolve(sections["results"], RESULTS_SCHEMA, prefix="results.")
+        evaluations = {"test": o / "eval", **{tag: o / f"robust_{tag}" / "eval" for tag in robustness}}
         add("results", "results", results_cfg, [s.name for s in stages if s.name.startswith("evaluate")],
-            lambda s, ow: run_results(o, s.output, results_cfg))
+            lambda s, ow: run_results(evaluations, s.output, results_cfg))
     keys = {}
     for s in stages:
         s.key = keys[s.name] = _key(s, keys)

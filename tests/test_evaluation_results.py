@@ -82,13 +82,14 @@ def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
     for folder in ("eval", "robust_ood/eval"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "summary.json").write_text(json.dumps(s))
-    out = run_results(tmp_path, tmp_path / "results")
+    out = run_results({"test": tmp_path / "eval", "ood": tmp_path / "robust_ood" / "eval"}, tmp_path / "results")
     res = json.loads((out / "results.json").read_text())
     assert list(res["sets"]) == ["test", "ood"] and len(res["sets"]["ood"]) == 2
     rst = (out / "results.rst").read_text()
     assert "ood: 1 uK-arcmin, 500 maps" in rst and "nn_below_qe_n0: met" in rst
     assert f"{s['results']['nn']['noise0']['rho2'][0]:.3f}" in rst
-    assert rst == render_rst(collect(tmp_path, res["config"]))
+    assert rst == render_rst(collect({"test": tmp_path / "eval", "ood": tmp_path / "robust_ood" / "eval"},
+                                     res["config"]))
     assert (out / "neff_ratio.png").stat().st_size > 10_000
     head, rows = overview_rows(res)
     first = dict(zip(head, rows[0]))
@@ -100,4 +101,4 @@ def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
 
 def test_unknown_results_key_is_refused(tmp_path):
     with pytest.raises(ConfigError):
-        run_results(tmp_path, tmp_path / "r", {"bias_tolerance": 0.1})
+        run_results({"test": tmp_path}, tmp_path / "r", {"bias_tolerance": 0.1})

@@ -1,7 +1,7 @@
 """The results table of a benchmark run: every test set and noise level, every method, and the targets.
 
-Reads the ``summary.json`` of the main evaluation and of each robustness evaluation of a run folder
-(:mod:`deepcmb.pipeline`) and writes ``OUT/results/``::
+Reads the ``summary.json`` of the main evaluation and of each robustness evaluation of a run
+(:mod:`deepcmb.pipeline`: ``eval/`` and ``robust_<tag>/eval/``) and writes ``OUT/results/``::
 
     results.json   per test set and noise level: bins, rho^2 and N_eff (with errors) of every method,
                    the analytic MV_POL N0, the iterative limit (as N and as rho^2 = C / (C + N)), the
@@ -147,28 +147,25 @@ def targets(summary, cfg):
     return out
 
 
-def collect(run_dir, cfg):
-    """Tables and targets of a run folder.
+def collect(evaluations, cfg):
+    """Tables and targets of a set of evaluations.
 
     Parameters
     ----------
-    run_dir : Path
-        Run folder of ``deepcmb run`` (``eval/`` and ``robust_<tag>/eval/``).
+    evaluations : dict
+        Test-set tag -> folder of a ``deepcmb evaluate`` output (``summary.json``); the first is the
+        main test set, on which the targets are measured.
     cfg : dict
         Resolved :data:`SCHEMA`.
 
     Returns
     -------
     dict
-        ``sets``: test-set tag (``test`` first) -> list of :func:`noise_table`; ``targets``: from
-        the main test set; ``config``.
+        ``sets``: tag -> list of :func:`noise_table` (one per noise level); ``targets``; ``config``.
     """
-    run_dir = Path(run_dir)
-    folders = {"test": run_dir / "eval"}
-    folders.update({p.parent.name[len("robust_"):]: p for p in sorted(run_dir.glob("robust_*/eval"))})
     sets, main = {}, None
-    for tag, folder in folders.items():
-        summary = json.loads((folder / "summary.json").read_text())
+    for tag, folder in evaluations.items():
+        summary = json.loads((Path(folder) / "summary.json").read_text())
         main = main or summary
         sets[tag] = [noise_table(summary, j) for j in range(len(summary["noise_p_uk_arcmin"]))]
     return {"config": cfg, "sets": sets, "targets": targets(main, cfg)}
@@ -263,13 +260,14 @@ def _grid(head, rows):
     return [rule, row(head), rule.replace("-", "="), *[line for r in rows for line in (row(r), rule)]]
 
 
-def run_results(run_dir, out, config=None):
-    """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of a run folder into ``out``; returns ``out``."""
+def run_results(evaluations, out, config=None):
+    """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of evaluations (see :func:`collect`) into
+    ``out``; returns ``out``."""
     from ..config import resolve
     from ..figures.results import plot_results
 
     cfg = resolve(config or {}, SCHEMA, prefix="results.")
-    res = collect(run_dir, cfg)
+    res = collect(evaluations, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", res)
