@@ -67,6 +67,14 @@ def test_high_noise_and_bias_failures_are_reported():
     assert not t["nn_unbiased"]["met"] and t["nn_unbiased"]["max_abs_bias"] == pytest.approx(0.05)
 
 
+def test_a_small_excess_common_to_every_bin_fails_the_high_noise_target():
+    # 4 % above the QE in every bin: within 2 sigma of each bin (errors 1 % each: 1.5 % on the ratio),
+    # but the mean over the five target bins is 1.040 +- 0.007
+    t = targets(_summary(0.9 * N0, 5.2 * N0, 5 * N0), CFG)["nn_not_worse_high_noise"]
+    assert not t["met"] and t["mean_ratio"] == pytest.approx(1.04)
+    assert targets(_summary(0.9 * N0, 5.02 * N0, 5 * N0), CFG)["nn_not_worse_high_noise"]["met"]
+
+
 def test_missing_noise_level_gives_no_verdict():
     s = _summary(0.9 * N0, 5 * N0, 5 * N0)
     s["noise_p_uk_arcmin"] = [1.0, 3.0]

@@ -21,7 +21,9 @@ The targets (measured at the benchmark's low noise level, 1 uK-arcmin, on the ma
 - ``nn_near_iterative`` (stretch): N_eff within ``iterative_factor`` (1.3) of the iterative limit
   for bins below ``Lmax_iterative`` (800);
 - ``nn_not_worse_high_noise``: at the high noise level (5 uK-arcmin), the network's N_eff is no
-  larger than the measured N_eff of the MV_POL QE (within two standard errors) in every bin;
+  larger than the measured N_eff of the MV_POL QE: the inverse-variance mean of their ratio over the
+  target bins exceeds one by at most two standard errors (a per-bin test would miss a small excess
+  common to every bin);
 - ``nn_unbiased``: after dividing by the transfer function measured on the maps of the reference
   cosmology alone, the cross-spectrum with the truth over all test maps is unbiased to ``bias_tol``
   (2 %) for bins inside ``[Lmin, Lmax_target]``.
@@ -139,11 +141,16 @@ def targets(summary, cfg):
         t = noise_table(summary, hi_j)
         sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
         a, b = t["methods"][nn], t["methods"][qe]
-        excess = (_arr(a["n_eff"]) - _arr(b["n_eff"])) / np.hypot(_arr(a["n_eff_err"]), _arr(b["n_eff_err"]))
         ratio = _arr(a["n_eff"]) / _arr(b["n_eff"])
-        out["nn_not_worse_high_noise"] = {"met": bool(np.all(excess[sel] <= 2)) if sel.any() else None,
-                                          "max_ratio": float(ratio[sel].max()) if sel.any() else None,
-                                          "ratio": ratio.tolist()}
+        err = ratio * np.hypot(_arr(a["n_eff_err"]) / _arr(a["n_eff"]), _arr(b["n_eff_err"]) / _arr(b["n_eff"]))
+        if sel.any():
+            w = 1.0 / err[sel] ** 2
+            mean, mean_err = float(np.sum(w * ratio[sel]) / w.sum()), float(1.0 / np.sqrt(w.sum()))
+            out["nn_not_worse_high_noise"] = {"met": bool(mean - 1.0 <= 2.0 * mean_err), "mean_ratio": mean,
+                                              "mean_ratio_err": mean_err, "max_ratio": float(ratio[sel].max()),
+                                              "ratio": ratio.tolist(), "ratio_err": err.tolist()}
+        else:
+            out["nn_not_worse_high_noise"] = missing
     return out
 
 
