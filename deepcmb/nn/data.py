@@ -259,11 +259,19 @@ class SimsBatches(keras.utils.PyDataset):
         return rows, maps
 
     def __getitem__(self, i):
-        try:
-            _, maps = self.load(i)
-        except Exception as exc:
-            self.error = exc
-            raise
-        x = np.stack([maps[n] for n in self.inputs], axis=-1)
-        y = {n: maps[n][..., None] for n in self.outputs}
-        return x, y
+        return network_batch(self, i)
+
+
+def network_batch(dataset, i):
+    """``(x, {head: y})`` of item ``i`` of a training dataset (:class:`SimsBatches` or
+    :class:`~deepcmb.nn.onthefly.FreshBatches`): its ``load(i)`` maps stacked as the network's input
+    channels (last axis, in ``dataset.inputs`` order) and its heads (``dataset.outputs``), shape
+    ``(b, ny, nx, 1)``. An error while loading is also kept in ``dataset.error`` (a backend may wrap it)."""
+    try:
+        _, maps = dataset.load(i)
+    except Exception as exc:
+        dataset.error = exc
+        raise
+    x = np.stack([maps[n] for n in dataset.inputs], axis=-1)
+    y = {n: maps[n][..., None] for n in dataset.outputs}
+    return x, y

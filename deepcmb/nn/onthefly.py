@@ -23,6 +23,7 @@ from ..h5io import open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, resolve
 from ..recio import open_reconstruction
 from ..sample import FlatSimulator
+from .data import network_batch
 
 _STREAM = 4
 """``spawn_key`` slot of the fresh-map seeds (1-3 are the split, shuffling and augmentation streams)."""
@@ -160,11 +161,4 @@ class FreshBatches(keras.utils.PyDataset):
         return indices, maps
 
     def __getitem__(self, i):
-        try:
-            _, maps = self.load(i)
-        except Exception as exc:
-            self.error = exc
-            raise
-        x = np.stack([maps[n] for n in self.inputs], axis=-1)
-        y = {n: maps[n][..., None] for n in self.outputs}
-        return x, y
+        return network_batch(self, i)
