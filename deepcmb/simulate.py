@@ -176,8 +176,13 @@ class SimPlan:
 
     def assignment(self, seed_index):
         """``(cosmology_index, noise_index)`` of a flat sample or a full-sky realisation."""
-        nc = len(self.cosmologies)
-        return seed_index % nc, (seed_index // nc) % len(self.instruments)
+        return assignment(seed_index, len(self.cosmologies), len(self.instruments))
+
+
+def assignment(seed_index, n_cosmologies, n_levels):
+    """``(cosmology_index, noise_index)`` of sample ``seed_index``: samples cycle through the
+    cosmologies, then through the noise levels."""
+    return seed_index % n_cosmologies, (seed_index // n_cosmologies) % n_levels
 
 
 def plan_from_config(cfg):

@@ -21,8 +21,10 @@ from ..errors import ConfigError
 from ..geometry import FlatSkyGeometry
 from ..h5io import open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, resolve
+from ..qe.stage import estimator_settings
 from ..recio import open_reconstruction
 from ..sample import FlatSimulator
+from ..simulate import assignment
 from .data import network_batch
 
 _STREAM = 4
@@ -88,12 +90,11 @@ class FreshBatches(keras.utils.PyDataset):
             if qe_path is None:
                 raise ConfigError("data.on_the_fly: input kappa_qe needs the QE file (--qe) whose settings it copies")
             with open_reconstruction(qe_path, sims_path) as g:
-                q = {k: g.attrs[k] for k in ("estimator", "lmin", "lmax", "Lmin", "Lmax", "apodize_arcmin")}
-                q.update(wiener=bool(g.attrs["wiener"]), precision=json.loads(g.attrs["config"])["precision"])
-            if float(q.pop("apodize_arcmin")) > 0:
-                raise ConfigError(f"data.on_the_fly: {qe_path} was made with an apodisation window; fresh "
-                                  "periodic maps need a QE without one")
-            self.qe_config, self.qe_fields = q, fields_needed(resolve(str(q["estimator"]))[1])
+                q, self.qe_wiener = estimator_settings(g), bool(g.attrs["wiener"])
+                if float(g.attrs["apodize_arcmin"]) > 0:
+                    raise ConfigError(f"data.on_the_fly: {qe_path} was made with an apodisation window; fresh "
+                                      "periodic maps need a QE without one")
+            self.qe_config, self.qe_fields = q, fields_needed(resolve(q["estimator"])[1])
         self.fields = sorted({n for n in self.inputs + self.outputs if n != "kappa_qe"} | set(self.qe_fields))
         self._local = threading.local()
 
@@ -115,8 +116,7 @@ class FreshBatches(keras.utils.PyDataset):
 
     def assignment(self, index):
         """``(cosmology_index, noise_index)`` of fresh sample ``index`` (cycling as the simulate stage does)."""
-        nc = len(self.spectra)
-        return index % nc, (index // nc) % len(self.instruments)
+        return assignment(index, len(self.spectra), len(self.instruments))
 
     def _simulator(self, c, n):
         cache = self._local.__dict__.setdefault("sims", {})
@@ -130,10 +130,7 @@ class FreshBatches(keras.utils.PyDataset):
 
         cache = self._local.__dict__.setdefault("qes", {})
         if n not in cache:
-            q = self.qe_config
-            cache[n] = QuadraticEstimator(self.geom, compute_spectra({}), self.instruments[n], q["estimator"],
-                                          lmin=q["lmin"], lmax=q["lmax"], Lmin=q["Lmin"], Lmax=q["Lmax"],
-                                          precision=q["precision"])
+            cache[n] = QuadraticEstimator(self.geom, compute_spectra({}), self.instruments[n], **self.qe_config)
         return cache[n]
 
     def load(self, i):
@@ -156,7 +153,7 @@ class FreshBatches(keras.utils.PyDataset):
             for n in np.unique(levels):
                 sel = levels == n
                 est = self._qe(int(n)).estimate({k: v[sel] for k, v in observed.items()},
-                                                wiener=self.qe_config["wiener"])
+                                                wiener=self.qe_wiener)
                 maps["kappa_qe"][sel] = est["kappa"]
         return indices, maps
 

@@ -603,14 +603,14 @@ def _fourier_loss(data, qe=None):
     from ..geometry import FlatSkyGeometry
     from ..h5io import open_sims, read_instruments
     from ..qe.reconstruct import QuadraticEstimator
+    from ..qe.stage import estimator_settings
     from ..recio import open_reconstruction
     from .losses import FourierWeightedMSE, inverse_variance_weights
 
     settings = {"estimator": "MV_POL"}
     if qe is not None:
         with open_reconstruction(qe) as g:
-            settings = {k: (str(g.attrs[k]) if k == "estimator" else float(g.attrs[k]))
-                        for k in ("estimator", "lmin", "lmax", "Lmin", "Lmax")}
+            settings = estimator_settings(g)
     with open_sims(data) as f:
         geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
         instruments = read_instruments(f)

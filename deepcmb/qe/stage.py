@@ -16,6 +16,8 @@ each map from maps of the same file and noise level in the other half of the fil
 even rows and vice versa), so no map enters its own mean field.
 """
 
+import json
+
 import numpy as np
 
 from ..cosmology import compute_spectra
@@ -27,6 +29,14 @@ from ..spectra import bin_centres, linear_bins
 from .apodization import cosine_window, window_moment
 from .estimators import fields_needed, resolve
 from .reconstruct import QuadraticEstimator
+
+
+def estimator_settings(f):
+    """Keyword arguments of :class:`~deepcmb.qe.QuadraticEstimator` that made an open QE reconstruction
+    file ``f``: ``estimator, lmin, lmax, Lmin, Lmax, precision``."""
+    out = {k: float(f.attrs[k]) for k in ("lmin", "lmax", "Lmin", "Lmax")}
+    out.update(estimator=str(f.attrs["estimator"]), precision=json.loads(f.attrs["config"])["precision"])
+    return out
 
 
 def _mean_fields(f, qe, rows, need, window, n_max):
