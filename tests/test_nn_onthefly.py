@@ -77,6 +77,47 @@ def test_fresh_batches_never_repeat_and_are_fixed_by_their_position(files):
     assert fresh_root_seed(7) != fresh_root_seed(8) and fresh_root_seed(7) != SIMS["seed"]
 
 
+def test_noise_curriculum_restricts_the_levels_of_its_epochs_then_cycles_through_all(files):
+    sims, qe = files
+    stages = [{"epochs": 2, "noise_p_uk_arcmin": [5.0]}, {"epochs": 1, "noise_p_uk_arcmin": [1.0]}]
+    fresh = FreshBatches(sims, INPUTS, OUTPUTS, batch_size=4, steps_per_epoch=3, seed=7, qe_path=qe,
+                         curriculum=stages)
+    plain = FreshBatches(sims, INPUTS, OUTPUTS, batch_size=4, steps_per_epoch=3, seed=7, qe_path=qe)
+    per_epoch = 4 * 3
+    by_epoch = [{fresh.assignment(i) for i in range(e * per_epoch, (e + 1) * per_epoch)} for e in range(5)]
+    assert by_epoch[0] == by_epoch[1] == {(0, 1), (1, 1)}      # 5 uK-arcmin only, both cosmologies
+    assert by_epoch[2] == {(0, 0), (1, 0)}                     # then 1 uK-arcmin only
+    assert by_epoch[3] == by_epoch[4] == {(c, n) for c in (0, 1) for n in (0, 1)}
+    assert [fresh.assignment(i) for i in range(36, 60)] == [plain.assignment(i) for i in range(36, 60)]
+    # the maps follow: same seed, same sky; a sample moved from 1 to 5 uK-arcmin differs by 4 uK-arcmin of
+    # white noise per pixel, a sample already at 5 does not differ at all
+    _, moved = fresh.load(0)
+    _, cycled = plain.load(0)
+    assert [plain.assignment(i)[1] for i in range(4)] == [0, 0, 1, 1]
+    np.testing.assert_array_equal(moved["kappa"], cycled["kappa"])
+    np.testing.assert_array_equal(moved["Q"][2:], cycled["Q"][2:])
+    pixel_arcmin = fresh.geom.pixel_arcmin
+    for j in (0, 1):
+        assert np.std(moved["Q"][j] - cycled["Q"][j]) == pytest.approx((5.0 - 1.0) / pixel_arcmin, rel=0.08)
+    with pytest.raises(ConfigError, match="no noise level 3"):
+        FreshBatches(sims, INPUTS, OUTPUTS, batch_size=4, steps_per_epoch=3, qe_path=qe,
+                     curriculum=[{"epochs": 1, "noise_p_uk_arcmin": [3.0]}])
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([{"epochs": 1, "noise_p_uk_arcmin": [5.0]}], "on_the_fly"),
+    ([{"epochs": 0, "noise_p_uk_arcmin": [5.0]}], "epochs"),
+    ([{"epochs": 1, "noise_p_uk_arcmin": []}], "noise_p_uk_arcmin"),
+    ([{"epochs": 1}], "expected"),
+])
+def test_noise_curriculum_config_is_checked(stages, match):
+    from deepcmb.nn.train import resolve_config
+
+    on_the_fly = match != "on_the_fly"
+    with pytest.raises(ConfigError, match=match):
+        resolve_config({"data": {"on_the_fly": on_the_fly, "noise_curriculum": stages}})
+
+
 def test_kappa_qe_input_needs_the_qe_file(files):
     with pytest.raises(ConfigError, match="kappa_qe"):
         FreshBatches(files[0], INPUTS, OUTPUTS, batch_size=4, steps_per_epoch=2)

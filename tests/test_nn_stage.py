@@ -101,6 +101,25 @@ def test_final_model_equals_best_checkpoint_bit_for_bit(trained, sims):
     assert spec["card"]["best_epoch"] in (1, 2, 3)
 
 
+def test_monitor_picks_the_best_epoch_by_the_named_heads_validation_loss(sims, tmp_path):
+    from deepcmb.errors import ConfigError
+    from deepcmb.nn.train import monitor_key
+
+    cfg = {**TRAIN, "training": {"batch_size": 8, "epochs": 4, "monitor": "E_unlensed",
+                                 "loss_weights": {"kappa": 1.0, "E_unlensed": 1.0e-6}}}
+    run = run_train(cfg, sims, tmp_path / "run", progress=False)
+    hist = _history(run)
+    e_val = [float(r["val_E_unlensed_loss"]) for r in hist]
+    state = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert state["best"] == [int(np.argmin(e_val)) + 1, pytest.approx(min(e_val), rel=1e-6)]
+    assert state["early_stopping"]["best"] == pytest.approx(min(e_val), rel=1e-6)
+    assert monitor_key("loss", ["kappa", "E_unlensed"]) == "val_loss"
+    assert monitor_key("kappa", ["kappa", "E_unlensed"]) == "val_kappa_loss"
+    assert monitor_key("kappa", ["kappa"]) == "val_loss"
+    with pytest.raises(ConfigError, match="training.monitor"):
+        run_train({**TRAIN, "training": {"monitor": "phi"}}, sims, tmp_path / "bad", progress=False)
+
+
 def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tmp_path, capsys):
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

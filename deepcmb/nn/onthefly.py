@@ -61,6 +61,10 @@ class FreshBatches(keras.utils.PyDataset):
         Training seed.
     qe_path : str or Path, optional
         QE reconstruction file of ``sims_path``: its settings make the ``kappa_qe`` channel.
+    curriculum : list of dict, optional
+        Noise curriculum (``data.noise_curriculum``, see :func:`deepcmb.nn.train.check_curriculum`):
+        stages ``{epochs, noise_p_uk_arcmin}`` restricting the noise levels of the fresh maps, epoch by
+        epoch; afterwards (or without one) the maps cycle through all the file's levels.
     **kwargs
         ``workers``, ``use_multiprocessing``, ``max_queue_size`` of :class:`keras.utils.PyDataset`.
     """
@@ -68,7 +72,8 @@ class FreshBatches(keras.utils.PyDataset):
     row_label = "fresh sample indices"
     """What :meth:`batch_rows` returns, for messages."""
 
-    def __init__(self, sims_path, inputs, outputs, batch_size, steps_per_epoch, seed=0, qe_path=None, **kwargs):
+    def __init__(self, sims_path, inputs, outputs, batch_size, steps_per_epoch, seed=0, qe_path=None, curriculum=(),
+                 **kwargs):
         super().__init__(**kwargs)
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.batch_size, self.n_batches = int(batch_size), int(steps_per_epoch)
@@ -82,6 +87,7 @@ class FreshBatches(keras.utils.PyDataset):
             self.geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
             self.spectra = [read_spectra(f, c) for c in range(f["cosmology/cl_kk"].shape[0])]
             self.instruments = read_instruments(f)
+        self.stages = self._stages(curriculum or (), sims_path)
         sim = config["simulation"]
         self.sim_kw = {"lmax_cmb": sim["lmax_cmb"], "lmax_phi": sim["lmax_phi"], "include_b": sim["include_b"],
                        "epsilon": sim["nufft_epsilon"]}
@@ -114,9 +120,36 @@ class FreshBatches(keras.utils.PyDataset):
         step = epoch * self.n_batches + batch
         return np.arange(step * self.batch_size, (step + 1) * self.batch_size)
 
+    def _stages(self, curriculum, sims_path):
+        """``[(end_epoch, noise indices)]`` of the curriculum stages, levels matched to the file's."""
+        depths = [inst.noise_p_uk_arcmin for inst in self.instruments]
+        stages, end = [], 0
+        for k, stage in enumerate(curriculum):
+            indices = []
+            for level in stage["noise_p_uk_arcmin"]:
+                match = [i for i, d in enumerate(depths) if abs(d - level) <= 1e-6 * max(d, 1.0)]
+                if not match:
+                    raise ConfigError(f"data.noise_curriculum[{k}]: {sims_path} has no noise level {level} uK-arcmin "
+                                      f"(its levels: {', '.join(f'{d:g}' for d in depths)})")
+                indices.append(match[0])
+            end += int(stage["epochs"])
+            stages.append((end, indices))
+        return stages
+
+    def levels(self, epoch):
+        """Noise-level indices of the fresh maps of ``epoch`` (0-based): the curriculum's, then all."""
+        for end, indices in self.stages:
+            if epoch < end:
+                return indices
+        return list(range(len(self.instruments)))
+
     def assignment(self, index):
-        """``(cosmology_index, noise_index)`` of fresh sample ``index`` (cycling as the simulate stage does)."""
-        return assignment(index, len(self.spectra), len(self.instruments))
+        """``(cosmology_index, noise_index)`` of fresh sample ``index``: cycling through the cosmologies,
+        then through the noise levels of its epoch (all the file's levels, as the simulate stage does,
+        unless a curriculum stage restricts them)."""
+        levels = self.levels(index // (self.batch_size * self.n_batches))
+        c, k = assignment(index, len(self.spectra), len(levels))
+        return c, levels[k]
 
     def _simulator(self, c, n):
         cache = self._local.__dict__.setdefault("sims", {})

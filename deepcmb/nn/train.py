@@ -10,7 +10,7 @@ Run folder (``RUN_DIR``)::
     history.csv          one row per epoch: losses, validation losses, learning rate, samples/s
     checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
                                         of the schedule (epoch, learning rate, plateau counters)
-    checkpoints/best.keras              the epoch with the lowest validation loss
+    checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)
     model.keras          the final network for inference (best epoch, no optimizer)
     model.json           what the network expects and how it was trained (see :func:`model_card`)
 
@@ -45,6 +45,7 @@ SCHEMA = {
         "stats_maps": 4096,
         "workers": 1,
         "on_the_fly": False,
+        "noise_curriculum": Free([]),
     },
     "model": MODEL_SCHEMA,
     "training": {
@@ -58,6 +59,7 @@ SCHEMA = {
         "clipnorm": None,
         "reduce_lr": {"factor": 0.5, "patience": 3, "min_delta": 0.0, "min_lr": 1.0e-6},
         "early_stopping": {"patience": 10, "min_delta": 0.0},
+        "monitor": "loss",
         "jit_compile": OneOf("auto", "auto", True, False),
         "deterministic": True,
         "distribution": OneOf("auto", "auto", "none", "data_parallel"),
@@ -88,6 +90,7 @@ def resolve_config(user):
     _pos_int(d["workers"], "data.workers")
     if not isinstance(d["on_the_fly"], bool):
         raise ConfigError(f"data.on_the_fly: must be true or false, got {d['on_the_fly']!r}")
+    check_curriculum(d["noise_curriculum"], d["on_the_fly"])
     if t["loss"] == "fourier_mse" and "kappa" not in cfg["model"]["outputs"]:
         raise ConfigError("training.loss: fourier_mse weights the modes of the kappa head; model.outputs has no kappa")
     _pos_int(t["batch_size"], "training.batch_size")
@@ -109,12 +112,38 @@ def resolve_config(user):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise ConfigError(f"training.loss_weights.{head}: must be a non-negative number, got {w!r}")
     t["loss_weights"] = {h: float(lw.get(h, 1.0)) for h in cfg["model"]["outputs"]}
+    if t["monitor"] != "loss" and t["monitor"] not in cfg["model"]["outputs"]:
+        raise ConfigError(f"training.monitor: 'loss' (the weighted total) or an output head "
+                          f"({', '.join(cfg['model']['outputs'])}), got {t['monitor']!r}")
     rl = t["reduce_lr"]
     if not 0 < rl["factor"] < 1:
         raise ConfigError(f"training.reduce_lr.factor: must lie in (0, 1), got {rl['factor']!r}")
     _pos_int(rl["patience"], "training.reduce_lr.patience")
     _pos_int(t["early_stopping"]["patience"], "training.early_stopping.patience")
     return cfg
+
+
+def check_curriculum(stages, on_the_fly):
+    """Validate ``data.noise_curriculum``: a list of ``{epochs: int, noise_p_uk_arcmin: [float, ...]}``.
+
+    Stage ``k`` trains for ``epochs`` epochs on fresh maps of the listed noise levels only (Q/U
+    depths in uK-arcmin, each one of the training file's levels); after the last stage every level
+    of the file is used. Needs ``data.on_the_fly`` (the levels of a file's maps are fixed).
+    """
+    if not isinstance(stages, list):
+        raise ConfigError(f"data.noise_curriculum: expected a list of stages, got {stages!r}")
+    if stages and not on_the_fly:
+        raise ConfigError("data.noise_curriculum: needs data.on_the_fly: true (it chooses the noise level of "
+                          "each fresh map)")
+    for k, stage in enumerate(stages):
+        where = f"data.noise_curriculum[{k}]"
+        if not isinstance(stage, dict) or set(stage) != {"epochs", "noise_p_uk_arcmin"}:
+            raise ConfigError(f"{where}: expected {{epochs: N, noise_p_uk_arcmin: [levels]}}, got {stage!r}")
+        _pos_int(stage["epochs"], f"{where}.epochs")
+        levels = stage["noise_p_uk_arcmin"]
+        if (not isinstance(levels, list) or not levels
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in levels)):
+            raise ConfigError(f"{where}.noise_p_uk_arcmin: expected a non-empty list of noise levels, got {levels!r}")
 
 
 # -- the run folder --------------------------------------------------------------------------------
@@ -289,9 +318,9 @@ def _callbacks():
     class Checkpointer(keras.callbacks.Callback):
         """After every epoch: history row, best and last checkpoints, schedule state (in this order)."""
 
-        def __init__(self, run, reduce_lr, early, state, samples_per_epoch):
+        def __init__(self, run, reduce_lr, early, state, samples_per_epoch, monitor):
             super().__init__()
-            self.run, self.reduce_lr, self.early = run, reduce_lr, early
+            self.run, self.reduce_lr, self.early, self.monitor = run, reduce_lr, early, monitor
             self.best = (state or {}).get("best", [None, math.inf])
             self.samples = samples_per_epoch
             self.t0 = None
@@ -305,10 +334,11 @@ def _callbacks():
             row = {"epoch": epoch + 1, **logs, "time_s": round(elapsed, 3),
                    "samples_per_s": round(self.samples / elapsed, 2)}
             _append_history(self.run / "history.csv", row)
-            val = logs.get("val_loss", math.nan)
-            if not math.isfinite(val):
+            val = logs.get(self.monitor, math.nan)
+            if not all(math.isfinite(logs.get(k, math.nan)) for k in ("val_loss", self.monitor)):
                 self.model.stop_training = True
-                raise TrainingDiverged(f"the validation loss is {val} after epoch {epoch + 1}; "
+                raise TrainingDiverged(f"the validation loss is {logs.get('val_loss')} ({self.monitor} {val}) after "
+                                       f"epoch {epoch + 1}; "
                                        "the model was not saved past the last checkpoint")
             if val < self.best[1]:
                 self.best = [epoch + 1, val]
@@ -526,7 +556,7 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
 
         steps = tcfg["steps_per_epoch"] or max(len(splits["train"]) // tcfg["batch_size"], 1)
         train_ds = FreshBatches(data, mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
-                                qe_path=qe, **kw)
+                                qe_path=qe, curriculum=dcfg["noise_curriculum"], **kw)
     else:
         train_ds = SimsBatches(source, splits["train"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
                                seed=cfg["seed"], shuffle=True, augment=dcfg["augment"], drop_remainder=True,
@@ -536,12 +566,13 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
                          max_batches=tcfg["validation_steps"], split="validation", **kw)
     NanGuard, ReduceLR, EarlyStop, Checkpointer, Progress = _callbacks()
     rl, es = tcfg["reduce_lr"], tcfg["early_stopping"]
-    reduce_lr = ReduceLR(restore=(state or {}).get("reduce_lr"), monitor="val_loss", factor=rl["factor"],
+    monitor = monitor_key(tcfg["monitor"], mcfg["outputs"])
+    reduce_lr = ReduceLR(restore=(state or {}).get("reduce_lr"), monitor=monitor, mode="min", factor=rl["factor"],
                          patience=rl["patience"], min_delta=rl["min_delta"], min_lr=rl["min_lr"])
-    early = EarlyStop(restore=(state or {}).get("early_stopping"), monitor="val_loss", patience=es["patience"],
+    early = EarlyStop(restore=(state or {}).get("early_stopping"), monitor=monitor, mode="min", patience=es["patience"],
                       min_delta=es["min_delta"])
     cbs = [NanGuard(train_ds), reduce_lr, early,
-           Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"]),
+           Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"], monitor),
            Progress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress), *callbacks]
     if progress:
         what = "fresh simulated maps" if dcfg["on_the_fly"] else f"{len(splits['train'])} maps"
@@ -569,6 +600,17 @@ def run_train(user_config, data, out, qe=None, overwrite=False, progress=True, c
     ckpt_state["finished"] = True
     _write_json(run.last_state, ckpt_state)
     return run.path
+
+
+def monitor_key(monitor, outputs):
+    """Keras log key of the validation loss that ``training.monitor`` names.
+
+    ``"loss"`` is the weighted total (``val_loss``); a head name ``h`` is that head's own loss
+    (``val_h_loss``), except for a single-head model, whose total is that head's loss.
+    """
+    if monitor == "loss" or len(outputs) == 1:
+        return "val_loss"
+    return f"val_{monitor}_loss"
 
 
 def _data_identity(path, kind="sims"):
