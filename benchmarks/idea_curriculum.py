@@ -1,0 +1,89 @@
+"""The noise-curriculum idea of the benchmark, measured against the same training without it.
+
+Trains the quick network (``train/quick.yaml``) twice on fresh maps of the bench training distribution,
+with the Fourier-weighted loss and the same seeds: once cycling through both noise levels from the
+start, once on 5 uK-arcmin alone for the first epochs (``data.noise_curriculum``). Both networks
+reconstruct the bench test maps, which are evaluated with ``evaluate/bench.yaml``; the script prints
+N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
+inverse-variance mean N_eff ratio network / QE per noise level.
+
+Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations and their MV_POL QE)::
+
+    python benchmarks/idea_curriculum.py [--bench data/out/run_bench] [--out data/out/idea_curriculum]
+
+About 25 minutes on 2 CPU cores with the defaults (6 epochs of 100 steps, the first 2 of them
+curriculum); the README's ideas table quotes its output.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from deepcmb.cli import main
+from deepcmb.evaluation.results import noise_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def configs(epochs, steps, curriculum_epochs):
+    """``{name: training config}`` of the two runs (quick network, fresh maps, Fourier loss)."""
+    base = yaml.safe_load((ROOT / "train" / "quick.yaml").read_text())
+    base["seed"] = 2026
+    base["data"].update(split=[0.8, 0.2, 0.0], on_the_fly=True, augment=False)
+    base["training"].update(epochs=epochs, steps_per_epoch=steps, loss="fourier_mse", monitor="kappa")
+    staged = yaml.safe_load(yaml.safe_dump(base))
+    staged["data"]["noise_curriculum"] = [{"epochs": curriculum_epochs, "noise_p_uk_arcmin": [5.0]}]
+    return {"plain": base, "curriculum": staged}
+
+
+def ratios(summary_path, lmin=150.0, lmax=1500.0):
+    """Per noise level: N_eff / N0 of ``nn`` and ``qe_mv_pol`` per bin, and the weighted mean ratio."""
+    summary = json.loads(Path(summary_path).read_text())
+    out = []
+    for j in range(len(summary["noise_p_uk_arcmin"])):
+        t = noise_table(summary, j)
+        edges = np.asarray(t["edges"])
+        sel = (edges[:-1] >= lmin) & (edges[1:] <= lmax)
+        n0 = np.asarray(t["theory"]["n0_mv_pol"])[sel]
+        nn, qe = (np.asarray(t["methods"][m]["n_eff"])[sel] for m in ("nn", "qe_mv_pol"))
+        rel_err = np.asarray(t["methods"]["nn"]["n_eff_err"])[sel] / nn
+        w = rel_err ** -2.0
+        out.append((t["noise_p_uk_arcmin"], nn / n0, qe / n0, float(np.sum(w * nn / qe) / np.sum(w))))
+    return out
+
+
+def run(bench, out, epochs, steps, curriculum_epochs):
+    out.mkdir(parents=True, exist_ok=True)
+    for name, cfg in configs(epochs, steps, curriculum_epochs).items():
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run_dir, rec, ev = out / f"train_{name}", out / f"rec_{name}.h5", out / f"eval_{name}"
+        steps_cli = [
+            ["train", "--config", str(out / f"{name}.yaml"), "--data", str(bench / "sims_train.h5"),
+             "--qe", str(bench / "rec_qe_train.h5"), "--out", str(run_dir), "--overwrite", "--quiet"],
+            ["reconstruct", "--method", "nn", "--model", str(run_dir), "--data", str(bench / "sims_test.h5"),
+             "--qe", str(bench / "rec_qe_mv_pol.h5"), "--out", str(rec), "--overwrite", "--quiet"],
+            ["evaluate", "--config", str(ROOT / "evaluate" / "bench.yaml"), "--sims", str(bench / "sims_test.h5"),
+             "--rec", f"nn={rec}", "--rec", f"qe_mv_pol={bench / 'rec_qe_mv_pol.h5'}", "--out", str(ev),
+             "--overwrite", "--quiet"],
+        ]
+        for argv in steps_cli:
+            if main(argv) != 0:
+                raise SystemExit(f"deepcmb {argv[0]} failed for the {name} run")
+        for level, nn, qe, mean in ratios(ev / "summary.json"):
+            print(f"{name:10s} {level:g} uK': N/N0 nn {' '.join(f'{v:.3f}' for v in nn)}")
+            print(f"{'':10s} {'':{len(f'{level:g}')}s}       qe {' '.join(f'{v:.3f}' for v in qe)}   "
+                  f"mean nn/qe {mean:.3f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, default=ROOT / "data" / "out" / "run_bench")
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "out" / "idea_curriculum")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    ap.add_argument("--curriculum-epochs", type=int, default=2)
+    a = ap.parse_args()
+    run(a.bench, a.out, a.epochs, a.steps, a.curriculum_epochs)
