@@ -5,7 +5,7 @@ with the Fourier-weighted loss and the same seeds: once cycling through both noi
 start, once on 5 uK-arcmin alone for the first epochs (``data.noise_curriculum``). Both networks
 reconstruct the bench test maps, which are evaluated with ``evaluate/bench.yaml``; the script prints
 N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
-inverse-variance mean N_eff ratio network / QE per noise level.
+inverse-variance mean N_eff ratio network / QE per noise level (as the high-noise target).
 
 Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations and their MV_POL QE)::
 
@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from deepcmb.cli import main
-from deepcmb.evaluation.results import noise_table
+from deepcmb.evaluation.results import mean_ratio, neff_ratio, noise_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,8 @@ def configs(epochs, steps, curriculum_epochs):
 
 
 def ratios(summary_path, lmin=150.0, lmax=1500.0):
-    """Per noise level: N_eff / N0 of ``nn`` and ``qe_mv_pol`` per bin, and the weighted mean ratio."""
+    """Per noise level: N_eff / N0 of ``nn`` and ``qe_mv_pol`` per bin, and the weighted mean ratio
+    N_eff(nn) / N_eff(qe_mv_pol) with its error (as the benchmark's high-noise target weighs it)."""
     summary = json.loads(Path(summary_path).read_text())
     out = []
     for j in range(len(summary["noise_p_uk_arcmin"])):
@@ -49,9 +50,8 @@ def ratios(summary_path, lmin=150.0, lmax=1500.0):
         sel = (edges[:-1] >= lmin) & (edges[1:] <= lmax)
         n0 = np.asarray(t["theory"]["n0_mv_pol"])[sel]
         nn, qe = (np.asarray(t["methods"][m]["n_eff"])[sel] for m in ("nn", "qe_mv_pol"))
-        rel_err = np.asarray(t["methods"]["nn"]["n_eff_err"])[sel] / nn
-        w = rel_err ** -2.0
-        out.append((t["noise_p_uk_arcmin"], nn / n0, qe / n0, float(np.sum(w * nn / qe) / np.sum(w))))
+        ratio, err = neff_ratio(t, "nn", "qe_mv_pol")
+        out.append((t["noise_p_uk_arcmin"], nn / n0, qe / n0, mean_ratio(ratio[sel], err[sel])))
     return out
 
 
@@ -72,10 +72,10 @@ def run(bench, out, epochs, steps, curriculum_epochs):
         for argv in steps_cli:
             if main(argv) != 0:
                 raise SystemExit(f"deepcmb {argv[0]} failed for the {name} run")
-        for level, nn, qe, mean in ratios(ev / "summary.json"):
+        for level, nn, qe, (mean, mean_err) in ratios(ev / "summary.json"):
             print(f"{name:10s} {level:g} uK': N/N0 nn {' '.join(f'{v:.3f}' for v in nn)}")
             print(f"{'':10s} {'':{len(f'{level:g}')}s}       qe {' '.join(f'{v:.3f}' for v in qe)}   "
-                  f"mean nn/qe {mean:.3f}")
+                  f"mean nn/qe {mean:.3f} +- {mean_err:.3f}")
 
 
 if __name__ == "__main__":

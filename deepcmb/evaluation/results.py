@@ -93,6 +93,21 @@ def _level(summary, value):
     return int(hits[0]) if hits.size else None
 
 
+def neff_ratio(table, a, b):
+    """``(ratio, err)`` per bin: N_eff of method ``a`` over that of ``b`` in a :func:`noise_table`, with
+    the error propagated from both methods' jackknife errors."""
+    na, nb = table["methods"][a], table["methods"][b]
+    ratio = _arr(na["n_eff"]) / _arr(nb["n_eff"])
+    err = ratio * np.hypot(_arr(na["n_eff_err"]) / _arr(na["n_eff"]), _arr(nb["n_eff_err"]) / _arr(nb["n_eff"]))
+    return ratio, err
+
+
+def mean_ratio(ratio, err):
+    """Inverse-variance weighted mean of per-bin ratios and its error, ``(mean, mean_err)``."""
+    w = 1.0 / np.asarray(err) ** 2
+    return float(np.sum(w * ratio) / w.sum()), float(1.0 / np.sqrt(w.sum()))
+
+
 def targets(summary, cfg):
     """The benchmark targets measured on one evaluation summary (see the module docstring).
 
@@ -140,12 +155,9 @@ def targets(summary, cfg):
     else:
         t = noise_table(summary, hi_j)
         sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
-        a, b = t["methods"][nn], t["methods"][qe]
-        ratio = _arr(a["n_eff"]) / _arr(b["n_eff"])
-        err = ratio * np.hypot(_arr(a["n_eff_err"]) / _arr(a["n_eff"]), _arr(b["n_eff_err"]) / _arr(b["n_eff"]))
+        ratio, err = neff_ratio(t, nn, qe)
         if sel.any():
-            w = 1.0 / err[sel] ** 2
-            mean, mean_err = float(np.sum(w * ratio[sel]) / w.sum()), float(1.0 / np.sqrt(w.sum()))
+            mean, mean_err = mean_ratio(ratio[sel], err[sel])
             out["nn_not_worse_high_noise"] = {"met": bool(mean - 1.0 <= 2.0 * mean_err), "mean_ratio": mean,
                                               "mean_ratio_err": mean_err, "max_ratio": float(ratio[sel].max()),
                                               "ratio": ratio.tolist(), "ratio_err": err.tolist()}
