@@ -154,6 +154,15 @@ class FlatSkyGeometry:
         c2, s2 = self.cos2phi_sin2phi()
         return qf * c2 + uf * s2, -qf * s2 + uf * c2
 
+    def qu2eb_maps(self, q, u):
+        """Real-space E and B maps (same units as ``q, u``, shape ``(..., ny, nx)``) of Stokes maps ``q, u``.
+
+        The inverse Fourier transforms of the modes of :meth:`qu2eb`: exact for periodic maps, except
+        on the Nyquist row and column (whose modes have no rotated partner on the grid); on a
+        non-periodic patch the discontinuity at the edges leaks E into B.
+        """
+        return tuple(self.fourier2map(m) for m in self.qu2eb(q, u))
+
     def eb2qu(self, e, b):
         """Stokes Q, U maps from E, B Fourier modes on the rfft grid (inverse of :meth:`qu2eb`)."""
         c2, s2 = self.cos2phi_sin2phi()

@@ -60,12 +60,16 @@ def test_e_is_a_scalar_and_b_a_pseudo_scalar(sample, k):
     keep = (geom.ell() > 0) & (geom.ell() < 0.9 * geom.ell_nyquist)
     q = geom.fourier2map(geom.map2fourier(s["Q_lensed"]) * keep)
     u = geom.fourier2map(geom.map2fourier(s["U_lensed"]) * keep)
-    e, b = (geom.fourier2map(m) for m in geom.qu2eb(q, u))
+    e, b = geom.qu2eb_maps(q, u)
     t = transform_maps({"Q": q, "U": u}, k)
-    e2, b2 = (geom.fourier2map(m) for m in geom.qu2eb(t["Q"], t["U"]))
+    e2, b2 = geom.qu2eb_maps(t["Q"], t["U"])
     assert np.std(b) > 0.01 * np.std(e)  # lensing made B modes: the check below is not trivial
     np.testing.assert_allclose(e2, transform_pixels(e, k), atol=1e-10 * np.std(e))
     np.testing.assert_allclose(b2, (-1) ** (k // 4) * transform_pixels(b, k), atol=1e-10 * np.std(e))
+    # the network's E and B input channels follow the same rules under augmentation
+    teb = transform_maps({"E": e, "B": b}, k)
+    np.testing.assert_allclose(teb["E"], e2, atol=1e-10 * np.std(e))
+    np.testing.assert_allclose(teb["B"], b2, atol=1e-10 * np.std(e))
     # the unlensed E map of the simulation is the E of the unlensed Q/U, and moves as a scalar
     tu = transform_maps({"Q_unlensed": s["Q_unlensed"], "U_unlensed": s["U_unlensed"],
                          "E_unlensed": s["E_unlensed"]}, k)

@@ -179,6 +179,26 @@ def test_reconstruct_layout_and_units(trained, sims, tmp_path):
         assert f["maps/kappa"].shape == (8, 32, 32)
 
 
+def test_e_b_network_trains_and_reconstructs_from_the_files_q_u(sims, tmp_path):
+    """A network on the E/B split reads the files' Q and U: its statistics, training and reconstruction
+    all use the split made as the maps are read."""
+    cfg = {**TRAIN, "model": {**TRAIN["model"], "inputs": ["E", "B"]}, "training": {**TRAIN["training"], "epochs": 1}}
+    run, out = tmp_path / "run", tmp_path / "rec.h5"
+    assert main(["train", "--config", _yaml(tmp_path / "t.yaml", cfg), "--data", str(sims), "--out", str(run),
+                 "--quiet"]) == 0
+    assert main(["reconstruct", "--method", "nn", "--model", str(run), "--data", str(sims), "--out", str(out),
+                 "--quiet"]) == 0
+    model, spec = load_network(run)
+    assert spec["inputs"] == ["E", "B"]
+    with h5py.File(sims) as s, open_reconstruction(out, sims) as f:
+        q, u = s["maps/Q"][:16].astype(np.float64), s["maps/U"][:16].astype(np.float64)
+        e, b = MapSource(sims).geom.qu2eb_maps(q, u)
+        norm = json.loads((run / "normalization.json").read_text())["stats"]
+        assert norm["B"]["std"] < 0.5 * norm["E"]["std"]  # the split is not Q/U under other names
+        pred = model.predict_on_batch(np.stack([e, b], axis=-1).astype(np.float32))
+        np.testing.assert_allclose(f["maps/kappa"][:16], np.asarray(pred["kappa"])[..., 0], rtol=1e-4, atol=1e-6)
+
+
 def test_mismatched_data_is_refused(trained, sims, tmp_path, capsys):
     def fails(data, *extra):
         code = main(["reconstruct", "--method", "nn", "--model", str(trained), "--data", str(data), "--out",

@@ -24,10 +24,10 @@ maps (tested in ``tests/test_nn_data.py``). Non-square maps only admit ``r`` in 
 
 import numpy as np
 
-SCALARS = ("T", "T_lensed", "T_unlensed", "E_unlensed", "phi", "kappa", "kappa_qe")
+SCALARS = ("T", "T_lensed", "T_unlensed", "E", "E_unlensed", "phi", "kappa", "kappa_qe")
 Q_LIKE = ("Q", "Q_lensed", "Q_unlensed")
 U_LIKE = ("U", "U_lensed", "U_unlensed")
-PSEUDO_SCALARS = ("B_unlensed",)
+PSEUDO_SCALARS = ("B", "B_unlensed")
 
 
 def field_sign(name, k):

@@ -2,7 +2,8 @@
 
 Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
 Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
-(:mod:`deepcmb.recio`), matched row by row through its ``/meta/index``.
+(:mod:`deepcmb.recio`), matched row by row through its ``/meta/index``. Channels ``E`` and ``B``
+(:data:`EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps are read.
 """
 
 from pathlib import Path
@@ -12,11 +13,42 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..geometry import FlatSkyGeometry
 from ..h5io import open_sims
 from ..recio import open_reconstruction
 from .augment import allowed_transforms, transform_maps
 
 SPLITS = ("train", "validation", "test")
+
+EB_INPUTS = ("E", "B")
+"""Derived input channels: the observed (lensed, beam-convolved, noisy) E and B maps, in µK, made from
+the observed Stokes ``Q`` and ``U`` by the flat-sky rotation of their Fourier modes
+(:meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb_maps`). A fixed, exact linear map of the same data on
+periodic maps; it hands the network the faint B modes, which carry most of the lensing information at
+low noise, apart from the E power that dominates Q and U."""
+
+
+def stored_fields(names):
+    """The stored maps that ``names`` need: each of :data:`EB_INPUTS` replaced by ``Q`` and ``U``
+    (order kept, no repeats)."""
+    out = []
+    for n in names:
+        for m in (("Q", "U") if n in EB_INPUTS else (n,)):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def add_eb(maps, names, geom):
+    """Add the :data:`EB_INPUTS` among ``names`` to ``maps`` (name -> ``(..., ny, nx)``), made from its
+    ``Q`` and ``U`` on the flat-sky geometry ``geom``, as float32."""
+    wanted = [n for n in EB_INPUTS if n in names]
+    if wanted:
+        e, b = geom.qu2eb_maps(maps["Q"], maps["U"])
+        for n, m in zip(EB_INPUTS, (e, b)):
+            if n in wanted:
+                maps[n] = m.astype(np.float32)
+    return maps
 
 
 def split_rows(n_maps, fractions, seed):
@@ -70,6 +102,7 @@ class MapSource:
             self.pixel_arcmin = float(f.attrs["pixel_arcmin"])
             self.n_maps = int(f.attrs["n_maps"])
             self.fields = list(f["maps"].keys())
+        self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
         self._qe_pos = None
         if self.qe_path is not None:
             with open_reconstruction(self.qe_path, self.sims_path) as g:
@@ -85,7 +118,8 @@ class MapSource:
 
     def available(self):
         """Names this source can read."""
-        return self.fields + (["kappa_qe"] if self._qe_pos is not None else [])
+        derived = list(EB_INPUTS) if {"Q", "U"} <= set(self.fields) else []
+        return self.fields + derived + (["kappa_qe"] if self._qe_pos is not None else [])
 
     def require(self, names, what):
         """Raise a clear error unless every name in ``names`` can be read."""
@@ -106,6 +140,8 @@ class MapSource:
         """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)``."""
         files = self._open()
         rows = np.asarray(rows, np.int64)
+        if name in EB_INPUTS:
+            return add_eb({n: self.read(n, rows) for n in ("Q", "U")}, [name], self.geom)[name]
         if name == "kappa_qe":
             pos = self._qe_pos[rows]
             if np.any(pos < 0):
@@ -241,7 +277,7 @@ class SimsBatches(keras.utils.PyDataset):
         """``(rows, maps)`` of item ``i``: maps is field -> ``(b, ny, nx)`` float32, augmented."""
         epoch, batch = self.position(i)
         rows = self.batch_rows(epoch, batch)
-        maps = {name: self.source.read(name, rows) for name in self.inputs + self.outputs}
+        maps = {name: self.source.read(name, rows) for name in stored_fields(self.inputs + self.outputs)}
         for name, m in maps.items():
             bad = ~np.isfinite(m)
             if bad.any():
@@ -249,6 +285,7 @@ class SimsBatches(keras.utils.PyDataset):
                 where = f"{self.split} batch {batch}" + (f" of epoch {epoch + 1}" if self.endless else "")
                 raise InputError(f"{self.source.sims_path}: NaN or inf in map {name!r} row {rows[k]} ({where}); "
                                  "stopped")
+        add_eb(maps, self.inputs, self.source.geom)
         if self.augment:
             rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(3, epoch, batch)))
             ks = rng.choice(self.transforms, size=len(rows))

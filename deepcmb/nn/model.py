@@ -1,4 +1,4 @@
-"""The ResUNet: lensed, noisy Q/U (T, QE kappa optional) -> kappa and unlensed E.
+"""The ResUNet: lensed, noisy Q/U or their E/B split (T, QE kappa optional) -> kappa and unlensed E.
 
 :func:`build_resunet` is the one builder; every architectural choice comes from the ``model`` section of
 the training config (:data:`MODEL_SCHEMA`). The default is the DeepCMB design (Caldeira et al. 2019):
@@ -27,8 +27,9 @@ from ..config import OneOf
 from ..errors import ConfigError
 from .layers import Destandardize, PeriodicPad2D, Standardize
 
-INPUT_FIELDS = ("T", "Q", "U", "kappa_qe")
-"""Allowed input channels: observed maps of the simulation file, and ``kappa_qe`` (a QE
+INPUT_FIELDS = ("T", "Q", "U", "E", "B", "kappa_qe")
+"""Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
+(:data:`deepcmb.nn.data.EB_INPUTS`, made from ``Q`` and ``U``), and ``kappa_qe`` (a QE
 reconstruction of the same maps, read from a reconstruction file)."""
 
 OUTPUT_FIELDS = ("kappa", "E_unlensed", "phi", "T_unlensed", "Q_unlensed", "U_unlensed", "B_unlensed")

@@ -25,7 +25,7 @@ from ..qe.stage import estimator_settings
 from ..recio import open_reconstruction
 from ..sample import FlatSimulator
 from ..simulate import assignment
-from .data import network_batch
+from .data import add_eb, network_batch, stored_fields
 
 _STREAM = 4
 """``spawn_key`` slot of the fresh-map seeds (1-3 are the split, shuffling and augmentation streams)."""
@@ -53,7 +53,8 @@ class FreshBatches(keras.utils.PyDataset):
     sims_path : str or Path
         Training simulation file (flat-sky, periodic); fresh maps follow its config.
     inputs, outputs : list of str
-        Input channels and output heads (names of :data:`deepcmb.sample.FIELDS`, or ``kappa_qe``).
+        Input channels and output heads (names of :data:`deepcmb.sample.FIELDS`, ``kappa_qe``, or the
+        E/B split of the observed Q, U, :data:`deepcmb.nn.data.EB_INPUTS`).
     batch_size : int
     steps_per_epoch : int
         Batches per epoch (``len(self)``).
@@ -101,7 +102,8 @@ class FreshBatches(keras.utils.PyDataset):
                     raise ConfigError(f"data.on_the_fly: {qe_path} was made with an apodisation window; fresh "
                                       "periodic maps need a QE without one")
             self.qe_config, self.qe_fields = q, fields_needed(resolve(q["estimator"])[1])
-        self.fields = sorted({n for n in self.inputs + self.outputs if n != "kappa_qe"} | set(self.qe_fields))
+        self.fields = sorted(set(stored_fields(n for n in self.inputs + self.outputs if n != "kappa_qe"))
+                             | set(self.qe_fields))
         self._local = threading.local()
 
     def __len__(self):
@@ -176,7 +178,8 @@ class FreshBatches(keras.utils.PyDataset):
         for j, index in enumerate(indices):
             c, n = self.assignment(int(index))
             levels[j] = n
-            sample = self._simulator(c, n).sample(self.root_seed, int(index), fields=self.fields)
+            sample = add_eb(self._simulator(c, n).sample(self.root_seed, int(index), fields=self.fields),
+                            self.inputs, self.geom)
             for name in names:
                 if name != "kappa_qe":
                     maps[name][j] = sample[name]
