@@ -1,18 +1,23 @@
-"""The noise-curriculum idea of the benchmark, measured against the same training without it.
+"""The benchmark's ideas, one at a time: a network trained with one idea against the same training without it.
 
-Trains the quick network (``train/quick.yaml``) twice on fresh maps of the bench training distribution,
-with the Fourier-weighted loss and the same seeds: once cycling through both noise levels from the
-start, once on 5 uK-arcmin alone for the first epochs (``data.noise_curriculum``). Both networks
-reconstruct the bench test maps, which are evaluated with ``evaluate/bench.yaml``; the script prints
-N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
+Each run trains the quick network (``train/quick.yaml``) twice on fresh maps of the bench training
+distribution, with the Fourier-weighted loss and the same seeds, once as the control and once with the
+idea alone:
+
+* ``curriculum``: 5 uK-arcmin alone for the first epochs (``data.noise_curriculum``), then both levels;
+* ``eb_inputs``: the observed E and B maps (``model.inputs: [E, B, kappa_qe]``, the exact flat-sky split of
+  Q and U) instead of Q and U.
+
+Both networks reconstruct the bench test maps, which are evaluated with ``evaluate/bench.yaml``; the
+script prints N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
 inverse-variance mean N_eff ratio network / QE per noise level (as the high-noise target).
 
 Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations and their MV_POL QE)::
 
-    python benchmarks/idea_curriculum.py [--bench data/out/run_bench] [--out data/out/idea_curriculum]
+    python benchmarks/ideas.py IDEA [--bench data/out/run_bench] [--out data/out/idea_IDEA]
 
-About 25 minutes on 2 CPU cores with the defaults (6 epochs of 100 steps, the first 2 of them
-curriculum); the README's ideas table quotes its output.
+About 25 minutes on 2 CPU cores with the defaults (6 epochs of 100 steps; the curriculum's first 2
+epochs at 5 uK-arcmin); the README's ideas table quotes its output.
 """
 
 import argparse
@@ -26,17 +31,22 @@ from deepcmb.cli import main
 from deepcmb.evaluation.results import mean_ratio, neff_ratio, noise_table
 
 ROOT = Path(__file__).resolve().parent.parent
+IDEAS = ("curriculum", "eb_inputs")
 
 
-def configs(epochs, steps, curriculum_epochs):
-    """``{name: training config}`` of the two runs (quick network, fresh maps, Fourier loss)."""
+def configs(idea, epochs, steps, curriculum_epochs):
+    """``{'control': config, idea: config}``: the two training configs (quick network, fresh maps,
+    Fourier loss), which differ by the idea alone."""
     base = yaml.safe_load((ROOT / "train" / "quick.yaml").read_text())
     base["seed"] = 2026
     base["data"].update(split=[0.8, 0.2, 0.0], on_the_fly=True, augment=False)
     base["training"].update(epochs=epochs, steps_per_epoch=steps, loss="fourier_mse", monitor="kappa")
-    staged = yaml.safe_load(yaml.safe_dump(base))
-    staged["data"]["noise_curriculum"] = [{"epochs": curriculum_epochs, "noise_p_uk_arcmin": [5.0]}]
-    return {"plain": base, "curriculum": staged}
+    varied = yaml.safe_load(yaml.safe_dump(base))
+    if idea == "curriculum":
+        varied["data"]["noise_curriculum"] = [{"epochs": curriculum_epochs, "noise_p_uk_arcmin": [5.0]}]
+    else:
+        varied["model"]["inputs"] = ["E" if n == "Q" else "B" if n == "U" else n for n in base["model"]["inputs"]]
+    return {"control": base, idea: varied}
 
 
 def ratios(summary_path, lmin=150.0, lmax=1500.0):
@@ -55,9 +65,9 @@ def ratios(summary_path, lmin=150.0, lmax=1500.0):
     return out
 
 
-def run(bench, out, epochs, steps, curriculum_epochs):
+def run(idea, bench, out, epochs, steps, curriculum_epochs):
     out.mkdir(parents=True, exist_ok=True)
-    for name, cfg in configs(epochs, steps, curriculum_epochs).items():
+    for name, cfg in configs(idea, epochs, steps, curriculum_epochs).items():
         (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         run_dir, rec, ev = out / f"train_{name}", out / f"rec_{name}.h5", out / f"eval_{name}"
         steps_cli = [
@@ -80,10 +90,12 @@ def run(bench, out, epochs, steps, curriculum_epochs):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("idea", choices=IDEAS)
     ap.add_argument("--bench", type=Path, default=ROOT / "data" / "out" / "run_bench")
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "out" / "idea_curriculum")
+    ap.add_argument("--out", type=Path, help="default data/out/idea_IDEA")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=100, help="steps per epoch")
-    ap.add_argument("--curriculum-epochs", type=int, default=2)
+    ap.add_argument("--curriculum-epochs", type=int, default=2, help="(curriculum) epochs at 5 uK-arcmin alone")
     a = ap.parse_args()
-    run(a.bench, a.out, a.epochs, a.steps, a.curriculum_epochs)
+    run(a.idea, a.bench, a.out or ROOT / "data" / "out" / f"idea_{a.idea}", a.epochs, a.steps,
+        a.curriculum_epochs)
