@@ -6,7 +6,9 @@ idea alone:
 
 * ``curriculum``: 5 uK-arcmin alone for the first epochs (``data.noise_curriculum``), then both levels;
 * ``eb_inputs``: the observed E and B maps (``model.inputs: [E, B, kappa_qe]``, the exact flat-sky split of
-  Q and U) instead of Q and U.
+  Q and U) instead of Q and U;
+* ``one_level``: 1 uK-arcmin alone for every epoch (one network per noise level) instead of both levels,
+  so the network sees twice as many maps of the level the main target is set at.
 
 Both networks reconstruct the bench test maps, which are evaluated with ``evaluate/bench.yaml``; the
 script prints N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
@@ -16,7 +18,7 @@ Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations an
 
     python benchmarks/ideas.py IDEA [--bench data/out/run_bench] [--out data/out/idea_IDEA]
 
-About 25 minutes on 2 CPU cores with the defaults (6 epochs of 100 steps; the curriculum's first 2
+About 20-25 minutes on 2 CPU cores (by machine) with the defaults (6 epochs of 100 steps; the curriculum's first 2
 epochs at 5 uK-arcmin); the README's ideas table quotes its output.
 """
 
@@ -31,7 +33,7 @@ from deepcmb.cli import main
 from deepcmb.evaluation.results import mean_ratio, neff_ratio, noise_table
 
 ROOT = Path(__file__).resolve().parent.parent
-IDEAS = ("curriculum", "eb_inputs")
+IDEAS = ("curriculum", "eb_inputs", "one_level")
 
 
 def configs(idea, epochs, steps, curriculum_epochs):
@@ -44,6 +46,8 @@ def configs(idea, epochs, steps, curriculum_epochs):
     varied = yaml.safe_load(yaml.safe_dump(base))
     if idea == "curriculum":
         varied["data"]["noise_curriculum"] = [{"epochs": curriculum_epochs, "noise_p_uk_arcmin": [5.0]}]
+    elif idea == "one_level":
+        varied["data"]["noise_curriculum"] = [{"epochs": epochs, "noise_p_uk_arcmin": [1.0]}]
     else:
         varied["model"]["inputs"] = ["E" if n == "Q" else "B" if n == "U" else n for n in base["model"]["inputs"]]
     return {"control": base, idea: varied}
