@@ -18,7 +18,7 @@ Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations an
 
     python benchmarks/ideas.py IDEA [--bench data/out/run_bench] [--out data/out/idea_IDEA]
 
-About 20-25 minutes on 2 CPU cores (by machine) with the defaults (6 epochs of 100 steps; the curriculum's first 2
+About 19-25 minutes on 2 CPU cores (by machine) with the defaults (6 epochs of 100 steps; the curriculum's first 2
 epochs at 5 uK-arcmin); the README's ideas table quotes its output.
 """
 
