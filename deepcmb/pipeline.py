@@ -54,8 +54,10 @@ root) that are evaluated beside the freshly trained one; ``qe_input`` is the est
 feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation.
 ``robustness`` maps a tag to a further test set on which every method is evaluated again (with the
 networks trained as configured, not retrained): a sims preset path, or ``{sims: PATH, evaluate:
-{...}, qe: {...}}`` whose keys override the preset's ``evaluate:`` section and ``run.qe`` for that set
-(e.g. the apodisation of non-periodic curved-sky patches).
+{...}, qe: {...}, any_shape: BOOL}`` whose keys override the preset's ``evaluate:`` section and
+``run.qe`` for that set (e.g. the apodisation of non-periodic curved-sky patches); ``any_shape:
+true`` applies the networks to maps of another size than they were trained on (the fully
+convolutional network rebuilt at the new size, :func:`deepcmb.nn.reconstruct.at_shape`).
 ``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
 targets (:mod:`deepcmb.evaluation.results`, configured by the preset's ``results:`` section).
 """
@@ -130,11 +132,11 @@ def _robustness(entries):
                               "(and not 'test' or 'train')")
         if isinstance(entry, str):
             entry = {"sims": entry}
-        if (not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe"}
-                or not isinstance(entry.get("sims"), str)):
+        if (not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe", "any_shape"}
+                or not isinstance(entry.get("sims"), str) or not isinstance(entry.get("any_shape", False), bool)):
             raise ConfigError(f"run.robustness.{tag}: expected a sims preset path or "
-                              "{sims: PATH, evaluate: {...}, qe: {...}}")
-        out[tag] = {"sims": entry["sims"]}
+                              "{sims: PATH, evaluate: {...}, qe: {...}, any_shape: true|false}")
+        out[tag] = {"sims": entry["sims"], "any_shape": entry.get("any_shape", False)}
         for key in ("evaluate", "qe"):
             out[tag][key] = entry.get(key) or {}
             if not isinstance(out[tag][key], dict):
@@ -233,7 +235,7 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
             raise ConfigError(f"run.models.{label}: {model_path} does not exist")
         models[lab] = model_path
 
-    def test_set(tag, folder, sims_cfg, eval_cfg, opts):
+    def test_set(tag, folder, sims_cfg, eval_cfg, opts, any_shape=False):
         """Stages of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
         suffix = "" if tag == "test" else f"_{tag}"
         sims = folder + ("sims_test.h5" if tag == "test" else "sims.h5")
@@ -251,17 +253,19 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
             def fn(s, ow):
                 from .nn.reconstruct import run_reconstruct_nn
 
-                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, overwrite=ow, progress=not quiet)
+                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, any_shape=any_shape, overwrite=ow,
+                                   progress=not quiet)
             return fn
 
+        nn_cfg = {"any_shape": True} if any_shape else {}
         recs["nn"] = folder + "rec_nn.h5"
         qe_label = "qe_" + _label(run["qe_input"])
-        add(f"reconstruct_nn{suffix}", recs["nn"], {}, ["train", f"simulate_{tag}"]
+        add(f"reconstruct_nn{suffix}", recs["nn"], nn_cfg, ["train", f"simulate_{tag}"]
             + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []),
             reconstruct_nn(o / "train", o / recs[qe_label] if qe_input else None))
         for lab, model_path in models.items():
             recs[lab] = folder + f"rec_{lab}.h5"
-            add(f"reconstruct_{lab}{suffix}", recs[lab], {"model": str(model_path)}, [f"simulate_{tag}"],
+            add(f"reconstruct_{lab}{suffix}", recs[lab], {"model": str(model_path), **nn_cfg}, [f"simulate_{tag}"],
                 reconstruct_nn(model_path))
         rec_stages = [s.name for s in stages[first:]]
 
@@ -276,7 +280,7 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
     test_set("test", "", test_sims, sections["evaluate"], qe_opts)
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),
-                 _merge(sections["evaluate"], entry["evaluate"]), {**qe_opts, **entry["qe"]})
+                 _merge(sections["evaluate"], entry["evaluate"]), {**qe_opts, **entry["qe"]}, entry["any_shape"])
     chains = None
     if run["params"]:
         def params(s, ow):

@@ -19,7 +19,7 @@ from deepcmb.cli import main  # noqa: E402
 from deepcmb.errors import InputError, OutputExistsError  # noqa: E402
 from deepcmb.nn.augment import transform_maps  # noqa: E402
 from deepcmb.nn.data import MapSource, SimsBatches, channel_stats, split_rows  # noqa: E402
-from deepcmb.nn.reconstruct import load_network  # noqa: E402
+from deepcmb.nn.reconstruct import at_shape, load_network  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
 from deepcmb.recio import open_reconstruction, write_reconstruction  # noqa: E402
 
@@ -208,7 +208,7 @@ def test_mismatched_data_is_refused(trained, sims, tmp_path, capsys):
         return err
 
     small = _simulate(tmp_path, "small.h5", n_maps=4, geometry={"shape": [16, 16]})
-    assert "trained on 32 x 32" in fails(small)
+    assert "trained on 32 x 32" in fails(small) and "--any-shape" in fails(small)
     no_u = _simulate(tmp_path, "no_u.h5", n_maps=4, simulation={"fields": ["Q", "kappa"]})
     assert "['U'] not in the file" in fails(no_u)
     kelvin = tmp_path / "kelvin.h5"
@@ -225,6 +225,37 @@ def test_mismatched_data_is_refused(trained, sims, tmp_path, capsys):
     with pytest.raises(InputError, match="reconstructed from"):
         open_reconstruction(write_reconstruction(tmp_path / "r.h5", np.zeros((4, 16, 16)), sims_path=small,
                                                  method="qe", config={}), sims)
+
+
+def _tiled(sims, path, reps=2):
+    """A copy of a periodic simulation file whose maps are each tiled reps x reps times (still periodic)."""
+    shutil.copy(sims, path)
+    with h5py.File(path, "a") as f:
+        for name in list(f["maps"]):
+            data, attrs = f["maps"][name][...], dict(f["maps"][name].attrs)
+            del f["maps"][name]
+            d = f["maps"].create_dataset(name, data=np.tile(data, (1, reps, reps)))
+            d.attrs.update(attrs)
+        f.attrs["shape"] = np.asarray(f.attrs["shape"]) * reps
+    return path
+
+
+def test_any_shape_applies_the_same_weights_to_larger_maps(trained, sims, tmp_path):
+    """A fully convolutional, periodically padded network on a 2 x 2 tiling of a periodic map returns the
+    tiling of its output on the map itself: same weights, same padding, nothing tied to the map size."""
+    small, big = tmp_path / "small.h5", tmp_path / "big.h5"
+    tiled = _tiled(sims, tmp_path / "tiled.h5")
+    base = ["reconstruct", "--method", "nn", "--model", str(trained), "--quiet"]
+    assert main(base + ["--data", str(sims), "--out", str(small)]) == 0
+    assert main(base + ["--data", str(tiled), "--out", str(big), "--any-shape"]) == 0
+    with h5py.File(small) as s, h5py.File(big) as b:
+        assert b["maps/kappa"].shape == (64, 64, 64) and list(b.attrs["model_shape"]) == [32, 32]
+        for head in ("kappa", "E_unlensed"):
+            want = np.tile(s[f"maps/{head}"][...], (1, 2, 2))
+            np.testing.assert_allclose(b[f"maps/{head}"][...], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    model, _ = load_network(trained)
+    with pytest.raises(InputError, match="divisible by 2"):
+        at_shape(model, (33, 33))
 
 
 def test_nan_in_a_training_batch_stops_with_its_name(sims, tmp_path, capsys):

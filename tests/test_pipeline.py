@@ -195,8 +195,13 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     assert ev["apodize_arcmin"] == 20 and ev["bins"] == {"Lmin": 300, "Lmax": 2000, "width": 600}
     assert stages["evaluate"].config["bins"]["width"] == 300
     assert stages["results"].inputs == ["evaluate", "evaluate_curved"]
+    assert stages["reconstruct_nn_curved"].config == stages["reconstruct_nn"].config == {}
+    preset["run"]["robustness"] = {"big": {"sims": "sims/tiny_noise.yaml", "any_shape": True}}
+    _write_root(tmp_path, preset)
+    stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert stages["reconstruct_nn_big"].config == {"any_shape": True} and stages["reconstruct_nn"].config == {}
     for bad in ({"Test": "sims/tiny_noise.yaml"}, {"ood": {"sims": "sims/tiny_noise.yaml", "extra": 1}},
-                {"ood": "sims/missing.yaml"}):
+                {"ood": "sims/missing.yaml"}, {"big": {"sims": "sims/tiny_noise.yaml", "any_shape": "yes"}}):
         preset["run"]["robustness"] = bad
         _write_root(tmp_path, preset)
         with pytest.raises(ConfigError, match="run.robustness"):

@@ -74,17 +74,57 @@ def load_network(path):
     return model, spec
 
 
-def check_compatible(spec, source, rows, n_check=32):
+def downsampling_factor(model):
+    """Ratio of the input side to the coarsest feature map of a network (its map sides must divide by it)."""
+    side = int(model.inputs[0].shape[1])
+    coarsest = min(int(layer.output.shape[1]) for layer in model.layers if len(layer.output.shape) == 4)
+    return side // coarsest
+
+
+def at_shape(model, shape):
+    """The same fully convolutional network, with its weights, built for maps of another shape.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A ResUNet of :func:`deepcmb.nn.model.build_resunet` (convolutions, normalisation, resampling
+        and concatenation only: nothing depends on the map size but the input layer).
+    shape : tuple of int
+        ``(ny, nx)`` of the new maps, both divisible by :func:`downsampling_factor`.
+
+    Returns
+    -------
+    keras.Model
+        A model whose outputs on maps of ``shape`` use exactly the weights of ``model`` (periodic
+        padding then wraps around the new map). Its field of view in pixels is unchanged, so features
+        the network read across a whole training patch it now reads across part of a larger one.
+    """
+    import keras
+
+    factor = downsampling_factor(model)
+    if any(n % factor for n in shape):
+        raise InputError(f"maps of {shape[0]} x {shape[1]} pixels: the network needs sides divisible by {factor}")
+    config = model.get_config()
+    first = config["layers"][0]["config"]
+    first["batch_shape"] = [None, int(shape[0]), int(shape[1]), first["batch_shape"][-1]]
+    resized = keras.Model.from_config(config)
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+def check_compatible(spec, source, rows, n_check=32, any_shape=False):
     """Refuse data the network cannot be applied to, with a message saying why.
 
-    Checks the input channels are present, the map shape and pixel size match, and the rms of each
-    input channel over the first ``n_check`` maps lies within a factor :data:`RMS_TOLERANCE` of the
-    training rms (a different unit, noise level or sky would otherwise pass silently).
+    Checks the input channels are present, the map shape (unless ``any_shape``) and pixel size match,
+    and the rms of each input channel over the first ``n_check`` maps lies within a factor
+    :data:`RMS_TOLERANCE` of the training rms (a different unit, noise level or sky would otherwise
+    pass silently).
     """
     source.require(spec["inputs"], "the model's input maps")
-    if tuple(source.shape) != tuple(spec["shape"]):
+    if tuple(source.shape) != tuple(spec["shape"]) and not any_shape:
         raise InputError(f"{source.sims_path}: maps are {source.shape[0]} x {source.shape[1]} pixels, the model "
-                         f"was trained on {spec['shape'][0]} x {spec['shape'][1]}")
+                         f"was trained on {spec['shape'][0]} x {spec['shape'][1]} (--any-shape applies the "
+                         "fully convolutional network to maps of another size)")
     pix = spec["pixel_arcmin"]
     if pix is not None and not np.isclose(pix, source.pixel_arcmin, rtol=1e-6):
         raise InputError(f"{source.sims_path}: pixels of {source.pixel_arcmin} arcmin, the model was trained on "
@@ -122,7 +162,8 @@ def select_rows(source, split, model_path, spec):
         return s[split]
 
 
-def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, overwrite=False, progress=True):
+def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, any_shape=False, overwrite=False,
+                       progress=True):
     """Apply a trained network to a simulation file and write the reconstruction.
 
     Parameters
@@ -139,6 +180,9 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
         Which maps to reconstruct; a split needs the model's run folder and its training file.
     qe : str or Path, optional
         QE reconstruction of ``data`` (for a model with a ``kappa_qe`` input).
+    any_shape : bool
+        Apply the network to periodic maps of another size than it was trained on (same pixel size;
+        :func:`at_shape`); the output file records both shapes.
     overwrite : bool
     progress : bool
 
@@ -157,13 +201,17 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     model, spec = load_network(model_path)
     source = MapSource(data, qe)
     rows = select_rows(source, split, model_path, spec)
-    check_compatible(spec, source, rows)
+    check_compatible(spec, source, rows, any_shape=any_shape)
+    trained_shape = list(spec["shape"])
+    if tuple(source.shape) != tuple(spec["shape"]):
+        model = at_shape(model, source.shape)
     batches = SimsBatches(source, rows, spec["inputs"], [], batch_size, split="prediction")
     config = {"method": "nn", "model": str(model_path.resolve()), "batch_size": batch_size, "split": split,
-              "qe": None if qe is None else str(Path(qe).resolve()),
+              "qe": None if qe is None else str(Path(qe).resolve()), "any_shape": any_shape,
               "model_card": {k: v for k, v in (spec["card"] or {}).items() if k != "config"},
               "training_config": (spec["card"] or {}).get("config")}
-    attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split}
+    attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
+             "model_shape": trained_shape}
     from tqdm.auto import tqdm
 
     try:
