@@ -7,6 +7,7 @@ import pytest
 
 from deepcmb.errors import ConfigError
 from deepcmb.evaluation.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
+from deepcmb.figures.results import plot_results
 
 EDGES = [150.0, 300.0, 450.0, 600.0, 900.0, 1500.0, 2100.0]
 CLKK = np.array([8e-8, 5e-8, 3e-8, 2e-8, 1e-8, 5e-9])
@@ -105,6 +106,19 @@ def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
     assert first["rho2 nn"] == f"{CLKK[1] / (CLKK[1] + 0.9 * N0[1]):.3f}" and first["N/N0 nn"] == "0.90-0.90"
     assert first["N/N0 qe_mv_pol"] == "1.20-1.20" and first["N/N0 iter"] == "0.60-0.60"
     assert [r[0] for r in rows] == ["test", "test", "ood", "ood"]
+
+
+def test_results_figure_rows_keep_their_own_y_range(tmp_path):
+    """A robustness set 5-10 x above N0 must not squash the main set's panels (a few % apart) to a line."""
+    paths = {}
+    for tag, scale in (("test", 1.0), ("curved", 8.0)):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "summary.json").write_text(json.dumps(_summary(0.9 * scale * N0, 5 * N0, 5 * N0)))
+        paths[tag] = tmp_path / tag
+    axes = plot_results(collect(paths, CFG)).axes
+    test_low, test_high, curved_low = axes[0], axes[1], axes[2]
+    assert test_low.get_ylim() == test_high.get_ylim()
+    assert test_low.get_ylim()[1] < 2 < curved_low.get_ylim()[1]
 
 
 def test_unknown_results_key_is_refused(tmp_path):

@@ -2,7 +2,8 @@
 
 Drawn by the ``results`` stage of ``deepcmb run`` from ``results/results.json`` alone
 (:mod:`deepcmb.evaluation.results`). Below one, a method beats the analytic QE noise; the dotted line
-is the iterative limit.
+is the iterative limit. Panels of one row (one test set) share their y-range; rows do not, so a set
+far from N0 (the curved-sky patches) does not flatten the others.
 """
 
 import numpy as np
@@ -33,7 +34,7 @@ def plot_results(results):
     ncol = max(len(tables) for tables in sets.values())
     fig = Figure(figsize=(PANEL[0] * ncol, 0.6 + PANEL[1] * len(sets)), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(sets), ncol, squeeze=False, sharey=True)
+    axes = fig.subplots(len(sets), ncol, squeeze=False, sharey="row")
     methods = list(dict.fromkeys(m for tables in sets.values() for t in tables for m in t["methods"]))
     colours = method_colours(methods)
     for row, (tag, tables) in enumerate(sets.items()):
