@@ -3,15 +3,16 @@
 Run as (after ``evaluate/bench.sh``, whose training files it reads)::
 
     python benchmarks/bench_train_loop.py [--arch bench] [--steps 30]
-        [--sims data/out/run_bench/sims_train.h5] [--qe data/out/run_bench/rec_qe_train.h5]
+        [--sims data/out/run_bench/sims_train.h5] [--qe data/out/run_bench/rec_qe_train.h5] [--workers 1 2]
 
 One process, one network (``train/<arch>.yaml``, built and compiled as the training stage does, with the
 statistics of the training file), four ways of running ``--steps`` optimizer steps of the preset's batch:
 
 * ``train_on_batch``: one fixed in-memory batch, repeated (the network's own cost);
 * ``fit arrays``: ``model.fit`` on ``--steps`` fresh batches made beforehand and held in memory;
-* ``fit fresh``: ``model.fit`` on the stage's dataset of fresh maps (:class:`~deepcmb.nn.onthefly.FreshBatches`,
-  the preset's ``data.workers``), maps simulated while training;
+* ``fit fresh, N workers``: ``model.fit`` on the stage's dataset of fresh maps
+  (:class:`~deepcmb.nn.onthefly.FreshBatches`), maps simulated while training by N threads, for each N of
+  ``--workers`` (default: 1 and 2; the preset's ``data.workers`` is what the stage uses);
 * ``stage``: :func:`deepcmb.nn.train.run_train` itself, two epochs of ``--steps`` steps in a temporary folder;
   the second epoch's ``time_s`` per step (it includes the validation pass and the checkpoints).
 
@@ -47,6 +48,8 @@ def main():
     ap.add_argument("--sims", default=str(ROOT / "data/out/run_bench/sims_train.h5"), help="training simulation file")
     ap.add_argument("--qe", default=str(ROOT / "data/out/run_bench/rec_qe_train.h5"),
                     help="its QE reconstruction (for a kappa_qe input)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="data.workers values to time model.fit on fresh maps with (default: 1 2)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -73,9 +76,9 @@ def main():
           f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} cores", flush=True)
 
     n = args.steps
-    fresh = FreshBatches(args.sims, m["inputs"], m["outputs"], t["batch_size"], n, seed=cfg["seed"], qe_path=qe,
-                         workers=d["workers"], use_multiprocessing=False)
-    batches = [fresh[i] for i in range(n)]
+    fresh = {w: FreshBatches(args.sims, m["inputs"], m["outputs"], t["batch_size"], n, seed=cfg["seed"], qe_path=qe,
+                             workers=w, use_multiprocessing=False) for w in args.workers}
+    batches = [fresh[args.workers[0]][i] for i in range(n)]
     x = np.concatenate([b[0] for b in batches])
     y = {h: np.concatenate([b[1][h] for b in batches]) for h in m["outputs"]}
     x0, y0 = batches[0][0], batches[0][1]
@@ -83,14 +86,14 @@ def main():
     def fit_arrays():
         model.fit(x, y, batch_size=t["batch_size"], epochs=1, shuffle=False, verbose=0)
 
-    def fit_fresh():
-        model.fit(fresh, epochs=1, steps_per_epoch=n, shuffle=False, verbose=0)
+    def fit_fresh(workers):
+        return lambda: model.fit(fresh[workers], epochs=1, steps_per_epoch=n, shuffle=False, verbose=0)
 
-    for warm in (lambda: model.train_on_batch(x0, y0), fit_arrays, fit_fresh):  # trace every path once
+    for warm in (lambda: model.train_on_batch(x0, y0), fit_arrays, fit_fresh(args.workers[0])):  # trace every path
         warm()
     results = [("train_on_batch", *timed(lambda: [model.train_on_batch(x0, y0) for _ in range(n)], n)),
-               ("fit arrays", *timed(fit_arrays, n)),
-               ("fit fresh", *timed(fit_fresh, n))]
+               ("fit arrays", *timed(fit_arrays, n))]
+    results += [(f"fit fresh, {w} workers", *timed(fit_fresh(w), n)) for w in args.workers]
     short = copy.deepcopy(user)
     short.setdefault("training", {}).update(epochs=2, steps_per_epoch=n)
     short["training"].pop("early_stopping", None)
@@ -100,10 +103,10 @@ def main():
         load = (time.process_time() - c0) / (time.perf_counter() - t0)
         with (Path(tmp) / "run" / "history.csv").open() as f:
             last = list(csv.DictReader(f))[-1]
-        results.append(("stage (epoch 2)", float(last["time_s"]) / n, load))
-    print(f"{'path':18s} {'s/step':>7s} {'samples/s':>10s} {'cpu/wall':>8s}")
+        results.append((f"stage (epoch 2, {d['workers']} w)", float(last["time_s"]) / n, load))
+    print(f"{'path':22s} {'s/step':>7s} {'samples/s':>10s} {'cpu/wall':>8s}")
     for name, step, load in results:
-        print(f"{name:18s} {step:7.3f} {t['batch_size'] / step:10.1f} {load:8.2f}", flush=True)
+        print(f"{name:22s} {step:7.3f} {t['batch_size'] / step:10.1f} {load:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
