@@ -85,6 +85,8 @@ def _add_reconstruct(sub):
     nn.add_argument("--any-shape", action="store_true",
                     help="apply the (fully convolutional) network to maps of another size than it was trained on, "
                          "at the same pixel size")
+    nn.add_argument("--symmetrize", action="store_true",
+                    help="average the prediction over the 8 rotations and reflections of the grid (8 x slower)")
     qe = p.add_argument_group("qe options")
     qe.add_argument("--estimator", default="EB", help="TT, TE, EE, EB, TB, MV or MV_POL (default EB)")
     qe.add_argument("--lmin", type=float, default=300.0, help="lowest CMB multipole used (default 300)")
@@ -106,8 +108,8 @@ def _run_reconstruct(args):
         from .errors import ConfigError
         from .qe.stage import run_reconstruct_qe
 
-        if args.model is not None or args.qe is not None or args.split != "all" or args.any_shape:
-            raise ConfigError("--model, --qe, --split and --any-shape apply to --method nn only")
+        if args.model is not None or args.qe is not None or args.split != "all" or args.any_shape or args.symmetrize:
+            raise ConfigError("--model, --qe, --split, --any-shape and --symmetrize apply to --method nn only")
         out = run_reconstruct_qe(args.data, args.out, estimator=args.estimator, lmin=args.lmin, lmax=args.lmax,
                                  Lmin=args.Lmin, Lmax=args.Lmax, wiener=args.wiener,
                                  apodize_arcmin=args.apodize_arcmin, mean_field_maps=args.mean_field_maps,
@@ -118,8 +120,8 @@ def _run_reconstruct(args):
         from .nn.reconstruct import run_reconstruct_nn
 
         out = run_reconstruct_nn(args.model, args.data, args.out, batch_size=args.batch_size, split=args.split,
-                                 qe=args.qe, any_shape=args.any_shape, overwrite=args.overwrite,
-                                 progress=not args.quiet)
+                                 qe=args.qe, any_shape=args.any_shape, symmetrize=args.symmetrize,
+                                 overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {out}")
 
 

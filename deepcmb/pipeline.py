@@ -44,6 +44,7 @@ RUN_SCHEMA = {
     "qe_input": "MV_POL",
     "qe": {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0},
     "params": True,
+    "symmetrize": False,
     "robustness": Free({}),
     "results": False,
 }
@@ -51,7 +52,9 @@ RUN_SCHEMA = {
 
 ``models`` maps extra labels to trained models (run folders or ``.keras`` files, relative to the
 root) that are evaluated beside the freshly trained one; ``qe_input`` is the estimator whose kappa
-feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation.
+feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation;
+``symmetrize: true`` averages every network reconstruction over the 8 symmetries of the pixel grid
+(:func:`deepcmb.nn.reconstruct.predict_symmetrized`).
 ``robustness`` maps a tag to a further test set on which every method is evaluated again (with the
 networks trained as configured, not retrained): a sims preset path, or ``{sims: PATH, evaluate:
 {...}, qe: {...}, any_shape: BOOL}`` whose keys override the preset's ``evaluate:`` section and
@@ -253,11 +256,11 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
             def fn(s, ow):
                 from .nn.reconstruct import run_reconstruct_nn
 
-                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, any_shape=any_shape, overwrite=ow,
-                                   progress=not quiet)
+                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, any_shape=any_shape,
+                                   symmetrize=run["symmetrize"], overwrite=ow, progress=not quiet)
             return fn
 
-        nn_cfg = {"any_shape": True} if any_shape else {}
+        nn_cfg = {**({"any_shape": True} if any_shape else {}), **({"symmetrize": True} if run["symmetrize"] else {})}
         recs["nn"] = folder + "rec_nn.h5"
         qe_label = "qe_" + _label(run["qe_input"])
         add(f"reconstruct_nn{suffix}", recs["nn"], nn_cfg, ["train", f"simulate_{tag}"]

@@ -17,9 +17,9 @@ keras = pytest.importorskip("keras")
 
 from deepcmb.cli import main  # noqa: E402
 from deepcmb.errors import InputError, OutputExistsError  # noqa: E402
-from deepcmb.nn.augment import transform_maps  # noqa: E402
+from deepcmb.nn.augment import field_sign, transform_maps, transform_pixels  # noqa: E402
 from deepcmb.nn.data import MapSource, SimsBatches, channel_stats, split_rows  # noqa: E402
-from deepcmb.nn.reconstruct import at_shape, load_network  # noqa: E402
+from deepcmb.nn.reconstruct import at_shape, inverse_transform, load_network, predict_symmetrized  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
 from deepcmb.recio import open_reconstruction, write_reconstruction  # noqa: E402
 
@@ -238,6 +238,37 @@ def _tiled(sims, path, reps=2):
             d.attrs.update(attrs)
         f.attrs["shape"] = np.asarray(f.attrs["shape"]) * reps
     return path
+
+
+def test_symmetrized_prediction_is_exactly_equivariant(trained, sims, tmp_path, capsys):
+    """Averaged over the grid's 8 symmetries, the prediction on a rotated/reflected sky (Q, U transformed
+    as spin-2) is the rotated/reflected prediction, exactly; the plain network is equivariant only roughly."""
+    for k in range(8):
+        m = np.arange(12.0).reshape(3, 4)
+        assert np.array_equal(transform_pixels(transform_pixels(m, k), inverse_transform(k, (3, 4))), m)
+    model, spec = load_network(trained)
+    source = MapSource(sims)
+    x, _ = SimsBatches(source, np.arange(4), spec["inputs"], [], 4, split="prediction")[0]
+    source.close()
+    assert "Q" in spec["inputs"] and "U" in spec["inputs"]
+    base = predict_symmetrized(model, x, spec["inputs"], spec["outputs"])
+    for k in range(1, 8):
+        xk = np.stack([field_sign(n, k) * transform_pixels(x[..., c], k) for c, n in enumerate(spec["inputs"])], -1)
+        got = predict_symmetrized(model, xk, spec["inputs"], spec["outputs"])
+        for h in spec["outputs"]:
+            want = transform_pixels(base[h], k)
+            np.testing.assert_allclose(got[h], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    plain = np.asarray(model.predict_on_batch(x)["kappa"])[..., 0]
+    assert not np.allclose(plain, base["kappa"], rtol=1e-3, atol=1e-3 * np.abs(plain).max())
+    out = tmp_path / "sym.h5"
+    assert main(["reconstruct", "--method", "nn", "--model", str(trained), "--data", str(sims), "--out", str(out),
+                 "--symmetrize", "--quiet"]) == 0
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["config"])["symmetrize"] is True
+        np.testing.assert_allclose(f["maps/kappa"][:4], base["kappa"], rtol=1e-4, atol=1e-6 * np.abs(plain).max())
+    assert main(["reconstruct", "--method", "qe", "--data", str(sims), "--out", str(tmp_path / "q.h5"),
+                 "--symmetrize"]) == 2
+    assert "--symmetrize apply to --method nn only" in capsys.readouterr().err
 
 
 def test_any_shape_applies_the_same_weights_to_larger_maps(trained, sims, tmp_path):

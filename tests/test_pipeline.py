@@ -200,6 +200,18 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     _write_root(tmp_path, preset)
     stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
     assert stages["reconstruct_nn_big"].config == {"any_shape": True} and stages["reconstruct_nn"].config == {}
+    plain = {name: s.config for name, s in stages.items()}
+    preset["run"]["symmetrize"] = True
+    _write_root(tmp_path, preset)
+    stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert stages["reconstruct_nn_big"].config == {"any_shape": True, "symmetrize": True}
+    assert stages["reconstruct_nn"].config == {"symmetrize": True}
+    assert all(s.config == plain[name] for name, s in stages.items() if not name.startswith("reconstruct_nn"))
+    preset["run"]["symmetrize"] = "yes"
+    _write_root(tmp_path, preset)
+    with pytest.raises(ConfigError, match="symmetrize"):
+        plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
+    del preset["run"]["symmetrize"]
     for bad in ({"Test": "sims/tiny_noise.yaml"}, {"ood": {"sims": "sims/tiny_noise.yaml", "extra": 1}},
                 {"ood": "sims/missing.yaml"}, {"big": {"sims": "sims/tiny_noise.yaml", "any_shape": "yes"}}):
         preset["run"]["robustness"] = bad

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..recio import ReconstructionWriter
+from .augment import allowed_transforms, field_sign, transform_pixels
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -112,6 +113,54 @@ def at_shape(model, shape):
     return resized
 
 
+def inverse_transform(k, shape):
+    """Index ``j`` of the symmetry undoing symmetry ``k`` (0..7) on maps of ``shape``."""
+    probe = np.arange(shape[0] * shape[1], dtype=float).reshape(shape)
+    moved = transform_pixels(probe, k)
+    for j in range(8):
+        back = transform_pixels(moved, j)
+        if back.shape == probe.shape and np.array_equal(back, probe):
+            return j
+    raise ValueError(f"no inverse of transform {k} on {shape}")
+
+
+def predict_symmetrized(model, x, inputs, outputs):
+    """Network prediction averaged over the symmetries of the pixel grid (test-time augmentation).
+
+    For every rotation by a multiple of 90 degrees and reflection ``g`` the grid admits
+    (:func:`deepcmb.nn.augment.allowed_transforms`: 8 for square maps), the inputs are transformed as
+    the fields they hold (spin-2 and pseudo-scalar signs of :mod:`deepcmb.nn.augment`), the network is
+    applied, and its output is transformed back by ``g^-1``; the result is the mean of the outputs.
+    An exactly equivariant network would return its plain prediction; a trained one is equivariant
+    only up to its training noise, which the average reduces.
+
+    Parameters
+    ----------
+    model : keras.Model
+    x : ndarray, shape (n, ny, nx, n_inputs)
+        Input batch in physical units, channels in the order of ``inputs``.
+    inputs, outputs : list of str
+        Field names of the input channels and of the output heads.
+
+    Returns
+    -------
+    dict of str to ndarray, shape (n, ny, nx)
+        Averaged prediction of each head, in the network's output units.
+    """
+    shape = x.shape[1:3]
+    channels = np.moveaxis(x, -1, 1)
+    total = {h: 0.0 for h in outputs}
+    ks = allowed_transforms(shape)
+    for k in ks:
+        xk = np.stack([field_sign(name, k) * transform_pixels(channels[:, c], k) for c, name in enumerate(inputs)],
+                      axis=-1)
+        pred = model.predict_on_batch(np.ascontiguousarray(xk))
+        back = inverse_transform(k, shape)
+        for h in outputs:
+            total[h] = total[h] + field_sign(h, back) * transform_pixels(np.asarray(pred[h])[..., 0], back)
+    return {h: v / len(ks) for h, v in total.items()}
+
+
 def check_compatible(spec, source, rows, n_check=32, any_shape=False):
     """Refuse data the network cannot be applied to, with a message saying why.
 
@@ -162,8 +211,8 @@ def select_rows(source, split, model_path, spec):
         return s[split]
 
 
-def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, any_shape=False, overwrite=False,
-                       progress=True):
+def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, any_shape=False, symmetrize=False,
+                       overwrite=False, progress=True):
     """Apply a trained network to a simulation file and write the reconstruction.
 
     Parameters
@@ -183,6 +232,9 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     any_shape : bool
         Apply the network to periodic maps of another size than it was trained on (same pixel size;
         :func:`at_shape`); the output file records both shapes.
+    symmetrize : bool
+        Average the prediction over the 8 symmetries of the grid (:func:`predict_symmetrized`; 8 x the
+        inference time).
     overwrite : bool
     progress : bool
 
@@ -208,6 +260,7 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     batches = SimsBatches(source, rows, spec["inputs"], [], batch_size, split="prediction")
     config = {"method": "nn", "model": str(model_path.resolve()), "batch_size": batch_size, "split": split,
               "qe": None if qe is None else str(Path(qe).resolve()), "any_shape": any_shape,
+              "symmetrize": symmetrize,
               "model_card": {k: v for k, v in (spec["card"] or {}).items() if k != "config"},
               "training_config": (spec["card"] or {}).get("config")}
     attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
@@ -220,8 +273,11 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
                 tqdm(total=len(rows), desc="reconstruct", unit="map", disable=not progress, smoothing=0.1) as bar:
             for i in range(len(batches)):
                 x, _ = batches[i]
-                pred = model.predict_on_batch(x)
-                w.write(i * batch_size, {h: np.asarray(pred[h])[..., 0] for h in spec["outputs"]})
+                if symmetrize:
+                    pred = predict_symmetrized(model, x, spec["inputs"], spec["outputs"])
+                else:
+                    pred = {h: np.asarray(p)[..., 0] for h, p in model.predict_on_batch(x).items()}
+                w.write(i * batch_size, {h: pred[h] for h in spec["outputs"]})
                 bar.update(len(x))
     finally:
         source.close()
