@@ -86,7 +86,7 @@ def _add_reconstruct(sub):
                     help="apply the (fully convolutional) network to maps of another size than it was trained on, "
                          "at the same pixel size")
     nn.add_argument("--symmetrize", action="store_true",
-                    help="average the prediction over the 8 rotations and reflections of the grid (8 x slower)")
+                    help="average the prediction over the 8 rotations and reflections of the grid (8 network passes)")
     qe = p.add_argument_group("qe options")
     qe.add_argument("--estimator", default="EB", help="TT, TE, EE, EB, TB, MV or MV_POL (default EB)")
     qe.add_argument("--lmin", type=float, default=300.0, help="lowest CMB multipole used (default 300)")

@@ -233,8 +233,8 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
         Apply the network to periodic maps of another size than it was trained on (same pixel size;
         :func:`at_shape`); the output file records both shapes.
     symmetrize : bool
-        Average the prediction over the 8 symmetries of the grid (:func:`predict_symmetrized`; 8 x the
-        inference time).
+        Average the prediction over the 8 symmetries of the grid (:func:`predict_symmetrized`; 8 network
+        passes).
     overwrite : bool
     progress : bool
 
