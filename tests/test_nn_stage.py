@@ -17,9 +17,9 @@ keras = pytest.importorskip("keras")
 
 from deepcmb.cli import main  # noqa: E402
 from deepcmb.errors import InputError, OutputExistsError  # noqa: E402
-from deepcmb.nn.augment import field_sign, transform_maps, transform_pixels  # noqa: E402
+from deepcmb.nn.augment import field_sign, inverse_transform, transform_maps, transform_pixels  # noqa: E402
 from deepcmb.nn.data import MapSource, SimsBatches, channel_stats, split_rows  # noqa: E402
-from deepcmb.nn.reconstruct import at_shape, inverse_transform, load_network, predict_symmetrized  # noqa: E402
+from deepcmb.nn.reconstruct import at_shape, load_network, predict_symmetrized  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
 from deepcmb.recio import open_reconstruction, write_reconstruction  # noqa: E402
 
@@ -245,7 +245,7 @@ def test_symmetrized_prediction_is_exactly_equivariant(trained, sims, tmp_path, 
     as spin-2) is the rotated/reflected prediction, exactly; the plain network is equivariant only roughly."""
     for k in range(8):
         m = np.arange(12.0).reshape(3, 4)
-        assert np.array_equal(transform_pixels(transform_pixels(m, k), inverse_transform(k, (3, 4))), m)
+        assert np.array_equal(transform_pixels(transform_pixels(m, k), inverse_transform(k)), m)
     model, spec = load_network(trained)
     source = MapSource(sims)
     x, _ = SimsBatches(source, np.arange(4), spec["inputs"], [], 4, split="prediction")[0]

@@ -54,6 +54,14 @@ def transform_pixels(m, k):
     return out
 
 
+def inverse_transform(k):
+    """Index of the symmetry undoing symmetry ``k`` (0..7): ``(4 - k) % 4`` quarter turns for a rotation;
+    a reflection (``k >= 4``, a turn followed by a flip) undoes itself."""
+    if not 0 <= k < 8:
+        raise ValueError(f"transform index must lie in 0..7, got {k}")
+    return k if k >= 4 else (4 - k) % 4
+
+
 def transform_maps(maps, k):
     """Apply symmetry ``k`` (0..7) to a dict of maps ``name -> (..., ny, nx)``, spin-2 aware."""
     return {name: field_sign(name, k) * transform_pixels(m, k) for name, m in maps.items()}

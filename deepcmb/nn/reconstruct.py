@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..recio import ReconstructionWriter
-from .augment import allowed_transforms, field_sign, transform_pixels
+from .augment import allowed_transforms, field_sign, inverse_transform, transform_pixels
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -113,17 +113,6 @@ def at_shape(model, shape):
     return resized
 
 
-def inverse_transform(k, shape):
-    """Index ``j`` of the symmetry undoing symmetry ``k`` (0..7) on maps of ``shape``."""
-    probe = np.arange(shape[0] * shape[1], dtype=float).reshape(shape)
-    moved = transform_pixels(probe, k)
-    for j in range(8):
-        back = transform_pixels(moved, j)
-        if back.shape == probe.shape and np.array_equal(back, probe):
-            return j
-    raise ValueError(f"no inverse of transform {k} on {shape}")
-
-
 def predict_symmetrized(model, x, inputs, outputs):
     """Network prediction averaged over the symmetries of the pixel grid (test-time augmentation).
 
@@ -155,7 +144,7 @@ def predict_symmetrized(model, x, inputs, outputs):
         xk = np.stack([field_sign(name, k) * transform_pixels(channels[:, c], k) for c, name in enumerate(inputs)],
                       axis=-1)
         pred = model.predict_on_batch(np.ascontiguousarray(xk))
-        back = inverse_transform(k, shape)
+        back = inverse_transform(k)
         for h in outputs:
             total[h] = total[h] + field_sign(h, back) * transform_pixels(np.asarray(pred[h])[..., 0], back)
     return {h: v / len(ks) for h, v in total.items()}
