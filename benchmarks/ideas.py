@@ -14,7 +14,9 @@ Both networks reconstruct the bench test maps, which are evaluated with ``evalua
 script prints N_eff / N0(MV_POL analytic) per bin 150-1500 for each network and the MV_POL QE, and the
 inverse-variance mean N_eff ratio network / QE per noise level (as the high-noise target).
 
-Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations and their MV_POL QE)::
+Needs the outputs of ``evaluate/bench.sh`` (the training and test simulations, the test maps' MV_POL QE);
+the MV_POL QE of the training maps, which the quick network reads and the bench network does not, is made
+into ``--out`` when the bench run folder lacks it (the QE settings of ``evaluate/bench.yaml``, ~2 s)::
 
     python benchmarks/ideas.py IDEA [--bench data/out/run_bench] [--out data/out/idea_IDEA]
 
@@ -69,14 +71,31 @@ def ratios(summary_path, lmin=150.0, lmax=1500.0):
     return out
 
 
+def training_qe(bench, out):
+    """The MV_POL QE of the bench training maps: the run folder's, else made into ``out`` with the bench
+    preset's ``run.qe`` settings."""
+    path = bench / "rec_qe_train.h5"
+    if path.exists():
+        return path
+    path = out / "rec_qe_train.h5"
+    if not path.exists():
+        qe = yaml.safe_load((ROOT / "evaluate" / "bench.yaml").read_text())["run"]["qe"]
+        argv = ["reconstruct", "--method", "qe", "--estimator", "MV_POL", "--data", str(bench / "sims_train.h5"),
+                "--out", str(path), "--quiet"] + [a for k, v in qe.items() for a in (f"--{k}", str(v))]
+        if main(argv) != 0:
+            raise SystemExit("deepcmb reconstruct failed for the QE of the training maps")
+    return path
+
+
 def run(idea, bench, out, epochs, steps, curriculum_epochs):
     out.mkdir(parents=True, exist_ok=True)
+    train_qe = training_qe(bench, out)
     for name, cfg in configs(idea, epochs, steps, curriculum_epochs).items():
         (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         run_dir, rec, ev = out / f"train_{name}", out / f"rec_{name}.h5", out / f"eval_{name}"
         steps_cli = [
             ["train", "--config", str(out / f"{name}.yaml"), "--data", str(bench / "sims_train.h5"),
-             "--qe", str(bench / "rec_qe_train.h5"), "--out", str(run_dir), "--overwrite", "--quiet"],
+             "--qe", str(train_qe), "--out", str(run_dir), "--overwrite", "--quiet"],
             ["reconstruct", "--method", "nn", "--model", str(run_dir), "--data", str(bench / "sims_test.h5"),
              "--qe", str(bench / "rec_qe_mv_pol.h5"), "--out", str(rec), "--overwrite", "--quiet"],
             ["evaluate", "--config", str(ROOT / "evaluate" / "bench.yaml"), "--sims", str(bench / "sims_test.h5"),
