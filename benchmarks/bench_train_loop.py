@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per measurement")
     ap.add_argument("--sims", default=str(ROOT / "data/out/run_bench/sims_train.h5"), help="training simulation file")
     ap.add_argument("--qe", default=str(ROOT / "data/out/run_bench/rec_qe_train.h5"),
-                    help="its QE reconstruction (for a kappa_qe input)")
+                    help="its MV_POL QE reconstruction, read only for a kappa_qe input (the bench run writes none: "
+                         "benchmarks/ideas.py or `deepcmb reconstruct --method qe --estimator MV_POL` makes it)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="data.workers values to time model.fit on fresh maps with (default: 1 2)")
     args = ap.parse_args()

@@ -33,6 +33,7 @@ import yaml
 
 from deepcmb.cli import main
 from deepcmb.evaluation.results import mean_ratio, neff_ratio, noise_table
+from deepcmb.qe.stage import run_reconstruct_qe
 
 ROOT = Path(__file__).resolve().parent.parent
 IDEAS = ("curriculum", "eb_inputs", "one_level")
@@ -80,10 +81,7 @@ def training_qe(bench, out):
     path = out / "rec_qe_train.h5"
     if not path.exists():
         qe = yaml.safe_load((ROOT / "evaluate" / "bench.yaml").read_text())["run"]["qe"]
-        argv = ["reconstruct", "--method", "qe", "--estimator", "MV_POL", "--data", str(bench / "sims_train.h5"),
-                "--out", str(path), "--quiet"] + [a for k, v in qe.items() for a in (f"--{k}", str(v))]
-        if main(argv) != 0:
-            raise SystemExit("deepcmb reconstruct failed for the QE of the training maps")
+        run_reconstruct_qe(bench / "sims_train.h5", path, estimator="MV_POL", progress=False, **qe)
     return path
 
 

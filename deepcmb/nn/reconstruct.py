@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..recio import ReconstructionWriter
-from .augment import allowed_transforms, field_sign, inverse_transform, transform_pixels
+from .augment import allowed_transforms, inverse_transform, transform_maps
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -136,17 +136,14 @@ def predict_symmetrized(model, x, inputs, outputs):
     dict of str to ndarray, shape (n, ny, nx)
         Averaged prediction of each head, in the network's output units.
     """
-    shape = x.shape[1:3]
-    channels = np.moveaxis(x, -1, 1)
+    channels = {name: x[..., c] for c, name in enumerate(inputs)}
     total = {h: 0.0 for h in outputs}
-    ks = allowed_transforms(shape)
+    ks = allowed_transforms(x.shape[1:3])
     for k in ks:
-        xk = np.stack([field_sign(name, k) * transform_pixels(channels[:, c], k) for c, name in enumerate(inputs)],
-                      axis=-1)
-        pred = model.predict_on_batch(np.ascontiguousarray(xk))
-        back = inverse_transform(k)
-        for h in outputs:
-            total[h] = total[h] + field_sign(h, back) * transform_pixels(np.asarray(pred[h])[..., 0], back)
+        xk = transform_maps(channels, k)
+        pred = model.predict_on_batch(np.ascontiguousarray(np.stack([xk[name] for name in inputs], axis=-1)))
+        back = transform_maps({h: np.asarray(pred[h])[..., 0] for h in outputs}, inverse_transform(k))
+        total = {h: total[h] + back[h] for h in outputs}
     return {h: v / len(ks) for h, v in total.items()}
 
 
