@@ -1,14 +1,27 @@
 """YAML configuration: loading, defaults and strict validation.
 
-A config is a nested mapping. :func:`resolve` merges it over a schema of defaults and refuses unknown
-or misspelt keys (suggesting the closest known one) and values of the wrong type, naming the dotted
-field in a :class:`~deepcmb.errors.ConfigError`. Range checks that need physics live with the value
-objects they build (e.g. :class:`~deepcmb.geometry.FlatSkyGeometry`).
+A config is a nested mapping. A *schema* is a nested mapping of the same shape whose leaves say what
+each value may be: a :class:`Leaf` (:class:`Int`, :class:`Number`, :class:`Bool`, :class:`Str`,
+:class:`OneOf`, :class:`ListOf`, :class:`Free`) carries the default, the type, the constraints
+(``Int(1, min=1)``: an integer at least 1; ``Number(2.0, gt=0)``: a number greater than 0;
+``nullable=True``: ``null`` allowed) and a one-line description that the command line shows as help.
+A plain value is shorthand for a leaf of its type with that default (``None``: anything, ``null``
+included).
+
+:func:`resolve` merges a user config over a schema. It refuses unknown or misspelt keys (suggesting
+the closest known one) and values that break their leaf, ``null`` for a value that may not be null
+included, naming the dotted field in a :class:`~deepcmb.errors.ConfigError`. Checks that tie several
+values together, or that need physics, live with the stage or value object that uses them (e.g.
+:class:`~deepcmb.geometry.FlatSkyGeometry`).
 """
+
+from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,21 +31,195 @@ REQUIRED = object()
 """Marker for a schema entry without a default."""
 
 
-class OneOf:
-    """Schema entry: a value from a fixed set of choices."""
+class Leaf:
+    """A config value: default, constraints and a one-line description.
 
-    def __init__(self, default, *choices):
-        self.default, self.choices = default, choices
+    Parameters
+    ----------
+    default : object
+        Value used when the key is absent; :data:`REQUIRED` makes the key mandatory.
+    nullable : bool
+        Whether ``null`` (None) is a valid value. A default of None implies it.
+    doc : str
+        One line saying what the value is (with its units); the command line's help.
+    """
+
+    what = "a value"
+
+    def __init__(self, default: Any = REQUIRED, *, nullable: bool = False, doc: str = ""):
+        self.default, self.doc = default, doc
+        self.nullable = nullable or default is None
+
+    def resolve(self, name: str, given: bool, value: Any) -> Any:
+        """The checked value of field ``name`` (``given``: the user set it)."""
+        if not given:
+            if self.default is REQUIRED:
+                raise ConfigError(f"{name}: required")
+            return copy.deepcopy(self.default)
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"{name}: expected {self.describe()}, got null")
+        return self.check(name, value)
+
+    def check(self, name: str, value: Any) -> Any:
+        """Check a non-null value; return it in canonical form (e.g. an int given for a float as float)."""
+        return value
+
+    def describe(self) -> str:
+        """What a valid value is, in words (for messages and help)."""
+        return self.what + (" or null" if self.nullable else "")
+
+    def fail(self, name: str, value: Any):
+        raise ConfigError(f"{name}: expected {self.describe()}, got {value!r}")
 
 
-class Free:
-    """Schema entry: a free-form mapping or list (validated by its consumer)."""
+def _bounds(what, min=None, max=None, gt=None, lt=None):
+    """``'a number > 0'``, ``'an integer >= 1 and <= 9'``: a type and its bounds, in words."""
+    parts = [f"{op} {v:g}" for op, v in ((">=", min), (">", gt), ("<=", max), ("<", lt)) if v is not None]
+    return " ".join([what, " and ".join(parts)]) if parts else what
 
-    def __init__(self, default):
-        self.default = default
+
+def _within(x, min, max, gt, lt):
+    return ((min is None or x >= min) and (max is None or x <= max) and (gt is None or x > gt)
+            and (lt is None or x < lt))
 
 
-def load_yaml(path):
+class Int(Leaf):
+    """An integer (``true``/``false`` refused), optionally bounded: ``Int(32, min=1)``."""
+
+    def __init__(self, default: Any = REQUIRED, *, min: int | None = None, max: int | None = None,
+                 nullable: bool = False, doc: str = ""):
+        super().__init__(default, nullable=nullable, doc=doc)
+        self.min, self.max = min, max
+
+    def describe(self):
+        return _bounds("an integer", self.min, self.max) + (" or null" if self.nullable else "")
+
+    def check(self, name, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not _within(value, self.min, self.max, None, None):
+            self.fail(name, value)
+        return value
+
+
+class Number(Leaf):
+    """A finite real number, stored as float, optionally bounded: ``Number(2.0, gt=0)``."""
+
+    def __init__(self, default: Any = REQUIRED, *, min: float | None = None, max: float | None = None,
+                 gt: float | None = None, lt: float | None = None, nullable: bool = False, doc: str = ""):
+        super().__init__(default, nullable=nullable, doc=doc)
+        self.min, self.max, self.gt, self.lt = min, max, gt, lt
+
+    def describe(self):
+        return _bounds("a number", self.min, self.max, self.gt, self.lt) + (" or null" if self.nullable else "")
+
+    def check(self, name, value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not _within(value, self.min, self.max, self.gt, self.lt)):
+            self.fail(name, value)
+        return float(value)
+
+
+class Bool(Leaf):
+    """``true`` or ``false``."""
+
+    what = "true or false"
+
+    def check(self, name, value):
+        if not isinstance(value, bool):
+            self.fail(name, value)
+        return value
+
+
+class Str(Leaf):
+    """A string."""
+
+    what = "a string"
+
+    def check(self, name, value):
+        if not isinstance(value, str):
+            self.fail(name, value)
+        return value
+
+
+class OneOf(Leaf):
+    """A value from a fixed set of choices: ``OneOf('flat', 'flat', 'curved')`` (default first)."""
+
+    def __init__(self, default: Any, *choices: Any, doc: str = ""):
+        super().__init__(default, nullable=None in choices, doc=doc)
+        self.choices = choices
+
+    def describe(self):
+        return "one of " + ", ".join(map(str, self.choices))
+
+    def resolve(self, name, given, value):
+        value = value if given else self.default
+        # true is not 1: a choice matches only a value of its own kind (bool or not)
+        if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices):
+            raise ConfigError(f"{name}: must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        return value
+
+
+class ListOf(Leaf):
+    """A list whose entries each satisfy ``item``: ``ListOf(Number(min=0), [1.0], min_len=1)``."""
+
+    def __init__(self, item: Leaf | None, default: Any = REQUIRED, *, min_len: int = 0, nullable: bool = False,
+                 doc: str = ""):
+        super().__init__(default, nullable=nullable, doc=doc)
+        self.item, self.min_len = item, min_len
+
+    def describe(self):
+        what = "a " + ("non-empty " if self.min_len == 1 else "") + "list"
+        if self.min_len > 1:
+            what += f" of at least {self.min_len} entries"
+        if self.item is not None:  # "a number >= 0" -> "numbers >= 0"
+            noun, _, rest = self.item.describe().split(" ", 1)[1].partition(" ")
+            what += f" of {noun}s" + (f" {rest}" if rest else "")
+        return what + (" or null" if self.nullable else "")
+
+    def check(self, name, value):
+        if not isinstance(value, (list, tuple)) or len(value) < self.min_len:
+            self.fail(name, value)
+        if self.item is None:
+            return list(value)
+        try:
+            return [self.item.check(name, v) if v is not None else self.fail(name, value) for v in value]
+        except ConfigError:
+            self.fail(name, value)
+
+
+class Free(Leaf):
+    """A free-form mapping or list, validated by its consumer."""
+
+    def __init__(self, default: Any, doc: str = ""):
+        super().__init__(default, nullable=True, doc=doc)
+
+    def resolve(self, name, given, value):
+        return copy.deepcopy(value if given else self.default)
+
+
+def leaf(spec: Any) -> Leaf:
+    """The :class:`Leaf` a schema entry stands for (a plain value is a leaf of its type with that default)."""
+    if isinstance(spec, Leaf):
+        return spec
+    if spec is REQUIRED:
+        return Leaf(REQUIRED)
+    if spec is None:
+        return Leaf(None)
+    if isinstance(spec, bool):
+        return Bool(spec)
+    if isinstance(spec, int):
+        return Int(spec)
+    if isinstance(spec, float):
+        return Number(spec)
+    if isinstance(spec, str):
+        return Str(spec)
+    if isinstance(spec, (list, tuple)):
+        return ListOf(None, list(spec))
+    raise TypeError(f"not a schema entry: {spec!r}")
+
+
+def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file into a dict, with clear errors for missing or malformed files."""
     path = Path(path)
     try:
@@ -50,23 +237,23 @@ def load_yaml(path):
     return data
 
 
-def resolve(user, schema, prefix=""):
-    """Merge ``user`` over the defaults of ``schema`` and validate types.
+def resolve(user: dict | None, schema: dict, prefix: str = "") -> dict:
+    """Merge ``user`` over the defaults of ``schema`` and check every value.
 
     Parameters
     ----------
-    user : dict
-        Values given by the user (may be partial).
+    user : dict or None
+        Values given by the user (may be partial; None is empty).
     schema : dict
-        Nested mapping of defaults. A leaf is a default value (its type is enforced; ``None`` means
-        "optional, any type"), :data:`REQUIRED`, a :class:`OneOf` or a :class:`Free`.
+        Nested mapping whose leaves are :class:`Leaf` objects or plain defaults (see the module
+        docstring).
     prefix : str
-        Dotted path of ``user`` inside the whole config (for messages).
+        Dotted path of ``user`` inside the whole config (for messages), e.g. ``'evaluate.'``.
 
     Returns
     -------
     dict
-        The fully resolved config.
+        The fully resolved config: every key of the schema, defaults filled in.
     """
     if user is None:
         user = {}
@@ -80,47 +267,22 @@ def resolve(user, schema, prefix=""):
     out = {}
     for key, spec in schema.items():
         name = f"{prefix}{key}"
-        given = key in user
-        value = user.get(key)
         if isinstance(spec, dict):
-            out[key] = resolve(value if given else {}, spec, prefix=f"{name}.")
-        elif spec is REQUIRED:
-            if not given:
-                raise ConfigError(f"{name}: required")
-            out[key] = value
-        elif isinstance(spec, OneOf):
-            value = value if given else spec.default
-            if value not in spec.choices:
-                raise ConfigError(f"{name}: must be one of {', '.join(map(str, spec.choices))}, got {value!r}")
-            out[key] = value
-        elif isinstance(spec, Free):
-            out[key] = copy.deepcopy(value if given else spec.default)
+            out[key] = resolve(user.get(key) if key in user else {}, spec, prefix=f"{name}.")
         else:
-            out[key] = _check_type(name, value, spec) if given else copy.deepcopy(spec)
+            out[key] = leaf(spec).resolve(name, key in user, user.get(key))
     return out
 
 
-def _check_type(name, value, default):
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
-    if isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return list(value)
-    return value
+def leaves(schema: dict, prefix: str = ""):
+    """Yield ``(dotted_name, Leaf)`` for every leaf of a schema, in order."""
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from leaves(spec, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", leaf(spec)
+
+
+def defaults(schema: dict) -> dict:
+    """The config a schema resolves an empty mapping to (raises ConfigError if a key is required)."""
+    return resolve({}, schema)
