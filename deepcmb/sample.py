@@ -13,17 +13,13 @@ import numpy as np
 from . import flatsky
 from .errors import ConfigError
 from .geometry import interp_spectrum
+from .io.fields import STORED
 
-FIELDS = (
-    "T", "Q", "U",
-    "T_lensed", "Q_lensed", "U_lensed",
-    "T_unlensed", "E_unlensed", "B_unlensed", "Q_unlensed", "U_unlensed",
-    "phi", "kappa",
-)
-"""Every map a sample can carry. ``T, Q, U``: observed (lensed, beam-convolved, noisy), µK;
-``*_lensed``: noise-free lensed sky before the beam, µK; ``*_unlensed``: the unlensed sky, µK
-(``E``/``B`` as scalar maps, i.e. inverse Fourier transforms of the E/B modes); ``phi``: lensing
-potential, rad²; ``kappa``: convergence, dimensionless."""
+FIELDS = STORED
+"""Every map a sample can carry (units and meaning in :data:`deepcmb.io.fields.FIELDS`). ``T, Q, U``:
+observed (lensed, beam-convolved, noisy), µK; ``*_lensed``: noise-free lensed sky before the beam, µK;
+``*_unlensed``: the unlensed sky, µK (``E``/``B`` as scalar maps, i.e. inverse Fourier transforms of the
+E/B modes); ``phi``: lensing potential, rad²; ``kappa``: convergence, dimensionless."""
 
 _COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3}
 

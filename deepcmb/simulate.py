@@ -7,7 +7,6 @@ interruption skips the units already saved, and because every sample's randomnes
 ``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers.
 """
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from .config import Free, OneOf, resolve
 from .errors import ConfigError, InputError
 from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
-from .h5io import check_output_path, write_sims
+from .io.files import atomic_path, check_output_file
+from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
 
@@ -179,12 +179,6 @@ class SimPlan:
         return assignment(seed_index, len(self.cosmologies), len(self.instruments))
 
 
-def assignment(seed_index, n_cosmologies, n_levels):
-    """``(cosmology_index, noise_index)`` of sample ``seed_index``: samples cycle through the
-    cosmologies, then through the noise levels."""
-    return seed_index % n_cosmologies, (seed_index // n_cosmologies) % n_levels
-
-
 def plan_from_config(cfg):
     """Validate a resolved config and build its :class:`SimPlan`."""
     n_maps = _positive_int(cfg["n_maps"], "n_maps")
@@ -315,10 +309,8 @@ def _unit_path(partial, unit_id):
 
 
 def _save_unit(partial, unit_id, maps, meta):
-    path = _unit_path(partial, unit_id)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **{f"map_{k}": v for k, v in maps.items()}, **{f"meta_{k}": v for k, v in meta.items()})
-    os.replace(tmp, path)
+    with atomic_path(_unit_path(partial, unit_id), prefix="tmp_") as tmp:  # np.savez keeps a .npz name
+        np.savez(tmp, **{f"map_{k}": v for k, v in maps.items()}, **{f"meta_{k}": v for k, v in meta.items()})
 
 
 def _load_unit(partial, unit_id):
@@ -334,7 +326,7 @@ def _load_unit(partial, unit_id):
 
 def _prepare_output(out, cfg, overwrite):
     """Check the output path; return the folder of partial results (created, or reused on resume)."""
-    partial = _partial_dir(check_output_path(out, overwrite))
+    partial = _partial_dir(check_output_file(out, overwrite))
     stamp = partial / "config.json"
     text = config_json(cfg)
     if partial.exists():

@@ -16,7 +16,7 @@ from deepcmb.evaluation import run_evaluate
 from deepcmb.evaluation.cli import add_parser
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator, cosine_window, window_moment
-from deepcmb.recio import write_reconstruction
+from deepcmb.io.reconstruction import write_reconstruction
 from deepcmb.sample import Instrument
 from deepcmb.simulate import run_simulate
 

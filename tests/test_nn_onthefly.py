@@ -15,12 +15,12 @@ keras = pytest.importorskip("keras")
 from deepcmb.cli import main  # noqa: E402
 from deepcmb.errors import ConfigError  # noqa: E402
 from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
-from deepcmb.h5io import open_sims  # noqa: E402
+from deepcmb.io.sims import open_sims  # noqa: E402
 from deepcmb.nn.data import MapSource, SimsBatches  # noqa: E402
 from deepcmb.nn.losses import FourierWeightedMSE, inverse_variance_weights  # noqa: E402
 from deepcmb.nn.onthefly import FreshBatches, fresh_root_seed  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
-from deepcmb.recio import open_reconstruction  # noqa: E402
+from deepcmb.io.reconstruction import open_reconstruction  # noqa: E402
 
 SIMS = {
     "seed": 21, "n_maps": 40, "geometry": {"shape": [32, 32]},

@@ -21,7 +21,7 @@ from deepcmb.nn.augment import field_sign, inverse_transform, transform_maps, tr
 from deepcmb.nn.data import MapSource, SimsBatches, channel_stats, split_rows  # noqa: E402
 from deepcmb.nn.reconstruct import at_shape, load_network, predict_symmetrized  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
-from deepcmb.recio import open_reconstruction, write_reconstruction  # noqa: E402
+from deepcmb.io.reconstruction import open_reconstruction, write_reconstruction  # noqa: E402
 
 SIMS = {
     "seed": 5, "n_maps": 64, "geometry": {"shape": [32, 32]},

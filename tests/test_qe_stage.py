@@ -8,7 +8,7 @@ import yaml
 from deepcmb import spectra as sp
 from deepcmb.cli import main
 from deepcmb.geometry import FlatSkyGeometry
-from deepcmb.recio import open_reconstruction
+from deepcmb.io.reconstruction import open_reconstruction
 
 
 @pytest.fixture(scope="module")

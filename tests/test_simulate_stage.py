@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deepcmb.cli import main
-from deepcmb.h5io import open_sims
+from deepcmb.io.sims import open_sims
 from deepcmb.sample import FIELDS
 
 SMALL = {

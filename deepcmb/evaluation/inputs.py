@@ -1,7 +1,7 @@
 """Opening and checking the inputs of the evaluation: a simulation file and its reconstructions.
 
 A reconstruction is accepted only if it was made from this very simulation file (provenance, via
-:func:`deepcmb.recio.open_reconstruction`), has its maps' shape and pixel size, and names distinct
+:func:`deepcmb.io.reconstruction.open_reconstruction`), has its maps' shape and pixel size, and names distinct
 rows of it; the evaluation then uses the rows every reconstruction holds.
 """
 
@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import FlatSkyGeometry
-from ..h5io import open_sims, read_instruments
-from ..recio import open_reconstruction
+from ..io.reconstruction import open_reconstruction
+from ..io.sims import geometry, open_sims, read_instruments
 
 LABEL = re.compile(r"^[A-Za-z0-9_]+$")
 """Allowed method labels (they name HDF5 groups and JSON keys)."""
@@ -93,7 +92,7 @@ class EvaluationInputs:
         self.sims_path = Path(sims).resolve()
         self.sims = self._stack.enter_context(open_sims(sims))
         a = self.sims.attrs
-        self.geom = FlatSkyGeometry(tuple(int(n) for n in a["shape"]), float(a["pixel_arcmin"]))
+        self.geom = geometry(self.sims)
         self.periodic = bool(a["periodic"])
         n_sims = int(a["n_maps"])
         if "kappa" not in self.sims["maps"]:

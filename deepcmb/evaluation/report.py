@@ -68,7 +68,7 @@ import os
 import h5py
 import numpy as np
 
-from ..jsonio import plain, write_json
+from ..io.files import plain, write_json
 
 FORMAT = "deepcmb.evaluation"
 FORMAT_VERSION = 1

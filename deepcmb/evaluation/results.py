@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..jsonio import write_json
+from ..io.files import write_json
 
 SCHEMA = {"low_noise": 1.0, "high_noise": 5.0, "Lmin": 100.0, "Lmax_target": 1500.0, "Lmax_iterative": 800.0,
           "iterative_factor": 1.3, "bias_tol": 0.02, "reference_cosmology": 0, "nn": "nn", "qe": "qe_mv_pol"}

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..evaluation.report import FORMAT as REPORT_FORMAT
-from ..h5io import open_checked
+from ..io.files import open_checked
 from ..params.output import FORMAT as CHAINS_FORMAT
 from .style import method_colours
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, OutputExistsError
-from ..h5io import check_parent_writable
+from ..io.files import check_parent_writable
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
 from .report import Chains, Report, check_same_bins

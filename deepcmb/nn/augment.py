@@ -24,24 +24,16 @@ maps (tested in ``tests/test_nn_data.py``). Non-square maps only admit ``r`` in 
 
 import numpy as np
 
-SCALARS = ("T", "T_lensed", "T_unlensed", "E", "E_unlensed", "phi", "kappa", "kappa_qe")
-Q_LIKE = ("Q", "Q_lensed", "Q_unlensed")
-U_LIKE = ("U", "U_lensed", "U_unlensed")
-PSEUDO_SCALARS = ("B", "B_unlensed")
+from ..io.fields import FIELDS
 
 
 def field_sign(name, k):
-    """Sign multiplying field ``name`` under transform ``k`` (0..7) after the pixels are moved."""
+    """Sign multiplying field ``name`` under transform ``k`` (0..7) after the pixels are moved (its
+    symmetry class is the ``spin`` column of :data:`deepcmb.io.fields.FIELDS`)."""
+    if name not in FIELDS:
+        raise ValueError(f"no transformation rule for field {name!r}")
     r, f = k % 4, k // 4
-    if name in SCALARS:
-        return 1.0
-    if name in Q_LIKE:
-        return (-1.0) ** r
-    if name in U_LIKE:
-        return (-1.0) ** (r + f)
-    if name in PSEUDO_SCALARS:
-        return (-1.0) ** f
-    raise ValueError(f"no transformation rule for field {name!r}")
+    return {"scalar": 1.0, "Q": (-1.0) ** r, "U": (-1.0) ** (r + f), "pseudo": (-1.0) ** f}[FIELDS[name].spin]
 
 
 def transform_pixels(m, k):

@@ -2,7 +2,7 @@
 
 Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
 Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
-(:mod:`deepcmb.recio`), matched row by row through its ``/meta/index``. Channels ``E`` and ``B``
+(:mod:`deepcmb.io.reconstruction`), matched row by row through its ``/meta/index``. Channels ``E`` and ``B``
 (:data:`EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps are read.
 """
 
@@ -14,13 +14,14 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..h5io import open_sims
-from ..recio import open_reconstruction
+from ..io.fields import FIELDS
+from ..io.sims import open_sims
+from ..io.reconstruction import open_reconstruction
 from .augment import allowed_transforms, transform_maps
 
 SPLITS = ("train", "validation", "test")
 
-EB_INPUTS = ("E", "B")
+EB_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "observed" and not f.stored)
 """Derived input channels: the observed (lensed, beam-convolved, noisy) E and B maps, in µK, made from
 the observed Stokes ``Q`` and ``U`` by the flat-sky rotation of their Fourier modes
 (:meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb_maps`). A fixed, exact linear map of the same data on

@@ -25,15 +25,16 @@ from keras import layers
 
 from ..config import OneOf
 from ..errors import ConfigError
+from ..io.fields import FIELDS
 from .layers import Destandardize, PeriodicPad2D, Standardize
 
-INPUT_FIELDS = ("T", "Q", "U", "E", "B", "kappa_qe")
+INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
 (:data:`deepcmb.nn.data.EB_INPUTS`, made from ``Q`` and ``U``), and ``kappa_qe`` (a QE
 reconstruction of the same maps, read from a reconstruction file)."""
 
-OUTPUT_FIELDS = ("kappa", "E_unlensed", "phi", "T_unlensed", "Q_unlensed", "U_unlensed", "B_unlensed")
-"""Allowed heads: truth maps of the simulation file."""
+OUTPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("unlensed", "lensing"))
+"""Allowed heads: truth maps of the simulation file (unlensed sky, phi, kappa)."""
 
 MODEL_SCHEMA = {
     "inputs": ["Q", "U"],

@@ -18,13 +18,10 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError
-from ..geometry import FlatSkyGeometry
-from ..h5io import open_sims, read_instruments, read_spectra
+from ..io.reconstruction import estimator_settings, open_reconstruction
+from ..io.sims import assignment, geometry, open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, resolve
-from ..qe.stage import estimator_settings
-from ..recio import open_reconstruction
 from ..sample import FlatSimulator
-from ..simulate import assignment
 from .data import add_eb, network_batch, stored_fields
 
 _STREAM = 4
@@ -85,7 +82,7 @@ class FreshBatches(keras.utils.PyDataset):
                 raise ConfigError(f"data.on_the_fly: {sims_path} holds curved-sky patches; fresh maps are "
                                   "made for flat periodic simulation files only")
             config = json.loads(f.attrs["config"])
-            self.geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
+            self.geom = geometry(f)
             self.spectra = [read_spectra(f, c) for c in range(f["cosmology/cl_kk"].shape[0])]
             self.instruments = read_instruments(f)
         self.stages = self._stages(curriculum or (), sims_path)

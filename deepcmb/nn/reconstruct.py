@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..recio import ReconstructionWriter
+from ..io.reconstruction import ReconstructionWriter
 from .augment import allowed_transforms, inverse_transform, transform_maps
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
@@ -187,7 +187,7 @@ def select_rows(source, split, model_path, spec):
     run = model_path if model_path.is_dir() else model_path.parent
     if card is None or not (run / "splits.npz").exists():
         raise InputError(f"{model_path}: --split {split} needs the run folder with splits.npz")
-    from ..recio import same_sims, sims_identity
+    from ..io.reconstruction import same_sims, sims_identity
 
     trained = card["trained_on"]
     if not same_sims(sims_identity(source.sims_path), trained):
@@ -208,7 +208,7 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     data : str or Path
         Simulation file (observed maps of the model's input channels).
     out : str or Path
-        Output HDF5 file in the layout of :mod:`deepcmb.recio` (``method = 'nn'``).
+        Output HDF5 file in the layout of :mod:`deepcmb.io.reconstruction` (``method = 'nn'``).
     batch_size : int
         Maps per forward pass.
     split : {'all', 'train', 'validation', 'test'}
@@ -229,12 +229,12 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     Path
         The written file.
     """
-    from ..h5io import check_output_path
+    from ..io.files import check_output_file
     from .data import MapSource, SimsBatches
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    check_output_path(out, overwrite)
+    check_output_file(out, overwrite)
     model_path = Path(model_path) if model_path is not None else default_model()
     model, spec = load_network(model_path)
     source = MapSource(data, qe)

@@ -32,8 +32,8 @@ import yaml
 
 from ..config import Free, OneOf, resolve
 from ..errors import ConfigError, DeepCMBError, InputError, OutputExistsError
+from ..io.reconstruction import sims_identity
 from ..provenance import config_json, provenance_attrs
-from ..recio import sims_identity
 from .model import MODEL_SCHEMA, check_model_config
 
 SCHEMA = {
@@ -616,7 +616,7 @@ def monitor_key(monitor, outputs):
 def _data_identity(path, kind="sims"):
     if kind == "sims":
         return sims_identity(path)
-    from ..recio import open_reconstruction
+    from ..io.reconstruction import open_reconstruction
 
     with open_reconstruction(path) as f:
         return {"path": str(Path(path).resolve()), "created": str(f.attrs["created"]),
@@ -642,11 +642,9 @@ def _fourier_loss(data, qe=None):
     """The kappa loss weighted by ``1 / (C^kk + N0)``: fiducial C^kk, the N0 of the QE of ``qe`` (default
     MV_POL with the stage defaults) at each noise level of the training file."""
     from ..cosmology import compute_spectra
-    from ..geometry import FlatSkyGeometry
-    from ..h5io import open_sims, read_instruments
+    from ..io.reconstruction import estimator_settings, open_reconstruction
+    from ..io.sims import geometry, open_sims, read_instruments
     from ..qe.reconstruct import QuadraticEstimator
-    from ..qe.stage import estimator_settings
-    from ..recio import open_reconstruction
     from .losses import FourierWeightedMSE, inverse_variance_weights
 
     settings = {"estimator": "MV_POL"}
@@ -654,7 +652,7 @@ def _fourier_loss(data, qe=None):
         with open_reconstruction(qe) as g:
             settings = estimator_settings(g)
     with open_sims(data) as f:
-        geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
+        geom = geometry(f)
         instruments = read_instruments(f)
     spectra = compute_spectra({})
     qes = [QuadraticEstimator(geom, spectra, inst, **settings) for inst in instruments]

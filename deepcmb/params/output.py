@@ -61,7 +61,7 @@ import h5py
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
 
-from ..jsonio import write_json
+from ..io.files import write_json
 from ..provenance import provenance_attrs
 from .likelihood import DERIVED
 from .sampling import marginal

@@ -22,7 +22,7 @@ from ..cosmology import PARAM_NAMES
 from ..errors import InputError
 from ..evaluation.report import FORMAT
 from ..geometry import FlatSkyGeometry
-from ..h5io import open_checked
+from ..io.files import open_checked
 
 
 @dataclass(frozen=True)

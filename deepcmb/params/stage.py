@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..h5io import check_output_path
+from ..io.files import check_output_file
 from ..cosmology import PARAM_NAMES
 from .calibration import calibrate, calibrate_n0, calibration_design
 from .emulator import build_emulator
@@ -217,9 +217,9 @@ def _prepare_output(out, overwrite):
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if not out.exists():
-        check_output_path(out)
+        check_output_file(out)
         return out, out / "chains.h5", out / "summary.json"
-    return out, check_output_path(out / "chains.h5", overwrite), check_output_path(out / "summary.json", overwrite)
+    return out, check_output_file(out / "chains.h5", overwrite), check_output_file(out / "summary.json", overwrite)
 
 
 def run_params(config, report, out, overwrite=False, progress=True):

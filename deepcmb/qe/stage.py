@@ -2,7 +2,7 @@
 
 Reads the observed maps of a simulation file in batches, reconstructs kappa with one
 :class:`~deepcmb.qe.QuadraticEstimator` per noise level of the file (filters and N0 follow that
-level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.recio` plus the
+level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.io.reconstruction` plus the
 analytic N0 of each level::
 
     /n0/edges        (nbin + 1,) float64   L bin edges
@@ -16,27 +16,17 @@ each map from maps of the same file and noise level in the other half of the fil
 even rows and vice versa), so no map enters its own mean field.
 """
 
-import json
-
 import numpy as np
 
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, InputError
-from ..geometry import FlatSkyGeometry
-from ..h5io import check_output_path, open_sims, read_instruments
-from ..recio import ReconstructionWriter
+from ..io.files import check_output_file
+from ..io.sims import geometry, open_sims, read_instruments
+from ..io.reconstruction import ReconstructionWriter
 from ..spectra import bin_centres, linear_bins
 from .apodization import cosine_window, window_moment
 from .estimators import fields_needed, resolve
 from .reconstruct import QuadraticEstimator
-
-
-def estimator_settings(f):
-    """Keyword arguments of :class:`~deepcmb.qe.QuadraticEstimator` that made an open QE reconstruction
-    file ``f``: ``estimator, lmin, lmax, Lmin, Lmax, precision``."""
-    out = {k: float(f.attrs[k]) for k in ("lmin", "lmax", "Lmin", "Lmax")}
-    out.update(estimator=str(f.attrs["estimator"]), precision=json.loads(f.attrs["config"])["precision"])
-    return out
 
 
 def _mean_fields(f, qe, rows, need, window, n_max):
@@ -90,7 +80,7 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
         The written file.
     """
     label, names = resolve(estimator)
-    check_output_path(out, overwrite)
+    check_output_file(out, overwrite)
     if batch_size < 1 or mean_field_maps < 1:
         raise ConfigError("--batch-size and --mean-field-maps must be positive")
     config = {"method": "qe", "estimator": label, "lmin": lmin, "lmax": lmax, "Lmin": Lmin, "Lmax": Lmax,
@@ -99,7 +89,7 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
     from tqdm.auto import tqdm
 
     with open_sims(data) as f:
-        geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
+        geom = geometry(f)
         need = fields_needed(names)
         missing = [k for k in need if k not in f["maps"]]
         if missing:

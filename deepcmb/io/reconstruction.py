@@ -1,4 +1,5 @@
-"""HDF5 layout of a lensing reconstruction (network or quadratic estimator), its writer and reader.
+"""The reconstruction file: a lensing reconstruction (network or quadratic estimator), its layout,
+writer and readers.
 
 Every reconstruction method writes the same layout, so the evaluation treats them alike
 (``format = 'deepcmb.reconstruction'``, ``format_version = 1``)::
@@ -12,21 +13,43 @@ Every reconstruction method writes the same layout, so the evaluation treats the
     /maps/kappa    (n, ny, nx) float32, chunks (1, ny, nx): reconstructed convergence (dimensionless)
     /maps/<NAME>   further maps of the same shape, e.g. E_unlensed (µK) from the network's second head
     /meta/index    (n,) int64: row of each map in the simulation file
-    /meta/<NAME>   further per-map arrays (n, ...)
+    /meta/<NAME>   further per-map arrays (n, ...), e.g. noise_index
+
+A quadratic-estimator file (``method = 'qe'``) also has the root attributes estimator (canonical
+label), estimators (the single estimators it combines), lmin, lmax (CMB multipoles of the filters),
+Lmin, Lmax (lensing multipoles kept), wiener, response, mv_covariance, apodize_arcmin (cosine-taper
+width of the window applied to the maps, 0: none), window_w2, window_w4 (its moments, windowed maps
+only) and mean_field, and the analytic N0 of each noise level of the simulation file
+(:func:`read_n0`)::
+
+    /n0/edges        (nbin + 1,) float64   L bin edges
+    /n0/L            (nbin,) float64       mode-weighted bin centres
+    /n0/kappa        (n_levels, nbin) float64   binned analytic N0 of the kappa estimate (sr)
+    /n0/kappa_2d     (n_levels, ny, nx // 2 + 1) float64  N0 on the rfft grid (sr; inf outside the band,
+                                                          NaN for a level without maps)
+
+A network file (``method = 'nn'``) has the attributes model (path of the run folder or ``.keras``
+file), model_inputs (its input channels), split (the maps reconstructed) and model_shape (the map shape
+it was trained on).
 
 The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole.
 """
 
+from __future__ import annotations
+
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import InputError
-from .h5io import UNITS, check_output_path, open_checked, open_sims
-from .provenance import provenance_attrs
+from ..errors import InputError
+from ..provenance import provenance_attrs
+from .fields import units as field_units
+from .files import check_output_file, open_checked, temporary_name
+from .sims import open_sims
 
 FORMAT = "deepcmb.reconstruction"
 FORMAT_VERSION = 1
@@ -76,7 +99,7 @@ class ReconstructionWriter:
     attrs : dict, optional
         Extra root attributes (e.g. the model or estimator used).
     units : dict, optional
-        Field -> units string for fields not in :data:`deepcmb.h5io.UNITS`.
+        Field -> units string for fields not in :data:`deepcmb.io.fields.FIELDS`.
     overwrite : bool
         Replace an existing file.
 
@@ -92,8 +115,8 @@ class ReconstructionWriter:
         fields = list(fields)
         if "kappa" not in fields:
             raise ValueError("a reconstruction must contain 'kappa'")
-        self.out = check_output_path(out, overwrite)
-        self.tmp = self.out.with_name(self.out.name + ".tmp")
+        self.out = check_output_file(out, overwrite)
+        self.tmp = temporary_name(self.out)
         ident = sims_identity(sims_path)
         path, shape, n_sims = ident["path"], tuple(ident["shape"]), ident["n_maps"]
         self.index = np.asarray(index, dtype=np.int64)
@@ -111,11 +134,11 @@ class ReconstructionWriter:
                  pixel_arcmin=ident["pixel_arcmin"])
         a.update(attrs or {})
         self._f.attrs.update(a)
-        units = {**UNITS, **(units or {})}
+        units = units or {}
         g = self._f.create_group("maps")
         for name in fields:
             d = g.create_dataset(name, (self.n,) + shape, dtype="f4", chunks=(1,) + shape)
-            d.attrs["units"] = units.get(name, "")
+            d.attrs["units"] = units.get(name, field_units(name))
         self._f.create_group("meta").create_dataset("index", data=self.index)
 
     def write(self, start, maps):
@@ -240,3 +263,26 @@ def open_reconstruction(path, sims_path=None):
             raise InputError(f"{path}: was reconstructed from {made_from['file']} (created {made_from['created']}), "
                              f"not from {sims_path} (created {ident['created']})")
     return f
+
+
+def estimator_settings(f) -> dict:
+    """Keyword arguments of :class:`~deepcmb.qe.QuadraticEstimator` that made an open QE reconstruction
+    file ``f``: ``estimator, lmin, lmax, Lmin, Lmax, precision``."""
+    out = {k: float(f.attrs[k]) for k in ("lmin", "lmax", "Lmin", "Lmax")}
+    out.update(estimator=str(f.attrs["estimator"]), precision=json.loads(f.attrs["config"])["precision"])
+    return out
+
+
+def read_n0(f) -> dict:
+    """The analytic N0 an open QE reconstruction file carries (layout in the module docstring).
+
+    Returns
+    -------
+    dict
+        ``edges`` (nbin + 1,), ``L`` (nbin,), ``kappa`` (n_levels, nbin) and ``kappa_2d``
+        (n_levels, ny, nx // 2 + 1), float64, sr.
+    """
+    if "n0" not in f:
+        raise InputError(f"{f.filename}: a quadratic-estimator file without /n0 (made by an older deepcmb; "
+                         "re-run deepcmb reconstruct --method qe)")
+    return {k: f["n0"][k][...] for k in ("edges", "L", "kappa", "kappa_2d")}

@@ -1,4 +1,4 @@
-"""HDF5 layout of the simulate stage's output, its writer and a reader.
+"""The simulation file: the simulate stage's HDF5 output, its layout, writer and readers.
 
 Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
 
@@ -6,8 +6,10 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
                                   config (JSON), seed, kind ('flat' | 'curved'), periodic (bool),
                                   shape (ny, nx), pixel_arcmin, n_maps, fields
     /maps/<FIELD>          (n_maps, ny, nx) float32, chunks (1, ny, nx); attrs: units, description
+                           (the fields of :data:`deepcmb.io.fields.FIELDS` chosen by simulation.fields)
     /meta/cosmology_index  (n_maps,) int64   row of /cosmology/params used by the map
     /meta/noise_index      (n_maps,) int64   row of /instrument/* used by the map
+                                             (both follow :func:`assignment` of seed_index)
     /meta/seed_index       (n_maps,) int64   the map's random streams are
                                              SeedSequence(seed, spawn_key=(seed_index, component))
     /meta/patch_centre     (n_maps, 2) float64, curved only: (lon, lat) in degrees
@@ -25,41 +27,22 @@ The file is written to ``<out>.tmp`` and renamed when complete, so a file under 
 always whole.
 """
 
-import os
+from __future__ import annotations
+
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .cosmology import PARAM_NAMES
-from .errors import InputError, OutputExistsError
-from .provenance import provenance_attrs
-from .sample import Instrument
+from ..cosmology import PARAM_NAMES
+from ..geometry import FlatSkyGeometry
+from ..provenance import provenance_attrs
+from ..sample import Instrument
+from .fields import FIELDS
+from .files import atomic_path, open_checked
 
 FORMAT = "deepcmb.sims"
 FORMAT_VERSION = 1
-
-UNITS = {
-    "T": "uK", "Q": "uK", "U": "uK",
-    "T_lensed": "uK", "Q_lensed": "uK", "U_lensed": "uK",
-    "T_unlensed": "uK", "E_unlensed": "uK", "B_unlensed": "uK", "Q_unlensed": "uK", "U_unlensed": "uK",
-    "phi": "rad^2", "kappa": "1",
-}
-DESCRIPTIONS = {
-    "T": "observed temperature: lensed, beam-convolved, plus white noise",
-    "Q": "observed Stokes Q: lensed, beam-convolved, plus white noise",
-    "U": "observed Stokes U: lensed, beam-convolved, plus white noise",
-    "T_lensed": "lensed temperature, no beam, no noise",
-    "Q_lensed": "lensed Stokes Q, no beam, no noise",
-    "U_lensed": "lensed Stokes U, no beam, no noise",
-    "T_unlensed": "unlensed temperature",
-    "E_unlensed": "unlensed E mode as a scalar map",
-    "B_unlensed": "unlensed B mode as a scalar map",
-    "Q_unlensed": "unlensed Stokes Q",
-    "U_unlensed": "unlensed Stokes U",
-    "phi": "lensing potential",
-    "kappa": "lensing convergence kappa = -laplacian(phi)/2",
-}
 
 
 def write_sims(out, plan, spectra, units):
@@ -75,10 +58,8 @@ def write_sims(out, plan, spectra, units):
     units : iterable of ``(unit, maps, meta)``
         Every unit of ``plan.units`` with its maps (field -> array ``(n, ny, nx)``) and meta arrays.
     """
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
     n, (ny, nx) = plan.n_maps, plan.geom.shape
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             attrs = provenance_attrs(plan.config, "simulate")
             attrs.update(format=FORMAT, format_version=FORMAT_VERSION, seed=plan.config["seed"], kind=plan.kind,
@@ -88,7 +69,7 @@ def write_sims(out, plan, spectra, units):
             maps = f.create_group("maps")
             for name in plan.fields:
                 d = maps.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
-                d.attrs.update(units=UNITS[name], description=DESCRIPTIONS[name])
+                d.attrs.update(units=FIELDS[name].units, description=FIELDS[name].description)
             meta = f.create_group("meta")
             for name in ("cosmology_index", "noise_index", "seed_index"):
                 meta.create_dataset(name, (n,), dtype="i8")
@@ -104,10 +85,6 @@ def write_sims(out, plan, spectra, units):
             inst.attrs["beam_fwhm_arcmin"] = plan.instruments[0].beam_fwhm_arcmin
             inst["noise_t_uk_arcmin"] = [i.noise_t_uk_arcmin for i in plan.instruments]
             inst["noise_p_uk_arcmin"] = [i.noise_p_uk_arcmin for i in plan.instruments]
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_cosmology(f, plan, spectra):
@@ -126,64 +103,21 @@ def _write_cosmology(f, plan, spectra):
     g["cl_kk"].attrs["units"] = "1"
 
 
-def check_output_path(out, overwrite=False):
-    """Refuse an existing output (unless ``overwrite``) or an output in a missing/unwritable folder.
-
-    Returns
-    -------
-    Path
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
-    if out.is_dir():
-        raise OutputExistsError(f"{out}: is a directory")
-    return check_parent_writable(out)
-
-
-def check_parent_writable(out):
-    """Refuse an output whose parent folder is missing or not writable; returns ``Path(out)``."""
-    out = Path(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: folder {parent} is not writable")
-    return out
-
-
-def open_checked(path, fmt, what):
-    """Open a deepcmb HDF5 file read-only, checking its ``format`` attribute.
-
-    Parameters
-    ----------
-    path : str or Path
-    fmt : str
-        Expected ``format`` attribute.
-    what : str
-        What the file should be, for the message (e.g. ``'simulation'``).
-
-    Returns
-    -------
-    h5py.File
-        The caller closes it (use as a context manager).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if f.attrs.get("format") != fmt:
-        f.close()
-        raise InputError(f"{path}: not a deepcmb {what} file (format attribute missing or wrong)")
-    return f
-
-
-def open_sims(path):
-    """Open a simulate-stage file read-only, checking that it is one (see :func:`open_checked`)."""
+def open_sims(path: str | Path) -> h5py.File:
+    """Open a simulation file read-only, checking that it is one (the caller closes it)."""
     return open_checked(path, FORMAT, "simulation")
+
+
+def geometry(f) -> FlatSkyGeometry:
+    """The :class:`~deepcmb.geometry.FlatSkyGeometry` of the maps of an open deepcmb HDF5 file (its
+    ``shape`` and ``pixel_arcmin`` attributes; simulation, reconstruction and report files carry both)."""
+    return FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
+
+
+def assignment(seed_index, n_cosmologies: int, n_levels: int):
+    """``(cosmology_index, noise_index)`` of sample ``seed_index`` (ints or integer arrays): samples
+    cycle through the cosmologies, then through the noise levels."""
+    return seed_index % n_cosmologies, (seed_index // n_cosmologies) % n_levels
 
 
 def read_spectra(f, index):

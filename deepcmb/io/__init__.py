@@ -1,0 +1,17 @@
+"""Every file format of deepcmb, each with its reader and writer in one module.
+
+================================  ==========================  ==========================================
+module                            file                        written by
+================================  ==========================  ==========================================
+:mod:`deepcmb.io.sims`            simulation file (HDF5)      ``deepcmb simulate``
+:mod:`deepcmb.io.reconstruction`  reconstruction file (HDF5)  ``deepcmb reconstruct`` (qe and nn)
+:mod:`deepcmb.io.report`          ``report.h5``,              ``deepcmb evaluate``
+                                  ``summary.json``
+:mod:`deepcmb.io.chains`          ``chains.h5``,              ``deepcmb params``
+                                  ``summary.json``
+================================  ==========================  ==========================================
+
+:mod:`deepcmb.io.fields` is the table of the maps these files hold (units, description, how each
+transforms under rotations and reflections, observed or truth); :mod:`deepcmb.io.files` holds what
+every output shares (atomic writes, output checks, JSON).
+"""

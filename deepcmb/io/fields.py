@@ -1,0 +1,78 @@
+"""The table of every map deepcmb knows: units, description, symmetry class and role.
+
+One row per field name, used wherever a map is stored, read, fed to the network or transformed:
+the simulation file's datasets (:mod:`deepcmb.io.sims`), the network's allowed inputs and heads
+(:mod:`deepcmb.nn.model`) and the spin-aware augmentation (:mod:`deepcmb.nn.augment`).
+
+Symmetry class (``spin``), for the convention ``Q(l) + i U(l) = (E(l) + i B(l)) exp(2 i phi_l)``:
+``'scalar'`` maps are moved by a rotation or reflection of the grid; ``'Q'`` and ``'U'`` are the two
+components of a spin-2 field; ``'pseudo'`` (B) is a pseudo-scalar that flips sign under a reflection.
+
+Role: ``'observed'`` maps are data (lensed, beam-convolved, noisy, or a fixed linear map of them);
+``'lensed'`` the noise-free lensed sky; ``'unlensed'`` and ``'lensing'`` the truth a network may be
+trained to recover; ``'reconstruction'`` a map another estimator made from the observed maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Field:
+    """One kind of map.
+
+    Attributes
+    ----------
+    name : str
+        Dataset name (``/maps/<name>``) and channel name.
+    units : str
+        ``'uK'``, ``'rad^2'`` or ``'1'`` (dimensionless).
+    description : str
+        One line.
+    spin : {'scalar', 'Q', 'U', 'pseudo'}
+        How the map transforms under the symmetries of the grid (module docstring).
+    role : {'observed', 'lensed', 'unlensed', 'lensing', 'reconstruction'}
+        Data, noise-free sky, truth, or another estimator's output.
+    stored : bool
+        Whether the simulate stage can store it (``simulation.fields``).
+    """
+
+    name: str
+    units: str
+    description: str
+    spin: str
+    role: str
+    stored: bool = True
+
+
+FIELDS = {f.name: f for f in (
+    Field("T", "uK", "observed temperature: lensed, beam-convolved, plus white noise", "scalar", "observed"),
+    Field("Q", "uK", "observed Stokes Q: lensed, beam-convolved, plus white noise", "Q", "observed"),
+    Field("U", "uK", "observed Stokes U: lensed, beam-convolved, plus white noise", "U", "observed"),
+    Field("T_lensed", "uK", "lensed temperature, no beam, no noise", "scalar", "lensed"),
+    Field("Q_lensed", "uK", "lensed Stokes Q, no beam, no noise", "Q", "lensed"),
+    Field("U_lensed", "uK", "lensed Stokes U, no beam, no noise", "U", "lensed"),
+    Field("T_unlensed", "uK", "unlensed temperature", "scalar", "unlensed"),
+    Field("E_unlensed", "uK", "unlensed E mode as a scalar map", "scalar", "unlensed"),
+    Field("B_unlensed", "uK", "unlensed B mode as a scalar map", "pseudo", "unlensed"),
+    Field("Q_unlensed", "uK", "unlensed Stokes Q", "Q", "unlensed"),
+    Field("U_unlensed", "uK", "unlensed Stokes U", "U", "unlensed"),
+    Field("phi", "rad^2", "lensing potential", "scalar", "lensing"),
+    Field("kappa", "1", "lensing convergence kappa = -laplacian(phi)/2", "scalar", "lensing"),
+    Field("E", "uK", "observed E mode as a scalar map: the flat-sky E/B split of the observed Q, U", "scalar",
+          "observed", stored=False),
+    Field("B", "uK", "observed B mode as a scalar map: the flat-sky E/B split of the observed Q, U", "pseudo",
+          "observed", stored=False),
+    Field("kappa_qe", "1", "quadratic-estimator kappa of the observed maps (a reconstruction file)", "scalar",
+          "reconstruction", stored=False),
+)}
+"""Field name -> :class:`Field`."""
+
+STORED = tuple(name for name, f in FIELDS.items() if f.stored)
+"""Every map a simulation can store, in the order of the table (the default ``simulation.fields``)."""
+
+
+def units(name: str) -> str:
+    """Units of field ``name`` (``''`` for a name not in the table)."""
+    return FIELDS[name].units if name in FIELDS else ""
