@@ -1,131 +1,168 @@
-"""The ``deepcmb`` command line: one subcommand per stage.
+"""The ``deepcmb`` command line, built from the table of stages (:mod:`deepcmb.stages`).
+
+Every stage subcommand has the same pattern::
+
+    deepcmb STAGE [--config FILE] INPUTS --out OUT [OPTIONS] [--overwrite] [--quiet]
+
+``--config`` reads the stage's section of a YAML file; for a stage whose schema leaves are options
+(``reconstruct``, ``figures``) every leaf is also an option (``--batch-size 16``) that overrides the
+file. The inputs are named alike in every stage (``--sims``, ``--qe``, ``--model``, ``--rec``,
+``--report``, ``--chains``); older names (``--data``) are kept as aliases. A subcommand's options are
+built from its schema only when it runs, so the command starts without importing the other stages.
 
 Errors a user can cause print one line ``deepcmb <stage>: error: <message>`` and exit with code 2,
 without a traceback.
 """
 
+from __future__ import annotations
+
 import argparse
-import importlib
 import os
 import sys
+from functools import partial
+from pathlib import Path
 
-from .errors import DeepCMBError
+import yaml
 
+from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml
+from .errors import ConfigError, DeepCMBError
+from .stages import Stage, commands
 
-def _add_simulate(sub):
-    p = sub.add_parser("simulate", help="simulate lensed CMB maps with their truth into HDF5",
-                       description="Simulate lensed CMB maps (flat-sky exact NUFFT lensing, or curved-sky "
-                                   "lenspyx patches) for the cosmologies of a config, written to HDF5.")
-    p.add_argument("--config", required=True, help="YAML config (see sims/quick.yaml)")
-    p.add_argument("--out", required=True, help="output HDF5 file")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="local worker processes (default: all cores)")
-    p.add_argument("--scheduler", default=None, help="Dask distributed scheduler address (tcp://host:port)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_simulate)
+OPTIONS = {
+    "workers": {"type": int, "help": "local worker processes (default: one per core)"},
+    "scheduler": {"help": "Dask distributed scheduler address (tcp://host:port)"},
+}
+"""Execution options a stage may take besides its config (they do not change its output)."""
 
 
-def _run_simulate(args):
-    from .config import load_yaml
-    from .simulate import run_simulate
-
-    out = run_simulate(load_yaml(args.config), args.out, workers=args.workers, scheduler=args.scheduler,
-                       overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {out}")
+def _flag(name: str) -> str:
+    return "--" + name.replace(".", "-").replace("_", "-")
 
 
-def _quiet_tensorflow():
-    # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) would bury the stage's own output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _value(text: str, leaf):
+    """A command-line string as the YAML value it spells (``'300'`` -> 300, ``'null'`` -> None); a list
+    leaf takes comma-separated entries."""
+    if isinstance(leaf, ListOf):
+        return [yaml.safe_load(t) for t in text.split(",") if t.strip()]
+    return text if isinstance(leaf, Str) else yaml.safe_load(text)
 
 
-def _add_train(sub):
-    p = sub.add_parser("train", help="train the ResUNet on a simulation file",
-                       description="Train the ResUNet (Keras 3; backend from KERAS_BACKEND) on the maps of a "
-                                   "simulation file. Re-running the same command on an interrupted run folder "
-                                   "resumes from its last checkpoint.")
-    p.add_argument("--config", required=True, help="YAML config (see train/quick.yaml)")
-    p.add_argument("--data", required=True, help="simulation file of `deepcmb simulate`")
-    p.add_argument("--out", required=True, help="run folder (model.keras, checkpoints, history.csv, ...)")
-    p.add_argument("--qe", default=None, help="QE reconstruction of --data (for a model with a kappa_qe input)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run folder holding another or a finished run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_train)
+def _leaf_help(leaf, default) -> str:
+    text = leaf.doc or leaf.describe()
+    return f"{text} (default {default})" if default is not None else text
 
 
-def _run_train(args):
-    _quiet_tensorflow()
-    from .config import load_yaml
-    from .nn.train import run_train
+def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> None:
+    """The options of one subcommand: ``--method`` (several stages), inputs, ``--out``, ``--config``,
+    schema leaves, execution options, ``--overwrite``, ``--quiet``."""
+    if len(stages) > 1:
+        p.add_argument("--method", required=True, choices=[s.method for s in stages],
+                       help="; ".join(f"{s.method}: {s.summary}" for s in stages))
+    seen = {}
+    for s in stages:
+        for i in s.inputs:
+            seen.setdefault(i.flag, (i, []))[1].append(s)
+    for flag, (i, users) in seen.items():
+        required = i.required and len(users) == len(stages)
+        help_ = i.help + ("" if len(users) == len(stages) else f" ({', '.join(f'--method {u.method}' for u in users)})")
+        if i.labelled:
+            p.add_argument(flag, *i.aliases, dest=i.name, required=required, action="append", metavar="LABEL=FILE",
+                           help=help_)
+        else:
+            p.add_argument(flag, *i.aliases, dest=i.name, required=required, default=None, help=help_)
+    p.add_argument("--out", required=True, help="output " + ("file" if stages[0].output == "file" else "folder"))
+    sections = [s for s in stages if s.section is not None]
+    if sections:
+        where = "the whole file" if sections[0].section == "" else f"its {sections[0].section}: section"
+        p.add_argument("--config", required=len(stages) == 1 and stages[0].config_required,
+                       help=f"YAML config; {where} is used (see the presets in sims/, train/, evaluate/)")
+    flags = {}
+    for s in stages:
+        if s.flags:
+            for name, leaf in leaves(s.load_schema()):
+                flags.setdefault(_flag(name), []).append((s, name, leaf))
+    for flag, uses in flags.items():
+        leaf = uses[0][2]
+        defaults = [(s, lf.default) for s, _, lf in uses]
+        if len(uses) == len(stages) == 1 or len({repr(d) for _, d in defaults}) == 1:
+            help_ = _leaf_help(leaf, defaults[0][1])
+        else:
+            help_ = (leaf.doc or leaf.describe()) + " (" + "; ".join(f"{s.method}: default {d}" for s, d in defaults) \
+                + ")"
+        if len(stages) > 1 and len(uses) < len(stages):
+            help_ += f" (--method {uses[0][0].method})"
+        kw = {"dest": "leaf:" + flag, "default": argparse.SUPPRESS, "help": help_}
+        if isinstance(leaf, Bool):
+            p.add_argument(flag, action="store_const", const=True, **kw)
+        elif isinstance(leaf, OneOf):
+            p.add_argument(flag, choices=[str(c) for c in leaf.choices], **kw)
+        else:
+            p.add_argument(flag, metavar=flag[2:].upper().replace("-", "_"), **kw)
+    for name in dict.fromkeys(o for s in stages for o in s.options):
+        p.add_argument(f"--{name}", default=None, **OPTIONS[name])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=partial(_run_stage, stages, flags))
 
-    out = run_train(load_yaml(args.config), args.data, args.out, qe=args.qe, overwrite=args.overwrite,
-                    progress=not args.quiet)
-    print(f"wrote {out}/model.keras")
+
+def _section(path: str, section: str) -> dict:
+    """The section (dotted path, ``''``: the whole file) of a YAML file; a file without it is refused."""
+    data = load_yaml(path)
+    for key in filter(None, section.split(".")):
+        if not isinstance(data, dict) or key not in data:
+            raise ConfigError(f"{path}: no '{section}:' section")
+        data = data[key]
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: {section}: expected a mapping, got {data!r}")
+    return data or {}
 
 
-def _add_reconstruct(sub):
-    p = sub.add_parser("reconstruct", help="reconstruct kappa from the observed maps of a simulation file",
-                       description="Reconstruct the lensing convergence of every map of a simulation file, with a "
-                                   "trained ResUNet (--method nn; also the unlensed E map for a network with that "
-                                   "head) or a quadratic estimator (--method qe).")
-    p.add_argument("--method", required=True, choices=["nn", "qe"],
-                   help="nn: a trained ResUNet; qe: a flat-sky quadratic estimator")
-    p.add_argument("--data", required=True, help="simulation file of `deepcmb simulate`")
-    p.add_argument("--out", required=True, help="output HDF5 file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    nn = p.add_argument_group("nn options")
-    nn.add_argument("--model", default=None,
-                    help="run folder of `deepcmb train` or a .keras file (default: the shipped pretrained model)")
-    nn.add_argument("--batch-size", type=int, default=32, help="maps per forward pass / QE batch (default 32)")
-    nn.add_argument("--split", default="all", choices=["all", "train", "validation", "test"],
-                    help="reconstruct one split of the model's training file (default: all maps)")
-    nn.add_argument("--qe", default=None, help="QE reconstruction of --data (for a model with a kappa_qe input)")
-    nn.add_argument("--any-shape", action="store_true",
-                    help="apply the (fully convolutional) network to maps of another size than it was trained on, "
-                         "at the same pixel size")
-    nn.add_argument("--symmetrize", action="store_true",
-                    help="average the prediction over the 8 rotations and reflections of the grid (8 network passes)")
-    qe = p.add_argument_group("qe options")
-    qe.add_argument("--estimator", default="EB", help="TT, TE, EE, EB, TB, MV or MV_POL (default EB)")
-    qe.add_argument("--lmin", type=float, default=300.0, help="lowest CMB multipole used (default 300)")
-    qe.add_argument("--lmax", type=float, default=3500.0, help="highest CMB multipole used (default 3500)")
-    qe.add_argument("--Lmin", type=float, default=20.0, help="lowest lensing multipole kept (default 20)")
-    qe.add_argument("--Lmax", type=float, default=3500.0, help="highest lensing multipole kept (default 3500)")
-    qe.add_argument("--wiener", action="store_true", help="write the Wiener-filtered kappa C/(C+N0) kappa_hat")
-    qe.add_argument("--apodize-arcmin", type=float, default=None,
-                    help="cosine taper width (default: 0 for periodic maps, 60 for curved-sky patches)")
-    qe.add_argument("--mean-field-maps", type=int, default=64,
-                    help="maps per mean-field estimate, non-periodic patches only (default 64)")
-    qe.add_argument("--precision", default="single", choices=["single", "double"],
-                    help="arithmetic of the estimate (default single: the maps are float32)")
-    p.set_defaults(func=_run_reconstruct)
+def _labelled(items: list[str] | None, flag: str) -> dict:
+    """``['nn=a.h5', 'qe=b.h5']`` -> ``{'nn': 'a.h5', 'qe': 'b.h5'}``."""
+    out = {}
+    for item in items or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ConfigError(f"{flag} {item}: expected LABEL=FILE, e.g. nn=rec_nn.h5")
+        if label in out:
+            raise ConfigError(f"{flag} {item}: label {label!r} given twice")
+        out[label] = path
+    return out
 
 
-def _run_reconstruct(args):
-    if args.method == "qe":
-        from .errors import ConfigError
-        from .qe.stage import run_reconstruct_qe
-
-        if args.model is not None or args.qe is not None or args.split != "all" or args.any_shape or args.symmetrize:
-            raise ConfigError("--model, --qe, --split, --any-shape and --symmetrize apply to --method nn only")
-        out = run_reconstruct_qe(args.data, args.out, estimator=args.estimator, lmin=args.lmin, lmax=args.lmax,
-                                 Lmin=args.Lmin, Lmax=args.Lmax, wiener=args.wiener,
-                                 apodize_arcmin=args.apodize_arcmin, mean_field_maps=args.mean_field_maps,
-                                 batch_size=args.batch_size, precision=args.precision, overwrite=args.overwrite,
-                                 progress=not args.quiet)
+def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> None:
+    stage = stages[0] if len(stages) == 1 else next(s for s in stages if s.method == args.method)
+    given = {flag: v for flag, v in vars(args).items() if flag.startswith("leaf:")}
+    foreign = [flag[5:] for flag in given if not any(s is stage for s, _, _ in flags[flag[5:]])]
+    foreign += [i.flag for s in stages if s is not stage for i in s.inputs
+                if i not in stage.inputs and getattr(args, i.name, None) is not None]
+    if stage.section is None and getattr(args, "config", None) is not None:
+        foreign.append("--config")
+    if foreign:
+        raise ConfigError(f"{', '.join(dict.fromkeys(foreign))} do(es) not apply to --method {stage.method}")
+    config = _section(args.config, stage.section) if getattr(args, "config", None) is not None else {}
+    for flag, text in given.items():
+        _, name, leaf = next(u for u in flags[flag[5:]] if u[0] is stage)
+        node = config
+        *parents, key = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = text if isinstance(leaf, Bool) else _value(text, leaf)
+    inputs = {i.name: (_labelled(getattr(args, i.name), i.flag) if i.labelled else getattr(args, i.name))
+              for i in stage.inputs}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    options = {o: getattr(args, o) for o in stage.options if getattr(args, o) is not None}
+    if stage.keras:
+        # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) would bury the stage's own output
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    out = Path(stage.run(config, inputs, args.out, overwrite=args.overwrite, progress=not args.quiet, **options))
+    if out.is_dir():
+        print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     else:
-        _quiet_tensorflow()
-        from .nn.reconstruct import run_reconstruct_nn
-
-        out = run_reconstruct_nn(args.model, args.data, args.out, batch_size=args.batch_size, split=args.split,
-                                 qe=args.qe, any_shape=args.any_shape, symmetrize=args.symmetrize,
-                                 overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {out}")
+        print(f"wrote {out}")
 
 
-def _add_run(sub):
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run every stage of a preset (simulate -> ... -> figures)",
                        description="Run simulate -> train -> reconstruct (nn and qe) -> evaluate -> params -> "
                                    "figures for a preset (evaluate/PRESET.yaml and the presets it names), one "
@@ -135,38 +172,41 @@ def _add_run(sub):
     p.add_argument("--root", default=None,
                    help="folder holding sims/, train/, evaluate/ (default: the current folder, else the checkout)")
     p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="local worker processes for the simulations (default: all cores)")
+    p.add_argument("--workers", **OPTIONS["workers"])
     p.add_argument("--verbose", action="store_true", help="also show each stage's own progress bars")
     p.set_defaults(func=_run_pipeline)
 
 
-def _run_pipeline(args):
-    _quiet_tensorflow()
+def _run_pipeline(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .pipeline import run_pipeline
 
     run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose)
 
 
-def build_parser():
-    """The argument parser of the ``deepcmb`` command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``deepcmb``; the options of subcommand ``command`` (all when None) are
+    built from its stages' schemas."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="deepcmb", description="CMB lensing reconstruction with deep learning.")
     parser.add_argument("--version", action="version", version=f"deepcmb {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    _add_simulate(sub)
-    _add_train(sub)
-    _add_reconstruct(sub)
-    for module in ("evaluation", "params", "figures"):
-        importlib.import_module(f".{module}.cli", __package__).add_parser(sub)
+    for name, stages in commands().items():
+        summary = stages[0].summary if len(stages) == 1 else "reconstruct kappa: " + "; ".join(
+            f"--method {s.method}: {s.summary}" for s in stages)
+        p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        if command in (None, name):
+            _add_stage_arguments(p, stages)
     _add_run(sub)
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deepcmb`` console script; returns the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in commands() else "")
     args = parser.parse_args(argv)
     # CAMB's Fortran runtime buffers its chatter when stdout is a pipe and flushes it at exit, past
     # the point where deepcmb silences it; unbuffered, it is silenced while CAMB runs.

@@ -2,7 +2,7 @@
 
 A config is a nested mapping. A *schema* is a nested mapping of the same shape whose leaves say what
 each value may be: a :class:`Leaf` (:class:`Int`, :class:`Number`, :class:`Bool`, :class:`Str`,
-:class:`OneOf`, :class:`ListOf`, :class:`Free`) carries the default, the type, the constraints
+:class:`OneOf`, :class:`ListOf`, :class:`Free`, :class:`Retired`) carries the default, the type, the constraints
 (``Int(1, min=1)``: an integer at least 1; ``Number(2.0, gt=0)``: a number greater than 0;
 ``nullable=True``: ``null`` allowed) and a one-line description that the command line shows as help.
 A plain value is shorthand for a leaf of its type with that default (``None``: anything, ``null``
@@ -198,6 +198,17 @@ class Free(Leaf):
         return copy.deepcopy(value if given else self.default)
 
 
+class Retired(Leaf):
+    """A key that is no longer used: giving it is an error whose message says why (``doc``); the
+    resolved config does not have it."""
+
+    def __init__(self, why: str):
+        super().__init__(None, doc=why)
+
+    def resolve(self, name, given, value):
+        raise ConfigError(f"{name}: no longer used: {self.doc}")
+
+
 def leaf(spec: Any) -> Leaf:
     """The :class:`Leaf` a schema entry stands for (a plain value is a leaf of its type with that default)."""
     if isinstance(spec, Leaf):
@@ -269,17 +280,20 @@ def resolve(user: dict | None, schema: dict, prefix: str = "") -> dict:
         name = f"{prefix}{key}"
         if isinstance(spec, dict):
             out[key] = resolve(user.get(key) if key in user else {}, spec, prefix=f"{name}.")
+        elif isinstance(spec, Retired):
+            if key in user:
+                spec.resolve(name, True, user[key])
         else:
             out[key] = leaf(spec).resolve(name, key in user, user.get(key))
     return out
 
 
 def leaves(schema: dict, prefix: str = ""):
-    """Yield ``(dotted_name, Leaf)`` for every leaf of a schema, in order."""
+    """Yield ``(dotted_name, Leaf)`` for every leaf of a schema in order (retired keys left out)."""
     for key, spec in schema.items():
         if isinstance(spec, dict):
             yield from leaves(spec, f"{prefix}{key}.")
-        else:
+        elif not isinstance(spec, Retired):
             yield f"{prefix}{key}", leaf(spec)
 
 

@@ -22,9 +22,12 @@ stages. The stages and their outputs in the run folder ``OUT`` (default ``data/o
 
 Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config
 and of the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
-re-used; a changed config re-runs that stage and every stage after it. An interrupted simulation or
-training resumes where it stopped (those stages resume by themselves).
+re-used; a changed config re-runs that stage and every stage after it. An interrupted stage that
+resumes (:attr:`deepcmb.stages.Stage.resumes`: simulate, train) continues where it stopped; the others
+start again. ``pipeline.json`` is written atomically (:func:`deepcmb.io.files.write_json`).
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
@@ -33,7 +36,14 @@ from pathlib import Path
 
 from .config import Free, load_yaml, resolve
 from .errors import ConfigError
+from .io.files import write_json
 from .provenance import config_json
+from .qe.stage import SCHEMA as QE_SCHEMA
+from .stages import STAGES
+
+QE_SETTINGS = {k: v for k, v in QE_SCHEMA.items() if k != "estimator"}
+"""The settings of every QE reconstruction of a run (the QE stage's schema; the estimators are
+``run.qe_estimators``)."""
 
 RUN_SCHEMA = {
     "train_sims": "sims/quick.yaml",
@@ -42,7 +52,7 @@ RUN_SCHEMA = {
     "models": Free({}),
     "qe_estimators": ["EB", "MV_POL"],
     "qe_input": "MV_POL",
-    "qe": {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0},
+    "qe": Free({}),
     "params": True,
     "symmetrize": False,
     "robustness": Free({}),
@@ -52,7 +62,9 @@ RUN_SCHEMA = {
 
 ``models`` maps extra labels to trained models (run folders or ``.keras`` files, relative to the
 root) that are evaluated beside the freshly trained one; ``qe_input`` is the estimator whose kappa
-feeds a network with a ``kappa_qe`` input channel; ``params: false`` skips parameter estimation;
+feeds a network with a ``kappa_qe`` input channel; ``qe`` holds the settings of every QE
+reconstruction (:data:`QE_SETTINGS`: the QE stage's schema, band ``lmin, lmax, Lmin, Lmax``,
+``apodize_arcmin`` ...); ``params: false`` skips parameter estimation;
 ``symmetrize: true`` averages every network reconstruction over the 8 symmetries of the pixel grid
 (:func:`deepcmb.nn.reconstruct.predict_symmetrized`).
 ``robustness`` maps a tag to a further test set on which every method is evaluated again (with the
@@ -62,7 +74,7 @@ networks trained as configured, not retrained): a sims preset path, or ``{sims: 
 true`` applies the networks to maps of another size than they were trained on (the fully
 convolutional network rebuilt at the new size, :func:`deepcmb.nn.reconstruct.at_shape`).
 ``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
-targets (:mod:`deepcmb.evaluation.results`, configured by the preset's ``results:`` section).
+targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section).
 """
 
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
@@ -107,16 +119,43 @@ def find_preset(preset, root=None):
                       + (f" (known: {', '.join(known)})" if known else ""))
 
 
-class Stage:
-    """One step of the pipeline: a name, what it writes, the config that fixes it and how to run it."""
+class Step:
+    """One step of a run: a stage of :data:`deepcmb.stages.STAGES` with its config, inputs and output.
 
-    def __init__(self, name, output, config, inputs, run):
-        self.name, self.output, self.config, self.inputs, self.run = name, Path(output), config, inputs, run
-        self.key = None
+    Attributes
+    ----------
+    name : str
+        Step name in ``pipeline.json`` (``reconstruct_qe_eb_ood``).
+    stage : Stage
+        What runs.
+    output : Path
+        The file or folder it writes.
+    config : dict
+        Its config (the ``config`` argument of the stage).
+    inputs : dict
+        Its inputs (the ``inputs`` argument of the stage).
+    after : list of str
+        Steps whose outputs it reads.
+    options : dict
+        Execution options (e.g. ``workers``).
+    key : str
+        SHA-256 of the stage, its config, its inputs and the keys of the steps it reads
+        (set by :func:`plan_stages`).
+    """
+
+    def __init__(self, name, stage, output, config, inputs, after, options=None):
+        self.name, self.stage, self.output, self.config = name, stage, Path(output), config
+        self.inputs, self.after, self.options, self.key = inputs, list(after), options or {}, None
+
+    def run(self, overwrite, progress):
+        """Run the stage on this step's config and inputs."""
+        return self.stage.run(self.config, self.inputs, self.output, overwrite=overwrite, progress=progress,
+                              **self.options)
 
 
-def _key(stage, keys):
-    text = config_json({"stage": stage.name, "config": stage.config, "inputs": [keys[i] for i in stage.inputs]})
+def _key(step, keys):
+    text = config_json({"stage": step.name, "config": step.config, "inputs": [keys[i] for i in step.after],
+                        "files": {k: v for k, v in step.inputs.items() if k == "model"}})
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -155,8 +194,8 @@ def _merge(base, overrides):
     return out
 
 
-def plan_stages(preset_file, root, out, workers=1, verbose=False):
-    """The stages of a preset, in order (nothing is run).
+def plan_stages(preset_file, root, out, workers=None, verbose=False):
+    """The steps of a preset, in order (nothing is run).
 
     Parameters
     ----------
@@ -164,15 +203,17 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
         From :func:`find_preset`.
     out : Path
         Run folder.
-    workers : int
-        Worker processes of the simulate stages.
+    workers : int, optional
+        Worker processes of the simulate steps (default: one per core).
     verbose : bool
         Let the stages show their own progress bars.
 
     Returns
     -------
-    list of Stage
+    list of Step
     """
+    from .nn.settings import resolve_config as resolve_train
+
     top = load_yaml(preset_file)
     unknown = sorted(set(top) - set(SECTIONS))
     if unknown:
@@ -189,45 +230,32 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
     if not isinstance(run["models"], dict):
         raise ConfigError("run.models: expected a mapping label -> model path")
     robustness = _robustness(run["robustness"])
-    inputs = (train_cfg.get("model") or {}).get("inputs") or []
-    qe_input = "kappa_qe" in inputs
+    qe_input = "kappa_qe" in resolve_train(train_cfg)["model"]["inputs"]
     estimators = list(run["qe_estimators"])
     if qe_input and run["qe_input"] not in estimators:
         estimators.append(run["qe_input"])
     o = Path(out)
-    quiet = not verbose
-    stages = []
+    steps = []
 
-    def add(name, output, config, inputs, fn):
-        stages.append(Stage(name, o / output, config, inputs, fn))
+    def add(name, stage, output, config, inputs, after, **options):
+        steps.append(Step(name, STAGES[stage], o / output, config, inputs, after, options))
 
-    from .simulate import run_simulate
+    def qe_settings(overrides, where):
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        return resolve(overrides, QE_SETTINGS, prefix=f"{where}.")
 
-    add("simulate_train", "sims_train.h5", train_sims, [],
-        lambda s, ow: run_simulate(train_sims, s.output, workers=workers, overwrite=ow, progress=not quiet))
-    qe_opts = run["qe"]
-
-    def qe(sims, est, opts=qe_opts):
-        def fn(s, ow):
-            from .qe.stage import run_reconstruct_qe
-
-            run_reconstruct_qe(o / sims, s.output, estimator=est, overwrite=ow, progress=not quiet, **opts)
-        return fn
-
-    train_qe = None
+    qe_opts = qe_settings(run["qe"], "run.qe")
+    add("simulate_train", "simulate", "sims_train.h5", train_sims, {}, [], workers=workers)
+    train_inputs = {"sims": o / "sims_train.h5"}
     if qe_input:
         # the network reads the QE kappa as an input channel: the QE of the training maps feeds the
         # training, the same estimator on the test maps feeds the network's reconstruction
-        train_qe = o / "rec_qe_train.h5"
-        add("reconstruct_qe_train", train_qe.name, {"estimator": run["qe_input"], **qe_opts}, ["simulate_train"],
-            qe("sims_train.h5", run["qe_input"]))
-
-    def train(s, ow):
-        from .nn.train import run_train
-
-        run_train(train_cfg, o / "sims_train.h5", s.output, qe=train_qe, overwrite=ow, progress=not quiet)
-
-    add("train", "train", train_cfg, ["simulate_train"] + (["reconstruct_qe_train"] if qe_input else []), train)
+        train_inputs["qe"] = o / "rec_qe_train.h5"
+        add("reconstruct_qe_train", "reconstruct_qe", "rec_qe_train.h5", {"estimator": run["qe_input"], **qe_opts},
+            {"sims": o / "sims_train.h5"}, ["simulate_train"])
+    add("train", "train", "train", train_cfg, train_inputs,
+        ["simulate_train"] + (["reconstruct_qe_train"] if qe_input else []))
     models = {}
     for label, model in run["models"].items():
         lab = _label(label)
@@ -239,86 +267,52 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
         models[lab] = model_path
 
     def test_set(tag, folder, sims_cfg, eval_cfg, opts, any_shape=False):
-        """Stages of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
+        """Steps of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
         suffix = "" if tag == "test" else f"_{tag}"
-        sims = folder + ("sims_test.h5" if tag == "test" else "sims.h5")
-        add(f"simulate_{tag}", sims, sims_cfg, [],
-            lambda s, ow: run_simulate(sims_cfg, s.output, workers=workers, overwrite=ow, progress=not quiet))
-        first = len(stages)
+        sims = o / folder / ("sims_test.h5" if tag == "test" else "sims.h5")
+        add(f"simulate_{tag}", "simulate", sims.relative_to(o), sims_cfg, {}, [], workers=workers)
+        first = len(steps)
         recs = {}
         for est in estimators:
             lab = "qe_" + _label(est)
-            recs[lab] = folder + f"rec_{lab}.h5"
-            add(f"reconstruct_{lab}{suffix}", recs[lab], {"estimator": est, **opts}, [f"simulate_{tag}"],
-                qe(sims, est, opts))
-
-        def reconstruct_nn(model, qe_file=None):
-            def fn(s, ow):
-                from .nn.reconstruct import run_reconstruct_nn
-
-                run_reconstruct_nn(model, o / sims, s.output, qe=qe_file, any_shape=any_shape,
-                                   symmetrize=run["symmetrize"], overwrite=ow, progress=not quiet)
-            return fn
-
-        nn_cfg = {**({"any_shape": True} if any_shape else {}), **({"symmetrize": True} if run["symmetrize"] else {})}
-        recs["nn"] = folder + "rec_nn.h5"
+            recs[lab] = o / folder / f"rec_{lab}.h5"
+            add(f"reconstruct_{lab}{suffix}", "reconstruct_qe", recs[lab].relative_to(o), {"estimator": est, **opts},
+                {"sims": sims}, [f"simulate_{tag}"])
+        nn_cfg = {"any_shape": any_shape, "symmetrize": run["symmetrize"]}
+        recs["nn"] = o / folder / "rec_nn.h5"
         qe_label = "qe_" + _label(run["qe_input"])
-        add(f"reconstruct_nn{suffix}", recs["nn"], nn_cfg, ["train", f"simulate_{tag}"]
-            + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []),
-            reconstruct_nn(o / "train", o / recs[qe_label] if qe_input else None))
+        add(f"reconstruct_nn{suffix}", "reconstruct_nn", recs["nn"].relative_to(o), nn_cfg,
+            {"sims": sims, "model": o / "train", **({"qe": recs[qe_label]} if qe_input else {})},
+            ["train", f"simulate_{tag}"] + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []))
         for lab, model_path in models.items():
-            recs[lab] = folder + f"rec_{lab}.h5"
-            add(f"reconstruct_{lab}{suffix}", recs[lab], {"model": str(model_path), **nn_cfg}, [f"simulate_{tag}"],
-                reconstruct_nn(model_path))
-        rec_stages = [s.name for s in stages[first:]]
-
-        def evaluate(s, ow):
-            from .evaluation import run_evaluate
-
-            run_evaluate(eval_cfg, o / sims, {k: o / v for k, v in recs.items()}, s.output, overwrite=ow,
-                         progress=not quiet)
-
-        add(f"evaluate{suffix}", folder + "eval", eval_cfg, rec_stages, evaluate)
+            recs[lab] = o / folder / f"rec_{lab}.h5"
+            add(f"reconstruct_{lab}{suffix}", "reconstruct_nn", recs[lab].relative_to(o), nn_cfg,
+                {"sims": sims, "model": model_path}, [f"simulate_{tag}"])
+        add(f"evaluate{suffix}", "evaluate", Path(folder) / "eval", eval_cfg, {"sims": sims, "recs": recs},
+            [s.name for s in steps[first:]])
 
     test_set("test", "", test_sims, sections["evaluate"], qe_opts)
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),
-                 _merge(sections["evaluate"], entry["evaluate"]), {**qe_opts, **entry["qe"]}, entry["any_shape"])
-    chains = None
+                 _merge(sections["evaluate"], entry["evaluate"]),
+                 qe_settings({**run["qe"], **entry["qe"]}, f"run.robustness.{tag}.qe"), entry["any_shape"])
+    report = {"report": o / "eval" / "report.h5"}
     if run["params"]:
-        def params(s, ow):
-            from .params import run_params
-
-            run_params(sections["params"], o / "eval" / "report.h5", s.output, overwrite=ow, progress=not quiet)
-
-        add("params", "params", sections["params"], ["evaluate"], params)
-        chains = o / "params" / "chains.h5"
-
-    from .figures import SCHEMA as FIGURES_SCHEMA
-
-    figures_cfg = resolve(sections["figures"], FIGURES_SCHEMA, prefix="figures.")
-
-    def figures(s, ow):
-        from .figures import run_figures
-
-        run_figures(o / "eval" / "report.h5", s.output, chains=chains, overwrite=ow, progress=not quiet,
-                    formats=tuple(figures_cfg["formats"]))
-
-    add("figures", "figures", figures_cfg, ["evaluate"] + (["params"] if chains else []), figures)
+        add("params", "params", "params", sections["params"], report, ["evaluate"])
+    add("figures", "figures", "figures", sections["figures"],
+        {**report, **({"chains": o / "params" / "chains.h5"} if run["params"] else {})},
+        ["evaluate"] + (["params"] if run["params"] else []))
     if run["results"]:
-        from .evaluation.results import SCHEMA as RESULTS_SCHEMA, run_results
-
-        results_cfg = resolve(sections["results"], RESULTS_SCHEMA, prefix="results.")
         evaluations = {"test": o / "eval", **{tag: o / f"robust_{tag}" / "eval" for tag in robustness}}
-        add("results", "results", results_cfg, [s.name for s in stages if s.name.startswith("evaluate")],
-            lambda s, ow: run_results(evaluations, s.output, results_cfg))
+        add("results", "results", "results", sections["results"], {"evaluations": evaluations},
+            [s.name for s in steps if s.name.startswith("evaluate")])
     keys = {}
-    for s in stages:
+    for s in steps:
         s.key = keys[s.name] = _key(s, keys)
-    return stages
+    return steps
 
 
-def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, echo=print):
+def run_pipeline(preset="quick", out=None, root=None, workers=None, verbose=False, echo=print):
     """Run (or resume) every stage of a preset.
 
     Parameters
@@ -329,8 +323,8 @@ def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, 
         Run folder; default ``ROOT/data/out/run_<preset>``.
     root : str or Path, optional
         Preset root.
-    workers : int
-        Worker processes of the simulate stages.
+    workers : int, optional
+        Worker processes of the simulate stages (default: one per core).
     verbose : bool
         Show each stage's own progress bars under its line.
     echo : callable
@@ -344,33 +338,26 @@ def run_pipeline(preset="quick", out=None, root=None, workers=1, verbose=False, 
     preset_file, root = find_preset(preset, root)
     out = Path(out) if out is not None else root / "data" / "out" / f"run_{preset_file.stem}"
     out.mkdir(parents=True, exist_ok=True)
-    stages = plan_stages(preset_file, root, out, workers=workers, verbose=verbose)
+    steps = plan_stages(preset_file, root, out, workers=workers, verbose=verbose)
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     total = time.perf_counter()
-    width = max(len(s.name) for s in stages)
-    for i, s in enumerate(stages, 1):
-        prefix = f"[{i:>{len(str(len(stages)))}}/{len(stages)}] {s.name:<{width}}"
+    width = max(len(s.name) for s in steps)
+    for i, s in enumerate(steps, 1):
+        prefix = f"[{i:>{len(str(len(steps)))}}/{len(steps)}] {s.name:<{width}}"
         entry = record.get(s.name, {})
         same = entry.get("key") == s.key
-        if same and entry.get("finished") and s.output.exists():
+        if same and s.output.exists() and (entry.get("finished") or s.stage.resumes and s.stage.is_finished(s.output)):
             echo(f"{prefix}  re-used   {s.output}")
             continue
-        if same and s.name == "train" and (s.output / "model.keras").exists():
-            overwrite = None  # finished training whose record was not written: nothing to redo
-        elif same and s.name in ("simulate_train", "simulate_test", "train"):
-            # an interrupted simulation or training of this very config resumes by itself
-            overwrite = s.name != "train" and s.output.exists()
-        else:
-            overwrite = s.output.exists()
         record[s.name] = {"key": s.key, "output": str(s.output), "finished": False}
-        record_path.write_text(json.dumps(record, indent=1))
+        write_json(record_path, record)
         t0 = time.perf_counter()
         s.output.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite is not None:
-            s.run(s, overwrite)
+        # an interrupted run of a stage that resumes, under this very key, continues where it stopped
+        s.run(overwrite=s.output.exists() and not (same and s.stage.resumes), progress=verbose)
         record[s.name].update(finished=True, seconds=round(time.perf_counter() - t0, 1))
-        record_path.write_text(json.dumps(record, indent=1))
+        write_json(record_path, record)
         echo(f"{prefix}  done in {time.perf_counter() - t0:6.1f} s   {s.output}")
-    echo(f"all {len(stages)} stages done in {time.perf_counter() - total:.0f} s; summary: {out / 'eval' / 'summary.json'}")
+    echo(f"all {len(steps)} stages done in {time.perf_counter() - total:.0f} s; summary: {out / 'eval' / 'summary.json'}")
     return out

@@ -7,6 +7,9 @@ interruption skips the units already saved, and because every sample's randomnes
 ``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers.
 """
 
+from __future__ import annotations
+
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,30 +341,38 @@ def _prepare_output(out, cfg, overwrite):
     return partial
 
 
-def run_simulate(user_config, out, workers=1, scheduler=None, overwrite=False, progress=True):
+def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, overwrite: bool = False,
+                 progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Path:
     """Run the simulate stage.
 
     Parameters
     ----------
-    user_config : dict
+    config : dict
         Config as read from YAML (merged over :data:`SCHEMA`).
+    inputs : dict or None
+        None or ``{}``: the stage reads no file.
     out : str or Path
-        Output HDF5 path.
-    workers : int
-        Local worker processes.
-    scheduler : str, optional
-        Dask scheduler address; overrides ``workers``.
+        Output HDF5 path (layout of :mod:`deepcmb.io.sims`).
     overwrite : bool
         Replace an existing output.
     progress : bool
         Show a progress bar (maps and maps/s) on stderr.
+    workers : int, optional
+        Local worker processes (default: one per core).
+    scheduler : str, optional
+        Dask scheduler address; overrides ``workers``.
 
     Returns
     -------
     Path
         The written file.
     """
-    cfg = resolve(user_config, SCHEMA)
+    if inputs:
+        raise ConfigError(f"simulate: reads no input file, got {', '.join(inputs)}")
+    workers = workers if workers is not None else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
+    cfg = resolve(config, SCHEMA)
     plan = plan_from_config(cfg)
     out = Path(out)
     partial = _prepare_output(out, cfg, overwrite)

@@ -38,7 +38,7 @@ def _simulate(path, n_maps, seed, cosmology=None, noise=(1.0,)):
            "simulation": {"fields": ["Q", "U", "E_unlensed", "kappa"], "block_size": 32}}
     if cosmology:
         cfg["cosmology"] = cosmology
-    return run_simulate(cfg, path, progress=False)
+    return run_simulate(cfg, {}, path, progress=False, workers=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,23 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import resolve
+from ..config import Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError, OutputExistsError
 from ..provenance import provenance_attrs
-from ..qe import cosine_window, window_moment
+from ..io.reconstruction import read_n0
+from ..qe import BAND, cosine_window, default_taper, window_moment
 from ..spectra import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
 from . import metrics
 from .inputs import EvaluationInputs, read_rows
 from .report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0
 
+_BAND_FROM_FILES = ("the CMB band of the QE N0 and of the iterative limit is that of the QE reconstructions "
+                    "evaluated (run.qe of a preset), else deepcmb.qe.BAND")
+
 SCHEMA = {
     "bins": {"Lmin": 100.0, "Lmax": 2000.0, "width": None},
     "e_bins": {"lmin": 100.0, "lmax": 3000.0, "width": None},
     "apodize_arcmin": None,
     "snr": {"Lmax": 2000.0},
-    "theory": {"qe_estimators": ["EB", "MV_POL"], "qe_lmin": 300.0, "qe_lmax": 3500.0, "iterative": True},
+    "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": True,
+               "qe_lmin": Retired(_BAND_FROM_FILES), "qe_lmax": Retired(_BAND_FROM_FILES)},
     "examples": 4,
     "jackknife": 20,
 }
@@ -48,9 +53,10 @@ e_bins.lmin, e_bins.lmax, e_bins.width : multipole bins of the unlensed-E spectr
 apodize_arcmin : cosine-taper width of the window applied to every map (null: 0, no window, for
     periodic flat-sky maps and 60 for non-periodic curved-sky patches);
 snr.Lmax : highest multipole of the cumulative S/N and of the cosmology-dependence fit;
-theory.qe_estimators, theory.qe_lmin, theory.qe_lmax : QE whose analytic N0 is computed, and their
-    CMB multipole range (also that of the iterative limit); theory.iterative : compute the
-    iterative limit (about 10 s per noise level);
+theory.qe_estimators : QE whose analytic N0 the report carries: read from the ``/n0`` of a QE
+    reconstruction of that estimator among the inputs, else computed on the CMB band of the QE
+    reconstructions evaluated (which must agree; without any, :data:`deepcmb.qe.BAND`), the band of
+    the iterative limit too; theory.iterative : compute the iterative limit (about 10 s per noise level);
 examples : maps copied into the report for figures; jackknife : groups of the jackknife errors.
 """
 
@@ -112,7 +118,7 @@ def make_bins(geom, section, lo, hi, name):
 
 def make_window(geom, periodic, apodize_arcmin):
     """``(taper_arcmin, window or None, w2, w4)`` of the evaluation (see :data:`SCHEMA`)."""
-    taper = (0.0 if periodic else 60.0) if apodize_arcmin is None else float(apodize_arcmin)
+    taper = default_taper(periodic) if apodize_arcmin is None else float(apodize_arcmin)
     if taper == 0:
         return taper, None, 1.0, 1.0
     try:
@@ -224,6 +230,47 @@ def per_map_spectra(inp, bins, e_bins, window, w2, progress=True, w4=1.0, powers
     return truth, methods
 
 
+def qe_band(inp):
+    """``(lmin, lmax)``: the CMB band of the QE reconstructions among the inputs (they must agree), else
+    the default :data:`deepcmb.qe.BAND`."""
+    bands = {(float(f.attrs["lmin"]), float(f.attrs["lmax"])): label for label, f in inp.recs.items()
+             if str(f.attrs["method"]) == "qe" and "lmin" in f.attrs and "lmax" in f.attrs}
+    if len(bands) > 1:
+        raise InputError("QE reconstructions made with different CMB bands (" + ", ".join(
+            f"{label}: {lo:g}..{hi:g}" for (lo, hi), label in bands.items()) + "); evaluate them separately")
+    return next(iter(bands), (BAND["lmin"], BAND["lmax"]))
+
+
+def theory_curves(th, inp, bins, progress=True):
+    """The report's theory curves: analytic QE N0 of each ``theory.qe_estimators`` and the iterative limit.
+
+    The N0 of an estimator with a QE reconstruction among the inputs is that file's own (its ``/n0``,
+    :func:`deepcmb.io.reconstruction.read_n0`, averaged over the modes of each bin); the others are
+    computed (:func:`~deepcmb.evaluation.theory.qe_n0`) on the band of :func:`qe_band`.
+
+    Returns
+    -------
+    dict
+        ``n0``: label -> (n_levels, nbin) kappa N0 (sr); ``n_iterative``: (n_levels, nbin) or None.
+    """
+    geom, edges = inp.geom, bins["edges"]
+    lmin, lmax = qe_band(inp)
+    carried = {}
+    for f in inp.recs.values():
+        if str(f.attrs["method"]) == "qe" and "n0" in f:
+            carried.setdefault(str(f.attrs["estimator"]), read_n0(f)["kappa_2d"])
+    instruments, fiducial = inp.instruments(), compute_spectra({})
+    n0 = {}
+    for label in estimator_labels(th["qe_estimators"]):
+        if label in carried:
+            n0[label] = np.stack([bin_theory(geom, level, edges) for level in carried[label]])
+        else:
+            n0.update(qe_n0(geom, fiducial, instruments, [label], edges, lmin, lmax))
+    n_iterative = iterative_kappa_noise(fiducial, instruments, bins["L"], lmin, lmax, progress) if th["iterative"] \
+        else None
+    return {"n0": n0, "n_iterative": n_iterative}
+
+
 def _finite(maps, path, name, rows):
     bad = ~np.all(np.isfinite(maps), axis=(-2, -1))
     if bad.any():
@@ -298,11 +345,7 @@ def evaluate(cfg, inp, progress=True):
                           f"{bins['edges'][1]:g}")
     taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
     powers = rec_window_powers(inp, taper)
-    instruments, fiducial, th = inp.instruments(), compute_spectra({}), cfg["theory"]
-    theory = {"n0": qe_n0(geom, fiducial, instruments, estimator_labels(th["qe_estimators"]), bins["edges"],
-                          th["qe_lmin"], th["qe_lmax"]),
-              "n_iterative": iterative_kappa_noise(fiducial, instruments, bins["L"], th["qe_lmin"], th["qe_lmax"],
-                                                   progress) if th["iterative"] else None}
+    theory = theory_curves(cfg["theory"], inp, bins, progress)
     truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
 
     clkk = np.stack([bin_theory(geom, cl, bins["edges"]) for cl in sims["cosmology/cl_kk"][...]])
@@ -343,18 +386,18 @@ def evaluate(cfg, inp, progress=True):
     }
 
 
-def run_evaluate(config, sims, recs, out, overwrite=False, progress=True):
+def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+                 progress: bool = True) -> Path:
     """Evaluate reconstructions of a simulation file against its truth.
 
     Parameters
     ----------
     config : dict
         The ``evaluate:`` section of a config (merged over :data:`SCHEMA`).
-    sims : str or Path
-        Simulation file of ``deepcmb simulate`` (the truth).
-    recs : dict
-        Label (``[A-Za-z0-9_]+``, e.g. ``'nn'``, ``'qe_eb'``) -> reconstruction file made from ``sims``.
-        The rows common to all of them are evaluated.
+    inputs : dict
+        ``sims``: simulation file of ``deepcmb simulate`` (the truth); ``recs``: label
+        (``[A-Za-z0-9_]+``, e.g. ``'nn'``, ``'qe_eb'``) -> reconstruction file made from ``sims``. The
+        rows common to all of them are evaluated.
     out : str or Path
         Output folder; receives ``report.h5`` and ``summary.json`` (layout in
         :mod:`deepcmb.evaluation.report`).
@@ -368,6 +411,7 @@ def run_evaluate(config, sims, recs, out, overwrite=False, progress=True):
     Path
         The output folder.
     """
+    sims, recs = inputs["sims"], inputs["recs"]
     cfg = resolve_config(config)
     out = check_output(out, overwrite)
     with EvaluationInputs(sims, recs) as inp:

@@ -8,8 +8,11 @@ QuadraticEstimator
     Set up once (filters, normalisation, N0 covariance, MV weights), then estimate many maps.
 ESTIMATORS, COMBINATIONS
     The declared estimators (TT, TE, EE, EB, TB) and minimum-variance combinations (MV, MV_POL).
-cosine_window, window_moment
-    Apodisation of non-periodic patches and the moments correcting spectra for it.
+BAND
+    The default multipole band of the filters and of the output.
+cosine_window, default_taper, window_moment
+    Apodisation of non-periodic patches (and its default width) and the moments correcting spectra
+    for it.
 iterative_noise
     Theory: lensing noise reached by an iterative (maximum-likelihood-like) polarization estimator.
 
@@ -21,12 +24,12 @@ Conventions: maps in µK, Fourier modes as in :mod:`deepcmb.geometry`, kappa = L
 sky), spectra and N0 in sr (kappa dimensionless).
 """
 
-from .apodization import cosine_window, window_moment
+from .apodization import cosine_window, default_taper, window_moment
 from .estimators import COMBINATIONS, ESTIMATORS
 from .iterative import iterative_noise
-from .reconstruct import QuadraticEstimator, reconstruct_qe
+from .reconstruct import BAND, QuadraticEstimator, reconstruct_qe
 
 __all__ = [
-    "reconstruct_qe", "QuadraticEstimator", "ESTIMATORS", "COMBINATIONS", "cosine_window",
-    "window_moment", "iterative_noise",
+    "reconstruct_qe", "QuadraticEstimator", "BAND", "ESTIMATORS", "COMBINATIONS", "cosine_window",
+    "default_taper", "window_moment", "iterative_noise",
 ]

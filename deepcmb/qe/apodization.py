@@ -25,6 +25,15 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 
+TAPER_ARCMIN = 60.0
+"""Default cosine-taper width (arcmin) of the window of a non-periodic patch."""
+
+
+def default_taper(periodic: bool) -> float:
+    """Taper width (arcmin) used when none is configured: 0 (no window) for periodic flat-sky maps,
+    :data:`TAPER_ARCMIN` for non-periodic (curved-sky) patches."""
+    return 0.0 if periodic else TAPER_ARCMIN
+
 
 def cosine_window(geom, taper_arcmin, flat_arcmin=0.0):
     """Separable cosine-tapered window: 0 on the border, rising as :math:`\\sin^2` to 1.

@@ -29,6 +29,11 @@ from .estimators import fields_needed, resolve
 from .filtering import as_map_stack, grid_spectra, inverse_variance_filters
 
 
+BAND = {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0}
+"""Default multipole band of every quadratic estimator (the choice of ResUNet-CMB): CMB multipoles
+``lmin <= l <= lmax`` in the filters, lensing multipoles ``Lmin <= L <= Lmax`` in the output."""
+
+
 def _lensed(spectra):
     try:
         return np.asarray(spectra.lensed, dtype=float), np.asarray(spectra.clpp, dtype=float)
@@ -55,10 +60,11 @@ class QuadraticEstimator:
         ``'TT', 'TE', 'EE', 'EB', 'TB'``, ``'MV'`` (all five, temperature + polarization) or
         ``'MV_POL'`` / ``'pol'`` (EE + EB); or a list of names to combine. Case-insensitive.
     lmin, lmax : float
-        CMB multipole range of the filters (default 300 <= l <= 3500, as in ResUNet-CMB);
+        CMB multipole range of the filters (default :data:`BAND`: 300 <= l <= 3500, as in ResUNet-CMB);
         ``lmax`` must be below the grid's Nyquist multipole.
     Lmin, Lmax : float
-        Lensing multipole range of the output; modes outside are set to zero (and N0 to inf).
+        Lensing multipole range of the output (default :data:`BAND`: 20 <= L <= 3500); modes outside are
+        set to zero (and N0 to inf).
     response : {'gradient', 'lensed'} or ndarray, shape (4, lmax + 1)
         Spectra in the response (normalisation): the lensed gradient spectra (``spectra.gradient``,
         from the same CAMB run; default), the lensed spectra (Hu & Okamoto's form; the TT
@@ -100,8 +106,8 @@ class QuadraticEstimator:
     Hu & Okamoto (2002), ApJ 574, 566.
     """
 
-    def __init__(self, geom, spectra, instrument, estimator="EB", lmin=300, lmax=3500, Lmin=20, Lmax=3500,
-                 response="gradient", mv_covariance="full", weight_cls=None, total_cls=None, nthreads=1,
+    def __init__(self, geom, spectra, instrument, estimator="EB", lmin=BAND["lmin"], lmax=BAND["lmax"],
+                 Lmin=BAND["Lmin"], Lmax=BAND["Lmax"], response="gradient", mv_covariance="full", weight_cls=None, total_cls=None, nthreads=1,
                  precision="double"):
         self.geom = geom
         self.label, self.names = resolve(estimator)
@@ -315,8 +321,8 @@ class QuadraticEstimator:
         return kappa if kappa.ndim == 2 else kappa.mean(axis=0)
 
 
-def reconstruct_qe(geom, maps, spectra, instrument, estimator="EB", lmin=300, lmax=3500, Lmin=20, Lmax=3500,
-                   wiener=False, window=None, mean_field=None, edges=None, response="gradient",
+def reconstruct_qe(geom, maps, spectra, instrument, estimator="EB", lmin=BAND["lmin"], lmax=BAND["lmax"],
+                   Lmin=BAND["Lmin"], Lmax=BAND["Lmax"], wiener=False, window=None, mean_field=None, edges=None, response="gradient",
                    mv_covariance="full", nthreads=1):
     """Reconstruct the lensing convergence of flat-sky maps with a quadratic estimator.
 
@@ -334,9 +340,9 @@ def reconstruct_qe(geom, maps, spectra, instrument, estimator="EB", lmin=300, lm
     estimator : str or sequence of str
         ``'TT', 'TE', 'EE', 'EB', 'TB', 'MV', 'MV_POL'`` (see :class:`QuadraticEstimator`).
     lmin, lmax : float
-        CMB multipoles used (default 300 .. 3500).
+        CMB multipoles used (default :data:`BAND`).
     Lmin, Lmax : float
-        Output lensing multipoles (default 20 .. 3500); other modes are zeroed.
+        Output lensing multipoles (default :data:`BAND`); other modes are zeroed.
     wiener : bool
         Return the Wiener-filtered kappa :math:`C/(C + N^{(0)})\\,\\hat\\kappa` instead of the unbiased one.
     window : ndarray, shape (ny, nx), optional

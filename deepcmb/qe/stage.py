@@ -2,13 +2,8 @@
 
 Reads the observed maps of a simulation file in batches, reconstructs kappa with one
 :class:`~deepcmb.qe.QuadraticEstimator` per noise level of the file (filters and N0 follow that
-level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.io.reconstruction` plus the
-analytic N0 of each level::
-
-    /n0/edges        (nbin + 1,) float64   L bin edges
-    /n0/L            (nbin,) float64       mode-weighted bin centres
-    /n0/kappa        (n_levels, nbin) float64   binned analytic N0 of the kappa estimate (sr)
-    /n0/kappa_2d     (n_levels, ny, nx // 2 + 1) float64  N0 on the rfft grid (inf outside the band)
+level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.io.reconstruction`
+with the analytic N0 of each level (``/n0``).
 
 The filters use the fiducial (Planck 2018) spectra, as a QE on data would. Curved-sky patches are
 not periodic: they are apodised with a cosine window and a mean field is subtracted, estimated for
@@ -16,17 +11,38 @@ each map from maps of the same file and noise level in the other half of the fil
 even rows and vice versa), so no map enters its own mean field.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
 
+from ..config import Bool, Int, Number, OneOf, Str, resolve
 from ..cosmology import compute_spectra
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..io.files import check_output_file
 from ..io.sims import geometry, open_sims, read_instruments
 from ..io.reconstruction import ReconstructionWriter
 from ..spectra import bin_centres, linear_bins
-from .apodization import cosine_window, window_moment
-from .estimators import fields_needed, resolve
-from .reconstruct import QuadraticEstimator
+from .apodization import cosine_window, default_taper, window_moment
+from .estimators import fields_needed
+from .estimators import resolve as resolve_estimator
+from .reconstruct import BAND, QuadraticEstimator
+
+SCHEMA = {
+    "estimator": Str("EB", doc="TT, TE, EE, EB, TB, MV (all five) or MV_POL (EE + EB)"),
+    "lmin": Number(BAND["lmin"], min=0, doc="lowest CMB multipole used by the filters"),
+    "lmax": Number(BAND["lmax"], gt=0, doc="highest CMB multipole used by the filters"),
+    "Lmin": Number(BAND["Lmin"], min=0, doc="lowest lensing multipole kept"),
+    "Lmax": Number(BAND["Lmax"], gt=0, doc="highest lensing multipole kept"),
+    "wiener": Bool(False, doc="write the Wiener-filtered kappa C/(C+N0) kappa_hat"),
+    "apodize_arcmin": Number(None, min=0, doc="cosine taper width in arcmin (null: 0 for periodic maps, 60 for "
+                                              "curved-sky patches)"),
+    "mean_field_maps": Int(64, min=1, doc="maps per mean-field estimate, non-periodic patches only"),
+    "batch_size": Int(64, min=1, doc="maps read and reconstructed at once"),
+    "precision": OneOf("single", "single", "double", doc="arithmetic of the estimate (the maps are float32)"),
+}
+"""Settings of the quadratic-estimator stage, with their defaults (``run.qe`` of a preset)."""
 
 
 def _mean_fields(f, qe, rows, need, window, n_max):
@@ -41,34 +57,26 @@ def _mean_fields(f, qe, rows, need, window, n_max):
     return out
 
 
-def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=20.0, Lmax=3500.0, wiener=False,
-                       apodize_arcmin=None, mean_field_maps=64, batch_size=64, precision="single",
-                       overwrite=False, progress=True):
+def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+                       progress: bool = True) -> Path:
     """Reconstruct kappa from every map of a simulation file with a quadratic estimator.
 
     Parameters
     ----------
-    data : str or Path
-        Simulation file of ``deepcmb simulate``.
+    config : dict or None
+        Estimator settings over :data:`SCHEMA`: ``estimator`` (``TT, TE, EE, EB, TB, MV`` (all five) or
+        ``MV_POL`` (EE + EB), case-insensitive); ``lmin, lmax`` (CMB multipoles of the filters) and
+        ``Lmin, Lmax`` (lensing multipoles kept), default :data:`deepcmb.qe.BAND`; ``wiener`` (write
+        ``C / (C + N0) kappa_hat`` instead of the unbiased kappa); ``apodize_arcmin`` (cosine-taper width of
+        the window; null: :func:`deepcmb.qe.default_taper`, 0 for periodic flat-sky maps and 60 arcmin for
+        non-periodic curved-sky patches, which also get a mean field subtracted); ``mean_field_maps``
+        (maps per mean-field estimate, non-periodic patches only); ``batch_size`` (maps read and
+        reconstructed at once); ``precision`` (arithmetic of the map estimate: the stored maps are
+        float32, single is twice as fast).
+    inputs : dict
+        ``sims``: simulation file of ``deepcmb simulate``.
     out : str or Path
-        Output reconstruction file.
-    estimator : str
-        ``TT, TE, EE, EB, TB, MV`` (all five) or ``MV_POL`` (EE + EB); case-insensitive.
-    lmin, lmax : float
-        CMB multipoles used by the filters.
-    Lmin, Lmax : float
-        Lensing multipoles kept in the output.
-    wiener : bool
-        Write the Wiener-filtered kappa ``C / (C + N0) kappa_hat`` instead of the unbiased one.
-    apodize_arcmin : float, optional
-        Width of the cosine taper of the window; default 0 (no window) for periodic flat-sky maps and
-        60 arcmin for non-periodic (curved-sky) patches, which also get a mean field subtracted.
-    mean_field_maps : int
-        Maps per mean-field estimate (non-periodic patches only).
-    batch_size : int
-        Maps read and reconstructed at once.
-    precision : {'single', 'double'}
-        Arithmetic of the map estimate (the stored maps are float32; single is twice as fast).
+        Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
         Replace an existing output.
     progress : bool
@@ -79,13 +87,13 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
     Path
         The written file.
     """
-    label, names = resolve(estimator)
+    cfg = resolve(config, SCHEMA)
+    data = inputs["sims"]
+    label, names = resolve_estimator(cfg["estimator"])
     check_output_file(out, overwrite)
-    if batch_size < 1 or mean_field_maps < 1:
-        raise ConfigError("--batch-size and --mean-field-maps must be positive")
-    config = {"method": "qe", "estimator": label, "lmin": lmin, "lmax": lmax, "Lmin": Lmin, "Lmax": Lmax,
-              "wiener": bool(wiener), "apodize_arcmin": apodize_arcmin, "mean_field_maps": mean_field_maps,
-              "precision": precision, "data": str(data)}
+    lmin, lmax, Lmin, Lmax = (cfg[k] for k in ("lmin", "lmax", "Lmin", "Lmax"))
+    config = {"method": "qe", **{k: v for k, v in cfg.items() if k != "batch_size"}, "estimator": label,
+              "data": str(data)}
     from tqdm.auto import tqdm
 
     with open_sims(data) as f:
@@ -96,26 +104,27 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
             raise InputError(f"{data}: the {label} estimator needs maps {', '.join(need)}; "
                              f"missing {', '.join(missing)} (add them to simulation.fields)")
         periodic = bool(f.attrs["periodic"])
-        taper = (0.0 if periodic else 60.0) if apodize_arcmin is None else float(apodize_arcmin)
+        taper = default_taper(periodic) if cfg["apodize_arcmin"] is None else cfg["apodize_arcmin"]
         window = cosine_window(geom, taper) if taper > 0 else None
         spectra = compute_spectra({})
         levels = f["meta/noise_index"][...]
         instruments = read_instruments(f)
         qes = {lev: QuadraticEstimator(geom, spectra, instruments[lev], label, lmin=lmin, lmax=lmax, Lmin=Lmin,
-                                       Lmax=Lmax, precision=precision) for lev in np.unique(levels)}
+                                       Lmax=Lmax, precision=cfg["precision"]) for lev in np.unique(levels)}
         mean_fields = {}
         if not periodic:
             for lev, qe in qes.items():
                 mean_fields[lev] = _mean_fields(f, qe, np.flatnonzero(levels == lev), need, window,
-                                                mean_field_maps)
+                                                cfg["mean_field_maps"])
         n = int(f.attrs["n_maps"])
         edges = linear_bins(max(Lmin, geom.ell_fundamental), Lmax, 2.0 * geom.ell_fundamental)
         attrs = {"estimator": label, "estimators": list(qes[levels[0]].names), "lmin": lmin, "lmax": lmax,
-                 "Lmin": Lmin, "Lmax": Lmax, "wiener": bool(wiener), "response": "gradient",
+                 "Lmin": Lmin, "Lmax": Lmax, "wiener": cfg["wiener"], "response": "gradient",
                  "mv_covariance": qes[levels[0]].mv_covariance, "apodize_arcmin": taper,
                  "mean_field": "half-split, from the file's own maps" if mean_fields else "none"}
         if window is not None:
             attrs.update(window_w2=window_moment(window, 2), window_w4=window_moment(window, 4))
+        batch_size = cfg["batch_size"]
         with ReconstructionWriter(out, np.arange(n), ["kappa", "phi"], data, "qe", config, attrs=attrs,
                                   overwrite=overwrite) as writer:
             bar = tqdm(total=n, desc=f"QE {label}", unit="map", disable=not progress)
@@ -133,7 +142,7 @@ def run_reconstruct_qe(data, out, estimator="EB", lmin=300.0, lmax=3500.0, Lmin=
                                 continue
                             mf = mean_fields[lev][parity] if parity is not None else None
                             est = qes[lev].estimate({k: v[sel] for k, v in maps.items()}, window=window,
-                                                    mean_field=mf, wiener=wiener)
+                                                    mean_field=mf, wiener=cfg["wiener"])
                             kappa[sel], phi[sel] = est["kappa"], est["phi"]
                     writer.write(start, {"kappa": kappa, "phi": phi})
                     bar.update(stop - start)
