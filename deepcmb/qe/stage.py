@@ -2,8 +2,11 @@
 
 Reads the observed maps of a simulation file in batches, reconstructs kappa with one
 :class:`~deepcmb.qe.QuadraticEstimator` per noise level of the file (filters and N0 follow that
-level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.recio` plus the
-analytic N0 of each level::
+level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.recio` (maps
+``kappa`` and ``phi``, ``(n_maps, ny, nx)`` float32, and ``/meta/noise_index``, ``(n_maps,)`` int64;
+attributes estimator, estimators, lmin, lmax, Lmin, Lmax, wiener, response, mv_covariance,
+apodize_arcmin, mean_field, and window_w2, window_w4 on windowed maps) plus the analytic N0 of each
+level::
 
     /n0/edges        (nbin + 1,) float64   L bin edges
     /n0/L            (nbin,) float64       mode-weighted bin centres
