@@ -21,7 +21,7 @@ into ``--out`` when the bench run folder lacks it (the QE settings of ``evaluate
     python benchmarks/ideas.py IDEA [--bench data/out/run_bench] [--out data/out/idea_IDEA]
 
 About 19-25 minutes on 2 CPU cores (by machine) with the defaults (6 epochs of 100 steps; the curriculum's first 2
-epochs at 5 uK-arcmin); the README's ideas table quotes its output.
+epochs at 5 uK-arcmin); the ideas table of docs/history.rst quotes its output.
 """
 
 import argparse

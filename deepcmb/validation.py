@@ -1,7 +1,7 @@
 """Physics validation of the flat-sky simulations: binned spectra of many sims over their theory.
 
 Used by the test suite (which asserts on the ratios) and by ``benchmarks/sim_physics.py`` (which
-prints them), so the numbers quoted in README.rst are exactly what the tests check.
+prints them), so the numbers quoted in the documentation (docs/simulate.rst) are exactly what the tests check.
 """
 
 import numpy as np

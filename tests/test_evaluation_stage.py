@@ -169,7 +169,7 @@ def test_theory_curves_with_iterative_limit(files, tmp_path):
         rho = f["methods/nn/groups/all/rho"][...]
     assert n_iter.shape == n0_mv.shape == (1, len(edges) - 1)
     assert np.all(n_iter < n0_mv) and np.all(n0_mv <= n0_eb)
-    assert np.all((n_iter / n0_mv > 0.25) & (n_iter / n0_mv < 0.7))  # cf. 0.35 - 0.44 at 1 uK-arcmin (README)
+    assert np.all((n_iter / n0_mv > 0.25) & (n_iter / n0_mv < 0.7))  # cf. 0.35 - 0.44 at 1 uK-arcmin (docs/qe.rst)
     qe = QuadraticEstimator(GEOM, compute_spectra({}), Instrument(1.0, 1.0 / np.sqrt(2.0), 1.0), "EB", lmin=300,
                             lmax=3500, Lmin=edges[0], Lmax=edges[-1])
     np.testing.assert_allclose(n0_eb[0], qe.n0_binned(edges), rtol=1e-10)

@@ -57,10 +57,11 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
     theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
                           "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
     cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
-                          "n_maps"}}}: per cosmology, pooled over noise levels, the weighted mean
-                          over bins below snr.Lmax of auto_mean_c / auto_mean_all, and its
-                          expectation (T^2 C_c + N) / (T^2 C_all + N) with T and N of the group 'all'
-                          (see :func:`deepcmb.evaluation.metrics.cosmology_amplitude`)
+                          "n_maps"}}}: per cosmology, pooled over noise levels, the inverse-variance
+                          weighted mean over bins below snr.Lmax of auto_mean_c / auto_mean_all, with
+                          its error from the map scatter, and its expectation
+                          (T^2 C_c + N) / (T^2 C_all + N) with T and N = auto_mean - T^2 truth_mean
+                          of the group 'all' (see :func:`deepcmb.evaluation.metrics.cosmology_amplitude`)
 """
 
 import os

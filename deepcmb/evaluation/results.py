@@ -7,7 +7,8 @@ Reads the ``summary.json`` of the main evaluation and of each robustness evaluat
                    the analytic MV_POL N0, the iterative limit (as N and as rho^2 = C / (C + N)), the
                    transfer function of every method; and ``targets``: each target of the benchmark with
                    the measured figure and whether it is met
-    results.rst    the same as reStructuredText tables, pasted into README.rst
+    results.rst    the same as reStructuredText tables (``evaluate/bench.sh`` copies them to
+                   ``docs/results/PRESET.rst``, which the documentation's benchmark page includes)
     neff_ratio.png N_eff / N0(MV_POL) of every method per test set and noise level
                    (:func:`deepcmb.figures.results.plot_results`)
 

@@ -47,17 +47,27 @@ SCHEMA = {
 }
 """The ``evaluate:`` section of a config, with its defaults.
 
-bins.Lmin, bins.Lmax, bins.width : lensing multipole bins of the kappa spectra (width null: twice
-    the fundamental multipole of the patch);
-e_bins.lmin, e_bins.lmax, e_bins.width : multipole bins of the unlensed-E spectra;
-apodize_arcmin : cosine-taper width of the window applied to every map (null: 0, no window, for
-    periodic flat-sky maps and 60 for non-periodic curved-sky patches);
-snr.Lmax : highest multipole of the cumulative S/N and of the cosmology-dependence fit;
-theory.qe_estimators : QE whose analytic N0 the report carries: read from the ``/n0`` of a QE
-    reconstruction of that estimator among the inputs, else computed on the CMB band of the QE
-    reconstructions evaluated (which must agree; without any, :data:`deepcmb.qe.BAND`), the band of
-    the iterative limit too; theory.iterative : compute the iterative limit (about 10 s per noise level);
-examples : maps copied into the report for figures; jackknife : groups of the jackknife errors.
+``bins.Lmin``, ``bins.Lmax``, ``bins.width``
+    lensing multipole bins of the kappa spectra (width null: twice the fundamental multipole of the
+    patch);
+``e_bins.lmin``, ``e_bins.lmax``, ``e_bins.width``
+    multipole bins of the unlensed-E spectra;
+``apodize_arcmin``
+    cosine-taper width of the window applied to every map (null: :func:`deepcmb.qe.default_taper`, 0,
+    no window, for periodic flat-sky maps and 60 for non-periodic curved-sky patches);
+``snr.Lmax``
+    highest multipole of the cumulative S/N and of the cosmology-dependence fit;
+``theory.qe_estimators``
+    QE whose analytic N0 the report carries: read from the ``/n0`` of a QE reconstruction of that
+    estimator among the inputs, else computed on the CMB band of the QE reconstructions evaluated
+    (which must agree; without any, :data:`deepcmb.qe.BAND`), which is also the band of the iterative
+    limit;
+``theory.iterative``
+    compute the iterative limit (about 10 s per noise level);
+``examples``
+    maps copied into the report for figures;
+``jackknife``
+    groups of the jackknife errors.
 """
 
 BATCH = 128

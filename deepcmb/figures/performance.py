@@ -55,9 +55,9 @@ def _finish(ax, report, level):
 
 
 def plot_rho(report, level):
-    """rho_L^2 = (C^{k hat k})^2 / (C^{k hat k hat} C^{kk}) per method against C/(C+N) of the theories.
+    """``rho_L^2 = (C^{k hat k})^2 / (C^{k hat k hat} C^{kk})`` per method against C/(C+N) of the theories.
 
-    Errors: 2 |rho| sigma_rho from the jackknife sigma_rho of the report.
+    Errors: ``2 |rho| sigma_rho`` from the jackknife sigma_rho of the report.
     """
     fig = new_figure("line")
     ax = fig.add_subplot()

@@ -1,9 +1,11 @@
 """The simulation file: the simulate stage's HDF5 output, its layout, writer and readers.
 
-Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
+Layout (``format = 'deepcmb.sims'``, ``format_version = 1``), readable with h5py alone
+(``f["maps/kappa"][i]`` is map ``i``)::
 
-    /                      attrs: format, format_version, deepcmb_version, git_revision, stage, created,
-                                  config (JSON), seed, kind ('flat' | 'curved'), periodic (bool),
+    /                      attrs: format, format_version, deepcmb_version, git_revision, stage,
+                                  created (UTC ISO 8601), config (the full resolved config, JSON),
+                                  seed, kind ('flat' | 'curved'), periodic (bool),
                                   shape (ny, nx), pixel_arcmin, n_maps, fields
     /maps/<FIELD>          (n_maps, ny, nx) float32, chunks (1, ny, nx); attrs: units, description
                            (the fields of :data:`deepcmb.io.fields.FIELDS` chosen by simulation.fields)
@@ -13,7 +15,8 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
     /meta/seed_index       (n_maps,) int64   the map's random streams are
                                              SeedSequence(seed, spawn_key=(seed_index, component))
     /meta/patch_centre     (n_maps, 2) float64, curved only: (lon, lat) in degrees
-    /cosmology/params/<NAME>  (n_cosmo,) float64  H0, ombh2, omch2, As, ns, tau, mnu, Alens
+    /cosmology/params/<NAME>  (n_cosmo,) float64  H0 [km/s/Mpc], ombh2, omch2, As, ns, tau, mnu [eV],
+                                                  Alens
     /cosmology/cl_unlensed (n_cosmo, 4, lmax + 1) float64  TT, EE, BB, TE in µK² (plain C_l)
     /cosmology/cl_lensed   (n_cosmo, 4, lmax + 1) float64  idem, lensed
     /cosmology/cl_pp       (n_cosmo, lmax + 1) float64     C_L^phiphi (includes Alens)
@@ -22,6 +25,23 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``)::
                                                            BgradB, TgradE in µK² (QE responses)
     /instrument            attrs: beam_fwhm_arcmin
     /instrument/noise_t_uk_arcmin, /instrument/noise_p_uk_arcmin   (n_levels,) float64
+
+Fields (``simulation.fields`` chooses which are stored; :data:`deepcmb.sample.FIELDS`):
+
+================  ======  ==================================================================
+``T, Q, U``       µK      observed: lensed, beam-convolved, plus white noise
+``T_lensed`` etc  µK      lensed sky (T, Q, U), no beam, no noise
+``T_unlensed``    µK      unlensed temperature
+``E_unlensed``    µK      unlensed E (and ``B_unlensed``) as scalar maps
+``Q_unlensed``    µK      unlensed Stokes Q (and ``U_unlensed``)
+``phi``           rad²    lensing potential
+``kappa``         1       convergence, kappa = -lap(phi)/2 (flat sky: kappa_l = l^2 phi_l / 2)
+================  ======  ==================================================================
+
+Conventions: x runs along the last array axis, y along the first; pixel ``(iy, ix)`` sits at
+``(iy, ix) * pixel``. Polarization follows Hu & Okamoto (2002):
+``Q(l) + i U(l) = (E(l) + i B(l)) exp(2 i phi_l)``, ``phi_l = atan2(l_y, l_x)``. Fourier modes are
+``m(l) = pixel_area * FFT(m)``, so ``<|m(l)|^2> = area * C_l``.
 
 The file is written to ``<out>.tmp`` and renamed when complete, so a file under the final name is
 always whole.

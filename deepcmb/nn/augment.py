@@ -8,14 +8,14 @@ the sky by an angle ``alpha`` multiplies ``Q + iU`` by ``exp(2 i alpha)`` (besid
 and a reflection conjugates it. Hence, for the transform ``k = 4 f + r`` (``r`` quarter turns, then a
 reflection of the x axis if ``f = 1``):
 
-========================  ===========================
-field                     sign after moving the pixels
-========================  ===========================
+=========================  ============================
+field                      sign after moving the pixels
+=========================  ============================
 scalar (T, E, kappa, phi)  +1
 Q                          (-1)^r
 U                          (-1)^(r + f)
 B (a pseudo-scalar)        (-1)^f
-========================  ===========================
+=========================  ============================
 
 With these signs E stays E and B flips sign under reflections, and lensing commutes with the
 transform: lensing the transformed unlensed maps by the transformed phi gives the transformed lensed

@@ -7,7 +7,8 @@ Run folder (``RUN_DIR``)::
                          a re-run with the same config and data resumes, anything else is refused
     normalization.json   per-channel mean / std of the training split (physical units)
     splits.npz           rows of the train / validation / test splits in the simulation file
-    history.csv          one row per epoch: losses, validation losses, learning rate, samples/s
+    history.csv          one row per epoch: losses (total and per head, in physical units), validation
+                         losses, learning rate, time and samples/s
     checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
                                         of the schedule (epoch, learning rate, plateau counters)
     checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)

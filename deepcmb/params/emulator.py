@@ -57,7 +57,7 @@ class KappaEmulator:
     grids : sequence of ndarray
         For each non-``Alens`` sampled parameter (in the order of ``names``), the increasing values at
         which CAMB was run (at least :data:`MIN_POINTS`).
-    log_clkk : ndarray, shape (*[len(g) for g in grids], nb)
+    log_clkk : ndarray, shape ``(*[len(g) for g in grids], nb)``
         :math:`\\ln C_b^{\\kappa\\kappa}` on the grid (shape ``(nb,)`` when no parameter but ``Alens``
         is sampled).
     """
