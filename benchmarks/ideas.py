@@ -81,7 +81,7 @@ def training_qe(bench, out):
     path = out / "rec_qe_train.h5"
     if not path.exists():
         qe = yaml.safe_load((ROOT / "evaluate" / "bench.yaml").read_text())["run"]["qe"]
-        run_reconstruct_qe(bench / "sims_train.h5", path, estimator="MV_POL", progress=False, **qe)
+        run_reconstruct_qe({**qe, "estimator": "MV_POL"}, {"sims": bench / "sims_train.h5"}, path, progress=False)
     return path
 
 

@@ -1,6 +1,5 @@
 """`deepcmb evaluate` end to end: a small simulation file, fake reconstructions, report.h5 and summary.json."""
 
-import argparse
 import json
 import shutil
 
@@ -13,7 +12,7 @@ from deepcmb import spectra as sp
 from deepcmb.cosmology import compute_spectra
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.evaluation import run_evaluate
-from deepcmb.evaluation.cli import add_parser
+from deepcmb.cli import build_parser
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator, cosine_window, window_moment
 from deepcmb.io.reconstruction import write_reconstruction
@@ -62,7 +61,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(files):
     out = files["dir"] / "eval"
-    run_evaluate(FAST, files["sims"], {"nn": files["nn"], "qe_eb": files["qe"]}, out, progress=False)
+    run_evaluate(FAST, {"sims": files["sims"], "recs": {"nn": files["nn"], "qe_eb": files["qe"]}}, out, progress=False)
     return out
 
 
@@ -161,7 +160,7 @@ def test_theory_curves_with_iterative_limit(files, tmp_path):
     sims = _simulate(tmp_path / "one.h5", 8, 3)
     with h5py.File(sims, "r") as f:
         rec = write_reconstruction(tmp_path / "rec.h5", f["maps/kappa"][...], sims_path=sims, method="nn", config={})
-    out = run_evaluate({"examples": 0}, sims, {"nn": rec}, tmp_path / "ev", progress=False)
+    out = run_evaluate({"examples": 0}, {"sims": sims, "recs": {"nn": rec}}, tmp_path / "ev", progress=False)
     with h5py.File(out / "report.h5", "r") as f:
         edges, n_iter, n0_mv, n0_eb = (f[k][...] for k in ("bins/edges", "theory/n_iterative", "theory/n0_MV_POL",
                                                            "theory/n0_EB"))
@@ -178,7 +177,7 @@ def test_theory_curves_with_iterative_limit(files, tmp_path):
 
 def test_window_correction(files, tmp_path):
     """Apodised: spectra divided by w2 keep the power level of the unwindowed evaluation."""
-    out = run_evaluate(dict(FAST, apodize_arcmin=15.0), files["sims"], {"nn": files["nn"]}, tmp_path / "ev",
+    out = run_evaluate(dict(FAST, apodize_arcmin=15.0), {"sims": files["sims"], "recs": {"nn": files["nn"]}}, tmp_path / "ev",
                        progress=False)
     with h5py.File(out / "report.h5", "r") as f, \
             h5py.File(files["dir"] / "eval" / "report.h5", "r") as ref:
@@ -212,17 +211,17 @@ def test_mismatched_reconstructions_are_refused(files, tmp_path):
     }
     for message, rec in cases.items():
         with pytest.raises(InputError, match=message):
-            run_evaluate(FAST, sims, {"nn": rec}, tmp_path / "out", progress=False)
+            run_evaluate(FAST, {"sims": sims, "recs": {"nn": rec}}, tmp_path / "out", progress=False)
     with h5py.File(sims, "r") as f:
         kappa = f["maps/kappa"][...]
     a = write_reconstruction(tmp_path / "a.h5", kappa[:10], sims_path=sims, method="nn", config={})
     b = write_reconstruction(tmp_path / "b.h5", kappa[10:20], sims_path=sims, method="nn", config={},
                              meta={"index": np.arange(10, 20)})
     with pytest.raises(InputError, match="no simulation row in common"):
-        run_evaluate(FAST, sims, {"a": a, "b": b}, tmp_path / "out", progress=False)
+        run_evaluate(FAST, {"sims": sims, "recs": {"a": a, "b": b}}, tmp_path / "out", progress=False)
     for label in ("bad-label", "kappa"):
         with pytest.raises(InputError, match="label"):
-            run_evaluate(FAST, sims, {label: a}, tmp_path / "out", progress=False)
+            run_evaluate(FAST, {"sims": sims, "recs": {label: a}}, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "report.h5").exists()
 
 
@@ -234,14 +233,13 @@ def test_config_errors_and_existing_output(files, evaluated, tmp_path):
            ({"e_bins": {"lmin": 3000.0, "lmax": 100.0}}, "evaluate.e_bins")]
     for cfg, message in bad:
         with pytest.raises(ConfigError, match=message):
-            run_evaluate(dict(FAST, **cfg), sims, rec, tmp_path / "out", progress=False)
+            run_evaluate(dict(FAST, **cfg), {"sims": sims, "recs": rec}, tmp_path / "out", progress=False)
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        run_evaluate(FAST, sims, rec, evaluated, progress=False)
+        run_evaluate(FAST, {"sims": sims, "recs": rec}, evaluated, progress=False)
 
 
 def test_command_line(files, tmp_path):
-    parser = argparse.ArgumentParser(prog="deepcmb")
-    add_parser(parser.add_subparsers(dest="stage"))
+    parser = build_parser("evaluate")
     config = tmp_path / "evaluate.yaml"
     config.write_text(yaml.safe_dump({"evaluate": FAST, "params": {"anything": 1}, "figures": None}))
     out = tmp_path / "ev"
@@ -269,7 +267,7 @@ def test_windowed_qe_is_compared_with_w2_kappa(files, tmp_path):
         kappa = f["maps/kappa"][...]
     fake = write_reconstruction(tmp_path / "qe_w.h5", window**2 * kappa, sims_path=files["sims"], method="qe",
                                 config={}, attrs={"estimator": "EB", "apodize_arcmin": 15.0})
-    out = run_evaluate(dict(FAST, apodize_arcmin=15.0), files["sims"], {"qe_eb": fake, "nn": files["nn"]},
+    out = run_evaluate(dict(FAST, apodize_arcmin=15.0), {"sims": files["sims"], "recs": {"qe_eb": fake, "nn": files["nn"]}},
                        tmp_path / "ev", progress=False)
     with h5py.File(out / "report.h5", "r") as f:
         assert f.attrs["window_w4"] == pytest.approx(window_moment(window, 4))
@@ -279,5 +277,5 @@ def test_windowed_qe_is_compared_with_w2_kappa(files, tmp_path):
         # a network's kappa (made from unwindowed maps) is windowed by the evaluation: its transfer stays one
         np.testing.assert_allclose(f["methods/nn/groups/all/transfer"][...], 1.0, atol=0.05)
     with pytest.raises(ConfigError, match="apodize_arcmin: 15"):
-        run_evaluate(dict(FAST, apodize_arcmin=20.0), files["sims"], {"qe_eb": fake}, tmp_path / "ev2",
+        run_evaluate(dict(FAST, apodize_arcmin=20.0), {"sims": files["sims"], "recs": {"qe_eb": fake}}, tmp_path / "ev2",
                      progress=False)
