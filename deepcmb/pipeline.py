@@ -62,7 +62,7 @@ networks trained as configured, not retrained): a sims preset path, or ``{sims: 
 true`` applies the networks to maps of another size than they were trained on (the fully
 convolutional network rebuilt at the new size, :func:`deepcmb.nn.reconstruct.at_shape`).
 ``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
-targets (:mod:`deepcmb.evaluation.results`, configured by the preset's ``results:`` section).
+targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section).
 """
 
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
@@ -306,7 +306,7 @@ def plan_stages(preset_file, root, out, workers=1, verbose=False):
 
     add("figures", "figures", figures_cfg, ["evaluate"] + (["params"] if chains else []), figures)
     if run["results"]:
-        from .evaluation.results import SCHEMA as RESULTS_SCHEMA, run_results
+        from .results import SCHEMA as RESULTS_SCHEMA, run_results
 
         results_cfg = resolve(sections["results"], RESULTS_SCHEMA, prefix="results.")
         evaluations = {"test": o / "eval", **{tag: o / f"robust_{tag}" / "eval" for tag in robustness}}
