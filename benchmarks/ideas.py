@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from deepcmb.cli import main
-from deepcmb.evaluation.results import mean_ratio, neff_ratio, noise_table
+from deepcmb.results import mean_ratio, neff_ratio, noise_table
 from deepcmb.qe.stage import run_reconstruct_qe
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,8 @@
-"""Synthetic ``report.h5`` (deepcmb evaluate) and ``chains.h5`` (deepcmb params) built by hand with h5py.
+"""Synthetic ``report.h5`` (deepcmb evaluate) and ``chains.h5`` (deepcmb params).
 
-The layouts follow the interface spec of the evaluation and parameter stages. The numbers follow a
+The report is written by :func:`deepcmb.io.report.write_report` from a synthetic evaluation; the
+chains are built with h5py after the layout of :mod:`deepcmb.io.chains` (its writer needs the objects
+of a params run). The numbers follow a
 simple model so that the figures show physics: each method's band power is
 ``T^2 C_c + N`` (C_c the theory of cosmology c, T the method's transfer, N its noise), its cross
 spectrum ``T C_c``, and rho, n_eff, transfer and the S/N follow from the report's definitions.
@@ -8,6 +10,11 @@ spectrum ``T C_c``, and rho, n_eff, transfer and the S/N follow from the report'
 
 import h5py
 import numpy as np
+
+from deepcmb.io.chains import FORMAT as CHAINS_FORMAT
+from deepcmb.io.report import FORMAT as REPORT_FORMAT
+from deepcmb.io.report import FORMAT_VERSION as REPORT_FORMAT_VERSION
+from deepcmb.io.report import Report, write_report
 
 #: Method label -> (transfer, noise as a multiple of the EB N0, QE estimator or None).
 METHODS = {"nn": (0.9, 0.5, None), "nn_pretrained": (0.7, 0.6, None), "qe_eb": (1.0, 1.0, "EB"),
@@ -30,11 +37,6 @@ def _bins(lo, hi, nb, area):
     L = (edges[1:] + edges[:-1]) / 2
     n_modes = np.maximum(2 * np.round(L * np.diff(edges) * area / (2 * np.pi)), 2)
     return edges, L, n_modes
-
-
-def _group(g, stats):
-    for name, value in stats.items():
-        g[name] = np.asarray(value, dtype=float)
 
 
 def _kappa_stats(auto, cross, truth, clkk, n_modes, snr_lmax_mask):
@@ -76,7 +78,8 @@ def make_report(path, methods=("nn", "qe_eb"), e_methods=("nn",), n_levels=2, n_
     n_levels, n_cosmo, maps_per : int
         Noise levels, cosmologies (Alens = 0.8 ... 1.2) and maps per (cosmology, level).
     examples : int
-        Example maps in ``/examples`` (0: no ``/examples`` group): smooth fields, plus white noise for a QE.
+        Example maps in ``/examples`` (0: none, an empty ``/examples/index``): smooth fields, plus white
+        noise for a QE.
     shape, pixel_arcmin
         Map geometry.
     estimators : sequence of str
@@ -99,51 +102,48 @@ def make_report(path, methods=("nn", "qe_eb"), e_methods=("nn",), n_levels=2, n_
     alens = np.linspace(0.8, 1.2, n_cosmo) if n_cosmo > 1 else np.ones(1)
     clkk = np.stack([clkk_model(L, a) for a in alens])
     snr_mask = L <= 1500
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format="deepcmb.evaluation", format_version=1, stage="evaluate", sims_file="/x/sims.h5",
-                       methods=list(methods), apodize_arcmin=0.0, window_w2=1.0, shape=np.array(shape),
-                       pixel_arcmin=pixel_arcmin, periodic=True, config="{}", git_revision="test")
-        for name, (e, c, m) in {"bins": (edges, L, n_modes), "e_bins": (e_edges, ell, e_modes)}.items():
-            f[f"{name}/edges"], f[f"{name}/L"], f[f"{name}/n_modes"] = e, c, m
-        f["meta/index"] = np.arange(n) * 2  # every other row of the sims file
-        f["meta/cosmology_index"], f["meta/noise_index"] = cosmo, level
-        f["cosmology/params/Alens"] = alens
-        f["cosmology/params/As"] = np.full(n_cosmo, 2.1e-9)
-        f["cosmology/clkk"] = clkk
-        f["instrument/noise_p_uk_arcmin"] = np.array([1.0, 2.0, 5.0, 10.0])[:n_levels]
-        f["instrument"].attrs["beam_fwhm_arcmin"] = 1.0
-        for est in estimators:
-            f[f"theory/n0_{est}"] = np.stack([n0_model(L, j, est) for j in range(n_levels)])
-        if iterative:
-            f["theory/n_iterative"] = np.stack([0.4 * n0_model(L, j) for j in range(n_levels)])
-        chi2 = rng.chisquare(np.maximum(n_modes, 2), size=(n, len(L))) / np.maximum(n_modes, 2)
-        truth = clkk[cosmo] * chi2
-        f["truth/kappa_auto"] = truth
-        e_truth = 1e-5 * (ell / 1000.0) ** -2 * rng.chisquare(8, size=(n, len(ell))) / 8
-        if e_methods:
-            f["truth/E_auto"] = e_truth
-        for label in methods:
-            t, scale, est = METHODS[label]
-            g = f.create_group(f"methods/{label}")
-            g.attrs.update(method="nn" if est is None else "qe", file=f"/x/{label}.h5")
-            g.attrs.update({"model": "/x/model.keras"} if est is None else {"estimator": est})
-            noise = scale * n0_model(L, level[:, None])
-            auto = t ** 2 * truth + noise * rng.chisquare(8, size=truth.shape) / 8
-            cross = t * truth * (1 + 0.05 * rng.standard_normal(truth.shape))
-            g["per_map/auto"], g["per_map/cross"] = auto, cross
-            resid = None
-            if label in e_methods:
-                resid = 0.1 * e_truth * (ell / 1000.0) * rng.chisquare(8, size=e_truth.shape) / 8
-                g["per_map/E_auto"], g["per_map/E_cross"], g["per_map/E_resid"] = e_truth, 0.9 * e_truth, resid
-            for gname, sel, c, j in _groups(cosmo, level, n_cosmo, n_levels):
-                grp = g.create_group(f"groups/{gname}")
-                grp.attrs.update(cosmology_index=c, noise_index=j, n_maps=int(sel.sum()))
-                theory = clkk[cosmo[sel]].mean(0)
-                _group(grp, _kappa_stats(auto[sel], cross[sel], truth[sel], theory, n_modes, snr_mask))
-                if resid is not None:
-                    _group(grp, _e_stats(resid[sel], e_truth[sel]))
-        if examples:
-            _examples(f, rng, examples, shape, methods, e_methods)
+    chi2 = rng.chisquare(np.maximum(n_modes, 2), size=(n, len(L))) / np.maximum(n_modes, 2)
+    truth = clkk[cosmo] * chi2
+    e_truth = 1e-5 * (ell / 1000.0) ** -2 * rng.chisquare(8, size=(n, len(ell))) / 8
+    groups = {name: {"index": np.flatnonzero(sel), "cosmology_index": c, "noise_index": j}
+              for name, sel, c, j in _groups(cosmo, level, n_cosmo, n_levels)}
+    ev = {
+        "attrs": {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "stage": "evaluate",
+                  "sims_file": "/x/sims.h5", "methods": list(methods), "apodize_arcmin": 0.0, "window_w2": 1.0,
+                  "shape": np.array(shape), "pixel_arcmin": pixel_arcmin, "periodic": True, "config": "{}",
+                  "git_revision": "test"},
+        "bins": {"edges": edges, "L": L, "n_modes": n_modes},
+        "e_bins": {"edges": e_edges, "L": ell, "n_modes": e_modes},
+        "meta": {"index": np.arange(n) * 2, "cosmology_index": cosmo, "noise_index": level},  # every other sims row
+        "cosmology": {"clkk": clkk, "params": {"Alens": alens, "As": np.full(n_cosmo, 2.1e-9)}},
+        "instrument": {"noise_p_uk_arcmin": np.array([1.0, 2.0, 5.0, 10.0])[:n_levels], "beam_fwhm_arcmin": 1.0},
+        "theory": {"n0": {est: np.stack([n0_model(L, j, est) for j in range(n_levels)]) for est in estimators},
+                   "n_iterative": np.stack([0.4 * n0_model(L, j) for j in range(n_levels)]) if iterative else None},
+        "truth": {"kappa_auto": truth, "E_auto": e_truth if e_methods else None},
+        "groups": groups, "methods": {},
+    }
+    for label in methods:
+        t, scale, est = METHODS[label]
+        attrs = {"method": "nn" if est is None else "qe", "file": f"/x/{label}.h5",
+                 **({"model": "/x/model.keras"} if est is None else {"estimator": est})}
+        noise = scale * n0_model(L, level[:, None])
+        auto = t ** 2 * truth + noise * rng.chisquare(8, size=truth.shape) / 8
+        cross = t * truth * (1 + 0.05 * rng.standard_normal(truth.shape))
+        per_map = {"auto": auto, "cross": cross}
+        resid = None
+        if label in e_methods:
+            resid = 0.1 * e_truth * (ell / 1000.0) * rng.chisquare(8, size=e_truth.shape) / 8
+            per_map.update(E_auto=e_truth, E_cross=0.9 * e_truth, E_resid=resid)
+        stats = {}
+        for gname, g in groups.items():
+            sel = g["index"]
+            theory = clkk[cosmo[sel]].mean(0)
+            stats[gname] = _kappa_stats(auto[sel], cross[sel], truth[sel], theory, n_modes, snr_mask)
+            if resid is not None:
+                stats[gname].update(_e_stats(resid[sel], e_truth[sel]))
+        ev["methods"][label] = {"attrs": attrs, "per_map": per_map, "groups": stats}
+    ev["examples"] = _examples(rng, examples, shape, methods, e_methods)
+    write_report(path, ev)
     return path
 
 
@@ -164,22 +164,26 @@ def _smooth_field(rng, k, shape, amplitude):
     return (amplitude * field / field.std()).astype("f4")
 
 
-def _examples(f, rng, k, shape, methods, e_methods):
-    f["examples/index"] = np.arange(k) * 2
-    f["examples/Q"], f["examples/U"] = _smooth_field(rng, k, shape, 3.0), _smooth_field(rng, k, shape, 3.0)
+def _examples(rng, k, shape, methods, e_methods):
+    """The ``examples`` of an evaluation: smooth fields, plus white noise for a QE (none when ``k`` is 0)."""
+    ex = {"index": np.arange(k) * 2, "cosmology_index": None, "noise_index": None, "maps": {}, "methods": {}}
+    if not k:
+        return ex
+    ex["maps"]["Q"], ex["maps"]["U"] = _smooth_field(rng, k, shape, 3.0), _smooth_field(rng, k, shape, 3.0)
     kappa = _smooth_field(rng, k, shape, 0.05)
-    f["examples/kappa"] = kappa
+    ex["maps"]["kappa"] = kappa
     e_true = _smooth_field(rng, k, shape, 10.0)
     if e_methods:
-        f["examples/E_unlensed"] = e_true
+        ex["maps"]["E_unlensed"] = e_true
     for label in methods:
         t, _, est = METHODS[label]
         rec = t * kappa + _smooth_field(rng, k, shape, 0.02)
         if est is not None:  # a QE keeps every multipole: white noise up to the pixel scale
             rec += 0.3 * rng.standard_normal(rec.shape).astype("f4")
-        f[f"examples/{label}/kappa"] = rec
+        ex["methods"][label] = {"kappa": rec}
         if label in e_methods:
-            f[f"examples/{label}/E_unlensed"] = e_true + _smooth_field(rng, k, shape, 1.0)
+            ex["methods"][label]["E_unlensed"] = e_true + _smooth_field(rng, k, shape, 1.0)
+    return ex
 
 
 def make_chains(path, report, labels=("nn", "qe_eb"), cosmologies=(1, 2), steps=150, walkers=8, seed=1):
@@ -194,11 +198,11 @@ def make_chains(path, report, labels=("nn", "qe_eb"), cosmologies=(1, 2), steps=
     """
     rng = np.random.default_rng(seed)
     lower, upper = np.array([0.3, 1.95e-9]), np.array([2.0, 2.6e-9])  # flat priors; As piles up at its lower edge
-    with h5py.File(report, "r") as r:
-        edges, L = r["bins/edges"][:9], r["bins/L"][:8]
-        truths = {c: np.array([r["cosmology/params/Alens"][c], r["cosmology/params/As"][c]]) for c in cosmologies}
+    with Report(report) as r:
+        edges, L = r.edges()[:9], r.centres()[:8]
+        truths = {c: np.array([r.param("Alens")[c], r.param("As")[c]]) for c in cosmologies}
     with h5py.File(path, "w") as f:
-        f.attrs.update(format="deepcmb.params", format_version=1, stage="params")
+        f.attrs.update(format=CHAINS_FORMAT, format_version=1, stage="params")
         f["bins/edges"], f["bins/L"] = edges, L
         for label in labels:
             width = 0.5 if label == "nn" else 1.0

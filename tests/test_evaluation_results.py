@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcmb.errors import ConfigError
-from deepcmb.evaluation.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
+from deepcmb.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
 from deepcmb.figures.results import plot_results
 
 EDGES = [150.0, 300.0, 450.0, 600.0, 900.0, 1500.0, 2100.0]

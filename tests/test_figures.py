@@ -12,14 +12,16 @@ from matplotlib.image import imread
 
 from deepcmb.config import resolve
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
-from deepcmb.figures import SCHEMA, Chains, Report, plan_figures, run_figures
+from deepcmb.figures import SCHEMA, plan_figures, run_figures
 from deepcmb.figures import cli as figures_cli
 from deepcmb.figures.maps import ROLLOFF, plot_maps_E, plot_maps_kappa
 from deepcmb.figures.performance import plot_noise, plot_rho
 from deepcmb.figures.posteriors import density_levels, plot_posteriors
 from deepcmb.figures.spectra import plot_cosmology
-from deepcmb.figures.style import log_multipoles, new_figure
+from deepcmb.figures.style import log_multipoles, method_colours, new_figure
 from deepcmb.geometry import FlatSkyGeometry
+from deepcmb.io.chains import Chains
+from deepcmb.io.report import Report
 from report_factory import clkk_model, make_chains, make_report, n0_model
 
 #: The methods of the quick run: two networks with an E head, two QEs.
@@ -196,7 +198,7 @@ def test_posteriors_overlay_fits_with_truth_marked(full, tmp_path):
     report, _, _ = full
     chains = make_chains(tmp_path / "chains.h5", report, cosmologies=(2,))
     with Report(report) as rep, Chains(chains) as ch:
-        fig = plot_posteriors(ch, 2, rep.colours)
+        fig = plot_posteriors(ch, 2, method_colours(rep.methods))
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["nn", "qe_eb", "qe_eb (N0-only debias)", "truth", "outside prior"]
     grey = fig.legends[0].get_patches()[0].get_facecolor()  # the "outside prior" shading

@@ -10,8 +10,9 @@ metrics
     Pure figures of merit from binned per-map spectra: cross-correlation coefficient, effective
     noise, transfer function, S/N, jackknife errors, cosmology dependence.
 
-Layout of the outputs: :mod:`deepcmb.evaluation.report`. Theory curves (analytic QE N0, iterative
-limit): :mod:`deepcmb.evaluation.theory`.
+Layout, writers and reader of the outputs: :mod:`deepcmb.io.report`. Theory curves (analytic QE N0,
+iterative limit): :mod:`deepcmb.evaluation.theory`. The results table of several evaluations (the
+``results`` stage of ``deepcmb run``) is :mod:`deepcmb.results`.
 """
 
 from . import metrics

@@ -12,24 +12,22 @@ match) is left as it is, and the kappa spectra are divided by :math:`w_4 = \\lan
 maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
 (:mod:`deepcmb.evaluation.metrics`) are then computed for groups of maps (all maps, each noise level,
 each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
-layout of the outputs is documented in :mod:`deepcmb.evaluation.report`.
+layout of the outputs is documented in :mod:`deepcmb.io.report`.
 """
-
-import os
-from pathlib import Path
 
 import numpy as np
 
 from ..config import Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
-from ..errors import ConfigError, InputError, OutputExistsError
+from ..errors import ConfigError, InputError
+from ..io.files import check_output_folder
+from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from ..provenance import provenance_attrs
 from ..io.reconstruction import read_n0
 from ..qe import BAND, cosine_window, default_taper, window_moment
 from ..spectra import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
 from . import metrics
 from .inputs import EvaluationInputs, read_rows
-from .report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0
 
 _BAND_FROM_FILES = ("the CMB band of the QE N0 and of the iterative limit is that of the QE reconstructions "
@@ -149,24 +147,6 @@ def rec_window_powers(inp, taper):
                               f"evaluate it with evaluate.apodize_arcmin: {applied:g} (not {taper:g})")
         powers[label] = 2 if applied > 0 else 0
     return powers
-
-
-def check_output(out, overwrite):
-    """Refuse an output folder that holds a report (unless ``overwrite``) or cannot be written; returns it.
-
-    The folder itself is created only when the report is written.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    if not overwrite and any((out / n).exists() for n in ("report.h5", "summary.json")):
-        raise OutputExistsError(f"{out}: holds an evaluation report (use --overwrite to replace it)")
-    if not os.access(out if out.exists() else parent, os.W_OK):
-        raise InputError(f"{out}: not writable")
-    return out
 
 
 def _spectra(geom, fa, fb, edges, w2):
@@ -330,7 +310,7 @@ def _examples(inp, k):
 
 
 def evaluate(cfg, inp, progress=True):
-    """Compute an evaluation in memory (everything :mod:`deepcmb.evaluation.report` writes).
+    """Compute an evaluation in memory (everything :func:`deepcmb.io.report.write_report` writes).
 
     Parameters
     ----------
@@ -410,7 +390,7 @@ def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrit
         rows common to all of them are evaluated.
     out : str or Path
         Output folder; receives ``report.h5`` and ``summary.json`` (layout in
-        :mod:`deepcmb.evaluation.report`).
+        :mod:`deepcmb.io.report`).
     overwrite : bool
         Replace a report already in ``out``.
     progress : bool
@@ -423,7 +403,8 @@ def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrit
     """
     sims, recs = inputs["sims"], inputs["recs"]
     cfg = resolve_config(config)
-    out = check_output(out, overwrite)
+    out = check_output_folder(out, overwrite, what="an evaluation report",
+                              holds=lambda d: any((d / n).exists() for n in ("report.h5", "summary.json")))
     with EvaluationInputs(sims, recs) as inp:
         ev = evaluate(cfg, inp, progress)
         attrs = provenance_attrs({"evaluate": cfg, "sims": str(inp.sims_path),

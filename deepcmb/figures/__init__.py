@@ -9,8 +9,6 @@ plan_figures
 SCHEMA
     The ``figures:`` section of an evaluate config (``formats``), resolved with
     ``deepcmb.config.resolve(section, SCHEMA, "figures.")`` and passed to run_figures as keywords.
-Report, Chains
-    Read-only views of ``report.h5`` / ``chains.h5`` whose missing datasets raise InputError.
 SIZES, DPI
     Figure sizes in inches per fixed-size kind, and the PNG resolution (PNG pixels = 100 x inches).
 
@@ -31,13 +29,13 @@ Figures (file stem: content; PNG size in pixels, ``m`` = number of methods drawn
                                         values outside the flat prior shaded
 ==============  ======================  ==============================================================
 
-Per-level figures get the suffix ``_noise<j>`` when the report has several noise levels, posteriors
+The figures read ``report.h5`` and ``chains.h5`` through :class:`deepcmb.io.report.Report` and
+:class:`deepcmb.io.chains.Chains`. Per-level figures get the suffix ``_noise<j>`` when the report has several noise levels, posteriors
 ``_cosmo<c>`` when there are several test cosmologies. Every figure is a
 :class:`matplotlib.figure.Figure` on its own Agg canvas; pyplot is never imported.
 """
 
-from .report import Chains, Report
 from .stage import SCHEMA, plan_figures, run_figures
 from .style import DPI, SIZES
 
-__all__ = ["run_figures", "plan_figures", "SCHEMA", "Report", "Chains", "SIZES", "DPI"]
+__all__ = ["run_figures", "plan_figures", "SCHEMA", "SIZES", "DPI"]

@@ -15,7 +15,6 @@ display, and the true kappa's small scales would dominate it too.
 
 import numpy as np
 
-from ..geometry import FlatSkyGeometry
 from .style import new_figure
 
 MAX_EXAMPLES = 3
@@ -54,12 +53,12 @@ def lowpass(geom, maps, lmax, rolloff=ROLLOFF):
 
 def display_lmax(report):
     """The multipole the kappa maps are low-passed to: the last edge of the report's ``/bins/edges``."""
-    return float(report.array("bins/edges")[-1])
+    return float(report.edges()[-1])
 
 
 def _headers(report, rows):
     """``'map <row>, Delta_P = <noise>'`` for each example row (noise level looked up in /meta)."""
-    level = dict(zip(report.array("meta/index").tolist(), report.array("meta/noise_index").tolist()))
+    level = dict(zip(report.meta("index").tolist(), report.meta("noise_index").tolist()))
     return [f"map {r}" + (rf", $\Delta_P$={report.noise_p[level[r]]:g}" if r in level else "") for r in rows]
 
 
@@ -87,8 +86,8 @@ def _draw(report, truth, recs, names):
         Mathtext ``truth``, ``hat``, ``resid`` titles and the colour-bar label ``unit``.
     """
     k = len(truth)
-    rows = report.array("examples/index")[:k]
-    q, u = (report.array(f"examples/{name}")[:k] for name in ("Q", "U"))
+    rows = report.example("index")[:k]
+    q, u = (report.example(name)[:k] for name in ("Q", "U"))
     labels = ["observed", "truth", *recs]
     fig = new_figure("maps", rows=len(labels))
     # column pairs of the examples, kept apart by narrow empty columns
@@ -96,8 +95,9 @@ def _draw(report, truth, recs, names):
     for ax in grid[:, 2::3].flat:
         ax.remove()
     axes = np.delete(grid, np.s_[2::3], axis=1)
-    ny, nx = (int(n) for n in report.attr("shape"))
-    side = float(report.attr("pixel_arcmin")) / 60
+    geom = report.geometry()
+    ny, nx = geom.shape
+    side = geom.pixel_arcmin / 60
     extent = [0, nx * side, 0, ny * side]
     for ax in axes.flat:
         ax.set_xticks([])
@@ -135,11 +135,11 @@ def plot_maps_kappa(report):
     Every kappa map is low-passed to the last edge of the analysis bins (:func:`lowpass`,
     :func:`display_lmax`); the residual is that of the low-passed maps.
     """
-    k = min(MAX_EXAMPLES, len(report.array("examples/index")))
-    geom = FlatSkyGeometry(tuple(int(n) for n in report.attr("shape")), float(report.attr("pixel_arcmin")))
+    k = min(MAX_EXAMPLES, report.n_examples())
+    geom = report.geometry()
     lmax = display_lmax(report)
-    truth = lowpass(geom, report.array("examples/kappa")[:k], lmax)
-    recs = {label: lowpass(geom, report.array(f"examples/{label}/kappa")[:k], lmax) for label in report.methods}
+    truth = lowpass(geom, report.example("kappa")[:k], lmax)
+    recs = {label: lowpass(geom, report.example("kappa", label)[:k], lmax) for label in report.methods}
     names = {"truth": r"true $\kappa$", "hat": r"$\hat\kappa$", "resid": r"$\hat\kappa-\kappa$",
              "unit": rf"$\kappa$ (low-passed to $L \leq {lmax:g}$)"}
     return _draw(report, truth, recs, names)
@@ -147,7 +147,7 @@ def plot_maps_kappa(report):
 
 def plot_maps_E(report):
     """Observed Q and U [µK], true unlensed E [µK], and each E-head method's E hat and E hat - E."""
-    k = min(MAX_EXAMPLES, len(report.array("examples/index")))
-    recs = {label: report.array(f"examples/{label}/E_unlensed")[:k] for label in report.e_methods()}
+    k = min(MAX_EXAMPLES, report.n_examples())
+    recs = {label: report.example("E_unlensed", label)[:k] for label in report.e_methods()}
     names = {"truth": r"true unlensed $E$", "hat": r"$\hat E$", "resid": r"$\hat E - E$", "unit": r"$E$ [$\mu$K]"}
-    return _draw(report, report.array("examples/E_unlensed")[:k], recs, names)
+    return _draw(report, report.example("E_unlensed")[:k], recs, names)

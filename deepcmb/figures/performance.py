@@ -3,14 +3,15 @@
 Each function draws the statistics group ``noise<level>`` of every method of the report (points
 with jackknife error bars, one colour per method) against the theory stored in the report (lines:
 the analytic QE N0 of each estimator dashed, the iterative limit dotted). The theory C_L^kk of a
-noise level is the map-weighted mean over its cosmologies (:meth:`Report.theory_clkk`). Sizes:
-``line`` (700 x 500 px, see :mod:`deepcmb.figures.style`).
+noise level is the map-weighted mean over its cosmologies
+(:meth:`deepcmb.io.report.Report.theory_clkk`). Sizes: ``line`` (700 x 500 px, see
+:mod:`deepcmb.figures.style`).
 """
 
 import numpy as np
 
-from .style import (ITERATIVE_STYLE, N0_LINESTYLE, THEORY, legend_below, log_multipoles, n0_colour, new_figure, offsets,
-                    positive)
+from .style import (ITERATIVE_STYLE, N0_LINESTYLE, THEORY, legend_below, log_multipoles, method_colours, n0_colour,
+                    new_figure, offsets, positive)
 
 _POINTS = {"fmt": "o", "ms": 4, "capsize": 2, "lw": 1.2}
 
@@ -30,21 +31,21 @@ def theory_noises(report, level):
         and the line style: each analytic N0 dashed in the colour of the method using that estimator,
         the iterative limit dotted grey.
     """
-    curves = [(f"QE {est}", r"N^{(0)}_L", report.array(f"theory/n0_{est}")[level],
+    curves = [(f"QE {est}", r"N^{(0)}_L", report.n0(est)[level],
                {"color": n0_colour(report, est), "ls": N0_LINESTYLE, "lw": 1.5}) for est in report.estimators()]
-    if report.has("theory/n_iterative"):
-        curves.append(("iterative limit", r"N^{\rm iter}_L", report.array("theory/n_iterative")[level],
-                       ITERATIVE_STYLE))
+    n_iterative = report.n_iterative()
+    if n_iterative is not None:
+        curves.append(("iterative limit", r"N^{\rm iter}_L", n_iterative[level], ITERATIVE_STYLE))
     return curves
 
 
 def _methods(report, level, name, err=None):
     """Yield ``(label, colour, L offset factor, values, errors)`` of dataset ``name`` for every method."""
-    group = f"noise{level}"
+    group, colours = f"noise{level}", method_colours(report.methods)
     for label, dx in zip(report.methods, offsets(len(report.methods))):
         values = report.group(label, group, name)
         errors = report.group(label, group, err) if err else None
-        yield label, report.colours[label], dx, values, errors
+        yield label, colours[label], dx, values, errors
 
 
 def _finish(ax, report, level):
@@ -61,7 +62,7 @@ def plot_rho(report, level):
     """
     fig = new_figure("line")
     ax = fig.add_subplot()
-    L = report.array("bins/L")
+    L = report.centres()
     group = f"noise{level}"
     for label, colour, dx, rho2, _ in _methods(report, level, "rho2"):
         err = 2 * np.abs(report.group(label, group, "rho")) * report.group(label, group, "rho_err")
@@ -79,7 +80,7 @@ def plot_noise(report, level):
     """Effective noise N_eff = C^kk (1/rho^2 - 1) per method against the analytic N0 and iterative limit."""
     fig = new_figure("line")
     ax = fig.add_subplot()
-    L = report.array("bins/L")
+    L = report.centres()
     for label, colour, dx, n_eff, err in _methods(report, level, "n_eff", "n_eff_err"):
         ax.errorbar(L * dx, positive(n_eff), yerr=err, color=colour, label=f"{label} $N^{{\\rm eff}}_L$",
                     **_POINTS)
@@ -97,7 +98,7 @@ def plot_transfer(report, level):
     """Transfer function T_L = C^{k hat k} / C^{kk} per method (1 for an unbiased estimator)."""
     fig = new_figure("line")
     ax = fig.add_subplot()
-    L = report.array("bins/L")
+    L = report.centres()
     for label, colour, dx, transfer, err in _methods(report, level, "transfer", "transfer_err"):
         ax.errorbar(L * dx, transfer, yerr=err, color=colour, label=label, **_POINTS)
     ax.axhline(1.0, color=THEORY, lw=1.0, label="unbiased")
@@ -114,13 +115,13 @@ def plot_snr(report, level):
     """
     fig = new_figure("line")
     ax = fig.add_subplot()
-    L = report.array("bins/L")
+    L = report.centres()
     defined = np.zeros(L.shape, dtype=bool)
     for label, colour, dx, snr, err in _methods(report, level, "snr_cumulative", "snr_cumulative_err"):
         ax.errorbar(L * dx, snr, yerr=err, color=colour, label=label, **_POINTS)
         defined |= np.isfinite(snr)
     clkk = report.theory_clkk(level)
-    half_modes = report.array("bins/n_modes") / 2
+    half_modes = report.n_modes() / 2
     for name, _, noise, style in theory_noises(report, level):
         per_bin = np.where(defined, half_modes * (clkk / (clkk + noise)) ** 2, 0.0)
         ax.plot(L[defined], np.sqrt(np.cumsum(per_bin))[defined], label=f"{name} theory", **style)

@@ -123,7 +123,7 @@ def plot_posteriors(chains, cosmo, colours):
 
     Parameters
     ----------
-    chains : deepcmb.figures.report.Chains
+    chains : deepcmb.io.chains.Chains
     cosmo : int
         Test-cosmology index.
     colours : dict

@@ -1,7 +1,7 @@
 """The benchmark figure: effective noise relative to the MV_POL QE's analytic N0, per test set and noise level.
 
 Drawn by the ``results`` stage of ``deepcmb run`` from ``results/results.json`` alone
-(:mod:`deepcmb.evaluation.results`). Below one, a method beats the analytic QE noise; the dotted line
+(:mod:`deepcmb.results`). Below one, a method beats the analytic QE noise; the dotted line
 is the iterative limit. Panels of one row (one test set) share their y-range; rows do not, so a set
 far from N0 (the curved-sky patches) does not flatten the others.
 """

@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 
 from .performance import level_title, theory_noises
-from .style import THEORY, legend_below, log_multipoles, new_figure, offsets, positive
+from .style import THEORY, legend_below, log_multipoles, method_colours, new_figure, offsets, positive
 
 MAX_COSMOLOGIES = 5
 """At most this many cosmologies are drawn in the cosmology figure, spread over their C^kk amplitude."""
@@ -25,14 +25,14 @@ def plot_spectra(report, level):
     """Binned C_L^kk: theory, mean truth power, each method's auto and cross spectra, noise theory."""
     fig = new_figure("line")
     ax = fig.add_subplot()
-    L = report.array("bins/L")
+    L = report.centres()
     group = f"noise{level}"
     ax.plot(L, report.theory_clkk(level), color=THEORY, lw=1.5, label=r"$C_L^{\kappa\kappa}$ (theory)")
     truth, err = _mean_error(report, report.methods[0], group, "truth")
     ax.errorbar(L, positive(truth), yerr=err, fmt="o", mfc="none", ms=5, color=THEORY, capsize=2,
                 label=r"true $\kappa$ auto")
     for label, dx in zip(report.methods, offsets(len(report.methods), spread=0.02)):
-        colour = report.colours[label]
+        colour = method_colours(report.methods)[label]
         auto, err = _mean_error(report, label, group, "auto")
         ax.errorbar(L * dx, positive(auto), yerr=err, fmt="o", ms=4, color=colour, capsize=2,
                     label=rf"{label} $\hat\kappa\times\hat\kappa$")
@@ -60,14 +60,14 @@ def shown_cosmologies(report, level):
         Cosmology indices, from the weakest to the strongest lensing power.
     """
     index, _ = report.cosmologies(level)
-    order = index[np.argsort(report.array("cosmology/clkk")[index].sum(axis=1))]
+    order = index[np.argsort(report.clkk()[index].sum(axis=1))]
     picks = np.unique(np.round(np.linspace(0, len(order) - 1, min(MAX_COSMOLOGIES, len(order)))).astype(int))
     return order[picks]
 
 
 def _cosmology_label(report, c):
     """``'cosmo c (P=v, ...)'`` naming up to two parameters that vary between the report's cosmologies."""
-    params = {name: report.array(f"cosmology/params/{name}") for name in report.keys("cosmology/params")}
+    params = report.params()
     varying = [name for name, v in params.items() if np.ptp(v) > 0][:2]
     values = ", ".join(f"{name}={params[name][c]:.3g}" for name in varying)
     return f"cosmo {c}" + (f" ({values})" if values else "")
@@ -108,15 +108,15 @@ def plot_cosmology(report, level):
 
     Points: (C_hat_c - N) / T^2 with T = transfer and N = auto_mean - T^2 truth_mean of the pooled
     group of the level, so a method that follows the cosmology lands on the theory line of each
-    one. Points and lines are divided by the level's mean theory C^kk (:meth:`Report.theory_clkk`),
-    so each cosmology sits at its lensing amplitude relative to the mean. Each cosmology's points
-    and theory line share one colour; each panel has its own y range (:func:`robust_ylim`), so one
-    noisy method does not flatten the others.
+    one. Points and lines are divided by the level's mean theory C^kk
+    (:meth:`deepcmb.io.report.Report.theory_clkk`), so each cosmology sits at its lensing amplitude
+    relative to the mean. Each cosmology's points and theory line share one colour; each panel has its
+    own y range (:func:`robust_ylim`), so one noisy method does not flatten the others.
     """
     fig = new_figure("wide")
     axes = fig.subplots(1, len(report.methods), squeeze=False)[0]
-    L = report.array("bins/L")
-    clkk = report.array("cosmology/clkk")
+    L = report.centres()
+    clkk = report.clkk()
     mean = report.theory_clkk(level)
     shown = shown_cosmologies(report, level)
     colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(shown)))
@@ -152,13 +152,13 @@ def plot_E_spectra(report, level):
     """E head: cross-correlation rho_l with the true unlensed E, and the residual power against the truth."""
     fig = new_figure("wide")
     ax_rho, ax_cl = fig.subplots(1, 2)
-    ell = report.array("e_bins/L")
+    ell = report.centres(e=True)
     group = f"noise{level}"
     methods = report.e_methods()
     ax_cl.plot(ell, positive(report.group(methods[0], group, "E_truth_mean")), "o", mfc="none", color=THEORY,
                label=r"true unlensed $E$")
     for label, dx in zip(methods, offsets(len(methods))):
-        colour = report.colours[label]
+        colour = method_colours(report.methods)[label]
         ax_rho.errorbar(ell * dx, report.group(label, group, "E_rho"), yerr=report.group(label, group, "E_rho_err"),
                         fmt="o", ms=4, capsize=2, color=colour, label=label)
         resid, err = _mean_error(report, label, group, "E_resid")

@@ -8,19 +8,18 @@ drawn figure needs and the report lacks raises :class:`~deepcmb.errors.InputErro
 """
 
 import json
-import os
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, OutputExistsError
-from ..io.files import check_parent_writable
+from ..errors import ConfigError
+from ..io.chains import Chains, check_same_bins
+from ..io.files import atomic_folder, check_output_folder
+from ..io.report import Report
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
-from .report import Chains, Report, check_same_bins
 from .style import DPI, method_colours, save
 
 FORMATS = ("png", "pdf", "svg")
@@ -65,8 +64,8 @@ def plan_figures(report, chains=None):
 
     Parameters
     ----------
-    report : deepcmb.figures.report.Report
-    chains : deepcmb.figures.report.Chains, optional
+    report : deepcmb.io.report.Report
+    chains : deepcmb.io.chains.Chains, optional
 
     Returns
     -------
@@ -78,7 +77,7 @@ def plan_figures(report, chains=None):
     """
     e_methods = report.e_methods()
     jobs = []
-    if report.has("examples/index") and len(report.array("examples/index")):
+    if report.n_examples():
         lmax = maps.display_lmax(report)
         jobs.append(FigureJob(
             "maps_kappa", "Example maps: observed Q and U, true kappa, and each method's kappa and residual; "
@@ -134,28 +133,6 @@ def _is_figure_folder(path):
         return False
 
 
-def check_output_folder(out, overwrite=False):
-    """Refuse an output folder that holds figures (unless ``overwrite``) or anything else.
-
-    A folder that exists and is not empty is replaced only with ``overwrite`` and only if it holds
-    the figures of an earlier run (an ``index.json`` of this stage): other folders are never deleted.
-
-    Returns
-    -------
-    Path
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_figure_folder(out):
-            raise OutputExistsError(f"{out}: folder holds files that are not deepcmb figures; choose a new "
-                                    "or empty folder")
-        if not overwrite:
-            raise OutputExistsError(f"{out}: holds figures (use --overwrite to replace them)")
-    return check_parent_writable(out)
-
-
 def _check_formats(formats):
     formats = tuple(str(f).lower() for f in formats)
     bad = [f for f in formats if f not in FORMATS]
@@ -172,7 +149,8 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
     report : str or Path
         ``report.h5`` of ``deepcmb evaluate``.
     out : str or Path
-        Output folder (created; refused if it holds anything, see :func:`check_output_folder`).
+        Output folder (created; a folder that is not empty is replaced only with ``overwrite`` and
+        only if it holds the figures of an earlier run: other folders are never deleted).
     chains : str or Path, optional
         ``chains.h5`` of ``deepcmb params`` (adds the posterior figures); its bins must be the report's.
     formats : sequence of {'png', 'pdf', 'svg'}
@@ -198,12 +176,9 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
     from tqdm.auto import tqdm
 
     formats = _check_formats(formats)
-    out = check_output_folder(out, overwrite)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    out = check_output_folder(out, overwrite, holds=_is_figure_folder, what="figures",
+                              foreign="folder holds files that are not deepcmb figures; choose a new or empty folder")
+    with atomic_folder(out) as tmp:
         index = {}
         with Report(report) as rep, (Chains(chains) if chains is not None else nullcontext()) as ch:
             if ch is not None:
@@ -219,10 +194,4 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
         meta = {"format": INDEX_FORMAT, **inputs, **provenance_attrs({**inputs, "formats": list(formats)}, "figures"),
                 "figures": index}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return [out / name for entry in index.values() for name in entry["files"]]

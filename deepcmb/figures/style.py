@@ -81,9 +81,9 @@ def method_colours(methods):
 
 def n0_colour(report, estimator):
     """Colour of the analytic N0 of a QE estimator: that of the report's method using it, else black."""
-    for label in report.methods:
+    for label, colour in method_colours(report.methods).items():
         if report.estimator_of(label) == estimator:
-            return report.colours[label]
+            return colour
     return THEORY
 
 

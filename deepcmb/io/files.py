@@ -6,7 +6,8 @@ whole. Before any work starts, a stage checks its output with :func:`check_outpu
 :func:`check_output_folder`: an existing output is refused unless ``overwrite`` is asked for, and a
 missing or read-only parent folder is refused at once, not after hours of work. Every JSON file a
 stage writes goes through :func:`write_json`: numpy scalars and arrays become numbers and lists,
-non-finite numbers become ``null``.
+non-finite numbers become ``null``. HDF5 outputs are read through :func:`open_checked` (format check)
+and :class:`H5View` (missing or malformed members name the file and the member).
 """
 
 from __future__ import annotations
@@ -192,3 +193,82 @@ def open_checked(path: str | Path, fmt: str, what: str):
         f.close()
         raise InputError(f"{path}: not a deepcmb {what} file (format attribute missing or wrong)")
     return f
+
+
+def text(value: Any) -> Any:
+    """An HDF5 string attribute (bytes or str) as str; other values unchanged."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class H5View:
+    """A deepcmb HDF5 file opened read-only (a context manager) whose missing members raise
+    :class:`~deepcmb.errors.InputError` naming the file and the member.
+
+    Parameters
+    ----------
+    path : str or Path
+    fmt, what : str
+        Expected ``format`` attribute and what the file should be (see :func:`open_checked`).
+    """
+
+    def __init__(self, path: str | Path, fmt: str, what: str):
+        self.path = Path(path)
+        self._f = open_checked(path, fmt, what)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def has(self, name: str) -> bool:
+        """Whether the dataset or group ``name`` (e.g. ``'theory/n_iterative'``) exists."""
+        return name in self._f
+
+    def array(self, name: str, *, dtype: Any = None, ndim: int | None = None, shape: tuple | None = None,
+              finite: bool = False) -> np.ndarray:
+        """The dataset ``name`` as a numpy array, optionally converted and checked.
+
+        Parameters
+        ----------
+        name : str
+            Path of the dataset in the file.
+        dtype : numpy dtype, optional
+            Convert to it.
+        ndim : int, optional
+            Required number of dimensions.
+        shape : tuple of int, optional
+            Required shape.
+        finite : bool
+            Refuse NaN and infinite values.
+
+        Raises
+        ------
+        InputError
+            Naming the file and the dataset, if it is missing or fails a check.
+        """
+        if name not in self._f:
+            raise InputError(f"{self.path}: missing dataset /{name}")
+        d = self._f[name][()]
+        if dtype is not None:
+            d = np.asarray(d, dtype=dtype)
+        if (ndim is not None and np.ndim(d) != ndim) or (shape is not None and np.shape(d) != tuple(shape)):
+            want = tuple(shape) if shape is not None else f"{ndim} dimensions"
+            raise InputError(f"{self.path}: /{name} has shape {np.shape(d)}, expected {want}")
+        if finite and not np.all(np.isfinite(d)):
+            raise InputError(f"{self.path}: /{name} holds non-finite values")
+        return d
+
+    def attr(self, name: str, where: str = "/") -> Any:
+        """Attribute ``name`` of the group or dataset ``where`` (InputError if absent)."""
+        if where not in self._f or name not in self._f[where].attrs:
+            raise InputError(f"{self.path}: missing attribute '{name}' of {where}")
+        return text(self._f[where].attrs[name])
+
+    def keys(self, name: str) -> list:
+        """Names of the members of group ``name`` (empty if it does not exist)."""
+        return list(self._f[name].keys()) if name in self._f else []

@@ -1,16 +1,10 @@
-"""Read the parts of an evaluation report (``report.h5`` of ``deepcmb evaluate``) the params stage uses.
+"""What the params stage takes from an evaluation report: per-map band powers, checked.
 
-Only these are read::
-
-    /                    attrs format = 'deepcmb.evaluation', shape (ny, nx), pixel_arcmin
-    /bins/edges (nb+1,), /bins/L (nb,)
-    /meta/cosmology_index (n,), /meta/noise_index (n,)
-    /cosmology/params/<P> (n_cosmo,)   every P of deepcmb.cosmology.PARAM_NAMES
-    /cosmology/clkk (n_cosmo, nb)      binned theory (cross-checked against CAMB)
-    /truth/kappa_auto (n, nb)
-    /methods/<label>/ attrs method ('nn' | 'qe'), estimator (qe)
-    /methods/<label>/per_map/auto, /methods/<label>/per_map/cross (n, nb)
-    /theory/n0_<estimator> (n_levels, nb)   for methods with method = 'qe'
+The report is read through :class:`deepcmb.io.report.Report` (its layout is documented there). The
+params stage needs the geometry, the kappa bins, each map's cosmology and noise level, the parameters
+and binned theory of every cosmology, the per-map power of the true kappa, each method's per-map auto
+and cross spectra and, for a quadratic estimator, the analytic N0 of its estimator; every array must
+be finite and of the expected shape.
 """
 
 from dataclasses import dataclass
@@ -20,9 +14,8 @@ import numpy as np
 
 from ..cosmology import PARAM_NAMES
 from ..errors import InputError
-from ..evaluation.report import FORMAT
 from ..geometry import FlatSkyGeometry
-from ..io.files import open_checked
+from ..io.report import Report
 
 
 @dataclass(frozen=True)
@@ -48,7 +41,7 @@ class MethodSpectra:
 
 
 @dataclass(frozen=True)
-class Report:
+class ReportSpectra:
     """What the params stage reads from an evaluation report.
 
     Attributes
@@ -94,24 +87,8 @@ class Report:
         return np.flatnonzero((self.cosmology_index == cosmology) & (self.noise_index == noise))
 
 
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _read(f, path, name, ndim, shape=None):
-    if name not in f:
-        raise InputError(f"{path}: missing dataset /{name}")
-    d = np.asarray(f[name][()], dtype=float)
-    if d.ndim != ndim or (shape is not None and d.shape != shape):
-        want = shape if shape is not None else f"{ndim} dimensions"
-        raise InputError(f"{path}: /{name} has shape {d.shape}, expected {want}")
-    if not np.all(np.isfinite(d)):
-        raise InputError(f"{path}: /{name} holds non-finite values")
-    return d
-
-
 def read_report(path, methods=None):
-    """Read an evaluation report.
+    """Read the band powers of an evaluation report.
 
     Parameters
     ----------
@@ -121,53 +98,46 @@ def read_report(path, methods=None):
 
     Returns
     -------
-    Report
+    ReportSpectra
 
     Raises
     ------
     InputError
-        If the file is missing, not an evaluation report, lacks a dataset, or a label is unknown.
+        If the file is missing, not an evaluation report, lacks a dataset, holds non-finite values or
+        arrays of the wrong shape, or a label is unknown.
     """
     path = Path(path)
-    with open_checked(path, FORMAT, "evaluation report") as f:
-        try:
-            geom = FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
-        except KeyError as exc:
-            raise InputError(f"{path}: missing root attribute {exc}") from None
-        edges = _read(f, path, "bins/edges", 1)
+    checked = {"dtype": float, "finite": True}
+    with Report(path) as rep:
+        geom = rep.geometry()
+        edges = rep.edges(ndim=1, **checked)
         nb = edges.size - 1
-        L = _read(f, path, "bins/L", 1, (nb,))
-        cosmo = _read(f, path, "meta/cosmology_index", 1).astype(np.int64)
+        L = rep.centres(shape=(nb,), **checked)
+        cosmo = rep.meta("cosmology_index", ndim=1, **checked).astype(np.int64)
         n = cosmo.size
-        noise = _read(f, path, "meta/noise_index", 1, (n,)).astype(np.int64)
-        params = {p: _read(f, path, f"cosmology/params/{p}", 1) for p in PARAM_NAMES}
+        noise = rep.meta("noise_index", shape=(n,), **checked).astype(np.int64)
+        params = {p: rep.param(p, ndim=1, **checked) for p in PARAM_NAMES}
         n_cosmo = params[PARAM_NAMES[0]].size
-        clkk = _read(f, path, "cosmology/clkk", 2, (n_cosmo, nb))
-        truth = _read(f, path, "truth/kappa_auto", 2, (n, nb))
-        if "methods" not in f or not len(f["methods"]):
-            raise InputError(f"{path}: no /methods in the report")
-        available = [_text(m) for m in f.attrs.get("methods", list(f["methods"]))]
-        labels = available if methods is None else list(methods)
+        clkk = rep.clkk(shape=(n_cosmo, nb), **checked)
+        truth = rep.truth("kappa_auto", shape=(n, nb), **checked)
+        labels = rep.methods if methods is None else list(methods)
         read = {}
         for label in labels:
-            if label not in f["methods"]:
-                raise InputError(f"params.methods: {label!r} is not a method of {path} (it has {', '.join(available)})")
-            g = f["methods"][label]
-            kind = _text(g.attrs.get("method", ""))
-            auto = _read(f, path, f"methods/{label}/per_map/auto", 2, (n, nb))
-            cross = _read(f, path, f"methods/{label}/per_map/cross", 2, (n, nb))
+            if label not in rep.methods:
+                raise InputError(f"params.methods: {label!r} is not a method of {path} "
+                                 f"(it has {', '.join(rep.methods)})")
+            kind = rep.kind(label)
+            auto = rep.per_map(label, "auto", shape=(n, nb), **checked)
+            cross = rep.per_map(label, "cross", shape=(n, nb), **checked)
             n0 = None
             if kind == "qe":
-                est = _text(g.attrs.get("estimator", ""))
+                est = rep.estimator_of(label)
                 if not est:
-                    raise InputError(f"{path}: /methods/{label} is a QE without an estimator attribute")
-                if f"theory/n0_{est}" not in f:
-                    raise InputError(f"{path}: missing dataset /theory/n0_{est}, the N0 of method {label!r} "
-                                     f"(add {est} to evaluate.theory.qe_estimators)")
-                n0 = _read(f, path, f"theory/n0_{est}", 2)
+                    raise InputError(f"{path}: method {label!r} is a QE without an estimator attribute")
+                n0 = rep.n0(est, ndim=2, **checked)
                 if n0.shape[1] != nb:
-                    raise InputError(f"{path}: /theory/n0_{est} has {n0.shape[1]} bins, expected {nb}")
+                    raise InputError(f"{path}: the N0 of {est} has {n0.shape[1]} bins, expected {nb}")
             read[label] = MethodSpectra(label, kind, auto, cross, n0)
     if n and (cosmo.min() < 0 or cosmo.max() >= n_cosmo):
-        raise InputError(f"{path}: /meta/cosmology_index refers to cosmologies outside 0..{n_cosmo - 1}")
-    return Report(path, geom, edges, L, cosmo, noise, params, clkk, truth, read)
+        raise InputError(f"{path}: the maps' cosmology index refers to cosmologies outside 0..{n_cosmo - 1}")
+    return ReportSpectra(path, geom, edges, L, cosmo, noise, params, clkk, truth, read)

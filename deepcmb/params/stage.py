@@ -11,23 +11,20 @@ analytic N0 alone.
 
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
-from ..io.files import check_output_file
 from ..cosmology import PARAM_NAMES
+from ..errors import ConfigError, InputError
+from ..io.chains import RESERVED, write_chains
+from ..io.files import check_output_file, check_output_folder
 from .calibration import calibrate, calibrate_n0, calibration_design
 from .emulator import build_emulator
-from .likelihood import amplitude_exponents, build_likelihood, derived_amplitude
-from .output import write_chains, write_summary
+from .likelihood import DERIVED, amplitude_exponents, build_likelihood, derived_amplitude
+from .output import write_summary
 from .report import read_report
 from .sampling import run_emcee
 from .schema import resolve_config
-
-RESERVED = ("bins", "calibration")
-"""Top-level groups of chains.h5 that a method label may not take."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +55,9 @@ class Fit:
         Test maps averaged.
     chain : Chain
     derived : dict or None
-        ``samples`` (steps - burn, walkers), ``truth``, ``exponents`` and ``correlation`` (ndim,),
-        ``definition`` (text) of :data:`~deepcmb.params.likelihood.DERIVED`; None when only ``Alens`` is sampled.
+        ``name`` (:data:`~deepcmb.params.likelihood.DERIVED`), ``samples`` (steps - burn, walkers),
+        ``truth``, ``exponents`` and ``correlation`` (ndim,), ``definition`` (text) of the derived
+        amplitude; None when only ``Alens`` is sampled.
     """
 
     label: str
@@ -203,7 +201,7 @@ def _fit(cfg, report, plan, emulator, spectra, calibration, c, progress):
         alens_fixed, alens_truth = (1.0, 1.0) if sampled else (emulator.base["Alens"], truth_params["Alens"])
         terms = [f"({n}/{theta0[i]:.6g})^{exponents[i]:.4f}" for i, n in enumerate(names) if n != "Alens"]
         derived = {
-            "samples": derived_amplitude(chain.samples, names, theta0, exponents, alens_fixed),
+            "name": DERIVED, "samples": derived_amplitude(chain.samples, names, theta0, exponents, alens_fixed),
             "truth": float(derived_amplitude(truth, names, theta0, exponents, alens_truth)),
             "exponents": exponents, "correlation": correlation,
             "definition": " * ".join(["Alens" if sampled else f"{alens_fixed:g}"] + terms),
@@ -212,14 +210,19 @@ def _fit(cfg, report, plan, emulator, spectra, calibration, c, progress):
                lik.covariance, float(lik.chi2(best)), lik.fisher_std(best), int(rows.size), chain, derived)
 
 
+OUTPUTS = ("chains.h5", "summary.json")
+"""The files of the params stage in its output folder."""
+
+
 def _prepare_output(out, overwrite):
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if not out.exists():
-        check_output_file(out)
-        return out, out / "chains.h5", out / "summary.json"
-    return out, check_output_file(out / "chains.h5", overwrite), check_output_file(out / "summary.json", overwrite)
+    """Check the output folder; returns it and the paths of :data:`OUTPUTS` (nothing is created)."""
+    out = check_output_folder(out, overwrite, holds=lambda d: any((d / n).exists() for n in OUTPUTS),
+                              what=" or ".join(OUTPUTS) + " of deepcmb params")
+    paths = [out / n for n in OUTPUTS]
+    if out.is_dir():
+        for path in paths:
+            check_output_file(path, overwrite=True)
+    return (out, *paths)
 
 
 def run_params(config, report, out, overwrite=False, progress=True):
@@ -233,7 +236,7 @@ def run_params(config, report, out, overwrite=False, progress=True):
         ``report.h5`` of ``deepcmb evaluate``.
     out : str or Path
         Output folder (created if missing; its parent must exist); receives ``chains.h5`` and
-        ``summary.json`` (see :mod:`deepcmb.params.output`).
+        ``summary.json`` (layout in :mod:`deepcmb.io.chains`).
     overwrite : bool
         Replace existing ``chains.h5`` / ``summary.json`` in ``out``.
     progress : bool

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.files import write_json
+from .io.files import write_json
 
 SCHEMA = {"low_noise": 1.0, "high_noise": 5.0, "Lmin": 100.0, "Lmax_target": 1500.0, "Lmax_iterative": 800.0,
           "iterative_factor": 1.3, "bias_tol": 0.02, "reference_cosmology": 0, "nn": "nn", "qe": "qe_mv_pol"}
@@ -283,8 +283,8 @@ def _grid(head, rows):
 def run_results(evaluations, out, config=None):
     """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of evaluations (see :func:`collect`) into
     ``out``; returns ``out``."""
-    from ..config import resolve
-    from ..figures.results import plot_results
+    from .config import resolve
+    from .figures.results import plot_results
 
     cfg = resolve(config or {}, SCHEMA, prefix="results.")
     res = collect(evaluations, cfg)

@@ -1,0 +1,336 @@
+"""The evaluation outputs ``OUT/report.h5`` and ``OUT/summary.json`` of ``deepcmb evaluate``: their
+layout, writers (:func:`write_report`, :func:`write_summary`) and the one reader of ``report.h5``
+(:class:`Report`, used by the params stage and the figures).
+
+``report.h5`` (``format = 'deepcmb.evaluation'``, ``format_version = 1``); spectra in sr (kappa
+dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of W² kappa divided by
+``window_w4`` and the E spectra those of W E divided by ``window_w2`` (see :mod:`deepcmb.evaluation.stage`)::
+
+    /                 attrs: format, format_version, deepcmb_version, git_revision, stage, created,
+                             config (JSON), sims_file (absolute path), methods (labels), n_maps,
+                             apodize_arcmin, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
+                             snr_Lmax, jackknife
+    /bins/edges (nb+1,), /bins/L (nb,) mode-weighted centres, /bins/n_modes (nb,) Fourier modes per
+        map (l and -l counted separately; independent modes = n_modes / 2)
+    /e_bins/edges, /e_bins/L, /e_bins/n_modes (nbe...)     only when a method has an E map
+    /meta/index (n,) rows of the sims file evaluated; /meta/cosmology_index (n,); /meta/noise_index (n,)
+    /cosmology/params/<P> (n_cosmo,); /cosmology/clkk (n_cosmo, nb): theory C_L^kk binned on the modes
+        of /bins
+    /instrument/noise_p_uk_arcmin, /instrument/noise_t_uk_arcmin (n_levels,); attrs beam_fwhm_arcmin
+    /theory/n0_<EST> (n_levels, nb): analytic QE kappa N0 (fiducial spectra) for each
+        theory.qe_estimators (canonical labels: EB, MV_POL, ...)
+    /theory/n_iterative (n_levels, nb): iterative-limit kappa noise at /bins/L (if theory.iterative)
+    /truth/kappa_auto (n, nb): per-map binned C^kk of the true kappa
+    /truth/E_auto (n, nbe): per-map unlensed-E power (when a method has an E map)
+    /methods/<label>/            attrs: method, file, and estimator, model, wiener when the file has them
+        per_map/auto, per_map/cross (n, nb): kappa_hat x kappa_hat, kappa_hat x kappa
+        per_map/E_auto, per_map/E_cross, per_map/E_resid (n, nbe): E_hat x E_hat, E_hat x E,
+            (E_hat - E) x (E_hat - E)                         methods with an E map only
+        groups/<g>/  g = 'all', 'noise<j>' (every cosmology at level j), 'cosmo<c>_noise<j>';
+                     attrs cosmology_index (-1: pooled), noise_index (-1: pooled), n_maps
+            auto_mean, auto_std, cross_mean, cross_std, truth_mean, truth_std (nb,): std = scatter
+                over the maps (not the error of the mean)
+            clkk_theory (nb,): mean theory C^kk of the group's maps
+            rho, rho_err, rho2, rho2_err, n_eff, n_eff_err, transfer, transfer_err (nb,)
+            snr_per_bin, snr_cumulative, snr_cumulative_err (nb,): NaN above snr.Lmax
+            E_rho, E_rho_err, E_resid_mean, E_resid_std, E_truth_mean (nbe,)   methods with E
+    /examples/index, /examples/cosmology_index, /examples/noise_index (k,)
+    /examples/<FIELD> (k, ny, nx): the sims' Q, U, T, kappa, E_unlensed (those present), unwindowed
+    /examples/<label>/kappa, /examples/<label>/E_unlensed (k, ny, nx)
+
+Definitions (:mod:`deepcmb.evaluation.metrics`): rho = cross_mean / sqrt(auto_mean truth_mean);
+n_eff = clkk_theory (1/rho^2 - 1); transfer = cross_mean / truth_mean; snr_per_bin^2 =
+(n_modes / 2) rho^4; snr_cumulative = sqrt(cumsum snr_per_bin^2) over the bins whose upper edge is at
+most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of maps.
+
+``summary.json`` (non-finite numbers are ``null``; lists run over the bins of /bins)::
+
+    sims_file            absolute path of the simulation file
+    created, git_revision    of the report (UTC ISO 8601; git commit of deepcmb)
+    methods              the labels evaluated
+    n_maps               maps evaluated (rows common to every reconstruction)
+    bins                 {"edges", "L", "n_modes"}; e_bins likewise when a method has an E map
+    noise_p_uk_arcmin    polarization noise of each level j of the simulation file
+    cosmologies          [{"index": c, "params": {P: value}, "n_maps": maps evaluated}]
+    results              {label: {group: {"n_maps", "rho2", "rho2_err", "n_eff", "n_eff_err",
+                          "transfer", "transfer_err", "snr_cumulative" (float: at the last bin below
+                          snr.Lmax), "snr_cumulative_err", and with an E map "E_rho2" and
+                          "E_rho2_err" (= 2 |E_rho| E_rho_err)}}}
+    theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
+                          "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
+    cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
+                          "n_maps"}}}: per cosmology, pooled over noise levels, the inverse-variance
+                          weighted mean over bins below snr.Lmax of auto_mean_c / auto_mean_all, with
+                          its error from the map scatter, and its expectation
+                          (T^2 C_c + N) / (T^2 C_all + N) with T and N = auto_mean - T^2 truth_mean
+                          of the group 'all' (see :func:`deepcmb.evaluation.metrics.cosmology_amplitude`)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import FlatSkyGeometry
+from .files import H5View, atomic_path, plain, text, write_json
+from .sims import geometry
+
+FORMAT = "deepcmb.evaluation"
+FORMAT_VERSION = 1
+
+_KAPPA_SUMMARY = ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err")
+
+
+def write_report(path: str | Path, ev: dict) -> None:
+    """Write ``report.h5`` from an evaluation (see :func:`deepcmb.evaluation.stage.evaluate`).
+
+    The file goes to ``PATH.tmp`` and is renamed when complete.
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(ev["attrs"])
+        for name in ("bins", "e_bins", "meta", "truth"):
+            _datasets(f, name, ev[name])
+        _datasets(f, "cosmology", {"clkk": ev["cosmology"]["clkk"]})
+        _datasets(f, "cosmology/params", ev["cosmology"]["params"])
+        inst = ev["instrument"]
+        _datasets(f, "instrument", {k: v for k, v in inst.items() if k != "beam_fwhm_arcmin"})
+        f["instrument"].attrs["beam_fwhm_arcmin"] = inst["beam_fwhm_arcmin"]
+        theory = {f"n0_{k}": v for k, v in ev["theory"]["n0"].items()}
+        if ev["theory"]["n_iterative"] is not None:
+            theory["n_iterative"] = ev["theory"]["n_iterative"]
+        _datasets(f, "theory", theory)
+        for label, m in ev["methods"].items():
+            g = f.create_group(f"methods/{label}")
+            g.attrs.update(m["attrs"])
+            _datasets(g, "per_map", m["per_map"])
+            for name, stats in m["groups"].items():
+                sub = _datasets(g, f"groups/{name}", stats)
+                info = ev["groups"][name]
+                sub.attrs.update(cosmology_index=info["cosmology_index"], noise_index=info["noise_index"],
+                                 n_maps=len(info["index"]))
+        ex = ev["examples"]
+        g = _datasets(f, "examples", {k: ex[k] for k in ("index", "cosmology_index", "noise_index")})
+        for key, maps in ex["maps"].items():
+            g.create_dataset(key, data=maps)
+        for label, maps in ex["methods"].items():
+            _datasets(g, label, maps)
+
+
+def _datasets(parent, name, arrays):
+    """Create group ``name`` under ``parent`` (if needed) holding ``arrays``; skip when ``arrays`` is None."""
+    if arrays is None:
+        return None
+    g = parent.require_group(name)
+    for key, value in arrays.items():
+        if value is not None:
+            g.create_dataset(key, data=np.asarray(value))
+    return g
+
+
+def summary(ev: dict) -> dict:
+    """The ``summary.json`` content of an evaluation (a JSON-ready dict, NaN as None)."""
+    a = ev["attrs"]
+    last = ev["snr_last_bin"]
+    results = {}
+    for label, m in ev["methods"].items():
+        results[label] = {}
+        for name, s in m["groups"].items():
+            r = {"n_maps": len(ev["groups"][name]["index"])}
+            r.update({k: s[k] for k in _KAPPA_SUMMARY})
+            r["snr_cumulative"] = s["snr_cumulative"][last]
+            r["snr_cumulative_err"] = s["snr_cumulative_err"][last]
+            if "E_rho" in s:
+                r["E_rho2"] = s["E_rho"] ** 2
+                r["E_rho2_err"] = 2 * np.abs(s["E_rho"]) * s["E_rho_err"]
+            results[label][name] = r
+    levels = range(len(ev["instrument"]["noise_p_uk_arcmin"]))
+    theory = {"clkk": {name: g["clkk_theory"] for name, g in ev["groups"].items()}}
+    for est, n0 in ev["theory"]["n0"].items():
+        theory[f"n0_{est}"] = {f"noise{j}": n0[j] for j in levels}
+    if ev["theory"]["n_iterative"] is not None:
+        theory["n_iterative"] = {f"noise{j}": ev["theory"]["n_iterative"][j] for j in levels}
+    params = ev["cosmology"]["params"]
+    n_cosmo = len(ev["cosmology"]["clkk"])
+    cosmo_idx = ev["meta"]["cosmology_index"]
+    out = {
+        "sims_file": a["sims_file"], "created": a["created"], "git_revision": a["git_revision"],
+        "methods": list(ev["methods"]), "n_maps": len(ev["meta"]["index"]),
+        "bins": dict(ev["bins"]),
+        "noise_p_uk_arcmin": ev["instrument"]["noise_p_uk_arcmin"],
+        "cosmologies": [{"index": c, "params": {p: v[c] for p, v in params.items()},
+                         "n_maps": int(np.sum(cosmo_idx == c))} for c in range(n_cosmo)],
+        "results": results, "theory": theory,
+        "cosmology_dependence": {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
+                                 for label, m in ev["methods"].items()},
+    }
+    if ev["e_bins"] is not None:
+        out["e_bins"] = dict(ev["e_bins"])
+    return plain(out)
+
+
+def write_summary(path: str | Path, ev: dict) -> None:
+    """Write ``summary.json`` (to ``PATH.tmp``, then renamed)."""
+    write_json(path, summary(ev))
+
+
+class Report(H5View):
+    """An evaluation report opened read-only (a context manager): the one reader of ``report.h5``.
+
+    Every accessor names its dataset in the layout above; a dataset that is missing raises
+    :class:`~deepcmb.errors.InputError` naming the file and the dataset, optional content (an E head,
+    the iterative-noise theory, example maps) is tested first (:meth:`e_methods`, :meth:`n_iterative`,
+    :meth:`n_examples`). Accessors that return an array take the keyword checks of
+    :meth:`~deepcmb.io.files.H5View.array` (``dtype``, ``ndim``, ``shape``, ``finite``).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``report.h5`` of ``deepcmb evaluate`` (``format = 'deepcmb.evaluation'``).
+
+    Attributes
+    ----------
+    path : Path
+    methods : list of str
+        Labels of the evaluated reconstructions, in the report's order (the root attribute
+        ``methods``, else the members of ``/methods``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not an evaluation report, or has no method.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, FORMAT, "evaluation report")
+        try:
+            if not len(self.keys("methods")):
+                raise InputError(f"{self.path}: no /methods in the report")
+            names = self._f.attrs["methods"] if "methods" in self._f.attrs else self.keys("methods")
+            self.methods = [text(m) for m in np.atleast_1d(names)]
+        except InputError:
+            self.close()
+            raise
+
+    def geometry(self) -> FlatSkyGeometry:
+        """Geometry of the evaluated maps (root attributes ``shape`` and ``pixel_arcmin``)."""
+        try:
+            return geometry(self._f)
+        except KeyError as exc:
+            raise InputError(f"{self.path}: missing root attribute {exc}") from None
+
+    def edges(self, e: bool = False, **check) -> np.ndarray:
+        """Bin edges, shape (nb + 1,): of the kappa spectra, or of the E spectra when ``e``."""
+        return self.array(("e_bins" if e else "bins") + "/edges", **check)
+
+    def centres(self, e: bool = False, **check) -> np.ndarray:
+        """Mode-weighted bin centres L, shape (nb,): of the kappa spectra, or of the E spectra when ``e``."""
+        return self.array(("e_bins" if e else "bins") + "/L", **check)
+
+    def n_modes(self, **check) -> np.ndarray:
+        """Fourier modes per map of each kappa bin (l and -l counted separately), shape (nb,)."""
+        return self.array("bins/n_modes", **check)
+
+    def meta(self, name: str, **check) -> np.ndarray:
+        """Per-map ``'index'`` (row in the simulation file), ``'cosmology_index'`` or ``'noise_index'``,
+        shape (n,)."""
+        return self.array(f"meta/{name}", **check)
+
+    def params(self) -> dict:
+        """Every cosmological parameter stored: name -> values of the cosmologies, shape (n_cosmo,)."""
+        return {name: self.param(name) for name in self.keys("cosmology/params")}
+
+    def param(self, name: str, **check) -> np.ndarray:
+        """Values of cosmological parameter ``name`` for each cosmology, shape (n_cosmo,)."""
+        return self.array(f"cosmology/params/{name}", **check)
+
+    def clkk(self, **check) -> np.ndarray:
+        """Theory C_L^kk of each cosmology binned on the modes of the kappa bins, shape (n_cosmo, nb)."""
+        return self.array("cosmology/clkk", **check)
+
+    @property
+    def noise_p(self) -> np.ndarray:
+        """Polarization noise of each level in µK-arcmin, shape (n_levels,)."""
+        return np.atleast_1d(self.array("instrument/noise_p_uk_arcmin")).astype(float)
+
+    @property
+    def n_levels(self) -> int:
+        """Number of noise levels."""
+        return len(self.noise_p)
+
+    def truth(self, name: str = "kappa_auto", **check) -> np.ndarray:
+        """Per-map power of the truth: ``'kappa_auto'`` (n, nb) or ``'E_auto'`` (n, nbe)."""
+        return self.array(f"truth/{name}", **check)
+
+    def kind(self, label: str) -> str:
+        """The reconstruction method of ``label``: ``'nn'``, ``'qe'``, or ``''`` when not recorded."""
+        return str(text(self._f[f"methods/{label}"].attrs.get("method", ""))) if self.has(f"methods/{label}") else ""
+
+    def estimator_of(self, label: str) -> str | None:
+        """The QE estimator of a method (its ``estimator`` attribute), or None for a network."""
+        where = f"methods/{label}"
+        return text(self._f[where].attrs.get("estimator")) if self.has(where) else None
+
+    def per_map(self, label: str, name: str, **check) -> np.ndarray:
+        """Per-map spectrum ``name`` of method ``label``: ``'auto'``, ``'cross'`` (n, nb) or ``'E_auto'``,
+        ``'E_cross'``, ``'E_resid'`` (n, nbe)."""
+        return self.array(f"methods/{label}/per_map/{name}", **check)
+
+    def group(self, label: str, group: str, name: str) -> np.ndarray:
+        """Dataset ``name`` of the statistics group ``group`` of method ``label``, shape (nb,) or (nbe,)."""
+        return self.array(f"methods/{label}/groups/{group}/{name}")
+
+    def n_maps(self, label: str, group: str) -> int:
+        """Number of maps averaged in a statistics group."""
+        return int(self.attr("n_maps", f"methods/{label}/groups/{group}"))
+
+    def e_methods(self) -> list:
+        """Labels of the methods with an unlensed-E head (those whose groups carry ``E_rho``)."""
+        return [m for m in self.methods if self.has(f"methods/{m}/groups/all/E_rho")]
+
+    def estimators(self) -> list:
+        """QE estimators with an analytic N0 in ``/theory`` (``n0_<EST>``), in file order."""
+        return [k[3:] for k in self.keys("theory") if k.startswith("n0_")]
+
+    def n0(self, estimator: str, **check) -> np.ndarray:
+        """Analytic kappa N0 of a QE estimator at each noise level (sr), shape (n_levels, nb)."""
+        if not self.has(f"theory/n0_{estimator}"):
+            raise InputError(f"{self.path}: missing dataset /theory/n0_{estimator}, the analytic N0 of the "
+                             f"{estimator} QE (add {estimator} to evaluate.theory.qe_estimators)")
+        return self.array(f"theory/n0_{estimator}", **check)
+
+    def n_iterative(self) -> np.ndarray | None:
+        """Iterative-limit kappa noise at each noise level (sr), shape (n_levels, nb); None if not computed."""
+        return self.array("theory/n_iterative") if self.has("theory/n_iterative") else None
+
+    def n_examples(self) -> int:
+        """Number of example maps stored (0 when the report has none)."""
+        return len(self.array("examples/index")) if self.has("examples/index") else 0
+
+    def example(self, name: str, label: str | None = None) -> np.ndarray:
+        """Example maps, shape (k, ny, nx): field ``name`` of the simulations (``'Q'``, ``'U'``, ``'kappa'``,
+        ``'E_unlensed'``, ...), or of method ``label``'s reconstruction; ``'index'`` gives their rows (k,)."""
+        return self.array(f"examples/{name}" if label is None else f"examples/{label}/{name}")
+
+    def cosmologies(self, level: int) -> tuple:
+        """Cosmology indices with maps at noise level ``level`` and their map counts.
+
+        Returns
+        -------
+        index : ndarray of int, shape (k,)
+        counts : ndarray of int, shape (k,)
+        """
+        cosmo = self.meta("cosmology_index")
+        noise = self.meta("noise_index")
+        return np.unique(cosmo[noise == level], return_counts=True)
+
+    def theory_clkk(self, level: int) -> np.ndarray:
+        """Binned theory C_L^kk (sr) averaged over the maps of a noise level, shape (nb,).
+
+        The pooled groups mix cosmologies, so their theory is the map-weighted mean of
+        ``/cosmology/clkk`` over the maps' cosmologies (as in the report's n_eff).
+        """
+        index, counts = self.cosmologies(level)
+        return counts @ self.clkk()[index] / counts.sum()
