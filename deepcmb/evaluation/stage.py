@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import resolve
+from ..config import Int, Number, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError, OutputExistsError
 from ..provenance import provenance_attrs
@@ -32,26 +32,26 @@ from .report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0
 
 SCHEMA = {
-    "bins": {"Lmin": 100.0, "Lmax": 2000.0, "width": None},
-    "e_bins": {"lmin": 100.0, "lmax": 3000.0, "width": None},
-    "apodize_arcmin": None,
-    "snr": {"Lmax": 2000.0},
+    "bins": {"Lmin": Number(100.0, min=0, doc="lowest lensing multipole of the kappa spectra"),
+             "Lmax": Number(2000.0, doc="highest lensing multipole of the kappa spectra"),
+             "width": Number(None, gt=0, keep_int=True,
+                             doc="bin width of the kappa spectra, multipoles (null: twice the fundamental)")},
+    "e_bins": {"lmin": Number(100.0, min=0, doc="lowest multipole of the unlensed-E spectra"),
+               "lmax": Number(3000.0, doc="highest multipole of the unlensed-E spectra"),
+               "width": Number(None, gt=0, keep_int=True,
+                               doc="bin width of the unlensed-E spectra, multipoles (null: twice the fundamental)")},
+    "apodize_arcmin": Number(None, min=0, keep_int=True,
+                             doc="cosine taper of the window on every map, arcmin (null: 0 if periodic, else 60)"),
+    "snr": {"Lmax": Number(2000.0, doc="highest multipole of the cumulative S/N and the cosmology fit")},
     "theory": {"qe_estimators": ["EB", "MV_POL"], "qe_lmin": 300.0, "qe_lmax": 3500.0, "iterative": True},
-    "examples": 4,
-    "jackknife": 20,
+    "examples": Int(4, min=0, doc="maps copied into the report for figures"),
+    "jackknife": Int(20, min=2, doc="groups of the jackknife errors"),
 }
 """The ``evaluate:`` section of a config, with its defaults.
 
-bins.Lmin, bins.Lmax, bins.width : lensing multipole bins of the kappa spectra (width null: twice
-    the fundamental multipole of the patch);
-e_bins.lmin, e_bins.lmax, e_bins.width : multipole bins of the unlensed-E spectra;
-apodize_arcmin : cosine-taper width of the window applied to every map (null: 0, no window, for
-    periodic flat-sky maps and 60 for non-periodic curved-sky patches);
-snr.Lmax : highest multipole of the cumulative S/N and of the cosmology-dependence fit;
 theory.qe_estimators, theory.qe_lmin, theory.qe_lmax : QE whose analytic N0 is computed, and their
     CMB multipole range (also that of the iterative limit); theory.iterative : compute the
-    iterative limit (about 10 s per noise level);
-examples : maps copied into the report for figures; jackknife : groups of the jackknife errors.
+    iterative limit (about 10 s per noise level).
 """
 
 BATCH = 128
@@ -61,13 +61,6 @@ BATCH = 128
 def resolve_config(user):
     """Resolve the ``evaluate:`` section over :data:`SCHEMA` and check the values that need no geometry."""
     cfg = resolve(user, SCHEMA, prefix="evaluate.")
-    for key in ("examples", "jackknife"):
-        lo = 0 if key == "examples" else 2
-        if cfg[key] < lo:
-            raise ConfigError(f"evaluate.{key}: must be at least {lo}, got {cfg[key]}")
-    a = cfg["apodize_arcmin"]
-    if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not np.isfinite(a) or a < 0):
-        raise ConfigError(f"evaluate.apodize_arcmin: must be null or a non-negative number, got {a!r}")
     estimator_labels(cfg["theory"]["qe_estimators"])
     return cfg
 
@@ -93,10 +86,8 @@ def make_bins(geom, section, lo, hi, name):
     width = section["width"]
     if width is None:
         width = 2.0 * geom.ell_fundamental
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ConfigError(f"{name}.width: must be null or a positive multipole width, got {width!r}")
-    if not 0 <= section[lo] < section[hi]:
-        raise ConfigError(f"{name}: need 0 <= {lo} < {hi}, got {section[lo]}, {section[hi]}")
+    if not section[lo] < section[hi]:
+        raise ConfigError(f"{name}: need {lo} < {hi}, got {section[lo]}, {section[hi]}")
     edges = linear_bins(section[lo], section[hi], float(width))
     if edges.size < 2:
         raise ConfigError(f"{name}: no bin of width {width:g} fits in [{section[lo]:g}, {section[hi]:g}]")
