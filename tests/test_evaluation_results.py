@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from deepcmb.config import defaults
 from deepcmb.errors import ConfigError
 from deepcmb.evaluation.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
 from deepcmb.figures.results import plot_results
@@ -37,7 +38,7 @@ def _summary(nn_low, nn_high, qe_high, nn_transfer=None, ref_transfer=None):
             "bins": {"edges": EDGES, "L": [225, 375, 525, 750, 1200, 1800]}, "results": results, "theory": theory}
 
 
-CFG = dict(SCHEMA)
+CFG = defaults(SCHEMA)
 
 
 def test_targets_met_when_the_network_beats_n0_everywhere():

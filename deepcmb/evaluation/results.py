@@ -34,10 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Int, Number, Str, resolve
 from ..jsonio import write_json
 
-SCHEMA = {"low_noise": 1.0, "high_noise": 5.0, "Lmin": 100.0, "Lmax_target": 1500.0, "Lmax_iterative": 800.0,
-          "iterative_factor": 1.3, "bias_tol": 0.02, "reference_cosmology": 0, "nn": "nn", "qe": "qe_mv_pol"}
+SCHEMA = {
+    "low_noise": Number(1.0, min=0, doc="polarization noise of the low-noise targets, uK-arcmin"),
+    "high_noise": Number(5.0, min=0, doc="polarization noise of the high-noise target, uK-arcmin"),
+    "Lmin": Number(100.0, min=0, doc="lowest multipole of the targets"),
+    "Lmax_target": Number(1500.0, gt=0, doc="highest multipole of the targets"),
+    "Lmax_iterative": Number(800.0, gt=0, doc="highest multipole of the iterative-limit target"),
+    "iterative_factor": Number(1.3, gt=0, doc="largest N_eff / N_iterative meeting the iterative-limit target"),
+    "bias_tol": Number(0.02, min=0, doc="largest |transfer bias| meeting the unbiased target (fraction)"),
+    "reference_cosmology": Int(0, min=0, doc="cosmology (index) whose transfer function is the reference"),
+    "nn": Str("nn", doc="method label of the network"),
+    "qe": Str("qe_mv_pol", doc="method label of the QE compared at high noise"),
+}
 """Settings of the results table and its targets (``results:`` of a run preset)."""
 
 
@@ -282,7 +293,6 @@ def _grid(head, rows):
 def run_results(evaluations, out, config=None):
     """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of evaluations (see :func:`collect`) into
     ``out``; returns ``out``."""
-    from ..config import resolve
     from ..figures.results import plot_results
 
     cfg = resolve(config or {}, SCHEMA, prefix="results.")

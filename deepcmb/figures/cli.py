@@ -1,5 +1,7 @@
 """The ``deepcmb figures`` subcommand (registered by :mod:`deepcmb.cli`)."""
 
+from .stage import FORMATS, SCHEMA
+
 
 def add_parser(subparsers):
     """Add the ``figures`` subcommand to the ``deepcmb`` subparsers; its ``func`` takes the parsed args."""
@@ -10,8 +12,8 @@ def add_parser(subparsers):
     p.add_argument("--report", required=True, help="report.h5 of `deepcmb evaluate`")
     p.add_argument("--chains", default=None, help="chains.h5 of `deepcmb params` (adds the posterior figures)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--formats", default="png,pdf", help="comma-separated file formats: png, pdf, svg "
-                                                        "(default png,pdf)")
+    p.add_argument("--formats", default=None, help=f"comma-separated file formats: {', '.join(FORMATS)} "
+                                                   f"(default {','.join(SCHEMA['formats'].default)})")
     p.add_argument("--overwrite", action="store_true", help="replace a folder holding earlier figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -21,7 +23,7 @@ def add_parser(subparsers):
 def _run(args):
     from .stage import run_figures
 
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats = None if args.formats is None else [f.strip() for f in args.formats.split(",") if f.strip()]
     paths = run_figures(args.report, args.out, chains=args.chains, formats=formats, overwrite=args.overwrite,
                         progress=not args.quiet)
     print(f"wrote {len(paths)} files to {args.out} (captions in {args.out}/index.json)")

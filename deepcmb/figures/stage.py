@@ -16,7 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, OutputExistsError
+from ..config import REQUIRED, ListOf, OneOf, resolve
+from ..errors import OutputExistsError
 from ..h5io import check_parent_writable
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
@@ -26,12 +27,8 @@ from .style import DPI, method_colours, save
 FORMATS = ("png", "pdf", "svg")
 INDEX_FORMAT = "deepcmb.figures"
 
-SCHEMA = {"formats": ["png", "pdf"]}
-"""Schema of the ``figures:`` section of an evaluate config (keyword arguments of :func:`run_figures`).
-
-formats : list of str
-    Files written per figure, from :data:`FORMATS`.
-"""
+SCHEMA = {"formats": ListOf(OneOf(REQUIRED, *FORMATS), ["png", "pdf"], min_len=1, doc="files written per figure")}
+"""Schema of the ``figures:`` section of an evaluate config (keyword arguments of :func:`run_figures`)."""
 
 _LEVEL_FIGURES = (
     ("spectra", spectra.plot_spectra,
@@ -156,15 +153,7 @@ def check_output_folder(out, overwrite=False):
     return check_parent_writable(out)
 
 
-def _check_formats(formats):
-    formats = tuple(str(f).lower() for f in formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"formats: expected one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
-    return formats
-
-
-def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=False, progress=True):
+def run_figures(report, out, chains=None, formats=None, overwrite=False, progress=True):
     """Draw every figure a report (and chains) supports into a folder, with ``index.json``.
 
     Parameters
@@ -175,8 +164,9 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
         Output folder (created; refused if it holds anything, see :func:`check_output_folder`).
     chains : str or Path, optional
         ``chains.h5`` of ``deepcmb params`` (adds the posterior figures); its bins must be the report's.
-    formats : sequence of {'png', 'pdf', 'svg'}
-        Files written per figure. PNGs are 100 dpi at the sizes of :mod:`deepcmb.figures.style`.
+    formats : sequence of {'png', 'pdf', 'svg'}, optional
+        Files written per figure (default: that of :data:`SCHEMA`). PNGs are 100 dpi at the sizes of
+        :mod:`deepcmb.figures.style`.
     overwrite : bool
         Replace a folder holding the figures of an earlier run.
     progress : bool
@@ -197,7 +187,8 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
     """
     from tqdm.auto import tqdm
 
-    formats = _check_formats(formats)
+    given = {} if formats is None else {"formats": [str(f).lower() for f in formats]}
+    formats = resolve(given, SCHEMA, prefix="figures.")["formats"]
     out = check_output_folder(out, overwrite)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
