@@ -70,6 +70,11 @@ class Leaf:
         """What a valid value is, in words (for messages and help)."""
         return self.what + (" or null" if self.nullable else "")
 
+    def plural(self) -> str:
+        """What a list of such values holds, in words: ``'an integer >= 1'`` -> ``'integers >= 1'``."""
+        noun, _, rest = self.describe().split(" ", 1)[1].partition(" ")
+        return f"{noun}s" + (f" {rest}" if rest else "")
+
     def fail(self, name: str, value: Any):
         raise ConfigError(f"{name}: expected {self.describe()}, got {value!r}")
 
@@ -103,12 +108,16 @@ class Int(Leaf):
 
 
 class Number(Leaf):
-    """A finite real number, stored as float, optionally bounded: ``Number(2.0, gt=0)``."""
+    """A finite real number, stored as float, optionally bounded: ``Number(2.0, gt=0)``.
+
+    ``keep_int=True`` leaves an integer an int (for a value that outputs already record as it was given).
+    """
 
     def __init__(self, default: Any = REQUIRED, *, min: float | None = None, max: float | None = None,
-                 gt: float | None = None, lt: float | None = None, nullable: bool = False, doc: str = ""):
+                 gt: float | None = None, lt: float | None = None, nullable: bool = False, keep_int: bool = False,
+                 doc: str = ""):
         super().__init__(default, nullable=nullable, doc=doc)
-        self.min, self.max, self.gt, self.lt = min, max, gt, lt
+        self.min, self.max, self.gt, self.lt, self.keep_int = min, max, gt, lt, keep_int
 
     def describe(self):
         return _bounds("a number", self.min, self.max, self.gt, self.lt) + (" or null" if self.nullable else "")
@@ -117,7 +126,7 @@ class Number(Leaf):
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or not _within(value, self.min, self.max, self.gt, self.lt)):
             self.fail(name, value)
-        return float(value)
+        return value if self.keep_int and isinstance(value, int) else float(value)
 
 
 class Bool(Leaf):
@@ -152,8 +161,13 @@ class OneOf(Leaf):
     def describe(self):
         return "one of " + ", ".join(map(str, self.choices))
 
+    def plural(self):
+        return "values from " + ", ".join(map(str, self.choices))
+
     def resolve(self, name, given, value):
-        value = value if given else self.default
+        return self.check(name, value if given else self.default)
+
+    def check(self, name, value):
         # true is not 1: a choice matches only a value of its own kind (bool or not)
         if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices):
             raise ConfigError(f"{name}: must be one of {', '.join(map(str, self.choices))}, got {value!r}")
@@ -161,24 +175,30 @@ class OneOf(Leaf):
 
 
 class ListOf(Leaf):
-    """A list whose entries each satisfy ``item``: ``ListOf(Number(min=0), [1.0], min_len=1)``."""
+    """A list whose entries each satisfy ``item`` (None: anything), of ``min_len`` to ``max_len`` entries:
+    ``ListOf(Number(min=0), [1.0], min_len=1)``, ``ListOf(Int(min=1), [8, 8], min_len=2, max_len=2)``."""
 
-    def __init__(self, item: Leaf | None, default: Any = REQUIRED, *, min_len: int = 0, nullable: bool = False,
-                 doc: str = ""):
+    def __init__(self, item: Leaf | None, default: Any = REQUIRED, *, min_len: int = 0, max_len: int | None = None,
+                 nullable: bool = False, doc: str = ""):
         super().__init__(default, nullable=nullable, doc=doc)
-        self.item, self.min_len = item, min_len
+        self.item, self.min_len, self.max_len = item, min_len, max_len
 
     def describe(self):
-        what = "a " + ("non-empty " if self.min_len == 1 else "") + "list"
-        if self.min_len > 1:
-            what += f" of at least {self.min_len} entries"
-        if self.item is not None:  # "a number >= 0" -> "numbers >= 0"
-            noun, _, rest = self.item.describe().split(" ", 1)[1].partition(" ")
-            what += f" of {noun}s" + (f" {rest}" if rest else "")
+        if self.min_len == self.max_len:
+            what = f"a list of {self.min_len}" + ("" if self.item is not None else " entries")
+        else:
+            what = "a " + ("non-empty " if self.min_len == 1 else "") + "list"
+            counts = ([f"at least {self.min_len}"] if self.min_len > 1 else []) + (
+                [f"at most {self.max_len}"] if self.max_len is not None else [])
+            if counts:
+                what += f" of {' and '.join(counts)} entries"
+        if self.item is not None:
+            what += f" {self.item.plural()}" if self.min_len == self.max_len else f" of {self.item.plural()}"
         return what + (" or null" if self.nullable else "")
 
     def check(self, name, value):
-        if not isinstance(value, (list, tuple)) or len(value) < self.min_len:
+        if (not isinstance(value, (list, tuple)) or len(value) < self.min_len
+                or (self.max_len is not None and len(value) > self.max_len)):
             self.fail(name, value)
         if self.item is None:
             return list(value)

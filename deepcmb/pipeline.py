@@ -34,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import Free, load_yaml, resolve
+from .config import Bool, Free, ListOf, Str, load_yaml, resolve
 from .errors import ConfigError
 from .io.files import write_json
 from .provenance import config_json
@@ -46,17 +46,17 @@ QE_SETTINGS = {k: v for k, v in QE_SCHEMA.items() if k != "estimator"}
 ``run.qe_estimators``)."""
 
 RUN_SCHEMA = {
-    "train_sims": "sims/quick.yaml",
-    "test_sims": "sims/quick_test.yaml",
-    "train": "train/quick.yaml",
-    "models": Free({}),
-    "qe_estimators": ["EB", "MV_POL"],
-    "qe_input": "MV_POL",
-    "qe": Free({}),
-    "params": True,
-    "symmetrize": False,
-    "robustness": Free({}),
-    "results": False,
+    "train_sims": Str("sims/quick.yaml", doc="sims preset of the training maps (path from the root)"),
+    "test_sims": Str("sims/quick_test.yaml", doc="sims preset of the test maps (path from the root)"),
+    "train": Str("train/quick.yaml", doc="train preset of the network (path from the root)"),
+    "models": Free({}, doc="label -> further trained model evaluated (path from the root)"),
+    "qe_estimators": ListOf(Str(), ["EB", "MV_POL"], doc="quadratic estimators evaluated"),
+    "qe_input": Str("MV_POL", doc="estimator whose kappa feeds a network with a kappa_qe input"),
+    "qe": Free({}, doc="settings of every QE reconstruction (deepcmb.qe.stage.SCHEMA but estimator)"),
+    "params": Bool(True, doc="estimate parameters"),
+    "symmetrize": Bool(False, doc="average network reconstructions over the 8 grid symmetries"),
+    "robustness": Free({}, doc="tag -> further test set (sims preset, or {sims, evaluate, qe, any_shape})"),
+    "results": Bool(False, doc="gather every evaluation into one table with the benchmark targets"),
 }
 """Schema of the ``run:`` section of ``evaluate/<preset>.yaml``.
 

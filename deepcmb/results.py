@@ -30,15 +30,28 @@ The targets (measured at the benchmark's low noise level, 1 uK-arcmin, on the ma
   (2 %) for bins inside ``[Lmin, Lmax_target]``.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .io.files import write_json
+from .config import Int, Number, Str, resolve
+from .io.files import atomic_path, check_output_folder, write_json
 
-SCHEMA = {"low_noise": 1.0, "high_noise": 5.0, "Lmin": 100.0, "Lmax_target": 1500.0, "Lmax_iterative": 800.0,
-          "iterative_factor": 1.3, "bias_tol": 0.02, "reference_cosmology": 0, "nn": "nn", "qe": "qe_mv_pol"}
+SCHEMA = {
+    "low_noise": Number(1.0, min=0, doc="polarization noise of the low-noise targets, uK-arcmin"),
+    "high_noise": Number(5.0, min=0, doc="polarization noise of the high-noise target, uK-arcmin"),
+    "Lmin": Number(100.0, min=0, doc="lowest multipole of the targets"),
+    "Lmax_target": Number(1500.0, gt=0, doc="highest multipole of the targets"),
+    "Lmax_iterative": Number(800.0, gt=0, doc="highest multipole of the iterative-limit target"),
+    "iterative_factor": Number(1.3, gt=0, doc="largest N_eff / N_iterative meeting the iterative-limit target"),
+    "bias_tol": Number(0.02, min=0, doc="largest |transfer bias| meeting the unbiased target (fraction)"),
+    "reference_cosmology": Int(0, min=0, doc="cosmology (index) whose transfer function is the reference"),
+    "nn": Str("nn", doc="method label of the network"),
+    "qe": Str("qe_mv_pol", doc="method label of the QE compared at high noise"),
+}
 """Settings of the results table and its targets (``results:`` of a run preset)."""
 
 
@@ -280,17 +293,38 @@ def _grid(head, rows):
     return [rule, row(head), rule.replace("-", "="), *[line for r in rows for line in (row(r), rule)]]
 
 
-def run_results(evaluations, out, config=None):
-    """Write ``results.json``, ``results.rst`` and ``neff_ratio.png`` of evaluations (see :func:`collect`) into
-    ``out``; returns ``out``."""
-    from .config import resolve
+def run_results(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+                progress: bool = True) -> Path:
+    """Gather evaluations into one table with the benchmark targets.
+
+    Parameters
+    ----------
+    config : dict or None
+        The ``results:`` section (:data:`SCHEMA`).
+    inputs : dict
+        ``evaluations``: tag (``'test'``, a robustness set) -> evaluation folder of ``deepcmb evaluate``
+        (see :func:`collect`).
+    out : str or Path
+        Output folder; receives ``results.json``, ``results.rst`` and ``neff_ratio.png``.
+    overwrite : bool
+        Replace the results already in ``out``.
+    progress : bool
+        Unused (the stage takes about a second); part of the stage contract.
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
     from .figures.results import plot_results
 
-    cfg = resolve(config or {}, SCHEMA, prefix="results.")
-    res = collect(evaluations, cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = resolve(config, SCHEMA, prefix="results.")
+    out = check_output_folder(out, overwrite, holds=lambda d: (d / "results.json").exists(), what="results")
+    res = collect(inputs["evaluations"], cfg)
+    out.mkdir(exist_ok=True)
     write_json(out / "results.json", res)
-    (out / "results.rst").write_text(render_rst(res))
-    plot_results(res).savefig(out / "neff_ratio.png")
+    with atomic_path(out / "results.rst") as tmp:
+        tmp.write_text(render_rst(res))
+    with atomic_path(out / "neff_ratio.png", prefix="tmp_") as tmp:
+        plot_results(res).savefig(tmp)
     return out

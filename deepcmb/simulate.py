@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cosmology
-from .config import Free, OneOf, resolve
+from .config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, resolve
 from .errors import ConfigError, InputError
 from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
@@ -27,40 +27,44 @@ from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
 
 SCHEMA = {
-    "seed": 1234,
-    "n_maps": 256,
+    "seed": Int(1234, min=0, doc="root seed: every map derives from (seed, index)"),
+    "n_maps": Int(256, min=1, doc="number of maps written"),
     "geometry": {
-        "kind": OneOf("flat", "flat", "curved"),
-        "shape": [128, 128],
-        "pixel_arcmin": 2.34375,
+        "kind": OneOf("flat", "flat", "curved",
+                      doc="flat: periodic flat-sky boxes; curved: gnomonic patches of full-sky maps"),
+        "shape": ListOf(Int(min=4), [128, 128], min_len=2, max_len=2, doc="map size (ny, nx), pixels, both even"),
+        "pixel_arcmin": Number(2.34375, gt=0, doc="pixel side, arcmin"),
     },
     "curved": {
-        "lmax": 5000,
-        "patch_nside": 8,
-        "max_abs_lat_deg": 90.0,
+        "lmax": Int(5000, min=1, doc="band limit of the full-sky maps (at most cosmology.lmax)"),
+        "patch_nside": Int(8, min=1, doc="HEALPix nside of the patch centres"),
+        "max_abs_lat_deg": Number(90.0, doc="patch centres within this |latitude|, degrees"),
     },
     "cosmology": {
-        "sampling": OneOf("fiducial", "fiducial", "list", "grid", "latin_hypercube"),
-        "fixed": Free({}),
-        "list": Free([]),
-        "grid": Free({}),
-        "ranges": Free({}),
-        "n": 8,
-        "lmax": 5000,
-        "lens_potential_accuracy": 1,
+        "sampling": OneOf("fiducial", "fiducial", "list", "grid", "latin_hypercube",
+                          doc="how the cosmologies are chosen"),
+        "fixed": Free({}, doc="parameter -> value set in every cosmology"),
+        "list": Free([], doc="sampling list: the cosmologies, as parameter mappings"),
+        "grid": Free({}, doc="sampling grid: parameter -> list of values (all combinations)"),
+        "ranges": Free({}, doc="sampling latin_hypercube: parameter -> [low, high]"),
+        "n": Int(8, min=1, doc="sampling latin_hypercube: number of cosmologies"),
+        "lmax": Int(5000, min=3000, doc="CAMB multipole limit"),
+        "lens_potential_accuracy": Int(1, min=1, doc="CAMB lens_potential_accuracy"),
     },
     "instrument": {
-        "beam_fwhm_arcmin": 1.0,
-        "noise_p_uk_arcmin": [1.0],
-        "noise_t_uk_arcmin": None,
+        "beam_fwhm_arcmin": Number(1.0, min=0, doc="Gaussian beam FWHM, arcmin (0: none)"),
+        "noise_p_uk_arcmin": ListOf(Number(min=0, keep_int=True), [1.0], min_len=1,
+                                    doc="polarization noise of each noise level, uK-arcmin"),
+        "noise_t_uk_arcmin": ListOf(Number(min=0, keep_int=True), None, min_len=1,
+                                    doc="temperature noise of each level, uK-arcmin (null: noise_p / sqrt 2)"),
     },
     "simulation": {
-        "fields": list(FIELDS),
-        "lmax_cmb": None,
-        "lmax_phi": None,
-        "include_b": False,
-        "nufft_epsilon": 1e-6,
-        "block_size": 32,
+        "fields": ListOf(OneOf(REQUIRED, *FIELDS), list(FIELDS), min_len=1, doc="maps written"),
+        "lmax_cmb": Number(None, gt=0, keep_int=True, doc="band limit of the unlensed CMB (null: Nyquist)"),
+        "lmax_phi": Number(None, gt=0, keep_int=True, doc="band limit of phi (null: Nyquist)"),
+        "include_b": Bool(False, doc="draw unlensed B modes from the spectra"),
+        "nufft_epsilon": Number(1e-6, gt=2e-13, lt=1e-2, doc="relative accuracy of the lensing NUFFT"),
+        "block_size": Int(32, min=1, doc="flat-sky maps made per task"),
     },
 }
 """Config schema with defaults. See ``sims/quick.yaml`` for a commented example."""
@@ -71,23 +75,6 @@ def resolve_config(user):
     cfg = resolve(user, SCHEMA)
     plan_from_config(cfg)
     return cfg
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-    return value
-
-
-def _number_list(values, name):
-    if not isinstance(values, (list, tuple)) or not values:
-        raise ConfigError(f"{name}: expected a non-empty list of numbers, got {values!r}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-            raise ConfigError(f"{name}: entries must be non-negative numbers, got {v!r}")
-        out.append(float(v))
-    return out
 
 
 def sample_cosmologies(cosmo_cfg, seed):
@@ -132,8 +119,8 @@ def sample_cosmologies(cosmo_cfg, seed):
                 raise ConfigError(f"cosmology.ranges.{name}: expected [low, high] with low < high, got {rng_!r}")
             cosmology.check_params({name: rng_[0]}, where="cosmology.ranges")
             cosmology.check_params({name: rng_[1]}, where="cosmology.ranges")
-        n = _positive_int(cosmo_cfg["n"], "cosmology.n")
-        points = cosmology.latin_hypercube(ranges, n, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,))))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,)))
+        points = cosmology.latin_hypercube(ranges, cosmo_cfg["n"], rng)
     where = "cosmology.fixed"
     out = []
     for k, p in enumerate(points):
@@ -183,39 +170,20 @@ class SimPlan:
 
 
 def plan_from_config(cfg):
-    """Validate a resolved config and build its :class:`SimPlan`."""
-    n_maps = _positive_int(cfg["n_maps"], "n_maps")
-    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
-        raise ConfigError(f"seed: must be a non-negative integer, got {cfg['seed']!r}")
-    g = cfg["geometry"]
-    if not isinstance(g["pixel_arcmin"], float) or g["pixel_arcmin"] <= 0:
-        raise ConfigError(f"geometry.pixel_arcmin: must be positive, got {g['pixel_arcmin']!r}")
+    """Check the values of a resolved config that depend on one another and build its :class:`SimPlan`."""
+    n_maps, g, inst = cfg["n_maps"], cfg["geometry"], cfg["instrument"]
     geom = FlatSkyGeometry(tuple(g["shape"]), g["pixel_arcmin"])
-    sim = cfg["simulation"]
-    unknown = [f for f in sim["fields"] if f not in FIELDS]
-    if unknown or not sim["fields"]:
-        raise ConfigError(f"simulation.fields: unknown {unknown}; choose from {', '.join(FIELDS)}")
-    for key in ("lmax_cmb", "lmax_phi"):
-        if sim[key] is not None and (not isinstance(sim[key], (int, float)) or sim[key] <= 0):
-            raise ConfigError(f"simulation.{key}: must be a positive multipole or null, got {sim[key]!r}")
-    if not 2e-13 < sim["nufft_epsilon"] < 1e-2:
-        raise ConfigError(f"simulation.nufft_epsilon: must lie in (2e-13, 1e-2), got {sim['nufft_epsilon']}")
-    block = _positive_int(sim["block_size"], "simulation.block_size")
-    inst = cfg["instrument"]
-    noise_p = _number_list(inst["noise_p_uk_arcmin"], "instrument.noise_p_uk_arcmin")
+    noise_p = [float(p) for p in inst["noise_p_uk_arcmin"]]
     if inst["noise_t_uk_arcmin"] is None:
         noise_t = [p / np.sqrt(2.0) for p in noise_p]
     else:
-        noise_t = _number_list(inst["noise_t_uk_arcmin"], "instrument.noise_t_uk_arcmin")
+        noise_t = [float(t) for t in inst["noise_t_uk_arcmin"]]
         if len(noise_t) != len(noise_p):
             raise ConfigError("instrument.noise_t_uk_arcmin: needs one entry per noise_p_uk_arcmin level")
-    instruments = [Instrument(float(inst["beam_fwhm_arcmin"]), t, p) for t, p in zip(noise_t, noise_p)]
-    cc = cfg["cosmology"]
-    if _positive_int(cc["lmax"], "cosmology.lmax") < 3000:
-        raise ConfigError(f"cosmology.lmax: must be at least 3000, got {cc['lmax']}")
-    _positive_int(cc["lens_potential_accuracy"], "cosmology.lens_potential_accuracy")
-    cosmologies = sample_cosmologies(cc, cfg["seed"])
+    instruments = [Instrument(inst["beam_fwhm_arcmin"], t, p) for t, p in zip(noise_t, noise_p)]
+    cosmologies = sample_cosmologies(cfg["cosmology"], cfg["seed"])
     if g["kind"] == "flat":
+        block = cfg["simulation"]["block_size"]
         units = [(u, s, min(s + block, n_maps), None) for u, s in enumerate(range(0, n_maps, block))]
     else:
         units = _curved_units(cfg, geom)
@@ -226,10 +194,9 @@ def _curved_units(cfg, geom):
     from .curvedsky import patch_centres
 
     c = cfg["curved"]
-    lmax = _positive_int(c["lmax"], "curved.lmax")
-    if lmax > cfg["cosmology"]["lmax"]:
-        raise ConfigError(f"curved.lmax: {lmax} exceeds cosmology.lmax {cfg['cosmology']['lmax']}")
-    npatch = len(patch_centres(_positive_int(c["patch_nside"], "curved.patch_nside"), c["max_abs_lat_deg"]))
+    if c["lmax"] > cfg["cosmology"]["lmax"]:
+        raise ConfigError(f"curved.lmax: {c['lmax']} exceeds cosmology.lmax {cfg['cosmology']['lmax']}")
+    npatch = len(patch_centres(c["patch_nside"], c["max_abs_lat_deg"]))
     if npatch == 0:
         raise ConfigError("curved.max_abs_lat_deg: leaves no patch centre")
     n = cfg["n_maps"]

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from deepcmb.config import defaults
 from deepcmb.errors import ConfigError
 from deepcmb.results import SCHEMA, collect, noise_table, overview_rows, render_rst, run_results, targets
 from deepcmb.figures.results import plot_results
@@ -37,7 +38,7 @@ def _summary(nn_low, nn_high, qe_high, nn_transfer=None, ref_transfer=None):
             "bins": {"edges": EDGES, "L": [225, 375, 525, 750, 1200, 1800]}, "results": results, "theory": theory}
 
 
-CFG = dict(SCHEMA)
+CFG = defaults(SCHEMA)
 
 
 def test_targets_met_when_the_network_beats_n0_everywhere():
@@ -91,7 +92,7 @@ def test_table_copies_the_summary_and_adds_the_iterative_rho(tmp_path):
     for folder in ("eval", "robust_ood/eval"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "summary.json").write_text(json.dumps(s))
-    out = run_results({"test": tmp_path / "eval", "ood": tmp_path / "robust_ood" / "eval"}, tmp_path / "results")
+    out = run_results(None, {"evaluations": {"test": tmp_path / "eval", "ood": tmp_path / "robust_ood" / "eval"}}, tmp_path / "results")
     res = json.loads((out / "results.json").read_text())
     assert list(res["sets"]) == ["test", "ood"] and len(res["sets"]["ood"]) == 2
     rst = (out / "results.rst").read_text()
@@ -123,4 +124,4 @@ def test_results_figure_rows_keep_their_own_y_range(tmp_path):
 
 def test_unknown_results_key_is_refused(tmp_path):
     with pytest.raises(ConfigError):
-        run_results({"test": tmp_path}, tmp_path / "r", {"bias_tolerance": 0.1})
+        run_results({"bias_tolerance": 0.1}, {"evaluations": {"test": tmp_path}}, tmp_path / "r")

@@ -13,6 +13,7 @@ from deepcmb.cosmology import compute_spectra
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.evaluation import run_evaluate
 from deepcmb.cli import build_parser
+from deepcmb.evaluation.stage import resolve_config
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator, cosine_window, window_moment
 from deepcmb.io.reconstruction import write_reconstruction
@@ -236,6 +237,25 @@ def test_config_errors_and_existing_output(files, evaluated, tmp_path):
             run_evaluate(dict(FAST, **cfg), {"sims": sims, "recs": rec}, tmp_path / "out", progress=False)
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_evaluate(FAST, {"sims": sims, "recs": rec}, evaluated, progress=False)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"jackknife": None}, r"^evaluate\.jackknife: expected an integer >= 2, got null$"),
+    ({"examples": -1}, r"^evaluate\.examples: expected an integer >= 0, got -1$"),
+    ({"apodize_arcmin": -1.0}, r"^evaluate\.apodize_arcmin: expected a number >= 0 or null"),
+    ({"bins": {"width": 0}}, r"^evaluate\.bins\.width: expected a number > 0 or null"),
+    ({"e_bins": {"lmin": -5}}, r"^evaluate\.e_bins\.lmin: expected a number >= 0"),
+])
+def test_config_values_are_checked_before_any_file_is_read(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(cfg)
+
+
+def test_config_keeps_widths_and_tapers_as_given():
+    cfg = resolve_config({"bins": {"width": 150, "Lmin": 150}, "apodize_arcmin": 30})
+    assert type(cfg["bins"]["width"]) is int and type(cfg["apodize_arcmin"]) is int
+    assert cfg["bins"]["Lmin"] == 150.0 and type(cfg["bins"]["Lmin"]) is float
+    assert cfg["e_bins"]["width"] is None
 
 
 def test_command_line(files, tmp_path):

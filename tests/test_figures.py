@@ -1,6 +1,5 @@
 """`deepcmb figures`: every figure from a synthetic report (and chains), sizes, content, index, errors."""
 
-import argparse
 import json
 import re
 
@@ -13,7 +12,7 @@ from matplotlib.image import imread
 from deepcmb.config import resolve
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.figures import SCHEMA, plan_figures, run_figures
-from deepcmb.figures import cli as figures_cli
+from deepcmb.cli import build_parser
 from deepcmb.figures.maps import ROLLOFF, plot_maps_E, plot_maps_kappa
 from deepcmb.figures.performance import plot_noise, plot_rho
 from deepcmb.figures.posteriors import density_levels, plot_posteriors
@@ -51,18 +50,20 @@ def full(tmp_path_factory):
     report = make_report(d / "report.h5", methods=("nn", "qe_eb", "qe_mv_pol"), n_levels=1)
     chains = make_chains(d / "chains.h5", report, cosmologies=(1, 2))
     out = d / "figs"
-    return report, out, run_figures(report, out, chains=chains, progress=False)
+    return report, out, run_figures(None, {"report": report, "chains": chains}, out, progress=False)
 
 
 def test_every_figure_written_at_documented_size_and_indexed(full):
-    report, out, paths = full
+    report, out, folder = full
     index = json.loads((out / "index.json").read_text())
     expected = {"maps_kappa", "maps_E", "cosmology", "E_spectra", "posteriors_cosmo1", "posteriors_cosmo2",
                 *PER_LEVEL}
     assert set(index["figures"]) == expected
     assert index["format"] == "deepcmb.figures" and index["report"] == str(report.resolve())
     assert index["stage"] == "figures" and {"git_revision", "created", "deepcmb_version"} <= set(index)
-    assert sorted(paths) == sorted(out / f for e in index["figures"].values() for f in e["files"])
+    assert folder == out
+    assert sorted(p for p in out.iterdir() if p.name != "index.json") == sorted(
+        out / f for e in index["figures"].values() for f in e["files"])
     assert not out.with_name("figs.tmp").exists()
     assert "maps low-passed to L <= Lmax of the analysis bins (Lmax = 2000" in index["figures"]["maps_kappa"]["caption"]
     for stem, entry in index["figures"].items():
@@ -139,7 +140,7 @@ def test_missing_dataset_named_and_nothing_written(tmp_path):
         del f["methods/qe_eb/groups/noise0/rho2"]
     out = tmp_path / "figs"
     with pytest.raises(InputError, match=r"report\.h5: missing dataset /methods/qe_eb/groups/noise0/rho2"):
-        run_figures(path, out, formats=["png"], progress=False)
+        run_figures({"formats": ["png"]}, {"report": path}, out, progress=False)
     assert not out.exists() and not (tmp_path / "figs.tmp").exists()  # no partial folder
 
 
@@ -147,34 +148,34 @@ def test_wrong_inputs_refused(tmp_path):
     report = _small_report(tmp_path / "report.h5")
     chains = make_chains(tmp_path / "chains.h5", report, cosmologies=(0,))
     with pytest.raises(InputError, match="not a deepcmb evaluation report"):
-        run_figures(chains, tmp_path / "a", progress=False)
+        run_figures(None, {"report": chains}, tmp_path / "a", progress=False)
     with pytest.raises(InputError, match="no such file"):
-        run_figures(tmp_path / "missing.h5", tmp_path / "b", progress=False)
+        run_figures(None, {"report": tmp_path / "missing.h5"}, tmp_path / "b", progress=False)
     with h5py.File(chains, "a") as f:
         f["bins/edges"][...] = f["bins/edges"][()] + 7.0
     with pytest.raises(InputError, match="made from another evaluation report"):
-        run_figures(report, tmp_path / "c", chains=chains, progress=False)
+        run_figures(None, {"report": report, "chains": chains}, tmp_path / "c", progress=False)
     with pytest.raises(ConfigError, match="formats"):
-        run_figures(report, tmp_path / "d", formats=["jpeg"], progress=False)
+        run_figures({"formats": ["jpeg"]}, {"report": report}, tmp_path / "d", progress=False)
     with pytest.raises(ConfigError, match="did you mean 'figures.formats'"):  # the figures: config section
         resolve({"format": ["png"]}, SCHEMA, "figures.")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="not deepcmb figures"):
-        run_figures(report, other, overwrite=True, progress=False)
+        run_figures(None, {"report": report}, other, overwrite=True, progress=False)
     assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_cli_refuses_existing_figures_then_overwrites(tmp_path, capsys):
     report = _small_report(tmp_path / "report.h5")
-    parser = argparse.ArgumentParser(prog="deepcmb")
-    figures_cli.add_parser(parser.add_subparsers(dest="stage"))
+    parser = build_parser("figures")
     out = tmp_path / "figs"
     argv = ["figures", "--report", str(report), "--out", str(out), "--formats", "png", "--quiet"]
     args = parser.parse_args(argv)
     args.func(args)
-    assert "wrote 5 files" in capsys.readouterr().out
+    assert f"wrote {out}/: " + ", ".join(sorted(["index.json"] + [f"{s}.png" for s in PER_LEVEL])) \
+        in capsys.readouterr().out  # the 5 figures and their index
     assert sorted(p.name for p in out.iterdir()) == sorted(["index.json"] + [f"{s}.png" for s in PER_LEVEL])
     with pytest.raises(OutputExistsError, match="use --overwrite"):
         args.func(parser.parse_args(argv))

@@ -234,6 +234,9 @@ def test_derived_amplitude_exponent_of_a_power_law():
     ({"calibration_cosmology": [0, 5]}, "params.calibration_cosmology: expected a cosmology index"),
     ({"Lmin": 500, "Lmax": 400}, "params.Lmin"),
     ({"camb": {"lmax": 1000}}, "params.camb.lmax"),
+    ({"sample": ["Alens", "Alens"]}, "params.sample: repeated"),
+    ({"walkers": None}, "params.walkers: expected an integer >= 2, got null"),
+    ({"sample": None}, "params.sample: expected a non-empty list of values from H0"),
 ])
 def test_bad_config_is_refused_naming_the_field(section, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

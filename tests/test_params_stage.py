@@ -7,7 +7,6 @@ are linear in Alens and As. CAMB runs five times in all (lmax 2000, cached on di
 cosmology and four As nodes of the emulator grid.
 """
 
-import argparse
 import json
 
 import h5py
@@ -18,7 +17,7 @@ from deepcmb.cosmology import PARAM_NAMES, PLANCK2018
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.params import run_params
-from deepcmb.params.cli import add_parser
+from deepcmb.cli import build_parser
 from deepcmb.params.emulator import binned_clkk, build_emulator
 from deepcmb.spectra import bin_centres, linear_bins, mode_counts
 
@@ -125,7 +124,7 @@ def test_emulator_matches_camb_off_grid(cosmologies):
 
 
 def test_run_params_recovers_alens(report, cosmologies, tmp_path):
-    out = run_params(dict(FAST, sample=["Alens"]), report, tmp_path / "params", progress=False)
+    out = run_params(dict(FAST, sample=["Alens"]), {"report": report}, tmp_path / "params", progress=False)
     summary = json.loads((out / "summary.json").read_text())
     res = summary["results"]
     assert summary["parameters"] == ["Alens"] and summary["test_cosmologies"] == [1, 2]
@@ -170,7 +169,7 @@ def test_run_params_recovers_alens(report, cosmologies, tmp_path):
 def test_run_params_alens_as_gives_the_degenerate_amplitude(report, cosmologies, tmp_path):
     cfg = dict(FAST, sample=["Alens", "As"], priors={"As": AS_PRIOR}, emulator_points=4, test_cosmologies=[2],
                methods=["nn"], steps=600, burn=200)
-    out = run_params(cfg, report, tmp_path / "p2", progress=False)
+    out = run_params(cfg, {"report": report}, tmp_path / "p2", progress=False)
     summary = json.loads((out / "summary.json").read_text())
     r = summary["results"]["nn"]["cosmo2"]
     d = r["derived"]["Alens_eff"]
@@ -216,7 +215,7 @@ def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology
     recovered within 2 sigma, while a calibration on the fiducial maps alone is biased by many sigma."""
     cfg = dict(FAST, sample=["Alens", "As"], priors={"As": AS_PRIOR}, emulator_points=4, steps=400, burn=150,
                calibration_cosmologies=[0, 1, 2, 3, 4])
-    out = run_params(cfg, over_cosmology, tmp_path / "linear", progress=False)
+    out = run_params(cfg, {"report": over_cosmology}, tmp_path / "linear", progress=False)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["calibration_cosmologies"] == [0, 1, 2, 3, 4] and summary["test_cosmologies"] == [5, 6, 7, 8]
     res = summary["results"]["nn"]
@@ -238,8 +237,7 @@ def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology
         assert g["transfer_gradient"].shape == g["noise_gradient_err"].shape == (2, len(summary["bins"]["L"]))
         assert list(g.attrs["parameter_names"]) == ["Alens", "As"]
     # the same data with a constant T, N from the fiducial maps: every test cosmology is off by many sigma
-    out = run_params(dict(cfg, calibration_cosmologies=[0], test_cosmologies=[5, 6, 7, 8]), over_cosmology,
-                     tmp_path / "constant", progress=False)
+    out = run_params(dict(cfg, calibration_cosmologies=[0], test_cosmologies=[5, 6, 7, 8]), {"report": over_cosmology}, tmp_path / "constant", progress=False)
     single = json.loads((out / "summary.json").read_text())
     res = single["results"]["nn"]
     assert all(abs(res[f"cosmo{c}"]["derived"]["Alens_eff"]["pull"]) > 4 for c in (5, 6, 7, 8))
@@ -249,13 +247,13 @@ def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology
 
 def test_chains_are_reproducible_and_outputs_protected(report, tmp_path):
     cfg = dict(FAST, sample=["Alens"], methods=["nn"], test_cosmologies=[1], steps=30, burn=10)
-    a = run_params(cfg, report, tmp_path / "a", progress=False)
-    b = run_params(cfg, report, tmp_path / "b", progress=False)
+    a = run_params(cfg, {"report": report}, tmp_path / "a", progress=False)
+    b = run_params(cfg, {"report": report}, tmp_path / "b", progress=False)
     with h5py.File(a / "chains.h5", "r") as fa, h5py.File(b / "chains.h5", "r") as fb:
         assert np.array_equal(fa["nn/cosmo1/chain"][()], fb["nn/cosmo1/chain"][()])
     with pytest.raises(OutputExistsError, match="chains.h5"):
-        run_params(cfg, report, a, progress=False)
-    run_params(dict(cfg, seed=2), report, a, overwrite=True, progress=False)
+        run_params(cfg, {"report": report}, a, progress=False)
+    run_params(dict(cfg, seed=2), {"report": report}, a, overwrite=True, progress=False)
     with h5py.File(a / "chains.h5", "r") as fa, h5py.File(b / "chains.h5", "r") as fb:
         assert not np.array_equal(fa["nn/cosmo1/chain"][()], fb["nn/cosmo1/chain"][()])
 
@@ -275,13 +273,12 @@ def test_chains_are_reproducible_and_outputs_protected(report, tmp_path):
 def test_unusable_report_or_config_is_refused(cosmologies, tmp_path, skip, cfg, error, match):
     path = make_report(tmp_path / "report.h5", cosmologies, skip=skip)
     with pytest.raises(error, match=match):
-        run_params({**FAST, "sample": ["Alens"], **cfg}, path, tmp_path / "out", progress=False)
+        run_params({**FAST, "sample": ["Alens"], **cfg}, {"report": path}, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_reads_the_params_section(report, tmp_path):
-    parser = argparse.ArgumentParser(prog="deepcmb")
-    add_parser(parser.add_subparsers(dest="stage"))
+    parser = build_parser("params")
     config = tmp_path / "evaluate.yaml"
     config.write_text("evaluate:\n  examples: 2\nparams:\n  sample: [Alens]\n  methods: [qe_eb]\n"
                       "  test_cosmologies: [1]\n  Lmax: 1500\n  walkers: 8\n  steps: 20\n  burn: 5\n"

@@ -131,6 +131,13 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, cfg, field):
     assert field in err
 
 
+@pytest.mark.parametrize("section, key", [("instrument", "beam_fwhm_arcmin"), ("geometry", "shape"),
+                                          ("simulation", "nufft_epsilon"), ("simulation", "fields")])
+def test_null_is_refused_like_any_bad_value(tmp_path, capsys, section, key):
+    err = _fails(tmp_path, capsys, dict(SMALL, **{section: {**SMALL.get(section, {}), key: None}}))
+    assert err.startswith(f"deepcmb simulate: error: {section}.{key}: expected ") and err.endswith("got null")
+
+
 def test_misspelt_key_suggests_the_right_one(tmp_path, capsys):
     err = _fails(tmp_path, capsys, dict(SMALL, geometry={"pixel_arcmn": 2.0}))
     assert "did you mean 'geometry.pixel_arcmin'" in err

@@ -17,7 +17,7 @@ layout of the outputs is documented in :mod:`deepcmb.io.report`.
 
 import numpy as np
 
-from ..config import Retired, resolve
+from ..config import Int, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError
 from ..io.files import check_output_folder
@@ -34,14 +34,21 @@ _BAND_FROM_FILES = ("the CMB band of the QE N0 and of the iterative limit is tha
                     "evaluated (run.qe of a preset), else deepcmb.qe.BAND")
 
 SCHEMA = {
-    "bins": {"Lmin": 100.0, "Lmax": 2000.0, "width": None},
-    "e_bins": {"lmin": 100.0, "lmax": 3000.0, "width": None},
-    "apodize_arcmin": None,
-    "snr": {"Lmax": 2000.0},
+    "bins": {"Lmin": Number(100.0, min=0, doc="lowest lensing multipole of the kappa spectra"),
+             "Lmax": Number(2000.0, doc="highest lensing multipole of the kappa spectra"),
+             "width": Number(None, gt=0, keep_int=True,
+                             doc="bin width of the kappa spectra, multipoles (null: twice the fundamental)")},
+    "e_bins": {"lmin": Number(100.0, min=0, doc="lowest multipole of the unlensed-E spectra"),
+               "lmax": Number(3000.0, doc="highest multipole of the unlensed-E spectra"),
+               "width": Number(None, gt=0, keep_int=True,
+                               doc="bin width of the unlensed-E spectra, multipoles (null: twice the fundamental)")},
+    "apodize_arcmin": Number(None, min=0, keep_int=True,
+                             doc="cosine taper of the window on every map, arcmin (null: 0 if periodic, else 60)"),
+    "snr": {"Lmax": Number(2000.0, doc="highest multipole of the cumulative S/N and the cosmology fit")},
     "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": True,
                "qe_lmin": Retired(_BAND_FROM_FILES), "qe_lmax": Retired(_BAND_FROM_FILES)},
-    "examples": 4,
-    "jackknife": 20,
+    "examples": Int(4, min=0, doc="maps copied into the report for figures"),
+    "jackknife": Int(20, min=2, doc="groups of the jackknife errors"),
 }
 """The ``evaluate:`` section of a config, with its defaults.
 
@@ -75,13 +82,6 @@ BATCH = 128
 def resolve_config(user):
     """Resolve the ``evaluate:`` section over :data:`SCHEMA` and check the values that need no geometry."""
     cfg = resolve(user, SCHEMA, prefix="evaluate.")
-    for key in ("examples", "jackknife"):
-        lo = 0 if key == "examples" else 2
-        if cfg[key] < lo:
-            raise ConfigError(f"evaluate.{key}: must be at least {lo}, got {cfg[key]}")
-    a = cfg["apodize_arcmin"]
-    if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not np.isfinite(a) or a < 0):
-        raise ConfigError(f"evaluate.apodize_arcmin: must be null or a non-negative number, got {a!r}")
     estimator_labels(cfg["theory"]["qe_estimators"])
     return cfg
 
@@ -107,10 +107,8 @@ def make_bins(geom, section, lo, hi, name):
     width = section["width"]
     if width is None:
         width = 2.0 * geom.ell_fundamental
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ConfigError(f"{name}.width: must be null or a positive multipole width, got {width!r}")
-    if not 0 <= section[lo] < section[hi]:
-        raise ConfigError(f"{name}: need 0 <= {lo} < {hi}, got {section[lo]}, {section[hi]}")
+    if not section[lo] < section[hi]:
+        raise ConfigError(f"{name}: need {lo} < {hi}, got {section[lo]}, {section[hi]}")
     edges = linear_bins(section[lo], section[hi], float(width))
     if edges.size < 2:
         raise ConfigError(f"{name}: no bin of width {width:g} fits in [{section[lo]:g}, {section[hi]:g}]")

@@ -7,6 +7,8 @@ no ``posteriors``; one cosmology: no ``cosmology``; no ``/examples``: no map fig
 drawn figure needs and the report lacks raises :class:`~deepcmb.errors.InputError` naming both.
 """
 
+from __future__ import annotations
+
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,9 +16,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError
+from ..config import REQUIRED, ListOf, OneOf, resolve
 from ..io.chains import Chains, check_same_bins
-from ..io.files import atomic_folder, check_output_folder
+from ..io.files import atomic_folder, check_output_folder, write_json
 from ..io.report import Report
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
@@ -25,12 +27,8 @@ from .style import DPI, method_colours, save
 FORMATS = ("png", "pdf", "svg")
 INDEX_FORMAT = "deepcmb.figures"
 
-SCHEMA = {"formats": ["png", "pdf"]}
-"""Schema of the ``figures:`` section of an evaluate config (keyword arguments of :func:`run_figures`).
-
-formats : list of str
-    Files written per figure, from :data:`FORMATS`.
-"""
+SCHEMA = {"formats": ListOf(OneOf(REQUIRED, *FORMATS), ["png", "pdf"], min_len=1, doc="files written per figure")}
+"""Schema of the ``figures:`` section of an evaluate config (the config of :func:`run_figures`)."""
 
 _LEVEL_FIGURES = (
     ("spectra", spectra.plot_spectra,
@@ -133,28 +131,21 @@ def _is_figure_folder(path):
         return False
 
 
-def _check_formats(formats):
-    formats = tuple(str(f).lower() for f in formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"formats: expected one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
-    return formats
-
-
-def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=False, progress=True):
+def run_figures(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+                progress: bool = True) -> Path:
     """Draw every figure a report (and chains) supports into a folder, with ``index.json``.
 
     Parameters
     ----------
-    report : str or Path
-        ``report.h5`` of ``deepcmb evaluate``.
+    config : dict or None
+        The ``figures:`` section (:data:`SCHEMA`): ``formats``, the files written per figure from
+        ``png, pdf, svg``. PNGs are 100 dpi at the sizes of :mod:`deepcmb.figures.style`.
+    inputs : dict
+        ``report``: ``report.h5`` of ``deepcmb evaluate``; ``chains`` (optional): ``chains.h5`` of
+        ``deepcmb params`` (adds the posterior figures), whose bins must be the report's.
     out : str or Path
         Output folder (created; a folder that is not empty is replaced only with ``overwrite`` and
         only if it holds the figures of an earlier run: other folders are never deleted).
-    chains : str or Path, optional
-        ``chains.h5`` of ``deepcmb params`` (adds the posterior figures); its bins must be the report's.
-    formats : sequence of {'png', 'pdf', 'svg'}
-        Files written per figure. PNGs are 100 dpi at the sizes of :mod:`deepcmb.figures.style`.
     overwrite : bool
         Replace a folder holding the figures of an earlier run.
     progress : bool
@@ -162,8 +153,8 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
 
     Returns
     -------
-    list of Path
-        The figure files written (``OUT/<stem>.<format>``). ``OUT/index.json`` holds ``format``
+    Path
+        The folder, holding the figure files ``OUT/<stem>.<format>`` and ``OUT/index.json``, which holds ``format``
         (``'deepcmb.figures'``), the input paths ``report`` and ``chains``, the provenance
         (``deepcmb_version``, ``git_revision``, ``stage``, ``created``, ``config``) and ``figures``:
         each stem -> ``caption``, ``files`` and ``size_px`` (PNG width, height).
@@ -175,7 +166,8 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
     """
     from tqdm.auto import tqdm
 
-    formats = _check_formats(formats)
+    formats = resolve(config, SCHEMA, prefix="figures.")["formats"]
+    report, chains = inputs["report"], inputs.get("chains")
     out = check_output_folder(out, overwrite, holds=_is_figure_folder, what="figures",
                               foreign="folder holds files that are not deepcmb figures; choose a new or empty folder")
     with atomic_folder(out) as tmp:
@@ -189,9 +181,9 @@ def run_figures(report, out, chains=None, formats=("png", "pdf"), overwrite=Fals
                 width, height = (int(round(v * DPI)) for v in fig.get_size_inches())
                 index[job.stem] = {"caption": job.caption, "files": [p.name for p in files],
                                    "size_px": [width, height]}
-        inputs = {"report": str(Path(report).resolve()),
-                  "chains": str(Path(chains).resolve()) if chains is not None else None}
-        meta = {"format": INDEX_FORMAT, **inputs, **provenance_attrs({**inputs, "formats": list(formats)}, "figures"),
+        paths = {"report": str(Path(report).resolve()),
+                 "chains": str(Path(chains).resolve()) if chains is not None else None}
+        meta = {"format": INDEX_FORMAT, **paths, **provenance_attrs({**paths, "formats": list(formats)}, "figures"),
                 "figures": index}
-        (tmp / "index.json").write_text(json.dumps(meta, indent=1))
-    return [out / name for entry in index.values() for name in entry["files"]]
+        write_json(tmp / "index.json", meta)
+    return out

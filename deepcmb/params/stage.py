@@ -9,7 +9,10 @@ fitted twice: calibrated on simulations like any method (N0 + N1 + ...) and with
 analytic N0 alone.
 """
 
+from __future__ import annotations
+
 import zlib
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,15 +228,16 @@ def _prepare_output(out, overwrite):
     return (out, *paths)
 
 
-def run_params(config, report, out, overwrite=False, progress=True):
+def run_params(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+               progress: bool = True) -> Path:
     """Fit cosmological parameters to the reconstructed lensing spectra of an evaluation report.
 
     Parameters
     ----------
     config : dict or None
         The ``params:`` section (resolved over :data:`~deepcmb.params.schema.SCHEMA`).
-    report : str or Path
-        ``report.h5`` of ``deepcmb evaluate``.
+    inputs : dict
+        ``report``: ``report.h5`` of ``deepcmb evaluate``.
     out : str or Path
         Output folder (created if missing; its parent must exist); receives ``chains.h5`` and
         ``summary.json`` (layout in :mod:`deepcmb.io.chains`).
@@ -254,7 +258,7 @@ def run_params(config, report, out, overwrite=False, progress=True):
     """
     cfg = resolve_config(config)
     out, chains_path, summary_path = _prepare_output(out, overwrite)
-    rep = read_report(report, cfg["methods"])
+    rep = read_report(inputs["report"], cfg["methods"])
     plan = _plan(cfg, rep)
     edges = rep.edges[plan.bins.start:plan.bins.stop + 1]
     emulator = build_emulator(rep.geom, edges, cfg["sample"], plan.base, cfg["priors"], cfg["emulator_points"],
