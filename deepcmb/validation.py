@@ -6,10 +6,10 @@ prints them), so the numbers quoted in the documentation (docs/simulate.rst) are
 
 import numpy as np
 
-from . import spectra as sp
+from . import binning as sp
 from .flatsky import gaussian_beam, white_noise_cl
 from .sample import FlatSimulator
-from .theory import periodic_lensed_cls
+from .patch_theory import periodic_lensed_cls
 
 CMB_EDGES = sp.linear_bins(500, 3000, 250)
 """Bins of the lensed CMB spectrum checks (500 <= l < 3000, width 250)."""

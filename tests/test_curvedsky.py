@@ -13,7 +13,7 @@ import pytest
 from deepcmb import curvedsky
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.sample import FIELDS, Instrument, simulate_flat
-from deepcmb.spectra import binned_fourier_power, linear_bins
+from deepcmb.binning import binned_fourier_power, linear_bins
 
 TAPER_PIXELS = 16
 """Width of the cosine taper at each edge of a 64 x 64 patch (a quarter of the side)."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deepcmb import spectra as sp
+from deepcmb import binning as sp
 from deepcmb.evaluation import metrics
 from deepcmb.geometry import FlatSkyGeometry, interp_spectrum
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deepcmb import spectra as sp
+from deepcmb import binning as sp
 from deepcmb.cosmology import compute_spectra
 from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.evaluation import run_evaluate

@@ -9,7 +9,7 @@ flat-sky mode ``|l|`` standing for the curved-sky multipole ``|l| - 1/2``
   C_L^kk (2000 kappa maps, so that the lowest bin's sample variance is below 1 %); noise power within
   2 % of its configured level; observed TT = B_l^2 C_l + N_l.
 * On a smaller periodic patch the missing large-scale lenses matter: on 64 x 64 pixels (2.5 deg, no
-  lens below L = 144) lensed BB is 3-7 % below CAMB. ``deepcmb.theory.periodic_lensed_cls`` computes
+  lens below L = 144) lensed BB is 3-7 % below CAMB. ``deepcmb.patch_theory.periodic_lensed_cls`` computes
   that patch-correct expectation, and 1600 such sims must match it within 2.5 %.
 """
 

@@ -19,7 +19,7 @@ from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.params import run_params
 from deepcmb.cli import build_parser
 from deepcmb.params.emulator import binned_clkk, build_emulator
-from deepcmb.spectra import bin_centres, linear_bins, mode_counts
+from deepcmb.binning import bin_centres, linear_bins, mode_counts
 
 GEOM = FlatSkyGeometry((128, 128), 2.34375)
 EDGES = linear_bins(100.0, 2000.0, 150.0)

@@ -11,7 +11,7 @@ import pytest
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator, cosine_window, window_moment
 from deepcmb.sample import FlatSimulator, Instrument
-from deepcmb.spectra import binned_auto_spectrum, binned_cross_spectrum
+from deepcmb.binning import binned_auto_spectrum, binned_cross_spectrum
 
 pytestmark = pytest.mark.slow
 

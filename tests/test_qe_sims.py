@@ -17,7 +17,7 @@ from deepcmb.cosmology import CMBSpectra
 from deepcmb.qe import QuadraticEstimator
 from deepcmb.geometry import interp_spectrum
 from deepcmb.sample import FlatSimulator, Instrument, observe
-from deepcmb.spectra import binned_auto_spectrum, binned_cross_spectrum, binned_fourier_power
+from deepcmb.binning import binned_auto_spectrum, binned_cross_spectrum, binned_fourier_power
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deepcmb import spectra as sp
+from deepcmb import binning as sp
 from deepcmb.cli import main
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.io.reconstruction import open_reconstruction

@@ -2,8 +2,8 @@
 
 For every map evaluated it measures binned spectra of the reconstructed kappa, of the true kappa and
 their cross-spectrum (and the same for the unlensed E map of a network with that head), with
-:mod:`deepcmb.spectra` on the bins of ``evaluate.bins``, so the theory binned with
-:func:`~deepcmb.spectra.bin_theory` averages over exactly the same Fourier modes. Non-periodic maps
+:mod:`deepcmb.binning` on the bins of ``evaluate.bins``, so the theory binned with
+:func:`~deepcmb.binning.bin_theory` averages over exactly the same Fourier modes. Non-periodic maps
 (curved-sky patches) are apodised with a cosine window W. A quadratic estimator run on windowed maps
 returns about :math:`W^2 \\kappa`, so on windowed maps every kappa is brought to that footing: the true
 kappa is multiplied by :math:`W^2`, a reconstruction made from unwindowed maps (a network) by
@@ -15,17 +15,21 @@ each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluatio
 layout of the outputs is documented in :mod:`deepcmb.io.report`.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
 
 from ..config import Int, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError
 from ..io.files import check_output_folder
+from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from ..provenance import provenance_attrs
-from ..io.reconstruction import read_n0
 from ..qe import BAND, cosine_window, default_taper, window_moment
-from ..spectra import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
+from ..binning import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
 from . import metrics
 from .inputs import EvaluationInputs, read_rows
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0

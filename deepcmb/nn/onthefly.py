@@ -158,7 +158,7 @@ class FreshBatches(keras.utils.PyDataset):
 
     def _qe(self, n):
         from ..cosmology import compute_spectra
-        from ..qe.reconstruct import QuadraticEstimator
+        from ..qe.quadratic import QuadraticEstimator
 
         cache = self._local.__dict__.setdefault("qes", {})
         if n not in cache:

@@ -645,7 +645,7 @@ def _fourier_loss(data, qe=None):
     from ..cosmology import compute_spectra
     from ..io.reconstruction import estimator_settings, open_reconstruction
     from ..io.sims import geometry, open_sims, read_instruments
-    from ..qe.reconstruct import QuadraticEstimator
+    from ..qe.quadratic import QuadraticEstimator
     from .losses import FourierWeightedMSE, inverse_variance_weights
 
     settings = {"estimator": "MV_POL"}

@@ -1,7 +1,7 @@
 """Binned lensing convergence power as a function of cosmological parameters.
 
 The model of the params stage needs :math:`C^{\\kappa\\kappa}_b(\\theta)`, the convergence power averaged
-over exactly the Fourier modes of each band of the evaluation report (:func:`deepcmb.spectra.bin_theory`).
+over exactly the Fourier modes of each band of the evaluation report (:func:`deepcmb.binning.bin_theory`).
 ``Alens`` multiplies :math:`C_L^{\\phi\\phi}` and so :math:`C_b^{\\kappa\\kappa}` exactly; every other
 parameter enters through CAMB, evaluated once on a tensor grid over its prior range (disk-cached by
 :func:`deepcmb.cosmology.compute_spectra`) and interpolated with not-a-knot cubic splines of
@@ -14,7 +14,7 @@ import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 
 from ..cosmology import compute_spectra
-from ..spectra import bin_theory
+from ..binning import bin_theory
 
 MIN_POINTS = 4
 """Grid points per parameter needed by a cubic spline."""

@@ -27,7 +27,7 @@ sky), spectra and N0 in sr (kappa dimensionless).
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import COMBINATIONS, ESTIMATORS
 from .iterative import iterative_noise
-from .reconstruct import BAND, QuadraticEstimator, reconstruct_qe
+from .quadratic import BAND, QuadraticEstimator, reconstruct_qe
 
 __all__ = [
     "reconstruct_qe", "QuadraticEstimator", "BAND", "ESTIMATORS", "COMBINATIONS", "cosine_window",

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..geometry import ARCMIN, FlatSkyGeometry
-from ..spectra import bin_centres, bin_theory
+from ..binning import bin_centres, bin_theory
 from . import engine
 from .filtering import grid_spectra, instrument_values, inverse_variance_filters
 

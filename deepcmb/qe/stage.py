@@ -23,11 +23,11 @@ from ..errors import InputError
 from ..io.files import check_output_file
 from ..io.sims import geometry, open_sims, read_instruments
 from ..io.reconstruction import ReconstructionWriter
-from ..spectra import bin_centres, linear_bins
+from ..binning import bin_centres, linear_bins
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
 from .estimators import resolve as resolve_estimator
-from .reconstruct import BAND, QuadraticEstimator
+from .quadratic import BAND, QuadraticEstimator
 
 SCHEMA = {
     "estimator": Str("EB", doc="TT, TE, EE, EB, TB, MV (all five) or MV_POL (EE + EB)"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..geometry import interp_spectrum
-from ..spectra import bin_centres, bin_theory, linear_bins
+from ..binning import bin_centres, bin_theory, linear_bins
 from . import engine
 from .apodization import check_window, window_moment
 from .engine import EstimatePlan, FourierFactors, to_fourier, to_map
