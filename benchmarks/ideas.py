@@ -92,9 +92,9 @@ def run(idea, bench, out, epochs, steps, curriculum_epochs):
         (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         run_dir, rec, ev = out / f"train_{name}", out / f"rec_{name}.h5", out / f"eval_{name}"
         steps_cli = [
-            ["train", "--config", str(out / f"{name}.yaml"), "--data", str(bench / "sims_train.h5"),
+            ["train", "--config", str(out / f"{name}.yaml"), "--sims", str(bench / "sims_train.h5"),
              "--qe", str(train_qe), "--out", str(run_dir), "--overwrite", "--quiet"],
-            ["reconstruct", "--method", "nn", "--model", str(run_dir), "--data", str(bench / "sims_test.h5"),
+            ["reconstruct", "--method", "nn", "--model", str(run_dir), "--sims", str(bench / "sims_test.h5"),
              "--qe", str(bench / "rec_qe_mv_pol.h5"), "--out", str(rec), "--overwrite", "--quiet"],
             ["evaluate", "--config", str(ROOT / "evaluate" / "bench.yaml"), "--sims", str(bench / "sims_test.h5"),
              "--rec", f"nn={rec}", "--rec", f"qe_mv_pol={bench / 'rec_qe_mv_pol.h5'}", "--out", str(ev),

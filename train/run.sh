@@ -3,7 +3,7 @@
 #   PRESET: a YAML file name in train/ without .yaml (default: quick)
 #   Data:   $DATA, default data/out/sims_<PRESET>.h5 (made by sims/run.sh PRESET)
 #   QE:     $QE, a QE reconstruction of $DATA, for a preset whose network reads kappa_qe (quick does:
-#           deepcmb reconstruct --method qe --estimator MV_POL --data $DATA --out $QE)
+#           deepcmb reconstruct --method qe --estimator MV_POL --sims $DATA --out $QE)
 #   Output: $OUT, default data/out/train_<PRESET>/ (re-run the same command to resume it)
 #   Backend: $KERAS_BACKEND (tensorflow by default; jax or torch on GPU machines)
 # Example: KERAS_BACKEND=jax train/run.sh paper
@@ -16,4 +16,4 @@ out=${OUT:-$here/../data/out/train_$preset}
 mkdir -p "$(dirname "$out")"
 qe=()
 [ -n "${QE:-}" ] && qe=(--qe "$QE")
-exec deepcmb train --config "$here/$preset.yaml" --data "$data" --out "$out" "${qe[@]}" "$@"
+exec deepcmb train --config "$here/$preset.yaml" --sims "$data" --out "$out" "${qe[@]}" "$@"
