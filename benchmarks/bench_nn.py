@@ -67,15 +67,16 @@ def bench_network(arch, seconds):
     import keras
     import yaml
 
-    from deepcmb.nn.train import _compile, resolve_config
     from deepcmb.nn.model import build_resunet
+    from deepcmb.nn.settings import resolve_config
+    from deepcmb.nn.train import compile_model
 
     cfg = resolve_config(yaml.safe_load((ROOT / "train" / f"{arch}.yaml").read_text()))
     shape, bs = SHAPES[arch], cfg["training"]["batch_size"]
     stats = {n: (0.0, 1.0) for n in cfg["model"]["inputs"] + cfg["model"]["outputs"]}
     keras.utils.set_random_seed(0)
     model = build_resunet(cfg["model"], shape, stats)
-    _compile(model, cfg["training"], stats)
+    compile_model(model, cfg["training"], stats)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(bs, *shape, len(cfg["model"]["inputs"]))).astype("f4")
     y = {h: rng.normal(size=(bs, *shape, 1)).astype("f4") for h in cfg["model"]["outputs"]}

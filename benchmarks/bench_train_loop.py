@@ -56,10 +56,12 @@ def main():
     import keras
     import yaml
 
+    from deepcmb.nn.backend import configure_backend
     from deepcmb.nn.data import MapSource, channel_stats, split_rows
     from deepcmb.nn.model import build_resunet
     from deepcmb.nn.onthefly import FreshBatches
-    from deepcmb.nn.train import _compile, configure_backend, resolve_config, run_train
+    from deepcmb.nn.settings import resolve_config
+    from deepcmb.nn.train import compile_model, run_train
 
     user = yaml.safe_load((ROOT / "train" / f"{args.arch}.yaml").read_text())
     cfg = resolve_config(user)
@@ -70,15 +72,15 @@ def main():
     rows = split_rows(source.n_maps, d["split"], cfg["seed"])["train"][: d["stats_maps"]]
     stats = channel_stats(source, m["inputs"] + m["outputs"], rows)
     model = build_resunet(m, source.shape, stats)
-    _compile(model, t, stats, args.sims, qe)
+    compile_model(model, t, stats, args.sims, source.qe)
     source.close()
     print(f"{args.arch}: {model.count_params():,} parameters, {source.shape[0]} x {source.shape[1]} maps, batch "
           f"{t['batch_size']}, loss {t['loss']}, jit_compile {t['jit_compile']}, deterministic {t['deterministic']}, "
           f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} cores", flush=True)
 
     n = args.steps
-    fresh = {w: FreshBatches(args.sims, m["inputs"], m["outputs"], t["batch_size"], n, seed=cfg["seed"], qe_path=qe,
-                             workers=w, use_multiprocessing=False) for w in args.workers}
+    fresh = {w: FreshBatches(args.sims, m["inputs"], m["outputs"], t["batch_size"], n, seed=cfg["seed"],
+                             qe_path=source.qe, workers=w, use_multiprocessing=False) for w in args.workers}
     batches = [fresh[args.workers[0]][i] for i in range(n)]
     x = np.concatenate([b[0] for b in batches])
     y = {h: np.concatenate([b[1][h] for b in batches]) for h in m["outputs"]}

@@ -139,7 +139,7 @@ def test_noise_curriculum_restricts_the_levels_of_its_epochs_then_cycles_through
     ([{"epochs": 1}], "expected"),
 ])
 def test_noise_curriculum_config_is_checked(stages, match):
-    from deepcmb.nn.train import resolve_config
+    from deepcmb.nn.settings import resolve_config
 
     on_the_fly = match != "on_the_fly"
     with pytest.raises(ConfigError, match=match):

@@ -313,9 +313,9 @@ def test_nan_in_a_training_batch_stops_with_its_name(sims, tmp_path, capsys):
 
 def test_diverging_loss_stops_with_the_batch(sims):
     """The NaN guard raises at the first batch whose loss is not finite, naming the batch and its maps."""
-    from deepcmb.nn.train import TrainingDiverged, _callbacks
+    from deepcmb.nn.callbacks import NanGuard as nan_guard
+    from deepcmb.nn.train import TrainingDiverged
 
-    nan_guard = _callbacks()[0]
     ds = SimsBatches(MapSource(sims), np.arange(48), ["Q", "U"], ["kappa"], 8, seed=3, shuffle=True, endless=True)
     guard = nan_guard(ds)
     guard.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))

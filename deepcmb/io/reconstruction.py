@@ -9,9 +9,7 @@ Every reconstruction method writes the same layout, so the evaluation treats the
                           sims_created, sims_git_revision (copied from the simulation file) and
                           sims_config_sha256 (SHA-256 of its config attribute), so that a mismatched
                           truth file can be refused; n_maps, shape (ny, nx), pixel_arcmin,
-                          plus method-specific attributes (the QE's: :mod:`deepcmb.qe.stage`; a
-                          network's: model, model_inputs, split and model_shape, the map size it was
-                          trained on, which differs from shape under ``--any-shape``)
+                          plus the method's own attributes (below)
     /maps/kappa    (n, ny, nx) float32, chunks (1, ny, nx): reconstructed convergence (dimensionless)
     /maps/<NAME>   further maps of the same shape, e.g. E_unlensed (µK) from the network's second head
     /meta/index    (n,) int64: row of each map in the simulation file
@@ -32,7 +30,7 @@ only) and mean_field, and the analytic N0 of each noise level of the simulation 
 
 A network file (``method = 'nn'``) has the attributes model (path of the run folder or ``.keras``
 file), model_inputs (its input channels), split (the maps reconstructed) and model_shape (the map shape
-it was trained on).
+it was trained on, which differs from shape under ``--any-shape``).
 
 The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole.
 """

@@ -6,6 +6,10 @@ build_resunet(cfg, shape, stats=None, pixel_arcmin=None)
     The network described by the ``model`` section of a training config (:mod:`deepcmb.nn.model`).
 run_train(user_config, data, out, qe=None, overwrite=False, progress=True)
     ``deepcmb train``: train (or resume) into a run folder (:mod:`deepcmb.nn.train`).
+SCHEMA, resolve_config(user)
+    The training config: defaults and checks (:mod:`deepcmb.nn.settings`).
+compile_model(model, training, stats, sims_path=None, qe=None)
+    Optimizer, losses and loss weights of a training config (:mod:`deepcmb.nn.train`).
 run_reconstruct_nn(model_path, data, out, batch_size=32, split='all', ...)
     ``deepcmb reconstruct --method nn`` (:mod:`deepcmb.nn.reconstruct`).
 load_network(path)
@@ -21,7 +25,7 @@ package imports Keras only when one of the names above that needs it is first us
 
 _LAZY = {
     "build_resunet": "model", "model_spec": "model", "MODEL_SCHEMA": "model",
-    "run_train": "train", "SCHEMA": "train", "resolve_config": "train",
+    "run_train": "train", "compile_model": "train", "SCHEMA": "settings", "resolve_config": "settings",
     "run_reconstruct_nn": "reconstruct", "load_network": "reconstruct", "check_compatible": "reconstruct",
     "SimsBatches": "data", "MapSource": "data", "split_rows": "data", "channel_stats": "data",
     "transform_maps": "augment", "field_sign": "augment",

@@ -6,6 +6,7 @@ Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the
 (:data:`EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps are read.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -15,8 +16,8 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
 from ..io.fields import FIELDS
+from ..io.reconstruction import estimator_settings, open_reconstruction
 from ..io.sims import open_sims
-from ..io.reconstruction import open_reconstruction
 from .augment import allowed_transforms, transform_maps
 
 SPLITS = ("train", "validation", "test")
@@ -81,6 +82,82 @@ def split_rows(n_maps, fractions, seed):
     return {name: np.sort(rows).astype(np.int64) for name, rows in zip(SPLITS, cuts)}
 
 
+@dataclass(frozen=True)
+class QEFile:
+    """What the network stages use of a QE reconstruction file (``--qe``), read by :func:`read_qe_file`.
+
+    Attributes
+    ----------
+    path : Path
+    index : ndarray of int64, shape (n,)
+        Row in the simulation file of each reconstructed map (``/meta/index``).
+    identity : dict
+        ``path`` (absolute), ``created``, ``method``: what a training run records of the file.
+    settings : dict or None
+        Keyword arguments of :class:`~deepcmb.qe.QuadraticEstimator` that made the maps
+        (:func:`deepcmb.io.reconstruction.estimator_settings`); None for a file without them (one not written
+        by the QE stage). Read them through :meth:`estimator`.
+    wiener : bool or None
+        Whether the maps are Wiener-filtered (None if the file does not say).
+    apodize_arcmin : float or None
+        Width of the apodisation taper of the QE stage, arcmin; 0 for none (None if the file does not say).
+    """
+
+    path: Path
+    index: np.ndarray
+    identity: dict
+    settings: dict | None
+    wiener: bool | None
+    apodize_arcmin: float | None
+
+    def estimator(self) -> dict:
+        """:attr:`settings`, or an :class:`~deepcmb.errors.InputError` for a file without them."""
+        if self.settings is None:
+            raise InputError(f"{self.path}: has no quadratic-estimator settings (estimator, filter band, Lmax); "
+                             "make it with `deepcmb reconstruct --method qe`")
+        return self.settings
+
+
+def read_qe_file(path, sims_path) -> QEFile:
+    """Open a QE reconstruction file of a simulation file, check it, and read what the network stages use.
+
+    The one place in :mod:`deepcmb.nn` that opens a ``--qe`` file to check and interpret it: the
+    training stage records its identity and builds the Fourier loss from its settings,
+    :class:`~deepcmb.nn.onthefly.FreshBatches` copies its settings, and :class:`MapSource` matches its
+    rows through the index (and later reads the ``kappa`` maps themselves, batch by batch).
+
+    Parameters
+    ----------
+    path : str or Path
+        Reconstruction file (:mod:`deepcmb.io.reconstruction`, ``method = 'qe'``).
+    sims_path : str or Path
+        The simulation file it must have been made from (:func:`deepcmb.io.reconstruction.open_reconstruction`).
+
+    Returns
+    -------
+    QEFile
+
+    Raises
+    ------
+    InputError
+        If the file is unreadable, was made from other simulations or has no ``/maps/kappa``.
+    """
+    path = Path(path)
+    with open_reconstruction(path, sims_path) as g:
+        index = g["meta/index"][...]
+        if "kappa" not in g["maps"]:
+            raise InputError(f"{path}: has no /maps/kappa")
+        a = g.attrs
+        try:
+            settings = estimator_settings(g)
+        except KeyError:  # a reconstruction written without the QE stage's attributes
+            settings = None
+        return QEFile(path=path, index=index,
+                      identity={"path": str(path.resolve()), "created": str(a["created"]), "method": str(a["method"])},
+                      settings=settings, wiener=bool(a["wiener"]) if "wiener" in a else None,
+                      apodize_arcmin=float(a["apodize_arcmin"]) if "apodize_arcmin" in a else None)
+
+
 class MapSource:
     """Read named maps of given rows from a simulation file (and, for ``kappa_qe``, a QE file).
 
@@ -88,7 +165,8 @@ class MapSource:
     ----------
     sims_path : str or Path
     qe_path : str or Path, optional
-        Reconstruction file (``method = 'qe'``) made from ``sims_path``; provides ``kappa_qe``.
+        Reconstruction file (``method = 'qe'``) made from ``sims_path``; provides ``kappa_qe``. Read
+        by :func:`read_qe_file` into :attr:`qe` (a :class:`QEFile`, or None).
 
     Notes
     -----
@@ -97,21 +175,18 @@ class MapSource:
 
     def __init__(self, sims_path, qe_path=None):
         self.sims_path = Path(sims_path)
-        self.qe_path = None if qe_path is None else Path(qe_path)
         with open_sims(self.sims_path) as f:
             self.shape = tuple(int(n) for n in f.attrs["shape"])
             self.pixel_arcmin = float(f.attrs["pixel_arcmin"])
             self.n_maps = int(f.attrs["n_maps"])
             self.fields = list(f["maps"].keys())
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
+        self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None
-        if self.qe_path is not None:
-            with open_reconstruction(self.qe_path, self.sims_path) as g:
-                index = g["meta/index"][...]
-                if "kappa" not in g["maps"]:
-                    raise InputError(f"{self.qe_path}: has no /maps/kappa")
+        if self.qe is not None:
+            index = self.qe.index
             if index.size and (index.min() < 0 or index.max() >= self.n_maps):
-                raise InputError(f"{self.qe_path}: rows outside the {self.n_maps} maps of {self.sims_path}")
+                raise InputError(f"{self.qe.path}: rows outside the {self.n_maps} maps of {self.sims_path}")
             pos = np.full(self.n_maps, -1, np.int64)
             pos[index] = np.arange(index.size)
             self._qe_pos = pos
@@ -133,8 +208,8 @@ class MapSource:
     def _open(self):
         if self._files is None:
             self._files = {"sims": h5py.File(self.sims_path, "r")}
-            if self.qe_path is not None:
-                self._files["qe"] = h5py.File(self.qe_path, "r")
+            if self.qe is not None:
+                self._files["qe"] = h5py.File(self.qe.path, "r")
         return self._files
 
     def read(self, name, rows):
@@ -146,7 +221,7 @@ class MapSource:
         if name == "kappa_qe":
             pos = self._qe_pos[rows]
             if np.any(pos < 0):
-                raise InputError(f"{self.qe_path}: no QE reconstruction of sims rows "
+                raise InputError(f"{self.qe.path}: no QE reconstruction of sims rows "
                                  f"{rows[pos < 0][:5].tolist()}")
             d, rows = files["qe"]["maps/kappa"], pos
         else:

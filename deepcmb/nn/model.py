@@ -51,8 +51,22 @@ MODEL_SCHEMA = {
 """The ``model`` section of the training config, with its defaults (the DeepCMB design)."""
 
 
-def check_model_config(cfg, shape=None):
-    """Validate a resolved ``model`` section (and, if given, the map ``shape`` it will see)."""
+def check_model_config(cfg: dict) -> None:
+    """Validate a resolved ``model`` section (every value; the map shape is :func:`check_map_shape`'s).
+
+    :func:`deepcmb.nn.settings.resolve_config` calls it once for a training config; the builder
+    :func:`build_resunet` then trusts the section.
+
+    Parameters
+    ----------
+    cfg : dict
+        The ``model`` section resolved over :data:`MODEL_SCHEMA`.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first field whose value is not allowed.
+    """
     for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
         names = cfg[key]
         if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
@@ -71,16 +85,34 @@ def check_model_config(cfg, shape=None):
         keras.activations.get(cfg["activation"])
     except (ValueError, TypeError):
         raise ConfigError(f"model.activation: unknown Keras activation {cfg['activation']!r}") from None
-    if shape is not None:
-        factor = cfg["stem_stride"] * 2 ** (len(f) - 1)
-        if any(n % factor for n in shape):
-            raise ConfigError(f"model.filters: {len(f) - 1} downsamplings with stem_stride {cfg['stem_stride']} "
-                              f"need map sides divisible by {factor}; the maps are {shape[0]} x {shape[1]}")
-        side = min(shape) // factor
-        if cfg["padding"] == "periodic" and side < k // 2:
-            raise ConfigError(f"model.filters: {len(f) - 1} downsamplings leave {side} x {side} pixels at the "
-                              f"bottleneck, fewer than the periodic padding of a {k} x {k} kernel needs; "
-                              "use fewer levels or a smaller kernel")
+
+
+def check_map_shape(cfg: dict, shape: tuple) -> None:
+    """Check that maps of ``shape`` suit the downsamplings of a valid ``model`` section.
+
+    Parameters
+    ----------
+    cfg : dict
+        A ``model`` section that passed :func:`check_model_config`.
+    shape : tuple of int
+        ``(ny, nx)`` of the maps, in pixels.
+
+    Raises
+    ------
+    ConfigError
+        If a side is not divisible by ``stem_stride * 2**(len(filters) - 1)``, or (periodic padding)
+        the bottleneck is smaller than half the kernel.
+    """
+    f, k = cfg["filters"], cfg["kernel_size"]
+    factor = cfg["stem_stride"] * 2 ** (len(f) - 1)
+    if any(n % factor for n in shape):
+        raise ConfigError(f"model.filters: {len(f) - 1} downsamplings with stem_stride {cfg['stem_stride']} "
+                          f"need map sides divisible by {factor}; the maps are {shape[0]} x {shape[1]}")
+    side = min(shape) // factor
+    if cfg["padding"] == "periodic" and side < k // 2:
+        raise ConfigError(f"model.filters: {len(f) - 1} downsamplings leave {side} x {side} pixels at the "
+                          f"bottleneck, fewer than the periodic padding of a {k} x {k} kernel needs; "
+                          "use fewer levels or a smaller kernel")
 
 
 class _Builder:
@@ -130,21 +162,25 @@ class _Builder:
         return self.unit(x, filters)
 
 
-def build_resunet(cfg, shape, stats=None, pixel_arcmin=None, name="resunet"):
+def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcmin: float | None = None,
+                  name: str = "resunet") -> keras.Model:
     """Build the ResUNet described by a resolved ``model`` config.
 
     Parameters
     ----------
     cfg : dict
-        The ``model`` section (see :data:`MODEL_SCHEMA`).
+        A resolved and valid ``model`` section (see :data:`MODEL_SCHEMA`): the ``model`` of
+        :func:`deepcmb.nn.settings.resolve_config`, or one resolved over :data:`MODEL_SCHEMA` and passed
+        through :func:`check_model_config`. Its values are not checked again.
     shape : tuple of int
-        ``(ny, nx)`` of the maps.
+        ``(ny, nx)`` of the maps, in pixels; checked by :func:`check_map_shape`.
     stats : dict, optional
         Field name -> ``(mean, std)`` in physical units for every input and output (the training
         split's statistics); default ``(0, 1)``.
     pixel_arcmin : float, optional
         Pixel size, recorded in the model so that maps of another resolution can be refused.
     name : str
+        Name of the Keras model.
 
     Returns
     -------
@@ -152,8 +188,13 @@ def build_resunet(cfg, shape, stats=None, pixel_arcmin=None, name="resunet"):
         One input ``maps`` of shape ``(ny, nx, len(inputs))`` (channels in the order of
         ``cfg['inputs']``, physical units); a dict of outputs, one per head, each ``(ny, nx, 1)``
         in physical units.
+
+    Raises
+    ------
+    ConfigError
+        If ``shape`` does not suit the downsamplings (:func:`check_map_shape`).
     """
-    check_model_config(cfg, shape)
+    check_map_shape(cfg, shape)
     stats = stats or {}
     mean_std = [stats.get(n, (0.0, 1.0)) for n in cfg["inputs"]]
     b = _Builder(cfg)

@@ -18,11 +18,10 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.reconstruction import estimator_settings, open_reconstruction
 from ..io.sims import assignment, geometry, open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, resolve
 from ..sample import FlatSimulator
-from .data import add_eb, network_batch, stored_fields
+from .data import QEFile, add_eb, network_batch, read_qe_file, stored_fields
 
 _STREAM = 4
 """``spawn_key`` slot of the fresh-map seeds (1-3 are the split, shuffling and augmentation streams)."""
@@ -57,10 +56,12 @@ class FreshBatches(keras.utils.PyDataset):
         Batches per epoch (``len(self)``).
     seed : int
         Training seed.
-    qe_path : str or Path, optional
-        QE reconstruction file of ``sims_path``: its settings make the ``kappa_qe`` channel.
+    qe_path : str, Path or QEFile, optional
+        QE reconstruction file of ``sims_path`` (or the :class:`~deepcmb.nn.data.QEFile` already read
+        of it, e.g. a :class:`~deepcmb.nn.data.MapSource`'s ``qe``): its settings make the ``kappa_qe``
+        channel.
     curriculum : list of dict, optional
-        Noise curriculum (``data.noise_curriculum``, see :func:`deepcmb.nn.train.check_curriculum`):
+        Noise curriculum (``data.noise_curriculum``, see :func:`deepcmb.nn.settings.check_curriculum`):
         stages ``{epochs, noise_p_uk_arcmin}`` restricting the noise levels of the fresh maps, epoch by
         epoch; afterwards (or without one) the maps cycle through all the file's levels.
     **kwargs
@@ -93,11 +94,11 @@ class FreshBatches(keras.utils.PyDataset):
         if "kappa_qe" in self.inputs:
             if qe_path is None:
                 raise ConfigError("data.on_the_fly: input kappa_qe needs the QE file (--qe) whose settings it copies")
-            with open_reconstruction(qe_path, sims_path) as g:
-                q, self.qe_wiener = estimator_settings(g), bool(g.attrs["wiener"])
-                if float(g.attrs["apodize_arcmin"]) > 0:
-                    raise ConfigError(f"data.on_the_fly: {qe_path} was made with an apodisation window; fresh "
-                                      "periodic maps need a QE without one")
+            qe = qe_path if isinstance(qe_path, QEFile) else read_qe_file(qe_path, sims_path)
+            q, self.qe_wiener = qe.estimator(), qe.wiener
+            if qe.apodize_arcmin > 0:
+                raise ConfigError(f"data.on_the_fly: {qe.path} was made with an apodisation window; fresh "
+                                  "periodic maps need a QE without one")
             self.qe_config, self.qe_fields = q, fields_needed(resolve(q["estimator"])[1])
         self.fields = sorted(set(stored_fields(n for n in self.inputs + self.outputs if n != "kappa_qe"))
                              | set(self.qe_fields))

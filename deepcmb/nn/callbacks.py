@@ -1,0 +1,187 @@
+"""Keras callbacks of the training stage: NaN guard, resumable schedules, checkpoints, progress.
+
+:class:`Checkpointer` keeps the run folder (:class:`~deepcmb.nn.rundir.RunDir`) consistent after every
+epoch; :class:`ReduceLR` and :class:`EarlyStop` are Keras' schedules whose counters it saves and a
+resumed run restores, so an interrupted run continues exactly as an uninterrupted one.
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DeepCMBError
+from .rundir import save_model, write_run_json
+
+
+class TrainingDiverged(DeepCMBError):
+    """The loss became NaN or infinite."""
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop with a message naming the batch as soon as the loss is not finite.
+
+    Parameters
+    ----------
+    dataset : SimsBatches or FreshBatches
+        The training data (its ``batch_rows`` and ``row_label`` name the maps of the batch).
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset, self.epoch = dataset, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(np.asarray((logs or {}).get("loss", 0.0)))
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            rows = self.dataset.batch_rows(self.epoch, batch)
+            raise TrainingDiverged(
+                f"the loss became {loss} at epoch {self.epoch + 1}, training batch {batch} ({self.dataset.row_label} "
+                f"{rows[:8].tolist()}{'...' if len(rows) > 8 else ''}); the model was not saved past the "
+                "last checkpoint: lower training.learning_rate or set training.clipnorm")
+
+
+class Restorable:
+    """Mixin for a Keras schedule callback: restore its counters on resume, report them for the checkpoint.
+
+    Parameters
+    ----------
+    restore : dict, optional
+        The callback's :meth:`state` saved with the checkpoint to resume from.
+    **kw
+        Arguments of the Keras callback.
+    """
+
+    COUNTERS = ()
+    """Names of the integer counters to save and restore (besides ``best``)."""
+
+    def __init__(self, restore=None, **kw):
+        super().__init__(**kw)
+        self.restore = restore
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restore:
+            self.best = self.restore["best"]
+            for name in self.COUNTERS:
+                setattr(self, name, self.restore[name])
+
+    def state(self) -> dict:
+        """``best`` and the :attr:`COUNTERS`, as plain JSON values."""
+        return {"best": None if self.best is None else float(self.best),
+                **{name: int(getattr(self, name)) for name in self.COUNTERS}}
+
+
+class ReduceLR(Restorable, keras.callbacks.ReduceLROnPlateau):
+    """:class:`keras.callbacks.ReduceLROnPlateau` that resumes where it stopped."""
+
+    COUNTERS = ("wait", "cooldown_counter")
+
+
+class EarlyStop(Restorable, keras.callbacks.EarlyStopping):
+    """:class:`keras.callbacks.EarlyStopping` that resumes where it stopped."""
+
+    COUNTERS = ("wait", "best_epoch")
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After every epoch: history row, best and last checkpoints, schedule state (in this order).
+
+    Parameters
+    ----------
+    run : RunDir
+    reduce_lr : ReduceLR
+    early : EarlyStop
+    state : dict or None
+        State of the checkpoint the run resumes from (None for a new run).
+    samples_per_epoch : int
+        Training maps per epoch (for the samples/s column).
+    monitor : str
+        Keras log key of the validation loss that picks the best epoch.
+    """
+
+    def __init__(self, run, reduce_lr, early, state, samples_per_epoch, monitor):
+        super().__init__()
+        self.run, self.reduce_lr, self.early, self.monitor = run, reduce_lr, early, monitor
+        self.best = (state or {}).get("best", [None, math.inf])
+        self.samples = samples_per_epoch
+        self.t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+        elapsed = time.perf_counter() - self.t0
+        row = {"epoch": epoch + 1, **logs, "time_s": round(elapsed, 3),
+               "samples_per_s": round(self.samples / elapsed, 2)}
+        self.run.append_history(row)
+        val = logs.get(self.monitor, math.nan)
+        if not all(math.isfinite(logs.get(k, math.nan)) for k in ("val_loss", self.monitor)):
+            self.model.stop_training = True
+            raise TrainingDiverged(f"the validation loss is {logs.get('val_loss')} ({self.monitor} {val}) after "
+                                   f"epoch {epoch + 1}; "
+                                   "the model was not saved past the last checkpoint")
+        if val < self.best[1]:
+            self.best = [epoch + 1, val]
+            save_model(self.model, self.run.best)
+        save_model(self.model, self.run.last)
+        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        state = {"epoch": epoch + 1, "learning_rate": lr, "best": self.best,
+                 "optimizer_iterations": int(np.asarray(self.model.optimizer.iterations)),
+                 "reduce_lr": self.reduce_lr.state(), "early_stopping": self.early.state(),
+                 "stopped_early": bool(self.model.stop_training), "finished": False}
+        write_run_json(self.run.last_state, state)
+
+
+class Progress(keras.callbacks.Callback):
+    """tqdm bar per epoch with the running loss and samples/s; one summary line per epoch.
+
+    Parameters
+    ----------
+    epochs : int
+    steps : int
+        Batches per epoch.
+    batch_size : int
+    enabled : bool
+        Show anything at all.
+    """
+
+    def __init__(self, epochs, steps, batch_size, enabled):
+        super().__init__()
+        self.epochs, self.steps, self.bs, self.enabled = epochs, steps, batch_size, enabled
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.enabled:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                            leave=False, smoothing=0.1)
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+            rate = (batch + 1) * self.bs / (time.perf_counter() - self.t0)
+            self.bar.set_postfix(loss=f"{float(np.asarray(logs.get('loss', np.nan))):.4g}",
+                                 samples_s=f"{rate:.1f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            elapsed = time.perf_counter() - self.t0
+            self.bar.close()
+            self.bar = None
+            logs = logs or {}
+            msg = " ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in logs.items()
+                           if k in ("loss", "val_loss", "learning_rate"))
+            print(f"epoch {epoch + 1}/{self.epochs}: {msg} ({self.steps * self.bs / elapsed:.1f} samples/s)",
+                  flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
