@@ -102,7 +102,7 @@ def main():
     short["training"].pop("early_stopping", None)
     with tempfile.TemporaryDirectory() as tmp:
         c0, t0 = time.process_time(), time.perf_counter()
-        run_train(short, args.sims, Path(tmp) / "run", qe=qe, progress=False)
+        run_train(short, {"sims": args.sims, "qe": qe}, Path(tmp) / "run", progress=False)
         load = (time.process_time() - c0) / (time.perf_counter() - t0)
         with (Path(tmp) / "run" / "history.csv").open() as f:
             last = list(csv.DictReader(f))[-1]

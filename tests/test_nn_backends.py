@@ -20,7 +20,8 @@ import json, sys
 import numpy as np
 import keras
 from deepcmb.config import resolve
-from deepcmb.nn.model import MODEL_SCHEMA, build_resunet
+from deepcmb.nn.model import build_resunet
+from deepcmb.nn.settings import MODEL_SCHEMA
 from deepcmb.nn.reconstruct import load_network
 
 tmp = sys.argv[1]
@@ -64,7 +65,8 @@ def reference(tmp_path_factory):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the reference model is made with the tensorflow backend")
     from deepcmb.config import resolve
-    from deepcmb.nn.model import MODEL_SCHEMA, build_resunet
+    from deepcmb.nn.model import build_resunet
+from deepcmb.nn.settings import MODEL_SCHEMA
 
     tmp = tmp_path_factory.mktemp("backends")
     rng = np.random.default_rng(0)

@@ -8,14 +8,15 @@ keras = pytest.importorskip("keras")
 from deepcmb.config import resolve  # noqa: E402
 from deepcmb.errors import ConfigError, InputError  # noqa: E402
 from deepcmb.nn.layers import PeriodicPad2D  # noqa: E402
-from deepcmb.nn.model import MODEL_SCHEMA, build_resunet, check_model_config, model_spec  # noqa: E402
+from deepcmb.nn.model import build_resunet, model_spec  # noqa: E402
+from deepcmb.nn.settings import MODEL_SCHEMA, check_model_config  # noqa: E402
 from deepcmb.nn.reconstruct import load_network  # noqa: E402
 
 TINY = {"filters": [8, 16], "kernel_size": 3, "activation": "relu", "dropout": 0.0}
 
 
 def _cfg(**over):
-    return resolve({**TINY, **over}, MODEL_SCHEMA)
+    return resolve({**TINY, **over}, MODEL_SCHEMA, prefix="model.")
 
 
 def _batch(n=4, shape=(16, 16), heads=("kappa", "E_unlensed"), seed=0):

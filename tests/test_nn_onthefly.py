@@ -156,7 +156,7 @@ def test_training_on_the_fly_with_the_fourier_loss(files, tmp_path):
     cfg = {"seed": 2, "data": {"split": [0.5, 0.5, 0.0], "on_the_fly": True},
            "model": {"inputs": INPUTS, "outputs": OUTPUTS, "filters": [8, 16]},
            "training": {"batch_size": 8, "epochs": 2, "steps_per_epoch": 3, "loss": "fourier_mse"}}
-    run = run_train(cfg, sims, tmp_path / "run", qe=qe, progress=False)
+    run = run_train(cfg, {"sims": sims, "qe": qe}, tmp_path / "run", progress=False)
     with open(run / "history.csv") as f:
         hist = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in hist] == [1, 2]

@@ -107,7 +107,7 @@ def test_monitor_picks_the_best_epoch_by_the_named_heads_validation_loss(sims, t
 
     cfg = {**TRAIN, "training": {"batch_size": 8, "epochs": 4, "monitor": "E_unlensed",
                                  "loss_weights": {"kappa": 1.0, "E_unlensed": 1.0e-6}}}
-    run = run_train(cfg, sims, tmp_path / "run", progress=False)
+    run = run_train(cfg, {"sims": sims}, tmp_path / "run", progress=False)
     hist = _history(run)
     e_val = [float(r["val_E_unlensed_loss"]) for r in hist]
     state = json.loads((run / "checkpoints" / "last.json").read_text())
@@ -117,7 +117,7 @@ def test_monitor_picks_the_best_epoch_by_the_named_heads_validation_loss(sims, t
     assert monitor_key("kappa", ["kappa", "E_unlensed"]) == "val_kappa_loss"
     assert monitor_key("kappa", ["kappa"]) == "val_loss"
     with pytest.raises(ConfigError, match="training.monitor"):
-        run_train({**TRAIN, "training": {"monitor": "phi"}}, sims, tmp_path / "bad", progress=False)
+        run_train({**TRAIN, "training": {"monitor": "phi"}}, {"sims": sims}, tmp_path / "bad", progress=False)
 
 
 def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tmp_path, capsys):
@@ -128,11 +128,11 @@ def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tm
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        run_train(TRAIN, sims, run, progress=False, callbacks=[Interrupt()])
+        run_train(TRAIN, {"sims": sims}, run, progress=False, callbacks=[Interrupt()])
     state = json.loads((run / "checkpoints/last.json").read_text())
     assert state["epoch"] == 2 and state["learning_rate"] == pytest.approx(5e-4) and not state["finished"]
     assert not (run / "model.keras").exists()
-    run_train(TRAIN, sims, run, progress=True)
+    run_train(TRAIN, {"sims": sims}, run, progress=True)
     out = capsys.readouterr().out
     assert "after epoch 2 (learning rate 0.0005)" in out and "epoch 3/3" in out and "epoch 2/3" not in out
     resumed, straight = _history(run), _history(trained)

@@ -4,13 +4,13 @@ Public API
 ----------
 build_resunet(cfg, shape, stats=None, pixel_arcmin=None)
     The network described by the ``model`` section of a training config (:mod:`deepcmb.nn.model`).
-run_train(user_config, data, out, qe=None, overwrite=False, progress=True)
+run_train(config, inputs, out, *, overwrite=False, progress=True)
     ``deepcmb train``: train (or resume) into a run folder (:mod:`deepcmb.nn.train`).
 SCHEMA, resolve_config(user)
     The training config: defaults and checks (:mod:`deepcmb.nn.settings`).
 compile_model(model, training, stats, sims_path=None, qe=None)
     Optimizer, losses and loss weights of a training config (:mod:`deepcmb.nn.train`).
-run_reconstruct_nn(model_path, data, out, batch_size=32, split='all', ...)
+run_reconstruct_nn(config, inputs, out, *, overwrite=False, progress=True)
     ``deepcmb reconstruct --method nn`` (:mod:`deepcmb.nn.reconstruct`).
 load_network(path)
     A trained model (Keras safe mode) and what it expects.
@@ -24,7 +24,7 @@ package imports Keras only when one of the names above that needs it is first us
 """
 
 _LAZY = {
-    "build_resunet": "model", "model_spec": "model", "MODEL_SCHEMA": "model",
+    "build_resunet": "model", "model_spec": "model", "MODEL_SCHEMA": "settings",
     "run_train": "train", "compile_model": "train", "SCHEMA": "settings", "resolve_config": "settings",
     "run_reconstruct_nn": "reconstruct", "load_network": "reconstruct", "check_compatible": "reconstruct",
     "SimsBatches": "data", "MapSource": "data", "split_rows": "data", "channel_stats": "data",

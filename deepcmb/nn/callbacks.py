@@ -13,7 +13,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DeepCMBError
-from .rundir import save_model, write_run_json
+from ..io.files import write_json
+from .rundir import save_model
 
 
 class TrainingDiverged(DeepCMBError):
@@ -137,7 +138,7 @@ class Checkpointer(keras.callbacks.Callback):
                  "optimizer_iterations": int(np.asarray(self.model.optimizer.iterations)),
                  "reduce_lr": self.reduce_lr.state(), "early_stopping": self.early.state(),
                  "stopped_early": bool(self.model.stop_training), "finished": False}
-        write_run_json(self.run.last_state, state)
+        write_json(self.run.last_state, state, sort_keys=True)
 
 
 class Progress(keras.callbacks.Callback):

@@ -1,7 +1,7 @@
 """The ResUNet: lensed, noisy Q/U or their E/B split (T, QE kappa optional) -> kappa and unlensed E.
 
 :func:`build_resunet` is the one builder; every architectural choice comes from the ``model`` section of
-the training config (:data:`MODEL_SCHEMA`). The default is the DeepCMB design (Caldeira et al. 2019):
+the training config (:data:`deepcmb.nn.settings.MODEL_SCHEMA`). The default is the DeepCMB design (Caldeira et al. 2019):
 residual blocks of 5 x 5 convolutions, each unit ``Dropout(0.3) -> Conv -> BatchNorm -> SELU``, an
 encoder-decoder with long skip connections and one linear 1 x 1 convolution per output head.
 
@@ -23,69 +23,8 @@ non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride *
 import keras
 from keras import layers
 
-from ..config import OneOf
 from ..errors import ConfigError
-from ..io.fields import FIELDS
 from .layers import Destandardize, PeriodicPad2D, Standardize
-
-INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
-"""Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
-(:data:`deepcmb.nn.data.EB_INPUTS`, made from ``Q`` and ``U``), and ``kappa_qe`` (a QE
-reconstruction of the same maps, read from a reconstruction file)."""
-
-OUTPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("unlensed", "lensing"))
-"""Allowed heads: truth maps of the simulation file (unlensed sky, phi, kappa)."""
-
-MODEL_SCHEMA = {
-    "inputs": ["Q", "U"],
-    "outputs": ["kappa", "E_unlensed"],
-    "filters": [32, 64, 128, 256],
-    "blocks": 1,
-    "kernel_size": 5,
-    "activation": "selu",
-    "normalization": OneOf("batch", "batch", "none"),
-    "dropout": 0.3,
-    "padding": OneOf("periodic", "periodic", "same"),
-    "stem_stride": OneOf(1, 1, 2),
-}
-"""The ``model`` section of the training config, with its defaults (the DeepCMB design)."""
-
-
-def check_model_config(cfg: dict) -> None:
-    """Validate a resolved ``model`` section (every value; the map shape is :func:`check_map_shape`'s).
-
-    :func:`deepcmb.nn.settings.resolve_config` calls it once for a training config; the builder
-    :func:`build_resunet` then trusts the section.
-
-    Parameters
-    ----------
-    cfg : dict
-        The ``model`` section resolved over :data:`MODEL_SCHEMA`.
-
-    Raises
-    ------
-    ConfigError
-        Naming the first field whose value is not allowed.
-    """
-    for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
-        names = cfg[key]
-        if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
-            raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {names!r}")
-    f = cfg["filters"]
-    if len(f) < 1 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in f):
-        raise ConfigError(f"model.filters: expected a list of positive integers, got {f!r}")
-    if isinstance(cfg["blocks"], bool) or cfg["blocks"] < 1:
-        raise ConfigError(f"model.blocks: must be a positive integer, got {cfg['blocks']!r}")
-    k = cfg["kernel_size"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {k!r}")
-    if not 0.0 <= cfg["dropout"] < 1.0:
-        raise ConfigError(f"model.dropout: must lie in [0, 1), got {cfg['dropout']!r}")
-    try:
-        keras.activations.get(cfg["activation"])
-    except (ValueError, TypeError):
-        raise ConfigError(f"model.activation: unknown Keras activation {cfg['activation']!r}") from None
-
 
 def check_map_shape(cfg: dict, shape: tuple) -> None:
     """Check that maps of ``shape`` suit the downsamplings of a valid ``model`` section.
@@ -93,7 +32,7 @@ def check_map_shape(cfg: dict, shape: tuple) -> None:
     Parameters
     ----------
     cfg : dict
-        A ``model`` section that passed :func:`check_model_config`.
+        A ``model`` section that passed :func:`deepcmb.nn.settings.check_model_config`.
     shape : tuple of int
         ``(ny, nx)`` of the maps, in pixels.
 
@@ -169,9 +108,9 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     Parameters
     ----------
     cfg : dict
-        A resolved and valid ``model`` section (see :data:`MODEL_SCHEMA`): the ``model`` of
-        :func:`deepcmb.nn.settings.resolve_config`, or one resolved over :data:`MODEL_SCHEMA` and passed
-        through :func:`check_model_config`. Its values are not checked again.
+        A resolved and valid ``model`` section: the ``model`` of :func:`deepcmb.nn.settings.resolve_config`,
+        or one resolved over :data:`deepcmb.nn.settings.MODEL_SCHEMA` and passed through
+        :func:`deepcmb.nn.settings.check_model_config`. Its values are not checked again.
     shape : tuple of int
         ``(ny, nx)`` of the maps, in pixels; checked by :func:`check_map_shape`.
     stats : dict, optional

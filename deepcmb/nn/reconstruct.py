@@ -5,14 +5,19 @@ returns it with its description; :func:`check_compatible` refuses data the netwo
 for; :func:`run_reconstruct_nn` is ``deepcmb reconstruct --method nn``.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
-from ..io.reconstruction import ReconstructionWriter
+from ..config import resolve
+from ..errors import InputError
+from ..io.files import check_output_file
+from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
 from .augment import allowed_transforms, inverse_transform, transform_maps
+from .settings import RECONSTRUCT_SCHEMA
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -187,8 +192,6 @@ def select_rows(source, split, model_path, spec):
     run = model_path if model_path.is_dir() else model_path.parent
     if card is None or not (run / "splits.npz").exists():
         raise InputError(f"{model_path}: --split {split} needs the run folder with splits.npz")
-    from ..io.reconstruction import same_sims, sims_identity
-
     trained = card["trained_on"]
     if not same_sims(sims_identity(source.sims_path), trained):
         raise InputError(f"--split {split}: {source.sims_path} is not the file the model was trained on "
@@ -197,30 +200,25 @@ def select_rows(source, split, model_path, spec):
         return s[split]
 
 
-def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=None, any_shape=False, symmetrize=False,
-                       overwrite=False, progress=True):
+def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+                       progress: bool = True) -> Path:
     """Apply a trained network to a simulation file and write the reconstruction.
 
     Parameters
     ----------
-    model_path : str or Path or None
-        Run folder or ``.keras`` file; None: the shipped pretrained model.
-    data : str or Path
-        Simulation file (observed maps of the model's input channels).
+    config : dict or None
+        Settings over :data:`deepcmb.nn.settings.RECONSTRUCT_SCHEMA`: ``batch_size`` (maps per forward
+        pass); ``split`` (``'all'``, or one split of the run that trained the model on this very file:
+        needs its run folder); ``any_shape`` (apply the network to periodic maps of another size than it
+        was trained on, same pixel size, :func:`at_shape`; the output file records both shapes);
+        ``symmetrize`` (average the prediction over the 8 symmetries of the grid,
+        :func:`predict_symmetrized`; 8 network passes).
+    inputs : dict
+        ``sims``: simulation file (observed maps of the model's input channels); ``model`` (optional):
+        run folder or ``.keras`` file, default the shipped pretrained model; ``qe`` (optional): QE
+        reconstruction of ``sims`` (for a model with a ``kappa_qe`` input).
     out : str or Path
         Output HDF5 file in the layout of :mod:`deepcmb.io.reconstruction` (``method = 'nn'``).
-    batch_size : int
-        Maps per forward pass.
-    split : {'all', 'train', 'validation', 'test'}
-        Which maps to reconstruct; a split needs the model's run folder and its training file.
-    qe : str or Path, optional
-        QE reconstruction of ``data`` (for a model with a ``kappa_qe`` input).
-    any_shape : bool
-        Apply the network to periodic maps of another size than it was trained on (same pixel size;
-        :func:`at_shape`); the output file records both shapes.
-    symmetrize : bool
-        Average the prediction over the 8 symmetries of the grid (:func:`predict_symmetrized`; 8 network
-        passes).
     overwrite : bool
     progress : bool
 
@@ -229,11 +227,11 @@ def run_reconstruct_nn(model_path, data, out, batch_size=32, split="all", qe=Non
     Path
         The written file.
     """
-    from ..io.files import check_output_file
     from .data import MapSource, SimsBatches
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    cfg = resolve(config, RECONSTRUCT_SCHEMA)
+    batch_size, split, any_shape, symmetrize = (cfg[k] for k in ("batch_size", "split", "any_shape", "symmetrize"))
+    data, qe, model_path = inputs["sims"], inputs.get("qe"), inputs.get("model")
     check_output_file(out, overwrite)
     model_path = Path(model_path) if model_path is not None else default_model()
     model, spec = load_network(model_path)

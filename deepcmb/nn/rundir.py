@@ -1,14 +1,26 @@
-"""The run folder of ``deepcmb train``: its paths, resume logic, JSON and CSV files, saved models.
+"""The run folder of ``deepcmb train``: its layout, paths, resume logic, history and saved models.
 
-Layout (see :mod:`deepcmb.nn.train`)::
+Layout of a run folder ``RUN_DIR``::
 
-    config.yaml, run.json, normalization.json, splits.npz, history.csv, model.keras, model.json
-    checkpoints/last.keras, checkpoints/last.json, checkpoints/best.keras
+    config.yaml          the full resolved config
+    run.json             config, training data identity (created, git revision, config hash) and provenance;
+                         a re-run with the same config and data resumes, anything else is refused
+    normalization.json   per-channel mean / std of the training split (physical units)
+    splits.npz           rows of the train / validation / test splits in the simulation file
+    history.csv          one row per epoch: losses (total and per head, in physical units), validation
+                         losses, learning rate, time and samples/s
+    checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
+                                        of the schedule (epoch, learning rate, plateau counters)
+    checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)
+    model.keras          the final network for inference (best epoch, no optimizer)
+    model.json           what the network expects and how it was trained (see :func:`~deepcmb.nn.rundir.model_card`)
 
-Every JSON file of the folder is written by :func:`write_run_json` (keys sorted, indent 1, no trailing
-newline), every model by :func:`save_model`; both write a temporary file and rename it, so a file under
-its final name is whole.
+Every JSON file of the folder is written by :func:`deepcmb.io.files.write_json` (keys sorted), every
+model by :func:`save_model`; both write a temporary file and rename it, so a file under its final name
+is whole.
 """
+
+from __future__ import annotations
 
 import csv
 import json
@@ -17,9 +29,9 @@ import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from ..errors import InputError, OutputExistsError
+from ..io.files import atomic_path, check_parent_writable
 from ..provenance import provenance_attrs
 
 CARD_FORMAT = "deepcmb.nn.model"
@@ -84,14 +96,12 @@ class RunDir:
         OutputExistsError
             The folder holds another run, or this one finished (without ``overwrite``).
         InputError
-            The parent folder is missing, or the folder is not writable.
+            The parent folder is missing or not writable, or the folder is not writable.
         """
         p = self.path
         if p.exists() and not p.is_dir():
             raise OutputExistsError(f"{p}: exists and is not a folder")
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{p}: parent folder {parent} does not exist")
+        check_parent_writable(p)
         if p.exists() and any(p.iterdir()):
             run_json = p / "run.json"
             same = False
@@ -158,26 +168,6 @@ def _portable(identity):
             for k, v in identity.items()}
 
 
-def write_run_json(path: Path, obj: dict) -> None:
-    """Write a JSON file of the run folder atomically (``PATH.tmp``, then renamed).
-
-    Keys sorted, indent 1, no trailing newline; numpy values become plain numbers and lists, anything
-    else JSON cannot hold its ``str``. (Not :func:`deepcmb.jsonio.write_json`, whose files differ:
-    keys in insertion order, a trailing newline, non-finite numbers as null.)
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_jsonable))
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-
-
 def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -> None:
     """Save a model atomically (Keras wants the ``.keras`` suffix, so the temporary name is ``tmp_<name>``).
 
@@ -189,14 +179,13 @@ def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -
     include_optimizer : bool
         Save the optimizer state (a checkpoint); otherwise save an inference copy of the network alone.
     """
-    tmp = path.with_name("tmp_" + path.name)
-    if include_optimizer:
-        model.save(tmp)
-    else:
-        clone = keras.Model.from_config(model.get_config())
-        clone.set_weights(model.get_weights())
-        clone.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, prefix="tmp_") as tmp:
+        if include_optimizer:
+            model.save(tmp)
+        else:
+            clone = keras.Model.from_config(model.get_config())
+            clone.set_weights(model.get_weights())
+            clone.save(tmp)
 
 
 def model_card(cfg: dict, spec: dict, identity: dict, history_best: list, steps: int) -> dict:

@@ -1,72 +1,98 @@
-"""The config of ``deepcmb train``: its schema with defaults, and the checks of every value.
+"""The configs of the network stages: ``deepcmb train`` and ``deepcmb reconstruct --method nn``.
 
-:func:`resolve_config` is the one place a training config is validated. Everything that needs no data
-is checked there, the ``model`` section included (:func:`deepcmb.nn.model.check_model_config`); what
-depends on the simulation file (its map shape, its maps, its noise levels) is checked where the file
-is read.
+Their schemas hold every default and every single-value constraint (:mod:`deepcmb.config`);
+:func:`resolve_config` is the one place a training config is validated: what ties values together is
+checked there too, the ``model`` section included (:func:`check_model_config`); what depends on the
+simulation file (its map shape, its maps, its noise levels) is checked where the file is read. This
+module imports no deep-learning backend, so the command line reads the schemas at once.
 """
 
-from ..config import Free, OneOf, resolve
+from __future__ import annotations
+
+from ..config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, resolve
 from ..errors import ConfigError
-from .model import MODEL_SCHEMA, check_model_config
+from ..io.fields import FIELDS
+
+INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
+"""Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
+(:data:`deepcmb.nn.data.EB_INPUTS`, made from ``Q`` and ``U``), and ``kappa_qe`` (a QE
+reconstruction of the same maps, read from a reconstruction file)."""
+
+OUTPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("unlensed", "lensing"))
+"""Allowed heads: truth maps of the simulation file (unlensed sky, phi, kappa)."""
+
+MODEL_SCHEMA = {
+    "inputs": ListOf(OneOf(REQUIRED, *INPUT_FIELDS), ["Q", "U"], min_len=1, doc="input channels"),
+    "outputs": ListOf(OneOf(REQUIRED, *OUTPUT_FIELDS), ["kappa", "E_unlensed"], min_len=1, doc="output heads"),
+    "filters": ListOf(Int(min=1), [32, 64, 128, 256], min_len=1, doc="channels at each level (one downsampling "
+                                                                     "between levels)"),
+    "blocks": Int(1, min=1, doc="residual blocks per level"),
+    "kernel_size": Int(5, min=1, doc="convolution kernel side, pixels (odd)"),
+    "activation": Str("selu", doc="Keras activation"),
+    "normalization": OneOf("batch", "batch", "none", doc="normalisation after each convolution"),
+    "dropout": Number(0.3, min=0, lt=1, doc="dropout rate before each convolution"),
+    "padding": OneOf("periodic", "periodic", "same", doc="periodic for periodic flat maps, same (zeros) otherwise"),
+    "stem_stride": OneOf(1, 1, 2, doc="stride of the first convolution"),
+}
+"""The ``model`` section of the training config, with its defaults (the DeepCMB design; the network is
+described in :mod:`deepcmb.nn.model`)."""
 
 SCHEMA = {
-    "seed": 1234,
+    "seed": Int(1234, min=0, doc="root seed of the split, shuffling, augmentation, fresh maps and weights"),
     "data": {
-        "split": [0.8, 0.1, 0.1],
-        "augment": True,
-        "max_maps": None,
-        "stats_maps": 4096,
-        "workers": 1,
-        "on_the_fly": False,
-        "noise_curriculum": Free([]),
+        "split": ListOf(Number(min=0), [0.8, 0.1, 0.1], min_len=3, max_len=3,
+                        doc="train, validation, test fractions of the file's maps"),
+        "augment": Bool(True, doc="random rotations and reflections of the grid (spin-2 aware)"),
+        "max_maps": Int(None, min=1, doc="use at most this many maps of the file (null: all)"),
+        "stats_maps": Int(4096, min=1, doc="training maps used for the channel statistics"),
+        "workers": Int(1, min=1, doc="threads preparing batches"),
+        "on_the_fly": Bool(False, doc="train on fresh simulations of the file's configuration"),
+        "noise_curriculum": Free([], doc="[{epochs, noise_p_uk_arcmin}]: noise levels of the first epochs "
+                                         "(on_the_fly only)"),
     },
     "model": MODEL_SCHEMA,
     "training": {
-        "batch_size": 32,
-        "epochs": 100,
-        "steps_per_epoch": None,
-        "validation_steps": None,
-        "learning_rate": 1.0e-3,
-        "loss": OneOf("mse", "mse", "mae", "fourier_mse"),
-        "loss_weights": Free({}),
-        "clipnorm": None,
-        "reduce_lr": {"factor": 0.5, "patience": 3, "min_delta": 0.0, "min_lr": 1.0e-6},
-        "early_stopping": {"patience": 10, "min_delta": 0.0},
-        "monitor": "loss",
-        "jit_compile": OneOf("auto", "auto", True, False),
-        "deterministic": True,
-        "distribution": OneOf("auto", "auto", "none", "data_parallel"),
+        "batch_size": Int(32, min=1, doc="maps per step"),
+        "epochs": Int(100, min=1, doc="epochs at most"),
+        "steps_per_epoch": Int(None, min=1, doc="steps per epoch (null: one pass over the training maps)"),
+        "validation_steps": Int(None, min=1, doc="validation batches per epoch (null: all)"),
+        "learning_rate": Number(1.0e-3, gt=0, doc="initial Adam learning rate"),
+        "loss": OneOf("mse", "mse", "mae", "fourier_mse", doc="loss of each head (fourier_mse: kappa modes "
+                                                              "weighted by 1/(C+N0))"),
+        "loss_weights": Free({}, doc="head -> weight of its loss (default 1 each)"),
+        "clipnorm": Number(None, gt=0, doc="gradient-norm clipping (null: none)"),
+        "reduce_lr": {"factor": Number(0.5, gt=0, lt=1, doc="learning-rate factor on a plateau"),
+                      "patience": Int(3, min=1, doc="epochs without improvement before reducing"),
+                      "min_delta": Number(0.0, doc="improvement that counts"),
+                      "min_lr": Number(1.0e-6, min=0, doc="lowest learning rate")},
+        "early_stopping": {"patience": Int(10, min=1, doc="epochs without improvement before stopping"),
+                           "min_delta": Number(0.0, doc="improvement that counts")},
+        "monitor": Str("loss", doc="validation loss followed: 'loss' (the weighted total) or a head"),
+        "jit_compile": OneOf("auto", "auto", True, False, doc="XLA compilation of the step"),
+        "deterministic": Bool(True, doc="deterministic kernels (bit-identical runs on one machine)"),
+        "distribution": OneOf("auto", "auto", "none", "data_parallel", doc="data parallelism over devices"),
     },
 }
 """Config schema of ``deepcmb train`` with its defaults (see ``train/quick.yaml``)."""
 
+RECONSTRUCT_SCHEMA = {
+    "batch_size": Int(32, min=1, doc="maps per forward pass"),
+    "split": OneOf("all", "all", "train", "validation", "test",
+                   doc="reconstruct one split of the model's training file (default: all maps)"),
+    "any_shape": Bool(False, doc="apply the (fully convolutional) network to maps of another size, same pixel"),
+    "symmetrize": Bool(False, doc="average the prediction over the 8 rotations and reflections of the grid "
+                                  "(8 network passes)"),
+}
+"""Settings of ``deepcmb reconstruct --method nn``, with their defaults."""
 
-def check_positive_int(value: object, name: str, allow_none: bool = False) -> object:
-    """Return ``value`` if it is a positive integer (or, with ``allow_none``, None).
-
-    Parameters
-    ----------
-    value : object
-        The config value (``bool`` is refused, although Python counts it as an ``int``).
-    name : str
-        Its dotted field name, for the message.
-    allow_none : bool
-        Accept ``None`` (a field whose null means "no limit").
-
-    Raises
-    ------
-    ConfigError
-        Naming the field and the value.
-    """
-    if allow_none and value is None:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
-    return value
+CURRICULUM_STAGE = {
+    "epochs": Int(REQUIRED, min=1, doc="epochs of the stage"),
+    "noise_p_uk_arcmin": ListOf(Number(min=0), REQUIRED, min_len=1, doc="noise levels drawn, uK-arcmin"),
+}
+"""One stage of ``data.noise_curriculum``."""
 
 
-def resolve_config(user: dict) -> dict:
+def resolve_config(user: dict | None) -> dict:
     """Resolve a training config over :data:`SCHEMA` and check every value that needs no data.
 
     Parameters
@@ -86,50 +112,55 @@ def resolve_config(user: dict) -> dict:
         Naming the first field whose value is not allowed.
     """
     cfg = resolve(user, SCHEMA)
-    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
-        raise ConfigError(f"seed: must be a non-negative integer, got {cfg['seed']!r}")
     check_model_config(cfg["model"])
     d, t = cfg["data"], cfg["training"]
-    check_positive_int(d["max_maps"], "data.max_maps", allow_none=True)
-    check_positive_int(d["stats_maps"], "data.stats_maps")
-    check_positive_int(d["workers"], "data.workers")
-    if not isinstance(d["on_the_fly"], bool):
-        raise ConfigError(f"data.on_the_fly: must be true or false, got {d['on_the_fly']!r}")
     check_curriculum(d["noise_curriculum"], d["on_the_fly"])
-    if t["loss"] == "fourier_mse" and "kappa" not in cfg["model"]["outputs"]:
+    outputs = cfg["model"]["outputs"]
+    if t["loss"] == "fourier_mse" and "kappa" not in outputs:
         raise ConfigError("training.loss: fourier_mse weights the modes of the kappa head; model.outputs has no kappa")
-    check_positive_int(t["batch_size"], "training.batch_size")
-    check_positive_int(t["epochs"], "training.epochs")
-    check_positive_int(t["steps_per_epoch"], "training.steps_per_epoch", allow_none=True)
-    check_positive_int(t["validation_steps"], "training.validation_steps", allow_none=True)
-    if not (isinstance(t["learning_rate"], float) and t["learning_rate"] > 0):
-        raise ConfigError(f"training.learning_rate: must be positive, got {t['learning_rate']!r}")
-    if t["clipnorm"] is not None and (isinstance(t["clipnorm"], bool) or not isinstance(t["clipnorm"], (int, float))
-                                      or t["clipnorm"] <= 0):
-        raise ConfigError(f"training.clipnorm: must be positive or null, got {t['clipnorm']!r}")
     lw = t["loss_weights"]
     if not isinstance(lw, dict):
         raise ConfigError(f"training.loss_weights: expected a mapping head -> weight, got {lw!r}")
     for head, w in lw.items():
-        if head not in cfg["model"]["outputs"]:
-            raise ConfigError(f"training.loss_weights.{head}: not an output head "
-                              f"({', '.join(cfg['model']['outputs'])})")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-            raise ConfigError(f"training.loss_weights.{head}: must be a non-negative number, got {w!r}")
-    t["loss_weights"] = {h: float(lw.get(h, 1.0)) for h in cfg["model"]["outputs"]}
-    if t["monitor"] != "loss" and t["monitor"] not in cfg["model"]["outputs"]:
+        if head not in outputs:
+            raise ConfigError(f"training.loss_weights.{head}: not an output head ({', '.join(outputs)})")
+        Number(min=0).check(f"training.loss_weights.{head}", w)
+    t["loss_weights"] = {h: float(lw.get(h, 1.0)) for h in outputs}
+    if t["monitor"] != "loss" and t["monitor"] not in outputs:
         raise ConfigError(f"training.monitor: 'loss' (the weighted total) or an output head "
-                          f"({', '.join(cfg['model']['outputs'])}), got {t['monitor']!r}")
-    rl = t["reduce_lr"]
-    if not 0 < rl["factor"] < 1:
-        raise ConfigError(f"training.reduce_lr.factor: must lie in (0, 1), got {rl['factor']!r}")
-    check_positive_int(rl["patience"], "training.reduce_lr.patience")
-    check_positive_int(t["early_stopping"]["patience"], "training.early_stopping.patience")
+                          f"({', '.join(outputs)}), got {t['monitor']!r}")
     return cfg
 
 
+def check_model_config(cfg: dict) -> None:
+    """Check what the leaves of a resolved ``model`` section cannot: distinct channel names, an odd
+    kernel, a known activation (the map shape is :func:`deepcmb.nn.model.check_map_shape`'s).
+
+    Parameters
+    ----------
+    cfg : dict
+        The ``model`` section resolved over :data:`MODEL_SCHEMA`.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first field whose value is not allowed.
+    """
+    for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
+        if len(set(cfg[key])) != len(cfg[key]):
+            raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg["kernel_size"] % 2 == 0:
+        raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {cfg['kernel_size']!r}")
+    import keras  # deferred: the schemas above are read by the command line without a backend
+
+    try:
+        keras.activations.get(cfg["activation"])
+    except (ValueError, TypeError):
+        raise ConfigError(f"model.activation: unknown Keras activation {cfg['activation']!r}") from None
+
+
 def check_curriculum(stages: object, on_the_fly: bool) -> None:
-    """Validate ``data.noise_curriculum``: a list of ``{epochs: int, noise_p_uk_arcmin: [float, ...]}``.
+    """Validate ``data.noise_curriculum``: a list of :data:`CURRICULUM_STAGE` mappings.
 
     Stage ``k`` trains for ``epochs`` epochs on fresh maps of the listed noise levels only (Q/U
     depths in uK-arcmin, each one of the training file's levels); after the last stage every level
@@ -154,10 +185,6 @@ def check_curriculum(stages: object, on_the_fly: bool) -> None:
                           "each fresh map)")
     for k, stage in enumerate(stages):
         where = f"data.noise_curriculum[{k}]"
-        if not isinstance(stage, dict) or set(stage) != {"epochs", "noise_p_uk_arcmin"}:
+        if not isinstance(stage, dict) or set(stage) != set(CURRICULUM_STAGE):
             raise ConfigError(f"{where}: expected {{epochs: N, noise_p_uk_arcmin: [levels]}}, got {stage!r}")
-        check_positive_int(stage["epochs"], f"{where}.epochs")
-        levels = stage["noise_p_uk_arcmin"]
-        if (not isinstance(levels, list) or not levels
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in levels)):
-            raise ConfigError(f"{where}.noise_p_uk_arcmin: expected a non-empty list of noise levels, got {levels!r}")
+        resolve(stage, CURRICULUM_STAGE, prefix=f"{where}.")

@@ -1,19 +1,6 @@
 """The training stage: config + simulation file -> a trained ResUNet in a run folder.
 
-Run folder (``RUN_DIR``, :mod:`deepcmb.nn.rundir`)::
-
-    config.yaml          the full resolved config
-    run.json             config, training data identity (created, git revision, config hash) and provenance;
-                         a re-run with the same config and data resumes, anything else is refused
-    normalization.json   per-channel mean / std of the training split (physical units)
-    splits.npz           rows of the train / validation / test splits in the simulation file
-    history.csv          one row per epoch: losses (total and per head, in physical units), validation
-                         losses, learning rate, time and samples/s
-    checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
-                                        of the schedule (epoch, learning rate, plateau counters)
-    checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)
-    model.keras          the final network for inference (best epoch, no optimizer)
-    model.json           what the network expects and how it was trained (see :func:`~deepcmb.nn.rundir.model_card`)
+The run folder and its files are described in :mod:`deepcmb.nn.rundir`.
 
 The network works in physical units: it standardises its inputs and de-standardises its outputs
 with the training statistics (layers inside the model), and the loss of head ``h`` is weighted by
@@ -24,6 +11,7 @@ the backend setup :mod:`deepcmb.nn.backend`.
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -32,6 +20,7 @@ import yaml
 
 from ..cosmology import compute_spectra
 from ..errors import DeepCMBError, InputError
+from ..io.files import write_json
 from ..io.reconstruction import sims_identity
 from ..io.sims import geometry, open_sims, read_instruments
 from ..provenance import config_json, provenance_attrs
@@ -42,27 +31,26 @@ from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
 from .model import build_resunet, check_map_shape, model_spec
 from .onthefly import FreshBatches
-from .rundir import RunDir, model_card, save_model, write_run_json
+from .rundir import RunDir, model_card, save_model
 from .settings import resolve_config
 
 __all__ = ["TrainingDiverged", "compile_model", "monitor_key", "run_train"]
 
 
-def run_train(user_config: dict, data, out, qe=None, overwrite: bool = False, progress: bool = True,
-              callbacks=()) -> Path:
+def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
+              progress: bool = True, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Path:
     """Run the training stage (or resume it).
 
     Parameters
     ----------
-    user_config : dict
+    config : dict
         Config as read from YAML (merged over :data:`deepcmb.nn.settings.SCHEMA`).
-    data : str or Path
-        Simulation file of the simulate stage.
+    inputs : dict
+        ``sims``: simulation file of the simulate stage; ``qe`` (optional): QE reconstruction of it
+        (needed when ``model.inputs`` has ``kappa_qe``).
     out : str or Path
         Run folder (created; if it holds an interrupted run of the same config and data, training
         resumes from its last checkpoint).
-    qe : str or Path, optional
-        QE reconstruction of ``data`` (needed when ``model.inputs`` has ``kappa_qe``).
     overwrite : bool
         Replace a run folder that holds another or a finished run.
     progress : bool
@@ -82,7 +70,8 @@ def run_train(user_config: dict, data, out, qe=None, overwrite: bool = False, pr
     TrainingDiverged
         The training or validation loss stopped being finite.
     """
-    cfg = resolve_config(user_config)
+    cfg = resolve_config(config)
+    data, qe = inputs["sims"], inputs.get("qe")
     mcfg, tcfg, dcfg = cfg["model"], cfg["training"], cfg["data"]
     source = MapSource(data, qe)
     source.require(mcfg["inputs"], "input maps")
@@ -101,10 +90,11 @@ def run_train(user_config: dict, data, out, qe=None, overwrite: bool = False, pr
         stats_rows = splits["train"][: dcfg["stats_maps"]]
         stats = channel_stats(source, mcfg["inputs"] + mcfg["outputs"], stats_rows)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        write_run_json(run / "normalization.json", {"maps_used": int(len(stats_rows)), "split": "train",
-                                                    "stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}})
+        write_json(run / "normalization.json", {"maps_used": int(len(stats_rows)), "split": "train",
+                                                "stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}},
+                   sort_keys=True)
         np.savez(run / "splits.npz", **splits)
-        write_run_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")})
+        write_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")}, sort_keys=True)
         run.history.unlink(missing_ok=True)
         with scope:
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin)
@@ -165,9 +155,9 @@ def run_train(user_config: dict, data, out, qe=None, overwrite: bool = False, pr
     save_model(best_model, run / "model.keras", include_optimizer=False)
     card = model_card(cfg, model_spec(best_model), identity, ckpt_state["best"],
                       int(np.asarray(best_model.optimizer.iterations)))
-    write_run_json(run / "model.json", card)
+    write_json(run / "model.json", card, sort_keys=True)
     ckpt_state["finished"] = True
-    write_run_json(run.last_state, ckpt_state)
+    write_json(run.last_state, ckpt_state, sort_keys=True)
     return run.path
 
 
