@@ -49,7 +49,7 @@ def _value(text: str, leaf):
 
 def _leaf_help(leaf, default) -> str:
     text = leaf.doc or leaf.describe()
-    return f"{text} (default {default})" if default is not None else text
+    return f"{text} (default {default})" if default is not None and not isinstance(leaf, Bool) else text
 
 
 def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> None:
@@ -193,7 +193,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deepcmb {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, stages in commands().items():
-        summary = stages[0].summary if len(stages) == 1 else "reconstruct kappa: " + "; ".join(
+        summary = stages[0].summary if len(stages) == 1 else "; ".join(
             f"--method {s.method}: {s.summary}" for s in stages)
         p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
         if command in (None, name):

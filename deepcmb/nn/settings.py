@@ -78,7 +78,7 @@ SCHEMA = {
 RECONSTRUCT_SCHEMA = {
     "batch_size": Int(32, min=1, doc="maps per forward pass"),
     "split": OneOf("all", "all", "train", "validation", "test",
-                   doc="reconstruct one split of the model's training file (default: all maps)"),
+                   doc="the maps reconstructed: all, or one split of the model's training file"),
     "any_shape": Bool(False, doc="apply the (fully convolutional) network to maps of another size, same pixel"),
     "symmetrize": Bool(False, doc="average the prediction over the 8 rotations and reflections of the grid "
                                   "(8 network passes)"),
