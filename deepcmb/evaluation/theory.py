@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..qe import QuadraticEstimator, iterative_noise
-from ..qe.estimators import resolve
+from ..qe.estimators import parse_estimator
 
 
 def estimator_labels(names):
@@ -22,7 +22,7 @@ def estimator_labels(names):
     labels = []
     for name in names:
         try:
-            label = resolve(name)[0]
+            label = parse_estimator(name)[0]
         except ConfigError as exc:
             raise ConfigError(f"evaluate.theory.qe_estimators: {exc}") from None
         if label not in labels:

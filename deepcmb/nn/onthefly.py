@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io.sims import assignment, geometry, open_sims, read_instruments, read_spectra
-from ..qe.estimators import fields_needed, resolve
+from ..qe.estimators import fields_needed, parse_estimator
 from ..sample import FlatSimulator
 from .data import QEFile, add_eb, network_batch, read_qe_file, stored_fields
 
@@ -99,7 +99,7 @@ class FreshBatches(keras.utils.PyDataset):
             if qe.apodize_arcmin > 0:
                 raise ConfigError(f"data.on_the_fly: {qe.path} was made with an apodisation window; fresh "
                                   "periodic maps need a QE without one")
-            self.qe_config, self.qe_fields = q, fields_needed(resolve(q["estimator"])[1])
+            self.qe_config, self.qe_fields = q, fields_needed(parse_estimator(q["estimator"])[1])
         self.fields = sorted(set(stored_fields(n for n in self.inputs + self.outputs if n != "kappa_qe"))
                              | set(self.qe_fields))
         self._local = threading.local()

@@ -165,7 +165,7 @@ _ALIASES = {"POL": "MV_POL", "MVPOL": "MV_POL", "MV-POL": "MV_POL", "POL_MV": "M
             "ET": "TE", "BE": "EB"}
 
 
-def resolve(estimator):
+def parse_estimator(estimator):
     """Names of the individual estimators an estimator specification stands for.
 
     Parameters

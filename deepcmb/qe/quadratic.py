@@ -25,7 +25,7 @@ from ..binning import bin_centres, bin_theory, linear_bins
 from . import engine
 from .apodization import check_window, window_moment
 from .engine import EstimatePlan, FourierFactors, to_fourier, to_map
-from .estimators import fields_needed, resolve
+from .estimators import fields_needed, parse_estimator
 from .filtering import as_map_stack, grid_spectra, inverse_variance_filters
 
 
@@ -110,7 +110,7 @@ class QuadraticEstimator:
                  Lmin=BAND["Lmin"], Lmax=BAND["Lmax"], response="gradient", mv_covariance="full", weight_cls=None, total_cls=None, nthreads=1,
                  precision="double"):
         self.geom = geom
-        self.label, self.names = resolve(estimator)
+        self.label, self.names = parse_estimator(estimator)
         lensed, clpp = _lensed(spectra)
         if mv_covariance not in ("full", "diagonal"):
             raise ConfigError(f"qe.mv_covariance: expected 'full' or 'diagonal', got {mv_covariance!r}")

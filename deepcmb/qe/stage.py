@@ -26,7 +26,7 @@ from ..io.reconstruction import ReconstructionWriter
 from ..binning import bin_centres, linear_bins
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
-from .estimators import resolve as resolve_estimator
+from .estimators import parse_estimator
 from .quadratic import BAND, QuadraticEstimator
 
 SCHEMA = {
@@ -89,7 +89,7 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
     """
     cfg = resolve(config, SCHEMA)
     data = inputs["sims"]
-    label, names = resolve_estimator(cfg["estimator"])
+    label, names = parse_estimator(cfg["estimator"])
     check_output_file(out, overwrite)
     lmin, lmax, Lmin, Lmax = (cfg[k] for k in ("lmin", "lmax", "Lmin", "Lmax"))
     config = {"method": "qe", **{k: v for k, v in cfg.items() if k != "batch_size"}, "estimator": label,
