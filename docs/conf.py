@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("_ext"))
 
 import deepcmb  # noqa: E402
 
@@ -16,10 +17,10 @@ author = "the deepcmb authors"
 copyright = "the deepcmb authors, MIT licence"
 version = release = deepcmb.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "config_schema"]
 
 # Files written by the pipeline and pulled in with ``.. include::``; they are not pages of their own.
-exclude_patterns = ["_build", "results/*"]
+exclude_patterns = ["_build", "_ext", "results/*"]
 
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True

@@ -66,7 +66,7 @@ def reference(tmp_path_factory):
         pytest.skip("the reference model is made with the tensorflow backend")
     from deepcmb.config import resolve
     from deepcmb.nn.model import build_resunet
-from deepcmb.nn.settings import MODEL_SCHEMA
+    from deepcmb.nn.settings import MODEL_SCHEMA
 
     tmp = tmp_path_factory.mktemp("backends")
     rng = np.random.default_rng(0)
