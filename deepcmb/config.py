@@ -129,26 +129,27 @@ class Number(Leaf):
         return value if self.keep_int and isinstance(value, int) else float(value)
 
 
-class Bool(Leaf):
+class _OfType(Leaf):
+    """A value of one Python type (``kind``)."""
+
+    kind: type = object
+
+    def check(self, name, value):
+        if not isinstance(value, self.kind):
+            self.fail(name, value)
+        return value
+
+
+class Bool(_OfType):
     """``true`` or ``false``."""
 
-    what = "true or false"
-
-    def check(self, name, value):
-        if not isinstance(value, bool):
-            self.fail(name, value)
-        return value
+    what, kind = "true or false", bool
 
 
-class Str(Leaf):
+class Str(_OfType):
     """A string."""
 
-    what = "a string"
-
-    def check(self, name, value):
-        if not isinstance(value, str):
-            self.fail(name, value)
-        return value
+    what, kind = "a string", str
 
 
 class OneOf(Leaf):
