@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cosmology
-from .config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, resolve
+from .config import Bool, Free, Int, ListOf, Number, OneOf, REQUIRED, resolve
 from .errors import ConfigError, InputError
 from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
@@ -336,9 +336,7 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     """
     if inputs:
         raise ConfigError(f"simulate: reads no input file, got {', '.join(inputs)}")
-    workers = workers if workers is not None else os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
+    workers = Int(min=1).check("--workers", workers if workers is not None else os.cpu_count() or 1)
     cfg = resolve(config, SCHEMA)
     plan = plan_from_config(cfg)
     out = Path(out)
