@@ -27,6 +27,7 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 
 autodoc_member_order = "bysource"
+autodoc_inherit_docstrings = False  # Keras's own docstrings are not this project's reStructuredText
 autodoc_default_options = {"show-inheritance": True}
 
 html_theme = "alabaster"

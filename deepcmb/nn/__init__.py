@@ -4,13 +4,13 @@ Public API
 ----------
 build_resunet(cfg, shape, stats=None, pixel_arcmin=None)
     The network described by the ``model`` section of a training config (:mod:`deepcmb.nn.model`).
-run_train(config, inputs, out, *, overwrite=False, progress=True)
+``run_train(config, inputs, out, *, overwrite=False, progress=True)``
     ``deepcmb train``: train (or resume) into a run folder (:mod:`deepcmb.nn.train`).
 SCHEMA, resolve_config(user)
     The training config: defaults and checks (:mod:`deepcmb.nn.settings`).
 compile_model(model, training, stats, sims_path=None, qe=None)
     Optimizer, losses and loss weights of a training config (:mod:`deepcmb.nn.train`).
-run_reconstruct_nn(config, inputs, out, *, overwrite=False, progress=True)
+``run_reconstruct_nn(config, inputs, out, *, overwrite=False, progress=True)``
     ``deepcmb reconstruct --method nn`` (:mod:`deepcmb.nn.reconstruct`).
 load_network(path)
     A trained model (Keras safe mode) and what it expects.

@@ -14,7 +14,11 @@ from deepcmb.config import REQUIRED, Free, leaves
 
 
 def _cell(text):
-    return " ".join(str(text).split()) or " "
+    """One table cell of plain text: whitespace folded, reStructuredText markup characters escaped."""
+    text = " ".join(str(text).split()) or " "
+    for ch in "\\*|`":
+        text = text.replace(ch, "\\" + ch)
+    return text
 
 
 class ConfigSchema(Directive):
@@ -33,7 +37,7 @@ class ConfigSchema(Directive):
             what = leaf.doc or ""
             kind = "" if isinstance(leaf, Free) else leaf.describe()
             lines += [f"   * - ``{prefix}{key}``",
-                      "     - (required)" if leaf.default is REQUIRED else f"     - ``{_cell(leaf.default)}``",
+                      "     - (required)" if leaf.default is REQUIRED else f"     - ``{' '.join(str(leaf.default).split())}``",
                       f"     - {_cell(what)}" + (f" ({_cell(kind)})" if kind else "")]
         node = nodes.container()
         self.state.nested_parse(StringList(lines, source=self.arguments[0]), self.content_offset, node)
