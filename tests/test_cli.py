@@ -1,0 +1,67 @@
+"""The command line is built from the stage table: every command line the manual has shown parses, the
+options come from the schemas (one default each), and user errors are one line with exit code 2."""
+
+import shlex
+
+import pytest
+
+from deepcmb.cli import build_parser, main
+from deepcmb.config import leaves
+from deepcmb.stages import STAGES
+
+# every command line of the README up to version 7d5add9, with every optional part given
+DOCUMENTED = [
+    "run --preset quick",
+    "simulate --config CONFIG.yaml --out SIMS.h5 --workers 2 --scheduler tcp://h:8786 --overwrite --quiet",
+    "reconstruct --method qe --data SIMS.h5 --out REC_QE.h5 --estimator EB --lmin 300 --lmax 3500 --Lmin 20 "
+    "--Lmax 3500 --wiener --apodize-arcmin 30 --mean-field-maps 64 --precision double --batch-size 32 --overwrite "
+    "--quiet",
+    "train --config train/quick.yaml --data SIMS.h5 --out RUN_DIR --qe REC_QE.h5 --overwrite --quiet",
+    "reconstruct --method nn --model RUN_DIR --data SIMS.h5 --out REC_NN.h5 --split test --batch-size 32 "
+    "--qe REC_QE.h5 --any-shape --symmetrize",
+    "simulate --config data/pretrained/quick/sims.yaml --out data/out/sims_pretrained.h5",
+    "train --config data/pretrained/quick/config.yaml --data data/out/sims_pretrained.h5 --out "
+    "data/out/train_pretrained",
+    "evaluate --config evaluate/quick.yaml --sims SIMS.h5 --rec nn=REC_NN.h5 --rec qe_eb=REC_QE.h5 --out EVAL_DIR "
+    "--overwrite --quiet",
+    "params --config evaluate/quick.yaml --report EVAL_DIR/report.h5 --out PARAMS_DIR --overwrite --quiet",
+    "figures --report EVAL_DIR/report.h5 --chains PARAMS_DIR/chains.h5 --out FIG_DIR --formats png,pdf --overwrite "
+    "--quiet",
+    "run --preset paper --root ROOT --out RUN_DIR --workers 2 --verbose",
+]
+
+
+@pytest.mark.parametrize("line", DOCUMENTED)
+def test_documented_command_lines_parse(line):
+    argv = shlex.split(line)
+    args = build_parser(argv[0]).parse_args(argv)
+    assert args.stage == argv[0]
+    if "--data" in argv:  # the older name of --sims
+        assert args.sims == argv[argv.index("--data") + 1]
+
+
+def test_options_come_from_the_schemas():
+    """Each leaf of a stage whose leaves are options is an option, whose help states the schema's default."""
+    for stage in (s for s in STAGES.values() if s.flags):
+        p = build_parser(stage.command)
+        sub = next(a for a in p._actions if a.dest == "stage").choices[stage.command]
+        options = {o: a for a in sub._actions for o in a.option_strings}
+        for name, leaf in leaves(stage.load_schema()):
+            flag = "--" + name.replace("_", "-")
+            assert flag in options, (stage.name, flag)
+            if leaf.default is not None and not isinstance(leaf.default, bool):
+                assert str(leaf.default) in options[flag].help, (flag, options[flag].help)
+
+
+def test_flags_of_the_other_method_are_refused(tmp_path, capsys):
+    code = main(["reconstruct", "--method", "qe", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
+                 "--symmetrize"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--symmetrize" in err and "--method qe" in err
+
+
+def test_a_bad_option_value_is_one_line(tmp_path, capsys):
+    code = main(["reconstruct", "--method", "qe", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
+                 "--lmin", "-5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "deepcmb reconstruct: error: lmin: expected a number >= 0, got -5"
