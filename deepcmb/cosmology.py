@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .io.files import atomic_path
 
 PARAM_NAMES = ("H0", "ombh2", "omch2", "As", "ns", "tau", "mnu", "Alens")
 """Parameters a simulation may vary. Units: H0 in km/s/Mpc, mnu in eV, the rest dimensionless."""
@@ -247,8 +246,11 @@ def compute_spectra(params, lmax=5000, lens_potential_accuracy=1, cache_dir=None
     spectra = _run_camb(full, int(lmax), int(lens_potential_accuracy))
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, prefix=f"tmp{os.getpid()}_") as tmp:  # one name per process: workers share the cache
-            np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp, gradient=spectra.gradient)
+        # written under a name of this process (workers share the cache), then renamed: a cache entry is
+        # always whole (the physics layer does not import deepcmb.io, whose atomic writes are for outputs)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp, gradient=spectra.gradient)
+        os.replace(tmp, path)
     return spectra
 
 

@@ -13,10 +13,10 @@ import numpy as np
 from . import flatsky
 from .errors import ConfigError
 from .geometry import interp_spectrum
-from .io.fields import STORED
+from .fields import STORED
 
 FIELDS = STORED
-"""Every map a sample can carry (units and meaning in :data:`deepcmb.io.fields.FIELDS`). ``T, Q, U``:
+"""Every map a sample can carry (units and meaning in :data:`deepcmb.fields.FIELDS`). ``T, Q, U``:
 observed (lensed, beam-convolved, noisy), µK; ``*_lensed``: noise-free lensed sky before the beam, µK;
 ``*_unlensed``: the unlensed sky, µK (``E``/``B`` as scalar maps, i.e. inverse Fourier transforms of the
 E/B modes); ``phi``: lensing potential, rad²; ``kappa``: convergence, dimensionless."""

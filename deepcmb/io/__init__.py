@@ -11,7 +11,7 @@ module                            file                        written by
                                   ``summary.json``
 ================================  ==========================  ==========================================
 
-:mod:`deepcmb.io.fields` is the table of the maps these files hold (units, description, how each
+:mod:`deepcmb.fields` is the table of the maps these files hold (units, description, how each
 transforms under rotations and reflections, observed or truth); :mod:`deepcmb.io.files` holds what
 every output shares (atomic writes, output checks, JSON).
 """

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..provenance import provenance_attrs
-from .fields import units as field_units
+from ..fields import units as field_units
 from .files import check_output_file, open_checked, temporary_name
 from .sims import open_sims
 
@@ -99,7 +99,7 @@ class ReconstructionWriter:
     attrs : dict, optional
         Extra root attributes (e.g. the model or estimator used).
     units : dict, optional
-        Field -> units string for fields not in :data:`deepcmb.io.fields.FIELDS`.
+        Field -> units string for fields not in :data:`deepcmb.fields.FIELDS`.
     overwrite : bool
         Replace an existing file.
 

@@ -8,7 +8,7 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``), readable with h5py
                                   seed, kind ('flat' | 'curved'), periodic (bool),
                                   shape (ny, nx), pixel_arcmin, n_maps, fields
     /maps/<FIELD>          (n_maps, ny, nx) float32, chunks (1, ny, nx); attrs: units, description
-                           (the fields of :data:`deepcmb.io.fields.FIELDS` chosen by simulation.fields)
+                           (the fields of :data:`deepcmb.fields.FIELDS` chosen by simulation.fields)
     /meta/cosmology_index  (n_maps,) int64   row of /cosmology/params used by the map
     /meta/noise_index      (n_maps,) int64   row of /instrument/* used by the map
                                              (both follow :func:`assignment` of seed_index)
@@ -58,7 +58,7 @@ from ..cosmology import PARAM_NAMES
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
-from .fields import FIELDS
+from ..fields import FIELDS
 from .files import atomic_path, open_checked
 
 FORMAT = "deepcmb.sims"

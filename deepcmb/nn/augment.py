@@ -24,12 +24,12 @@ maps (tested in ``tests/test_nn_data.py``). Non-square maps only admit ``r`` in 
 
 import numpy as np
 
-from ..io.fields import FIELDS
+from ..fields import FIELDS
 
 
 def field_sign(name, k):
     """Sign multiplying field ``name`` under transform ``k`` (0..7) after the pixels are moved (its
-    symmetry class is the ``spin`` column of :data:`deepcmb.io.fields.FIELDS`)."""
+    symmetry class is the ``spin`` column of :data:`deepcmb.fields.FIELDS`)."""
     if name not in FIELDS:
         raise ValueError(f"no transformation rule for field {name!r}")
     r, f = k % 4, k // 4

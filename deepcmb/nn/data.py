@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..io.fields import FIELDS
+from ..fields import FIELDS
 from ..io.reconstruction import estimator_settings, open_reconstruction
 from ..io.sims import open_sims
 from .augment import allowed_transforms, transform_maps

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, resolve
 from ..errors import ConfigError
-from ..io.fields import FIELDS
+from ..fields import FIELDS
 
 INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``

@@ -1,7 +1,7 @@
 """The table of every map deepcmb knows: units, description, symmetry class and role.
 
 One row per field name, used wherever a map is stored, read, fed to the network or transformed:
-the simulation file's datasets (:mod:`deepcmb.io.sims`), the network's allowed inputs and heads
+the simulation file's datasets (:mod:`deepcmb.io.sims`), the simulator's fields (:mod:`deepcmb.sample`), the network's allowed inputs and heads
 (:mod:`deepcmb.nn.model`) and the spin-aware augmentation (:mod:`deepcmb.nn.augment`).
 
 Symmetry class (``spin``), for the convention ``Q(l) + i U(l) = (E(l) + i B(l)) exp(2 i phi_l)``:
