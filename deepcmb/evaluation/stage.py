@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Int, Number, Retired, resolve
+from ..config import Bool, Int, ListOf, Number, Retired, Str, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError
 from ..io.files import check_output_folder
@@ -49,34 +49,18 @@ SCHEMA = {
     "apodize_arcmin": Number(None, min=0, keep_int=True,
                              doc="cosine taper of the window on every map, arcmin (null: 0 if periodic, else 60)"),
     "snr": {"Lmax": Number(2000.0, doc="highest multipole of the cumulative S/N and the cosmology fit")},
-    "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": True,
+    "theory": {"qe_estimators": ListOf(Str(), ["EB", "MV_POL"], doc="QE whose analytic N0 the report carries"),
+               "iterative": Bool(True, doc="compute the iterative limit (about 10 s per noise level)"),
                "qe_lmin": Retired(_BAND_FROM_FILES), "qe_lmax": Retired(_BAND_FROM_FILES)},
     "examples": Int(4, min=0, doc="maps copied into the report for figures"),
     "jackknife": Int(20, min=2, doc="groups of the jackknife errors"),
 }
-"""The ``evaluate:`` section of a config, with its defaults.
+"""The ``evaluate:`` section of a config, with its defaults (each leaf says what it is).
 
-``bins.Lmin``, ``bins.Lmax``, ``bins.width``
-    lensing multipole bins of the kappa spectra (width null: twice the fundamental multipole of the
-    patch);
-``e_bins.lmin``, ``e_bins.lmax``, ``e_bins.width``
-    multipole bins of the unlensed-E spectra;
-``apodize_arcmin``
-    cosine-taper width of the window applied to every map (null: :func:`deepcmb.qe.default_taper`, 0,
-    no window, for periodic flat-sky maps and 60 for non-periodic curved-sky patches);
-``snr.Lmax``
-    highest multipole of the cumulative S/N and of the cosmology-dependence fit;
-``theory.qe_estimators``
-    QE whose analytic N0 the report carries: read from the ``/n0`` of a QE reconstruction of that
-    estimator among the inputs, else computed on the CMB band of the QE reconstructions evaluated
-    (which must agree; without any, :data:`deepcmb.qe.BAND`), which is also the band of the iterative
-    limit;
-``theory.iterative``
-    compute the iterative limit (about 10 s per noise level);
-``examples``
-    maps copied into the report for figures;
-``jackknife``
-    groups of the jackknife errors.
+``theory.qe_estimators`` are the QE whose analytic N0 the report carries: read from the ``/n0`` of a
+QE reconstruction of that estimator among the inputs, else computed on the CMB band of the QE
+reconstructions evaluated (which must agree; without any, :data:`deepcmb.qe.BAND`), which is also
+the band of the iterative limit (:func:`theory_curves`).
 """
 
 BATCH = 128
