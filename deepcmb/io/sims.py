@@ -54,7 +54,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cosmology import PARAM_NAMES
+from ..cosmology import PARAM_NAMES, CMBSpectra
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
@@ -142,8 +142,6 @@ def assignment(seed_index, n_cosmologies: int, n_levels: int):
 
 def read_spectra(f, index):
     """The :class:`~deepcmb.cosmology.CMBSpectra` of cosmology ``index`` stored in an open sims file."""
-    from .cosmology import CMBSpectra
-
     g = f["cosmology"]
     params = {name: float(g["params"][name][index]) for name in PARAM_NAMES}
     return CMBSpectra(params, g["cl_unlensed"][index], g["cl_lensed"][index], g["cl_pp"][index],
