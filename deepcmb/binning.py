@@ -5,14 +5,23 @@ modes in each annulus; :func:`bin_theory` averages a theory curve over exactly t
 two compare without any binning bias on a finite grid.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import sparse
 
 from .errors import InputError
 from .geometry import interp_spectrum
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def linear_bins(lmin, lmax, width):
+    from .geometry import FlatSkyGeometry
+
+
+def linear_bins(lmin: float, lmax: float, width: float) -> np.ndarray:
     """Bin edges ``[lmin, lmin + width, ...]``, the last one at most ``lmax`` (floats)."""
     return np.arange(lmin, lmax + 1e-9 * width, width, dtype=float)
 
@@ -48,17 +57,17 @@ def _binned_mean(geom, values, edges):
         return sums / counts, counts
 
 
-def bin_centres(geom, edges):
+def bin_centres(geom: FlatSkyGeometry, edges: np.ndarray) -> np.ndarray:
     """Mode-weighted mean ``|l|`` in each bin."""
     return _binned_mean(geom, geom.ell(), edges)[0]
 
 
-def mode_counts(geom, edges):
+def mode_counts(geom: FlatSkyGeometry, edges: np.ndarray) -> np.ndarray:
     """Number of Fourier modes (counting l and -l separately) in each bin."""
     return _binned_mean(geom, geom.ell(), edges)[1]
 
 
-def binned_cross_spectrum(geom, a, b, edges):
+def binned_cross_spectrum(geom: FlatSkyGeometry, a: np.ndarray, b: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Binned cross-spectrum of real maps ``a`` and ``b``.
 
     Parameters
@@ -81,17 +90,17 @@ def binned_cross_spectrum(geom, a, b, edges):
     return _binned_mean(geom, (fa * np.conj(fb)).real / geom.area, edges)[0]
 
 
-def binned_auto_spectrum(geom, a, edges):
+def binned_auto_spectrum(geom: FlatSkyGeometry, a: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Binned auto-spectrum of real map(s) ``a``; see :func:`binned_cross_spectrum`."""
     return binned_cross_spectrum(geom, a, a, edges)
 
 
-def binned_fourier_power(geom, fa, fb, edges):
+def binned_fourier_power(geom: FlatSkyGeometry, fa: np.ndarray, fb: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Binned cross-power of two sets of rfft-grid Fourier modes (e.g. E and B modes)."""
     return _binned_mean(geom, (fa * np.conj(fb)).real / geom.area, edges)[0]
 
 
-def bin_theory(geom, cl, edges):
+def bin_theory(geom: FlatSkyGeometry, cl: ArrayLike, edges: np.ndarray) -> np.ndarray:
     """Average a theory spectrum over the Fourier modes of each bin (the expectation of the estimate).
 
     Parameters

@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -75,7 +76,7 @@ class Leaf:
         noun, _, rest = self.describe().split(" ", 1)[1].partition(" ")
         return f"{noun}s" + (f" {rest}" if rest else "")
 
-    def fail(self, name: str, value: Any):
+    def fail(self, name: str, value: Any) -> NoReturn:
         raise ConfigError(f"{name}: expected {self.describe()}, got {value!r}")
 
 
@@ -98,10 +99,10 @@ class Int(Leaf):
         super().__init__(default, nullable=nullable, doc=doc)
         self.min, self.max = min, max
 
-    def describe(self):
+    def describe(self) -> str:
         return _bounds("an integer", self.min, self.max) + (" or null" if self.nullable else "")
 
-    def check(self, name, value):
+    def check(self, name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not _within(value, self.min, self.max, None, None):
             self.fail(name, value)
         return value
@@ -119,10 +120,10 @@ class Number(Leaf):
         super().__init__(default, nullable=nullable, doc=doc)
         self.min, self.max, self.gt, self.lt, self.keep_int = min, max, gt, lt, keep_int
 
-    def describe(self):
+    def describe(self) -> str:
         return _bounds("a number", self.min, self.max, self.gt, self.lt) + (" or null" if self.nullable else "")
 
-    def check(self, name, value):
+    def check(self, name: str, value: Any) -> int | float:
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or not _within(value, self.min, self.max, self.gt, self.lt)):
             self.fail(name, value)
@@ -134,7 +135,7 @@ class _OfType(Leaf):
 
     kind: type = object
 
-    def check(self, name, value):
+    def check(self, name: str, value: Any) -> Any:
         if not isinstance(value, self.kind):
             self.fail(name, value)
         return value
@@ -159,16 +160,16 @@ class OneOf(Leaf):
         super().__init__(default, nullable=None in choices, doc=doc)
         self.choices = choices
 
-    def describe(self):
+    def describe(self) -> str:
         return "one of " + ", ".join(map(str, self.choices))
 
-    def plural(self):
+    def plural(self) -> str:
         return "values from " + ", ".join(map(str, self.choices))
 
-    def resolve(self, name, given, value):
+    def resolve(self, name: str, given: bool, value: Any) -> Any:
         return self.check(name, value if given else self.default)
 
-    def check(self, name, value):
+    def check(self, name: str, value: Any) -> Any:
         # true is not 1: a choice matches only a value of its own kind (bool or not)
         if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices):
             raise ConfigError(f"{name}: must be one of {', '.join(map(str, self.choices))}, got {value!r}")
@@ -184,7 +185,7 @@ class ListOf(Leaf):
         super().__init__(default, nullable=nullable, doc=doc)
         self.item, self.min_len, self.max_len = item, min_len, max_len
 
-    def describe(self):
+    def describe(self) -> str:
         if self.min_len == self.max_len:
             what = f"a list of {self.min_len}" + ("" if self.item is not None else " entries")
         else:
@@ -197,7 +198,7 @@ class ListOf(Leaf):
             what += f" {self.item.plural()}" if self.min_len == self.max_len else f" of {self.item.plural()}"
         return what + (" or null" if self.nullable else "")
 
-    def check(self, name, value):
+    def check(self, name: str, value: Any) -> list:
         if (not isinstance(value, (list, tuple)) or len(value) < self.min_len
                 or (self.max_len is not None and len(value) > self.max_len)):
             self.fail(name, value)
@@ -215,7 +216,7 @@ class Free(Leaf):
     def __init__(self, default: Any, doc: str = ""):
         super().__init__(default, nullable=True, doc=doc)
 
-    def resolve(self, name, given, value):
+    def resolve(self, name: str, given: bool, value: Any) -> Any:
         return copy.deepcopy(value if given else self.default)
 
 
@@ -226,7 +227,7 @@ class Retired(Leaf):
     def __init__(self, why: str):
         super().__init__(None, doc=why)
 
-    def resolve(self, name, given, value):
+    def resolve(self, name: str, given: bool, value: Any) -> NoReturn:
         raise ConfigError(f"{name}: no longer used: {self.doc}")
 
 
@@ -309,7 +310,7 @@ def resolve(user: dict | None, schema: dict, prefix: str = "") -> dict:
     return out
 
 
-def leaves(schema: dict, prefix: str = ""):
+def leaves(schema: dict, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
     """Yield ``(dotted_name, Leaf)`` for every leaf of a schema in order (retired keys left out)."""
     for key, spec in schema.items():
         if isinstance(spec, dict):

@@ -7,6 +7,8 @@ Spectra are plain :math:`C_\\ell` (no :math:`\\ell(\\ell+1)/2\\pi`), temperature
 µK², the lensing potential dimensionless.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -50,7 +52,7 @@ SPECTRA_VERSION = 2
 """Bump when :func:`compute_spectra` changes what it computes, to invalidate on-disk caches."""
 
 
-def check_params(params, where="cosmology"):
+def check_params(params: dict, where: str = "cosmology") -> dict:
     """Validate one cosmology.
 
     Parameters
@@ -85,7 +87,7 @@ def check_params(params, where="cosmology"):
     return full
 
 
-def latin_hypercube(ranges, n, rng):
+def latin_hypercube(ranges: dict, n: int, rng: np.random.Generator) -> list[dict]:
     """Latin-hypercube sample of ``n`` points inside the boxes ``ranges``.
 
     Parameters
@@ -113,7 +115,7 @@ def latin_hypercube(ranges, n, rng):
     return out
 
 
-def grid(values):
+def grid(values: dict) -> list[dict]:
     """Cartesian product of parameter values.
 
     Parameters
@@ -163,24 +165,24 @@ class CMBSpectra:
     gradient: np.ndarray
 
     @property
-    def lmax(self):
+    def lmax(self) -> int:
         return self.clpp.size - 1
 
     @property
-    def ell(self):
+    def ell(self) -> np.ndarray:
         return np.arange(self.lmax + 1, dtype=float)
 
     @property
-    def clkk(self):
+    def clkk(self) -> np.ndarray:
         """Convergence power :math:`C_L^{\\kappa\\kappa} = [L(L+1)]^2 C_L^{\\phi\\phi} / 4`."""
         ell = self.ell
         return (ell * (ell + 1)) ** 2 * self.clpp / 4.0
 
-    def unlensed_cl(self, name):
+    def unlensed_cl(self, name: str) -> np.ndarray:
         """Unlensed spectrum ``'TT' | 'EE' | 'BB' | 'TE'``."""
         return self.unlensed[_INDEX[name]]
 
-    def lensed_cl(self, name):
+    def lensed_cl(self, name: str) -> np.ndarray:
         """Lensed spectrum ``'TT' | 'EE' | 'BB' | 'TE'``."""
         return self.lensed[_INDEX[name]]
 
@@ -209,7 +211,8 @@ def _camb_version():
     return camb.__version__
 
 
-def compute_spectra(params, lmax=5000, lens_potential_accuracy=1, cache_dir=None, use_cache=True):
+def compute_spectra(params: dict, lmax: int = 5000, lens_potential_accuracy: int = 1,
+                    cache_dir: str | Path | None = None, use_cache: bool = True) -> CMBSpectra:
     """CMB spectra of one cosmology from CAMB, cached on disk.
 
     Parameters

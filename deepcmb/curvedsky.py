@@ -42,18 +42,30 @@ Gorski et al. (2005), ApJ 622, 759 (HEALPix and its polarization convention);
 Calabretta & Greisen (2002), A&A 395, 1077 (gnomonic projection).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import flatsky
 from .errors import ConfigError
 from .sample import FIELDS, sample_rng
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from .cosmology import CMBSpectra
+    from .geometry import FlatSkyGeometry
+    from .sample import Instrument
+
 _OBSERVED = ("T", "Q", "U")
 _LENSED = ("T_lensed", "Q_lensed", "U_lensed")
 
 
 # -- patch layout ---------------------------------------------------------------------------------
-def patch_centres(patch_nside, max_abs_lat_deg=None):
+def patch_centres(patch_nside: int, max_abs_lat_deg: float | None = None) -> np.ndarray:
     """Patch centres at the centres of the pixels of a coarse HEALPix grid.
 
     Parameters
@@ -104,7 +116,7 @@ def _patch_directions(geom, lon_deg, lat_deg):
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def gnomonic_positions(geom, lon_deg, lat_deg):
+def gnomonic_positions(geom: FlatSkyGeometry, lon_deg: float, lat_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """Sphere coordinates of the pixel centres of a gnomonic patch.
 
     Parameters
@@ -123,7 +135,7 @@ def gnomonic_positions(geom, lon_deg, lat_deg):
     return _pointing(geom, lon_deg, lat_deg)[:2]
 
 
-def polarization_angle(geom, lon_deg, lat_deg):
+def polarization_angle(geom: FlatSkyGeometry, lon_deg: float, lat_deg: float) -> np.ndarray:
     """Angle from the HEALPix polarization basis to the patch's x axis at every pixel.
 
     Parameters
@@ -156,7 +168,7 @@ def _pointing(geom, lon_deg, lat_deg):
     return np.arctan2(rho, z), np.mod(np.arctan2(y, x), 2.0 * np.pi), psi
 
 
-def rotate_polarization(q, u, psi):
+def rotate_polarization(q: np.ndarray, u: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stokes parameters in a basis rotated by ``psi``: ``Q' + iU' = (Q + iU) exp(-2 i psi)``.
 
     Parameters
@@ -177,7 +189,7 @@ def rotate_polarization(q, u, psi):
 
 
 # -- Gaussian harmonic coefficients ---------------------------------------------------------------
-def white_alm(lmax, rng):
+def white_alm(lmax: int, rng: np.random.Generator) -> np.ndarray:
     """Harmonic coefficients of unit white noise, ``<|a_lm|^2> = 1``, in healpy ordering.
 
     Parameters
@@ -200,14 +212,14 @@ def white_alm(lmax, rng):
     return alm
 
 
-def scale_alm(alm, fl):
+def scale_alm(alm: np.ndarray, fl: ArrayLike) -> np.ndarray:
     """Multiply ``alm`` (healpy ordering, ``mmax = lmax = fl.size - 1``) by ``fl[l]``."""
     import healpy as hp
 
     return hp.almxfl(alm, np.asarray(fl, dtype=float))
 
 
-def gaussian_alm(cl, white):
+def gaussian_alm(cl: ArrayLike, white: np.ndarray) -> np.ndarray:
     """Harmonic coefficients of a Gaussian field of spectrum ``cl`` from :func:`white_alm` output.
 
     Parameters
@@ -226,7 +238,8 @@ def gaussian_alm(cl, white):
     return scale_alm(white, np.sqrt(np.maximum(np.asarray(cl, dtype=float)[: lmax + 1], 0.0)))
 
 
-def correlated_te_alm(cltt, clee, clte, white_t, white_e):
+def correlated_te_alm(cltt: ArrayLike, clee: ArrayLike, clte: ArrayLike, white_t: np.ndarray,
+                      white_e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Correlated Gaussian T and E coefficients (Cholesky factor of the 2x2 covariance per ``l``).
 
     Parameters
@@ -258,7 +271,8 @@ def _lmax_of(alm):
 
 
 # -- lensing and sampling -------------------------------------------------------------------------
-def lensed_alm(tlm, elm, blm, plm, epsilon=1e-7, nthreads=0):
+def lensed_alm(tlm: np.ndarray, elm: np.ndarray, blm: np.ndarray | None, plm: np.ndarray, epsilon: float = 1e-7,
+               nthreads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lensed harmonic coefficients of a full-sky realisation (lenspyx on a Gauss-Legendre grid).
 
     The unlensed sky is remapped by :func:`lenspyx.lensing.alm2lenmap` onto the Gauss-Legendre grid
@@ -303,7 +317,8 @@ def lensed_alm(tlm, elm, blm, plm, epsilon=1e-7, nthreads=0):
     return tlm_len, eb[0], eb[1]
 
 
-def alm2points(alm, theta, phi, epsilon=1e-7, nthreads=0):
+def alm2points(alm: np.ndarray, theta: np.ndarray, phi: np.ndarray, epsilon: float = 1e-7,
+               nthreads: int = 0) -> np.ndarray:
     """Spin-0 field evaluated exactly at arbitrary positions.
 
     Parameters
@@ -329,7 +344,8 @@ def alm2points(alm, theta, phi, epsilon=1e-7, nthreads=0):
     return out[0].reshape(np.shape(theta))
 
 
-def eb2qu_points(elm, blm, theta, phi, psi, epsilon=1e-7, nthreads=0):
+def eb2qu_points(elm: np.ndarray, blm: np.ndarray | None, theta: np.ndarray, phi: np.ndarray, psi: np.ndarray,
+                 epsilon: float = 1e-7, nthreads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stokes Q, U of E/B coefficients at arbitrary positions, in a rotated local basis.
 
     Parameters
@@ -361,7 +377,7 @@ def eb2qu_points(elm, blm, theta, phi, psi, epsilon=1e-7, nthreads=0):
     return rotate_polarization(q.reshape(np.shape(theta)), u.reshape(np.shape(theta)), psi)
 
 
-def patch_pointing(geom, centres):
+def patch_pointing(geom: FlatSkyGeometry, centres: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel positions and polarization angles of a set of patches.
 
     Parameters
@@ -380,8 +396,9 @@ def patch_pointing(geom, centres):
     return tuple(np.stack([p[k] for p in pointing]) for k in range(3))
 
 
-def simulate_curved_patches(spectra, instrument, root_seed, index, geom, centres, lmax, fields=FIELDS,
-                            include_b=False, epsilon=1e-7, nthreads=0):
+def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_seed: int, index: int,
+                            geom: FlatSkyGeometry, centres: ArrayLike, lmax: int, fields: Sequence[str] = FIELDS,
+                            include_b: bool = False, epsilon: float = 1e-7, nthreads: int = 0) -> dict[str, np.ndarray]:
     """Simulate one full-sky lensed realisation and cut it into gnomonic flat-sky patches.
 
     Parameters
@@ -433,10 +450,10 @@ def simulate_curved_patches(spectra, instrument, root_seed, index, geom, centres
     want = set(fields)
     theta, phi, psi = patch_pointing(geom, centres)
 
-    def spin0(alm):
+    def spin0(alm: np.ndarray) -> np.ndarray:
         return alm2points(alm, theta, phi, epsilon=epsilon, nthreads=nthreads)
 
-    def spin2(elm, blm):
+    def spin2(elm: np.ndarray, blm: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return eb2qu_points(elm, blm, theta, phi, psi, epsilon=epsilon, nthreads=nthreads)
 
     rng_cmb = sample_rng(root_seed, index, "cmb")

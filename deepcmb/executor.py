@@ -5,17 +5,24 @@ All three expose the same two calls, ``submit(fn, *args)`` returning a future an
 derives its randomness from its own arguments.
 """
 
+from __future__ import annotations
+
 import concurrent.futures as cf
 import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 class _InlineExecutor:
     """Runs each task at submission in the calling process (workers = 1: simplest to debug)."""
 
-    def submit(self, fn, *args):
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
         future = cf.Future()
         try:
             future.set_result(fn(*args))
@@ -25,7 +32,8 @@ class _InlineExecutor:
 
 
 @contextmanager
-def open_executor(workers=1, scheduler=None):
+def open_executor(workers: int = 1,
+                  scheduler: str | None = None) -> Iterator[cf.ProcessPoolExecutor | _InlineExecutor | Client]:
     """Context manager yielding an executor with ``submit(fn, *args) -> future``.
 
     Parameters
@@ -57,7 +65,7 @@ def open_executor(workers=1, scheduler=None):
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
 
 
-def as_completed(futures):
+def as_completed(futures: Iterable[Any]) -> Iterator[Any]:
     """Iterate over futures as they finish (concurrent.futures or Dask futures)."""
     futures = list(futures)
     if futures and not isinstance(futures[0], cf.Future):
@@ -67,7 +75,8 @@ def as_completed(futures):
     return cf.as_completed(futures)
 
 
-def run_tasks(executor, fn, tasks, max_in_flight):
+def run_tasks(executor: cf.ProcessPoolExecutor | _InlineExecutor | Client, fn: Callable[..., Any],
+              tasks: Iterable[Sequence[Any]], max_in_flight: int) -> Iterator[Any]:
     """Run ``fn(*task)`` for every task, yielding results as they complete.
 
     At most ``max_in_flight`` tasks are pending at once, so memory stays bounded however many tasks

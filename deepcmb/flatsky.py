@@ -14,12 +14,19 @@ ApJ 574, 566 (flat-sky polarization conventions); Reinecke et al. (2023), A&A 67
 and lensing).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .geometry import ARCMIN
 
+if TYPE_CHECKING:
+    from .geometry import FlatSkyGeometry
 
-def band_mask(geom, lmax=None):
+
+def band_mask(geom: FlatSkyGeometry, lmax: float | None = None) -> np.ndarray:
     """Boolean rfft-grid mask of ``0 < |l| < lmax``.
 
     ``lmax`` defaults to the Nyquist multipole; band-limiting there keeps a field isotropic and free
@@ -30,7 +37,7 @@ def band_mask(geom, lmax=None):
     return (ell < lmax) & (ell > 0)
 
 
-def deflection(geom, phi_fourier):
+def deflection(geom: FlatSkyGeometry, phi_fourier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Deflection field ``(d_y, d_x) = grad(phi)`` in radians, maps of shape ``geom.shape``."""
     lx, ly = geom.lxly()
     return geom.fourier2map(1j * ly * phi_fourier), geom.fourier2map(1j * lx * phi_fourier)
@@ -41,7 +48,8 @@ def _deflected_coords(geom, dy, dx):
     return np.stack([(y + dy).ravel(), (x + dx).ravel()], axis=-1)
 
 
-def lens_fourier_grid(geom, grid, dy, dx, epsilon=1e-6, nthreads=1):
+def lens_fourier_grid(geom: FlatSkyGeometry, grid: np.ndarray, dy: np.ndarray, dx: np.ndarray, epsilon: float = 1e-6,
+                      nthreads: int = 1) -> np.ndarray:
     """Evaluate Fourier series at the deflected pixel positions (type-2 NUFFT).
 
     Parameters
@@ -71,7 +79,8 @@ def lens_fourier_grid(geom, grid, dy, dx, epsilon=1e-6, nthreads=1):
     return out.reshape(grid.shape)
 
 
-def lens_nufft(geom, fields, dy, dx, epsilon=1e-6, nthreads=1):
+def lens_nufft(geom: FlatSkyGeometry, fields: np.ndarray, dy: np.ndarray, dx: np.ndarray, epsilon: float = 1e-6,
+               nthreads: int = 1) -> np.ndarray:
     """Lens maps by evaluating their Fourier series at the deflected positions.
 
     Parameters
@@ -94,7 +103,8 @@ def lens_nufft(geom, fields, dy, dx, epsilon=1e-6, nthreads=1):
     return lens_fourier_grid(geom, grid, dy, dx, epsilon=epsilon, nthreads=nthreads)
 
 
-def lens_bruteforce(geom, fields, dy, dx, chunk=1024):
+def lens_bruteforce(geom: FlatSkyGeometry, fields: np.ndarray, dy: np.ndarray, dx: np.ndarray,
+                    chunk: int = 1024) -> np.ndarray:
     """Reference for :func:`lens_nufft`: the Fourier series summed directly at each deflected point.
 
     ``O(N_pix^2)`` operations, organised as one matrix product per ``chunk`` output pixels (memory
@@ -115,17 +125,17 @@ def lens_bruteforce(geom, fields, dy, dx, chunk=1024):
     return out.reshape(fields.shape)
 
 
-def gaussian_beam(fwhm_arcmin, ell):
+def gaussian_beam(fwhm_arcmin: float, ell: np.ndarray) -> np.ndarray:
     """Gaussian beam transfer ``B_l = exp(-l(l+1) sigma^2 / 2)``, ``sigma = FWHM / sqrt(8 ln 2)``."""
     sigma = fwhm_arcmin * ARCMIN / np.sqrt(8.0 * np.log(2.0))
     return np.exp(-0.5 * ell * (ell + 1.0) * sigma**2)
 
 
-def white_noise_cl(depth_uk_arcmin):
+def white_noise_cl(depth_uk_arcmin: float) -> float:
     """Power of white noise of depth ``Delta`` µK-arcmin: ``N_l = (Delta * arcmin)^2`` in µK² sr."""
     return (depth_uk_arcmin * ARCMIN) ** 2
 
 
-def white_noise_map(geom, depth_uk_arcmin, rng):
+def white_noise_map(geom: FlatSkyGeometry, depth_uk_arcmin: float, rng: np.random.Generator) -> np.ndarray:
     """White-noise map of depth ``Delta`` µK-arcmin: pixel rms ``Delta / pixel_arcmin`` µK."""
     return rng.standard_normal(geom.shape) * (depth_uk_arcmin / geom.pixel_arcmin)

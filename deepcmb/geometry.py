@@ -23,13 +23,19 @@ Polarization follows Hu & Okamoto (2002): ``Q(l) + i U(l) = (E(l) + i B(l)) exp(
 ``phi_l = atan2(l_y, l_x)``.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import ducc0
 import numpy as np
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 ARCMIN = np.pi / 180.0 / 60.0
 """One arcminute in radians."""
@@ -73,28 +79,28 @@ class FlatSkyGeometry:
 
     # -- sizes ----------------------------------------------------------------------------------
     @property
-    def pixel_rad(self):
+    def pixel_rad(self) -> float:
         """Pixel side in radians."""
         return self.pixel_arcmin * ARCMIN
 
     @property
-    def extent_rad(self):
+    def extent_rad(self) -> tuple[float, float]:
         """``(Ly, Lx)``, the patch side lengths in radians."""
         return (self.shape[0] * self.pixel_rad, self.shape[1] * self.pixel_rad)
 
     @property
-    def area(self):
+    def area(self) -> float:
         """Patch area in steradians (flat-sky)."""
         ly, lx = self.extent_rad
         return ly * lx
 
     @property
-    def ell_nyquist(self):
+    def ell_nyquist(self) -> float:
         """Nyquist multipole ``pi / dx`` of the pixel grid."""
         return np.pi / self.pixel_rad
 
     @property
-    def ell_fundamental(self):
+    def ell_fundamental(self) -> float:
         """Smallest non-zero multipole ``2 pi / L`` along the longer side."""
         return 2.0 * np.pi / max(self.extent_rad)
 
@@ -116,45 +122,45 @@ class FlatSkyGeometry:
         lx, ly = self._freqs(real=False)
         return _grids(lx, ly)
 
-    def lxly(self, real=True):
+    def lxly(self, real: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Wavevector components ``(lx, ly)`` in rad^-1, each of shape ``fourier_shape(real)``."""
         g = self._real_grids if real else self._complex_grids
         return g["lx"], g["ly"]
 
-    def ell(self, real=True):
+    def ell(self, real: bool = True) -> np.ndarray:
         """Modulus ``|l|`` of the wavevector on the ``rfft2`` (``real=True``) or ``fft2`` grid."""
         return (self._real_grids if real else self._complex_grids)["ell"]
 
-    def cos2phi_sin2phi(self, real=True):
+    def cos2phi_sin2phi(self, real: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(cos 2 phi_l, sin 2 phi_l)`` with ``phi_l = atan2(ly, lx)``; ``(1, 0)`` at ``l = 0``."""
         g = self._real_grids if real else self._complex_grids
         return g["c2"], g["s2"]
 
-    def fourier_shape(self, real=True):
+    def fourier_shape(self, real: bool = True) -> tuple[int, int]:
         """Shape of the Fourier grid: ``(ny, nx // 2 + 1)`` for real maps, else ``(ny, nx)``."""
         ny, nx = self.shape
         return (ny, nx // 2 + 1) if real else (ny, nx)
 
     # -- transforms -------------------------------------------------------------------------------
-    def map2fourier(self, m):
+    def map2fourier(self, m: np.ndarray) -> np.ndarray:
         """Fourier transform of real map(s) ``m[..., ny, nx]`` (rfft2 times the pixel area)."""
         m = np.asarray(m)
         if not np.issubdtype(m.dtype, np.floating):
             m = m.astype(float)
         return ducc0.fft.r2c(m, axes=(-2, -1), forward=True, inorm=0) * self.pixel_rad**2
 
-    def fourier2map(self, f):
+    def fourier2map(self, f: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`map2fourier`: real map(s) of shape ``(..., ny, nx)``."""
         return ducc0.fft.c2r(np.asarray(f), axes=(-2, -1), lastsize=self.shape[1], forward=False,
                              inorm=2) / self.pixel_rad**2
 
-    def qu2eb(self, q, u):
+    def qu2eb(self, q: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat-sky E and B Fourier modes (rfft grid) of Stokes maps ``q, u`` (``(..., ny, nx)``)."""
         qf, uf = self.map2fourier(q), self.map2fourier(u)
         c2, s2 = self.cos2phi_sin2phi()
         return qf * c2 + uf * s2, -qf * s2 + uf * c2
 
-    def qu2eb_maps(self, q, u):
+    def qu2eb_maps(self, q: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Real-space E and B maps (same units as ``q, u``, shape ``(..., ny, nx)``) of Stokes maps ``q, u``.
 
         The inverse Fourier transforms of the modes of :meth:`qu2eb`: exact for periodic maps, except
@@ -163,12 +169,12 @@ class FlatSkyGeometry:
         """
         return tuple(self.fourier2map(m) for m in self.qu2eb(q, u))
 
-    def eb2qu(self, e, b):
+    def eb2qu(self, e: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stokes Q, U maps from E, B Fourier modes on the rfft grid (inverse of :meth:`qu2eb`)."""
         c2, s2 = self.cos2phi_sin2phi()
         return self.fourier2map(e * c2 - b * s2), self.fourier2map(e * s2 + b * c2)
 
-    def pixel_positions(self):
+    def pixel_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """``(y, x)`` pixel-centre coordinates in radians, each of shape ``shape``."""
         ny, nx = self.shape
         y, x = np.meshgrid(np.arange(ny) * self.pixel_rad, np.arange(nx) * self.pixel_rad, indexing="ij")
@@ -182,7 +188,7 @@ def _grids(lx, ly):
     return {"lx": lx, "ly": ly, "ell": ell, "c2": c2, "s2": s2}
 
 
-def interp_spectrum(cl, ell):
+def interp_spectrum(cl: ArrayLike, ell: np.ndarray) -> np.ndarray:
     """A curved-sky spectrum seen by flat-sky Fourier modes of wavenumber ``ell``.
 
     A flat-sky mode of modulus ``|l|`` stands for the curved-sky multipole ``l_c = |l| - 1/2``

@@ -17,10 +17,18 @@ where ``n_grid(L)`` counts the patch's Fourier modes with ``|l| - 1/2`` in ``[L,
 azimuthally averaged discrete modes then equals the patch's discrete sum.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from .cosmology import CMBSpectra
+    from .geometry import FlatSkyGeometry
 
-def effective_lensing_power(spectra, geom, lmax_phi=None):
+
+def effective_lensing_power(spectra: CMBSpectra, geom: FlatSkyGeometry, lmax_phi: float | None = None) -> np.ndarray:
     """Lensing power as sampled by the patch's discrete Fourier modes.
 
     Parameters
@@ -45,7 +53,8 @@ def effective_lensing_power(spectra, geom, lmax_phi=None):
     return spectra.clpp * counts / continuum
 
 
-def periodic_lensed_cls(spectra, geom, lmax_cmb=None, lmax_phi=None):
+def periodic_lensed_cls(spectra: CMBSpectra, geom: FlatSkyGeometry, lmax_cmb: float | None = None,
+                        lmax_phi: float | None = None) -> np.ndarray:
     """Lensed spectra expected from flat periodic-patch simulations.
 
     Parameters

@@ -32,7 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import Bool, Free, ListOf, Str, load_yaml, resolve
 from .errors import ConfigError
@@ -80,13 +82,13 @@ targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
 
 
-def source_root():
+def source_root() -> Path | None:
     """The checkout this package was installed from (editable installs), or None."""
     root = Path(__file__).resolve().parents[1]
     return root if (root / "evaluate").is_dir() and (root / "sims").is_dir() else None
 
 
-def find_preset(preset, root=None):
+def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path]:
     """Locate a preset file.
 
     Parameters
@@ -147,7 +149,7 @@ class Step:
         self.name, self.stage, self.output, self.config = name, stage, Path(output), config
         self.inputs, self.after, self.options, self.key = inputs, list(after), options or {}, None
 
-    def run(self, overwrite, progress):
+    def run(self, overwrite: bool, progress: bool) -> Path:
         """Run the stage on this step's config and inputs."""
         return self.stage.run(self.config, self.inputs, self.output, overwrite=overwrite, progress=progress,
                               **self.options)
@@ -194,7 +196,8 @@ def _merge(base, overrides):
     return out
 
 
-def plan_stages(preset_file, root, out, workers=None, verbose=False):
+def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = None,
+                verbose: bool = False) -> list[Step]:
     """The steps of a preset, in order (nothing is run).
 
     Parameters
@@ -221,7 +224,7 @@ def plan_stages(preset_file, root, out, workers=None, verbose=False):
     run = resolve(top.get("run") or {}, RUN_SCHEMA, prefix="run.")
     sections = {k: top.get(k) or {} for k in SECTIONS[1:]}
 
-    def preset(path, where):
+    def preset(path: str, where: str) -> dict:
         if not (root / path).is_file():
             raise ConfigError(f"{where}: {root / path} does not exist")
         return load_yaml(root / path)
@@ -237,10 +240,11 @@ def plan_stages(preset_file, root, out, workers=None, verbose=False):
     o = Path(out)
     steps = []
 
-    def add(name, stage, output, config, inputs, after, **options):
+    def add(name: str, stage: str, output: str | Path, config: dict, inputs: dict, after: list[str],
+            **options: Any) -> None:
         steps.append(Step(name, STAGES[stage], o / output, config, inputs, after, options))
 
-    def qe_settings(overrides, where):
+    def qe_settings(overrides: dict, where: str) -> dict:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: expected a mapping")
         return resolve(overrides, QE_SETTINGS, prefix=f"{where}.")
@@ -266,7 +270,7 @@ def plan_stages(preset_file, root, out, workers=None, verbose=False):
             raise ConfigError(f"run.models.{label}: {model_path} does not exist")
         models[lab] = model_path
 
-    def test_set(tag, folder, sims_cfg, eval_cfg, opts, any_shape=False):
+    def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, any_shape: bool = False) -> None:
         """Steps of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
         suffix = "" if tag == "test" else f"_{tag}"
         sims = o / folder / ("sims_test.h5" if tag == "test" else "sims.h5")
@@ -312,7 +316,8 @@ def plan_stages(preset_file, root, out, workers=None, verbose=False):
     return steps
 
 
-def run_pipeline(preset="quick", out=None, root=None, workers=None, verbose=False, echo=print):
+def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str | Path | None = None,
+                 workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = print) -> Path:
     """Run (or resume) every stage of a preset.
 
     Parameters

@@ -1,5 +1,7 @@
 """Provenance attributes written into every output file."""
 
+from __future__ import annotations
+
 import datetime
 import json
 import subprocess
@@ -10,7 +12,7 @@ import numpy as np
 from . import __version__
 
 
-def git_revision():
+def git_revision() -> str:
     """Git commit of the deepcmb source tree (with ``-dirty`` if modified), or ``'unknown'``."""
     here = Path(__file__).resolve().parent
     try:
@@ -33,12 +35,12 @@ def _jsonable(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def config_json(config):
+def config_json(config: dict) -> str:
     """Canonical JSON text of a resolved config (sorted keys), used for provenance and resume checks."""
     return json.dumps(config, sort_keys=True, default=_jsonable)
 
 
-def provenance_attrs(config, stage):
+def provenance_attrs(config: dict, stage: str) -> dict:
     """Attributes every output carries.
 
     Parameters

@@ -33,7 +33,9 @@ The targets (measured at the benchmark's low noise level, 1 uK-arcmin, on the ma
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +61,7 @@ def _arr(values):
     return np.asarray(values, dtype=float)
 
 
-def noise_table(summary, j):
+def noise_table(summary: dict, j: int) -> dict:
     """Every figure of one noise level of one evaluation summary.
 
     Parameters
@@ -107,7 +109,7 @@ def _level(summary, value):
     return int(hits[0]) if hits.size else None
 
 
-def neff_ratio(table, a, b):
+def neff_ratio(table: dict, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
     """``(ratio, err)`` per bin: N_eff of method ``a`` over that of ``b`` in a :func:`noise_table`, with
     the error propagated from both methods' jackknife errors."""
     na, nb = table["methods"][a], table["methods"][b]
@@ -116,13 +118,13 @@ def neff_ratio(table, a, b):
     return ratio, err
 
 
-def mean_ratio(ratio, err):
+def mean_ratio(ratio: np.ndarray, err: np.ndarray) -> tuple[float, float]:
     """Inverse-variance weighted mean of per-bin ratios and its error, ``(mean, mean_err)``."""
     w = 1.0 / np.asarray(err) ** 2
     return float(np.sum(w * ratio) / w.sum()), float(1.0 / np.sqrt(w.sum()))
 
 
-def targets(summary, cfg):
+def targets(summary: dict, cfg: dict) -> dict:
     """The benchmark targets measured on one evaluation summary (see the module docstring).
 
     Returns
@@ -180,7 +182,7 @@ def targets(summary, cfg):
     return out
 
 
-def collect(evaluations, cfg):
+def collect(evaluations: Mapping[str, str | Path], cfg: dict) -> dict:
     """Tables and targets of a set of evaluations.
 
     Parameters
@@ -204,7 +206,7 @@ def collect(evaluations, cfg):
     return {"config": cfg, "sets": sets, "targets": targets(main, cfg)}
 
 
-def overview_rows(results, L_ref=400.0):
+def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[list[str]]]:
     """One row per test set and noise level: rho^2 at ``L_ref`` and the range of N_eff / N0(MV_POL) over the
     target bins ``[Lmin, Lmax_target]`` of every method (and of the iterative limit).
 
@@ -225,11 +227,11 @@ def overview_rows(results, L_ref=400.0):
             sel = _inside(e, cfg["Lmin"], cfg["Lmax_target"])
             n0 = _arr(t["theory"].get("n0_mv_pol", np.full(len(e) - 1, np.nan)))
 
-            def ratio(n):
+            def ratio(n: Sequence[float]) -> str:
                 r = (_arr(n) / n0)[sel]
                 return f"{r.min():.2f}-{r.max():.2f}" if sel.any() and np.all(np.isfinite(r)) else "-"
 
-            def rho(values):
+            def rho(values: Sequence[float] | None) -> str:
                 return f"{values[k]:.3f}" if values is not None else "-"
 
             row = [tag, f"{t['noise_p_uk_arcmin']:g}", str(t["n_maps"])]
@@ -241,7 +243,7 @@ def overview_rows(results, L_ref=400.0):
     return head, rows
 
 
-def render_rst(results, title_level="~"):
+def render_rst(results: dict, title_level: str = "~") -> str:
     """reStructuredText of :func:`collect`'s results: an overview, then one table per test set and noise level.
 
     The overview (:func:`overview_rows`) gives rho^2 in the bin holding L = 400 and the range of
@@ -287,7 +289,7 @@ def _grid(head, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
-    def row(cells):
+    def row(cells: Sequence[Any]) -> str:
         return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
 
     return [rule, row(head), rule.replace("-", "="), *[line for r in rows for line in (row(r), rule)]]

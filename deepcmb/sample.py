@@ -5,7 +5,11 @@ simulate stage calls it for every map. Randomness of sample ``i`` comes only fro
 ``(root_seed, i)`` (see :func:`sample_rng`), so a map does not depend on which worker made it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ducc0
 import numpy as np
@@ -14,6 +18,10 @@ from . import flatsky
 from .errors import ConfigError
 from .geometry import interp_spectrum
 from .fields import STORED
+
+if TYPE_CHECKING:
+    from .cosmology import CMBSpectra
+    from .geometry import FlatSkyGeometry
 
 FIELDS = STORED
 """Every map a sample can carry (units and meaning in :data:`deepcmb.fields.FIELDS`). ``T, Q, U``:
@@ -24,7 +32,7 @@ E/B modes); ``phi``: lensing potential, rad²; ``kappa``: convergence, dimension
 _COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3}
 
 
-def sample_rng(root_seed, index, component):
+def sample_rng(root_seed: int, index: int, component: str) -> np.random.Generator:
     """Random generator of one component of sample ``index``.
 
     Parameters
@@ -109,7 +117,7 @@ class FlatSimulator:
         self._spin2 = np.exp(2j * np.arctan2(*geom.lxly(real=False)[::-1]))
         self._to_grid = 1.0 / (geom.pixel_rad**2 * np.prod(geom.shape))
 
-    def sample(self, root_seed, index, fields=FIELDS):
+    def sample(self, root_seed: int, index: int, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         """One sample; see :func:`simulate_flat` for the arguments and the returned dict."""
         unknown = set(fields) - set(FIELDS)
         if unknown:
@@ -159,8 +167,9 @@ def _full_grid(rfft_modes, nx):
     return full
 
 
-def simulate_flat(geom, spectra, instrument, root_seed, index, lmax_cmb=None, lmax_phi=None,
-                  include_b=False, epsilon=1e-6, fields=FIELDS, nthreads=1):
+def simulate_flat(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument, root_seed: int, index: int,
+                  lmax_cmb: float | None = None, lmax_phi: float | None = None, include_b: bool = False,
+                  epsilon: float = 1e-6, fields: Sequence[str] = FIELDS, nthreads: int = 1) -> dict[str, np.ndarray]:
     """Simulate one flat-sky sample with exact (NUFFT) lensing.
 
     A convenience wrapper: ``FlatSimulator(geom, spectra, instrument, ...).sample(root_seed, index,
@@ -197,7 +206,8 @@ def simulate_flat(geom, spectra, instrument, root_seed, index, lmax_cmb=None, lm
     return sim.sample(root_seed, index, fields)
 
 
-def observe(geom, tqu, instrument, rng, beam=None):
+def observe(geom: FlatSkyGeometry, tqu: Sequence[np.ndarray], instrument: Instrument, rng: np.random.Generator,
+            beam: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Convolve lensed ``(T, Q, U)`` maps with the beam and add white noise.
 
     Parameters

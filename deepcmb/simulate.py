@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +27,9 @@ from .io.files import atomic_path, check_output_file
 from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
+
+if TYPE_CHECKING:
+    from .cosmology import CMBSpectra
 
 SCHEMA = {
     "seed": Int(1234, min=0, doc="root seed: every map derives from (seed, index)"),
@@ -70,14 +75,14 @@ SCHEMA = {
 """Config schema with defaults. See ``sims/quick.yaml`` for a commented example."""
 
 
-def resolve_config(user):
+def resolve_config(user: dict | None) -> dict:
     """Resolve a user config over :data:`SCHEMA` and check every value (raises ConfigError)."""
     cfg = resolve(user, SCHEMA)
     plan_from_config(cfg)
     return cfg
 
 
-def sample_cosmologies(cosmo_cfg, seed):
+def sample_cosmologies(cosmo_cfg: dict, seed: int) -> list[dict]:
     """The list of full parameter sets a config asks for.
 
     Parameters
@@ -153,23 +158,23 @@ class SimPlan:
     units: list
 
     @property
-    def n_maps(self):
+    def n_maps(self) -> int:
         return self.config["n_maps"]
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         return self.config["geometry"]["kind"]
 
     @property
-    def fields(self):
+    def fields(self) -> tuple[str, ...]:
         return tuple(self.config["simulation"]["fields"])
 
-    def assignment(self, seed_index):
+    def assignment(self, seed_index: int | np.ndarray) -> tuple[int | np.ndarray, int | np.ndarray]:
         """``(cosmology_index, noise_index)`` of a flat sample or a full-sky realisation."""
         return assignment(seed_index, len(self.cosmologies), len(self.instruments))
 
 
-def plan_from_config(cfg):
+def plan_from_config(cfg: dict) -> SimPlan:
     """Check the values of a resolved config that depend on one another and build its :class:`SimPlan`."""
     n_maps, g, inst = cfg["n_maps"], cfg["geometry"], cfg["instrument"]
     geom = FlatSkyGeometry(tuple(g["shape"]), g["pixel_arcmin"])
@@ -205,7 +210,7 @@ def _curved_units(cfg, geom):
 
 # -- work units --------------------------------------------------------------------------------------
 
-def simulate_unit(plan, unit, spectra_by_index):
+def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMBSpectra]) -> tuple[int, dict, dict]:
     """Make the samples of one unit.
 
     Parameters
@@ -256,7 +261,7 @@ def simulate_unit(plan, unit, spectra_by_index):
     return unit_id, maps, meta
 
 
-def needed_cosmologies(plan, unit):
+def needed_cosmologies(plan: SimPlan, unit: tuple) -> set[int]:
     """Indices of the cosmologies a unit uses."""
     _, start, stop, seed_index = unit
     if seed_index is not None:

@@ -4,12 +4,22 @@ Used by the test suite (which asserts on the ratios) and by ``benchmarks/sim_phy
 prints them), so the numbers quoted in the documentation (docs/simulate.rst) are exactly what the tests check.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import binning as sp
 from .flatsky import gaussian_beam, white_noise_cl
 from .sample import FlatSimulator
 from .patch_theory import periodic_lensed_cls
+
+if TYPE_CHECKING:
+    from .cosmology import CMBSpectra
+    from .geometry import FlatSkyGeometry
+    from .sample import Instrument
 
 CMB_EDGES = sp.linear_bins(500, 3000, 250)
 """Bins of the lensed CMB spectrum checks (500 <= l < 3000, width 250)."""
@@ -21,7 +31,8 @@ NOISE_EDGES = sp.linear_bins(200, 4400, 600)
 _FIELDS = ("T", "Q", "U", "T_lensed", "Q_lensed", "U_lensed", "kappa")
 
 
-def simulate_many(geom, spectra, instrument, n_sims, seed):
+def simulate_many(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument, n_sims: int,
+                  seed: int) -> dict[str, np.ndarray]:
     """Stack ``n_sims`` flat-sky samples: dict field -> ``(n_sims, ny, nx)`` (fields used below)."""
     maps = {f: np.empty((n_sims,) + geom.shape) for f in _FIELDS}
     sim = FlatSimulator(geom, spectra, instrument)
@@ -36,7 +47,8 @@ def _ratio(geom, est, theory, edges):
     return est.mean(axis=0) / sp.bin_theory(geom, theory, edges)
 
 
-def spectrum_ratios(geom, spectra, instrument, maps):
+def spectrum_ratios(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument,
+                    maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Mean binned spectra of simulated maps divided by their expectations.
 
     Parameters
@@ -87,7 +99,8 @@ def _kappa_ratio(geom, spectra, kk):
     return {"kk": ratio, "kk_sigma": ratio * kk.std(axis=0) / kk.mean(axis=0) / np.sqrt(len(kk))}
 
 
-def kappa_ratios(geom, spectra, instrument, n_sims, seed):
+def kappa_ratios(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument, n_sims: int,
+                 seed: int) -> dict[str, np.ndarray]:
     """Mean binned kappa power of ``n_sims`` sims over CAMB's ``[L(L+1)]^2 C^pp / 4``.
 
     Returns

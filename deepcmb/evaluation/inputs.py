@@ -5,16 +5,25 @@ A reconstruction is accepted only if it was made from this very simulation file 
 rows of it; the evaluation then uses the rows every reconstruction holds.
 """
 
+from __future__ import annotations
+
 import re
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from ..io.reconstruction import open_reconstruction
 from ..io.sims import geometry, open_sims, read_instruments
+
+if TYPE_CHECKING:
+    import h5py
+    from numpy.typing import ArrayLike
+
+    from ..sample import Instrument
 
 LABEL = re.compile(r"^[A-Za-z0-9_]+$")
 """Allowed method labels (they name HDF5 groups and JSON keys)."""
@@ -23,7 +32,7 @@ RESERVED = ("index", "cosmology_index", "noise_index", "T", "Q", "U", "kappa", "
 """Names used by ``/examples`` datasets, so not available as labels."""
 
 
-def check_labels(recs):
+def check_labels(recs: dict[str, str | Path]) -> dict[str, Path]:
     """Validate the mapping label -> reconstruction path; returns it as ``{label: Path}``."""
     if not isinstance(recs, dict) or not recs:
         raise InputError("recs: give at least one reconstruction as label -> file (e.g. --rec nn=REC.h5)")
@@ -35,7 +44,7 @@ def check_labels(recs):
     return {label: Path(path) for label, path in recs.items()}
 
 
-def read_rows(dataset, idx):
+def read_rows(dataset: h5py.Dataset, idx: ArrayLike) -> np.ndarray:
     """``dataset[idx]`` for distinct, possibly unsorted row numbers ``idx`` (contiguous reads when possible)."""
     idx = np.asarray(idx, dtype=np.int64)
     order = np.argsort(idx)
@@ -149,11 +158,11 @@ class EvaluationInputs:
             raise InputError(f"{path} ({label}): /meta/index repeats rows")
         return idx
 
-    def instruments(self):
+    def instruments(self) -> list[Instrument]:
         """One :class:`~deepcmb.sample.Instrument` per noise level of the simulation file."""
         return read_instruments(self.sims)
 
-    def close(self):
+    def close(self) -> None:
         """Close every file."""
         self._stack.close()
 

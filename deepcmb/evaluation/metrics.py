@@ -21,10 +21,14 @@ recomputed without group :math:`k` of :math:`K`,
 :math:`\\sigma^2 = \\frac{K-1}{K} \\sum_k (\\theta_k - \\bar\\theta)^2`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def cross_correlation(cross, auto, truth):
+def cross_correlation(cross: np.ndarray, auto: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Cross-correlation coefficient
     :math:`\\rho = C^{\\hat\\kappa\\kappa} / \\sqrt{C^{\\hat\\kappa\\hat\\kappa} C^{\\kappa\\kappa}}`.
 
@@ -41,7 +45,7 @@ def cross_correlation(cross, auto, truth):
         return cross / np.sqrt(auto * truth)
 
 
-def effective_noise(rho, clkk):
+def effective_noise(rho: np.ndarray, clkk: np.ndarray) -> np.ndarray:
     """Effective noise :math:`N^{\\rm eff} = C^{\\kappa\\kappa} (1/\\rho^2 - 1)` (sr), shape of ``rho``.
 
     Parameters
@@ -55,14 +59,14 @@ def effective_noise(rho, clkk):
         return clkk * (1.0 / rho**2 - 1.0)
 
 
-def transfer_function(cross, truth):
+def transfer_function(cross: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Transfer function :math:`T = C^{\\hat\\kappa\\kappa} / C^{\\kappa\\kappa}` (dimensionless), shape of
     ``cross``."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return cross / truth
 
 
-def snr_per_bin(rho, n_modes):
+def snr_per_bin(rho: np.ndarray, n_modes: np.ndarray) -> np.ndarray:
     """Per-bin S/N of the lensing amplitude from one map, :math:`\\sqrt{n_b/2}\\, \\rho_b^2`.
 
     Parameters
@@ -74,7 +78,7 @@ def snr_per_bin(rho, n_modes):
     return np.sqrt(0.5 * np.asarray(n_modes, dtype=float)) * rho**2
 
 
-def snr_cumulative(snr_bin, keep):
+def snr_cumulative(snr_bin: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Cumulative S/N :math:`\\sqrt{\\sum_{b' \\le b} (S/N)^2_{b'}}` over the bins ``keep``; NaN elsewhere.
 
     Parameters
@@ -89,7 +93,7 @@ def snr_cumulative(snr_bin, keep):
     return np.where(keep, total, np.nan)
 
 
-def jackknife_groups(n, n_groups):
+def jackknife_groups(n: int, n_groups: int) -> list[np.ndarray]:
     """Split maps ``0 .. n-1`` into ``min(n_groups, n)`` contiguous groups of (nearly) equal size.
 
     Returns
@@ -99,7 +103,7 @@ def jackknife_groups(n, n_groups):
     return np.array_split(np.arange(n), min(int(n_groups), n))
 
 
-def delete_group_means(x, groups):
+def delete_group_means(x: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
     """Means of ``x`` over all maps but one group, for each group.
 
     Parameters
@@ -122,7 +126,7 @@ def delete_group_means(x, groups):
         return (total - sums) / counts
 
 
-def jackknife_error(replicates):
+def jackknife_error(replicates: np.ndarray) -> np.ndarray:
     """Delete-a-group jackknife standard error from the ``K`` replicates (axis 0); NaN for ``K < 2``."""
     replicates = np.asarray(replicates, dtype=float)
     k = replicates.shape[0]
@@ -140,7 +144,8 @@ def _scatter(x):
     return x.std(axis=0, ddof=1)
 
 
-def kappa_statistics(auto, cross, truth, clkk, n_modes, keep):
+def kappa_statistics(auto: np.ndarray, cross: np.ndarray, truth: np.ndarray, clkk: np.ndarray, n_modes: np.ndarray,
+                     keep: np.ndarray) -> dict[str, np.ndarray]:
     """rho, rho^2, effective noise, transfer and S/N from mean band powers.
 
     Parameters
@@ -166,7 +171,8 @@ def kappa_statistics(auto, cross, truth, clkk, n_modes, keep):
             "snr_cumulative": snr_cumulative(snr, keep)}
 
 
-def kappa_metrics(auto, cross, truth, clkk, n_modes, keep, n_groups):
+def kappa_metrics(auto: np.ndarray, cross: np.ndarray, truth: np.ndarray, clkk: np.ndarray, n_modes: np.ndarray,
+                  keep: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
     """Every kappa figure of merit of a set of maps, with scatter and jackknife errors.
 
     Parameters
@@ -204,7 +210,8 @@ def kappa_metrics(auto, cross, truth, clkk, n_modes, keep, n_groups):
     return out
 
 
-def e_metrics(e_auto, e_cross, e_truth, e_resid, n_groups):
+def e_metrics(e_auto: np.ndarray, e_cross: np.ndarray, e_truth: np.ndarray, e_resid: np.ndarray,
+              n_groups: int) -> dict[str, np.ndarray]:
     """Figures of merit of an unlensed-E estimate.
 
     Parameters
@@ -228,7 +235,8 @@ def e_metrics(e_auto, e_cross, e_truth, e_resid, n_groups):
             "E_resid_std": _scatter(e_resid), "E_truth_mean": np.mean(e_truth, axis=0)}
 
 
-def cosmology_amplitude(auto_c, clkk_c, auto_all, transfer_all, truth_all, clkk_all, keep):
+def cosmology_amplitude(auto_c: np.ndarray, clkk_c: np.ndarray, auto_all: np.ndarray, transfer_all: np.ndarray,
+                        truth_all: np.ndarray, clkk_all: np.ndarray, keep: np.ndarray) -> dict[str, float]:
     """How the reconstructed power of one cosmology's maps compares with all maps, measured and expected.
 
     Parameters

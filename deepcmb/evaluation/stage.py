@@ -18,6 +18,7 @@ layout of the outputs is documented in :mod:`deepcmb.io.report`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from ..binning import bin_centres, bin_theory, binned_fourier_power, linear_bins
 from . import metrics
 from .inputs import EvaluationInputs, read_rows
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0
+
+if TYPE_CHECKING:
+    from ..geometry import FlatSkyGeometry
 
 _BAND_FROM_FILES = ("the CMB band of the QE N0 and of the iterative limit is that of the QE reconstructions "
                     "evaluated (run.qe of a preset), else deepcmb.qe.BAND")
@@ -67,14 +71,14 @@ BATCH = 128
 """Maps read and transformed at once."""
 
 
-def resolve_config(user):
+def resolve_config(user: dict | None) -> dict:
     """Resolve the ``evaluate:`` section over :data:`SCHEMA` and check the values that need no geometry."""
     cfg = resolve(user, SCHEMA, prefix="evaluate.")
     estimator_labels(cfg["theory"]["qe_estimators"])
     return cfg
 
 
-def make_bins(geom, section, lo, hi, name):
+def make_bins(geom: FlatSkyGeometry, section: dict, lo: str, hi: str, name: str) -> dict:
     """Bin edges of a config section for a geometry; refuses empty or mode-less bins.
 
     Parameters
@@ -110,7 +114,8 @@ def make_bins(geom, section, lo, hi, name):
     return {"edges": edges, "L": bin_centres(geom, edges), "n_modes": n_modes}
 
 
-def make_window(geom, periodic, apodize_arcmin):
+def make_window(geom: FlatSkyGeometry, periodic: bool,
+                apodize_arcmin: float | None) -> tuple[float, np.ndarray | None, float, float]:
     """``(taper_arcmin, window or None, w2, w4)`` of the evaluation (see :data:`SCHEMA`)."""
     taper = default_taper(periodic) if apodize_arcmin is None else float(apodize_arcmin)
     if taper == 0:
@@ -122,7 +127,7 @@ def make_window(geom, periodic, apodize_arcmin):
     return taper, window, window_moment(window, 2), window_moment(window, 4)
 
 
-def rec_window_powers(inp, taper):
+def rec_window_powers(inp: EvaluationInputs, taper: float) -> dict[str, int]:
     """Power of the window already in each reconstruction: 2 for a QE made from maps apodised with the
     evaluation's window, 0 for the others; a QE made with another window is refused."""
     powers = {}
@@ -139,7 +144,8 @@ def _spectra(geom, fa, fb, edges, w2):
     return binned_fourier_power(geom, fa, fb, edges) / w2
 
 
-def per_map_spectra(inp, bins, e_bins, window, w2, progress=True, w4=1.0, powers=None):
+def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, window: np.ndarray | None, w2: float,
+                    progress: bool = True, w4: float = 1.0, powers: dict[str, int] | None = None) -> tuple[dict, dict]:
     """Binned spectra of every evaluated map, window-corrected.
 
     Parameters
@@ -176,7 +182,7 @@ def per_map_spectra(inp, bins, e_bins, window, w2, progress=True, w4=1.0, powers
 
     powers = powers or {}
 
-    def fourier(maps, power=1):
+    def fourier(maps: np.ndarray, power: int = 1) -> np.ndarray:
         maps = maps.astype(np.float64)
         return geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
 
@@ -206,7 +212,7 @@ def per_map_spectra(inp, bins, e_bins, window, w2, progress=True, w4=1.0, powers
     return truth, methods
 
 
-def qe_band(inp):
+def qe_band(inp: EvaluationInputs) -> tuple[float, float]:
     """``(lmin, lmax)``: the CMB band of the QE reconstructions among the inputs (they must agree), else
     the default :data:`deepcmb.qe.BAND`."""
     bands = {(float(f.attrs["lmin"]), float(f.attrs["lmax"])): label for label, f in inp.recs.items()
@@ -217,7 +223,7 @@ def qe_band(inp):
     return next(iter(bands), (BAND["lmin"], BAND["lmax"]))
 
 
-def theory_curves(th, inp, bins, progress=True):
+def theory_curves(th: dict, inp: EvaluationInputs, bins: dict, progress: bool = True) -> dict:
     """The report's theory curves: analytic QE N0 of each ``theory.qe_estimators`` and the iterative limit.
 
     The N0 of an estimator with a QE reconstruction among the inputs is that file's own (its ``/n0``,
@@ -255,7 +261,7 @@ def _finite(maps, path, name, rows):
     return maps
 
 
-def map_groups(cosmology_index, noise_index):
+def map_groups(cosmology_index: np.ndarray, noise_index: np.ndarray) -> dict[str, dict]:
     """The groups of maps evaluated: ``'all'``, ``'noise<j>'``, ``'cosmo<c>_noise<j>'``.
 
     Returns
@@ -295,7 +301,7 @@ def _examples(inp, k):
             "noise_index": inp.noise_index[rows_pos], "maps": maps, "methods": methods}
 
 
-def evaluate(cfg, inp, progress=True):
+def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     """Compute an evaluation in memory (everything :func:`deepcmb.io.report.write_report` writes).
 
     Parameters

@@ -7,14 +7,24 @@ effective noise without binning bias; the iterative limit is a theory calculatio
 (:func:`deepcmb.qe.iterative_noise`), evaluated at the bins' mode-weighted centres.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import ConfigError
 from ..qe import QuadraticEstimator, iterative_noise
 from ..qe.estimators import parse_estimator
 
+if TYPE_CHECKING:
+    from ..cosmology import CMBSpectra
+    from ..geometry import FlatSkyGeometry
+    from ..sample import Instrument
 
-def estimator_labels(names):
+
+def estimator_labels(names: list[str | Sequence[str]]) -> list[str]:
     """Canonical labels (e.g. ``'EB'``, ``'MV_POL'``) of ``evaluate.theory.qe_estimators``, in order, without
     repeats."""
     if not isinstance(names, list):
@@ -30,7 +40,8 @@ def estimator_labels(names):
     return labels
 
 
-def qe_n0(geom, spectra, instruments, labels, edges, lmin, lmax):
+def qe_n0(geom: FlatSkyGeometry, spectra: CMBSpectra, instruments: Sequence[Instrument], labels: Sequence[str],
+          edges: np.ndarray, lmin: float, lmax: float) -> dict[str, np.ndarray]:
     """Binned analytic N0 of the kappa estimate of each QE, at each noise level.
 
     Parameters
@@ -67,7 +78,8 @@ def qe_n0(geom, spectra, instruments, labels, edges, lmin, lmax):
     return out
 
 
-def iterative_kappa_noise(spectra, instruments, L, lmin, lmax, progress=False):
+def iterative_kappa_noise(spectra: CMBSpectra, instruments: Sequence[Instrument], L: np.ndarray, lmin: float,
+                          lmax: float, progress: bool = False) -> np.ndarray:
     """Kappa noise of the iterative polarization estimator (EE + delensed EB) at each noise level.
 
     Parameters

@@ -13,9 +13,19 @@ a quadratic estimator keeps modes far beyond them, where its noise is large and 
 display, and the true kappa's small scales would dominate it too.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .style import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..geometry import FlatSkyGeometry
+    from ..io.report import Report
 
 MAX_EXAMPLES = 3
 """At most this many example maps (column pairs) are drawn."""
@@ -27,7 +37,7 @@ _CMAP = "RdBu_r"
 _GAP = 0.12
 
 
-def lowpass(geom, maps, lmax, rolloff=ROLLOFF):
+def lowpass(geom: FlatSkyGeometry, maps: np.ndarray, lmax: float, rolloff: float = ROLLOFF) -> np.ndarray:
     """Low-pass maps with a smooth Fourier filter that keeps every multipole up to ``lmax``.
 
     .. math:: F(L) = 1 \\ (L \\le L_{\\max}), \\quad
@@ -51,7 +61,7 @@ def lowpass(geom, maps, lmax, rolloff=ROLLOFF):
     return geom.fourier2map(geom.map2fourier(maps) * (0.5 * (1.0 + np.cos(np.pi * x))))
 
 
-def display_lmax(report):
+def display_lmax(report: Report) -> float:
     """The multipole the kappa maps are low-passed to: the last edge of the report's ``/bins/edges``."""
     return float(report.edges()[-1])
 
@@ -129,7 +139,7 @@ def _draw(report, truth, recs, names):
     return fig
 
 
-def plot_maps_kappa(report):
+def plot_maps_kappa(report: Report) -> Figure:
     """Observed Q and U [µK], true kappa, and each method's kappa hat and kappa hat - kappa.
 
     Every kappa map is low-passed to the last edge of the analysis bins (:func:`lowpass`,
@@ -145,7 +155,7 @@ def plot_maps_kappa(report):
     return _draw(report, truth, recs, names)
 
 
-def plot_maps_E(report):
+def plot_maps_E(report: Report) -> Figure:
     """Observed Q and U [µK], true unlensed E [µK], and each E-head method's E hat and E hat - E."""
     k = min(MAX_EXAMPLES, report.n_examples())
     recs = {label: report.example("E_unlensed", label)[:k] for label in report.e_methods()}

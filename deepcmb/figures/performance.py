@@ -8,20 +8,29 @@ noise level is the map-weighted mean over its cosmologies
 :mod:`deepcmb.figures.style`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .style import (ITERATIVE_STYLE, N0_LINESTYLE, THEORY, legend_below, log_multipoles, method_colours, n0_colour,
                     new_figure, offsets, positive)
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..io.report import Report
+
 _POINTS = {"fmt": "o", "ms": 4, "capsize": 2, "lw": 1.2}
 
 
-def level_title(report, level):
+def level_title(report: Report, level: int) -> str:
     """Axes title naming the noise level, e.g. ``'Delta_P = 1 uK-arcmin'`` in mathtext."""
     return rf"$\Delta_P$ = {report.noise_p[level]:g} $\mu$K-arcmin"
 
 
-def theory_noises(report, level):
+def theory_noises(report: Report, level: int) -> list[tuple[str, str, np.ndarray, dict]]:
     """The theory noise curves of a level.
 
     Returns
@@ -55,7 +64,7 @@ def _finish(ax, report, level):
     ax.grid(alpha=0.3)
 
 
-def plot_rho(report, level):
+def plot_rho(report: Report, level: int) -> Figure:
     """``rho_L^2 = (C^{k hat k})^2 / (C^{k hat k hat} C^{kk})`` per method against C/(C+N) of the theories.
 
     Errors: ``2 |rho| sigma_rho`` from the jackknife sigma_rho of the report.
@@ -76,7 +85,7 @@ def plot_rho(report, level):
     return fig
 
 
-def plot_noise(report, level):
+def plot_noise(report: Report, level: int) -> Figure:
     """Effective noise N_eff = C^kk (1/rho^2 - 1) per method against the analytic N0 and iterative limit."""
     fig = new_figure("line")
     ax = fig.add_subplot()
@@ -94,7 +103,7 @@ def plot_noise(report, level):
     return fig
 
 
-def plot_transfer(report, level):
+def plot_transfer(report: Report, level: int) -> Figure:
     """Transfer function T_L = C^{k hat k} / C^{kk} per method (1 for an unbiased estimator)."""
     fig = new_figure("line")
     ax = fig.add_subplot()
@@ -107,7 +116,7 @@ def plot_transfer(report, level):
     return fig
 
 
-def plot_snr(report, level):
+def plot_snr(report: Report, level: int) -> Figure:
     """Cumulative S/N of the lensing amplitude per map, against the theory C/(C+N) of each noise curve.
 
     Theory: sqrt(cumsum((n_modes / 2) (C/(C+N))^2)) over the bins where the report's S/N is defined

@@ -9,6 +9,11 @@ Colours are those of the methods in the report; a QE's N0-only fit is dashed. Si
 (700 x 700 px, see :mod:`deepcmb.figures.style`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -16,6 +21,11 @@ from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
 from .style import THEORY, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..io.chains import Chains
 
 PARAM_LABELS = {
     "Alens": (r"$A_{\rm lens}$", 1.0),
@@ -38,7 +48,7 @@ def _label_scale(name):
     return PARAM_LABELS.get(name, (name, 1.0))
 
 
-def density_levels(density, masses=LEVELS):
+def density_levels(density: np.ndarray, masses: Sequence[float] = LEVELS) -> np.ndarray:
     """Density thresholds enclosing the given probability masses of a 2-d histogram.
 
     Parameters
@@ -115,7 +125,7 @@ def _style(label, debias, colours):
     return label, {"color": colours[label], "ls": "-"}
 
 
-def plot_posteriors(chains, cosmo, colours):
+def plot_posteriors(chains: Chains, cosmo: int, colours: dict[str, str]) -> Figure:
     """Corner plot of the posteriors of one test cosmology, every method with a chain for it overlaid.
 
     A QE's N0-only fit (``n0_only``, which ignores N1 and is expected biased high in the lensing

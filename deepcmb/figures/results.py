@@ -6,15 +6,22 @@ is the iterative limit. Panels of one row (one test set) share their y-range; ro
 far from N0 (the curved-sky patches) does not flatten the others.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .style import DPI, ITERATIVE_STYLE, log_multipoles, method_colours
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PANEL = (4.0, 3.2)
 """Size in inches of one panel; the figure has one column per noise level, one row per test set."""
 
 
-def plot_results(results):
+def plot_results(results: dict) -> Figure:
     """``N_eff / N0_MV_POL`` of every method, one panel per test set (rows) and noise level (columns).
 
     Parameters

@@ -5,11 +5,22 @@ curves are lines. Sizes: ``spectra`` is ``line`` (700 x 500 px), ``cosmology`` a
 are ``wide`` (1200 x 500 px); see :mod:`deepcmb.figures.style`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import matplotlib
 import numpy as np
 
 from .performance import level_title, theory_noises
 from .style import THEORY, legend_below, log_multipoles, method_colours, new_figure, offsets, positive
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
+    from ..io.report import Report
 
 MAX_COSMOLOGIES = 5
 """At most this many cosmologies are drawn in the cosmology figure, spread over their C^kk amplitude."""
@@ -21,7 +32,7 @@ def _mean_error(report, label, group, name):
     return report.group(label, group, f"{name}_mean"), report.group(label, group, f"{name}_std") / np.sqrt(n)
 
 
-def plot_spectra(report, level):
+def plot_spectra(report: Report, level: int) -> Figure:
     """Binned C_L^kk: theory, mean truth power, each method's auto and cross spectra, noise theory."""
     fig = new_figure("line")
     ax = fig.add_subplot()
@@ -51,7 +62,7 @@ def plot_spectra(report, level):
     return fig
 
 
-def shown_cosmologies(report, level):
+def shown_cosmologies(report: Report, level: int) -> np.ndarray:
     """Cosmologies drawn in the cosmology figure: up to :data:`MAX_COSMOLOGIES`, spread in C^kk amplitude.
 
     Returns
@@ -73,7 +84,8 @@ def _cosmology_label(report, c):
     return f"cosmo {c}" + (f" ({values})" if values else "")
 
 
-def robust_ylim(values, errors, lines, low=5.0, high=95.0, pad=0.08):
+def robust_ylim(values: ArrayLike, errors: ArrayLike, lines: Sequence[ArrayLike], low: float = 5.0, high: float = 95.0,
+                pad: float = 0.08) -> tuple[float, float]:
     """A y range that ignores outlying points: the ``low``-``high`` percentiles of the points -+ errors.
 
     Parameters
@@ -103,7 +115,7 @@ def robust_ylim(values, errors, lines, low=5.0, high=95.0, pad=0.08):
     return lo - margin, hi + margin
 
 
-def plot_cosmology(report, level):
+def plot_cosmology(report: Report, level: int) -> Figure:
     """Per-cosmology kappa power of each method, debiased and transfer-normalised, against its theory C^kk.
 
     Points: (C_hat_c - N) / T^2 with T = transfer and N = auto_mean - T^2 truth_mean of the pooled
@@ -148,7 +160,7 @@ def plot_cosmology(report, level):
     return fig
 
 
-def plot_E_spectra(report, level):
+def plot_E_spectra(report: Report, level: int) -> Figure:
     """E head: cross-correlation rho_l with the true unlensed E, and the residual power against the truth."""
     fig = new_figure("wide")
     ax_rho, ax_cl = fig.subplots(1, 2)

@@ -57,7 +57,7 @@ class FigureJob:
     draw: Callable
 
 
-def plan_figures(report, chains=None):
+def plan_figures(report: Report, chains: Chains | None = None) -> list[FigureJob]:
     """The figures an open report (and chains) supports, in drawing order.
 
     Parameters

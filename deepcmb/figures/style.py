@@ -17,12 +17,22 @@ kind        inches                    PNG pixels              figures
 A maps figure has ``rows`` = 2 + its number of methods (see :func:`maps_size`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.legend import Legend
+
+    from ..io.report import Report
 
 DPI = 100
 SIZES = {"line": (7.0, 5.0), "wide": (12.0, 5.0), "corner": (7.0, 7.0)}
@@ -33,7 +43,7 @@ ITERATIVE_STYLE = {"color": "0.35", "ls": ":", "lw": 1.8}
 N0_LINESTYLE = "--"
 
 
-def maps_size(rows):
+def maps_size(rows: int) -> tuple[float, float]:
     """Size ``(width, height)`` in inches of a maps figure: 12 x (0.8 + 1.75 rows).
 
     Parameters
@@ -44,7 +54,7 @@ def maps_size(rows):
     return 12.0, 0.8 + 1.75 * rows
 
 
-def new_figure(kind, rows=None):
+def new_figure(kind: str, rows: int | None = None) -> Figure:
     """A blank figure of a documented size (see the module table) on an Agg canvas.
 
     Parameters
@@ -64,7 +74,7 @@ def new_figure(kind, rows=None):
     return fig
 
 
-def method_colours(methods):
+def method_colours(methods: Sequence[str]) -> dict[str, str]:
     """One colour per method label, fixed by the label's position in the report's method list.
 
     Parameters
@@ -79,7 +89,7 @@ def method_colours(methods):
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
 
 
-def n0_colour(report, estimator):
+def n0_colour(report: Report, estimator: str) -> str:
     """Colour of the analytic N0 of a QE estimator: that of the report's method using it, else black."""
     for label, colour in method_colours(report.methods).items():
         if report.estimator_of(label) == estimator:
@@ -87,7 +97,7 @@ def n0_colour(report, estimator):
     return THEORY
 
 
-def offsets(n, spread=0.012):
+def offsets(n: int, spread: float = 0.012) -> np.ndarray:
     """Multiplicative L offsets that keep the error bars of ``n`` methods apart, shape (n,)."""
     return 1.0 + spread * (np.arange(n) - (n - 1) / 2)
 
@@ -95,13 +105,13 @@ def offsets(n, spread=0.012):
 class _MultipoleLocator(LogLocator):
     """Log ticks at 1, 2, 5 x 10^n, and also at 3 and 7 x 10^n when the axis spans at most 1.5 decades."""
 
-    def tick_values(self, vmin, vmax):
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
         narrow = 0 < vmin and 0 < vmax and abs(np.log10(vmax / vmin)) <= 1.5
         self.set_params(subs=(1.0, 2.0, 3.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0))
         return super().tick_values(vmin, vmax)
 
 
-def log_multipoles(ax):
+def log_multipoles(ax: Axes) -> None:
     """Log-scale multipole (x) axis with plain-number ticks (200, 300, 500, 700, 1000, ... over a narrow range)."""
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(_MultipoleLocator(base=10))
@@ -109,19 +119,19 @@ def log_multipoles(ax):
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def legend_below(ax, ncol=3, fontsize=8):
+def legend_below(ax: Axes, ncol: int = 3, fontsize: float = 8) -> Legend:
     """The legend of an axes' labelled artists, placed below the axes (outside the data), ``ncol`` columns."""
     handles, labels = ax.get_legend_handles_labels()
     return ax.figure.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize)
 
 
-def positive(values):
+def positive(values: np.ndarray) -> np.ndarray:
     """A copy with non-positive entries replaced by NaN (for log axes)."""
     values = np.asarray(values, dtype=float)
     return np.where(values > 0, values, np.nan)
 
 
-def save(fig, folder, stem, formats):
+def save(fig: Figure, folder: str | Path, stem: str, formats: Sequence[str]) -> list[Path]:
     """Write a figure in each format (PNG at :data:`DPI`, vector PDF/SVG) without resizing it.
 
     The constrained layout is solved once, by the first format, and then frozen, so every file of a

@@ -60,6 +60,7 @@ The content of ``summary.json`` is computed and written by :func:`deepcmb.params
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -68,6 +69,10 @@ from ..errors import InputError
 from ..provenance import provenance_attrs
 from .files import H5View, atomic_path, text
 from .report import Report
+
+if TYPE_CHECKING:
+    from ..params.report import ReportSpectra
+    from ..params.stage import Plan
 
 FORMAT = "deepcmb.params"
 FORMAT_VERSION = 2
@@ -91,7 +96,7 @@ def _fit_group(g, fit):
                        derived_truth=fit.derived["truth"], derived_exponents=fit.derived["exponents"])
 
 
-def write_chains(path: str | Path, cfg: dict, report, plan, edges: np.ndarray, calibrations: dict,
+def write_chains(path: str | Path, cfg: dict, report: ReportSpectra, plan: Plan, edges: np.ndarray, calibrations: dict,
                  fits: list) -> None:
     """Write ``chains.h5`` (layout in the module docstring) via a temporary file.
 

@@ -19,11 +19,14 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError, OutputExistsError
+
+if TYPE_CHECKING:
+    import h5py
 
 
 def plain(obj: Any) -> Any:
@@ -159,7 +162,7 @@ def check_output_folder(out: str | Path, overwrite: bool = False, *, holds: Call
     return out
 
 
-def open_checked(path: str | Path, fmt: str, what: str):
+def open_checked(path: str | Path, fmt: str, what: str) -> h5py.File:
     """Open a deepcmb HDF5 file read-only, checking its ``format`` attribute.
 
     Parameters

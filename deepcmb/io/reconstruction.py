@@ -40,7 +40,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -51,12 +53,15 @@ from ..fields import units as field_units
 from .files import check_output_file, open_checked, temporary_name
 from .sims import open_sims
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 FORMAT = "deepcmb.reconstruction"
 FORMAT_VERSION = 1
 METHODS = ("nn", "qe")
 
 
-def sims_identity(sims_path):
+def sims_identity(sims_path: str | Path) -> dict:
     """What identifies a simulation file, whatever its path.
 
     Returns
@@ -74,7 +79,7 @@ def sims_identity(sims_path):
                 "n_maps": int(a["n_maps"])}
 
 
-def same_sims(identity, other):
+def same_sims(identity: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     """Whether two :func:`sims_identity` records (or reconstruction attributes) name the same simulations."""
     keys = ("created", "git_revision", "config_sha256")
     return all(str(identity.get(k, "")) == str(other.get(k, "")) for k in keys)
@@ -141,7 +146,7 @@ class ReconstructionWriter:
             d.attrs["units"] = units.get(name, field_units(name))
         self._f.create_group("meta").create_dataset("index", data=self.index)
 
-    def write(self, start, maps):
+    def write(self, start: int, maps: Mapping[str, np.ndarray]) -> None:
         """Store rows ``start .. start + k - 1`` of every field; ``maps`` maps field -> ``(k, ny, nx)``."""
         if set(maps) != set(self.fields):
             raise ValueError(f"expected maps {sorted(self.fields)}, got {sorted(maps)}")
@@ -156,20 +161,20 @@ class ReconstructionWriter:
             self._f["maps"][name][start:start + k] = m.astype(np.float32)
         self._written[start:start + k] = True
 
-    def write_meta(self, name, values):
+    def write_meta(self, name: str, values: ArrayLike) -> None:
         """Store a per-map array ``/meta/<name>`` of shape ``(n, ...)``."""
         values = np.asarray(values)
         if values.shape[:1] != (self.n,):
             raise ValueError(f"meta {name}: expected {self.n} rows, got shape {values.shape}")
         self._f["meta"].create_dataset(name, data=values)
 
-    def write_group(self, name, datasets):
+    def write_group(self, name: str, datasets: Mapping[str, ArrayLike]) -> None:
         """Store a group ``/<name>`` of datasets that are not per map (e.g. the analytic N0)."""
         g = self._f.create_group(name)
         for key, values in datasets.items():
             g.create_dataset(key, data=np.asarray(values))
 
-    def close(self):
+    def close(self) -> None:
         """Finish the file and move it to its final name (all rows must have been written)."""
         if not self._written.all():
             missing = np.flatnonzero(~self._written)
@@ -177,7 +182,7 @@ class ReconstructionWriter:
         self._f.close()
         os.replace(self.tmp, self.out)
 
-    def abort(self):
+    def abort(self) -> None:
         """Drop the temporary file."""
         try:
             self._f.close()
@@ -200,8 +205,9 @@ class ReconstructionWriter:
         return False
 
 
-def write_reconstruction(out, kappa, extra_maps=None, *, sims_path, method, config, meta=None, attrs=None,
-                         overwrite=False):
+def write_reconstruction(out: str | Path, kappa: np.ndarray, extra_maps: Mapping[str, np.ndarray] | None = None, *,
+                         sims_path: str | Path, method: str, config: dict, meta: Mapping[str, ArrayLike] | None = None,
+                         attrs: dict | None = None, overwrite: bool = False) -> Path:
     """Write a whole reconstruction at once (see :class:`ReconstructionWriter` to stream it).
 
     Parameters
@@ -239,7 +245,7 @@ def write_reconstruction(out, kappa, extra_maps=None, *, sims_path, method, conf
     return w.out
 
 
-def open_reconstruction(path, sims_path=None):
+def open_reconstruction(path: str | Path, sims_path: str | Path | None = None) -> h5py.File:
     """Open a reconstruction file read-only, checking its format (and, optionally, its truth file).
 
     Parameters
@@ -265,7 +271,7 @@ def open_reconstruction(path, sims_path=None):
     return f
 
 
-def estimator_settings(f) -> dict:
+def estimator_settings(f: h5py.File) -> dict:
     """Keyword arguments of :class:`~deepcmb.qe.QuadraticEstimator` that made an open QE reconstruction
     file ``f``: ``estimator, lmin, lmax, Lmin, Lmax, precision``."""
     out = {k: float(f.attrs[k]) for k in ("lmin", "lmax", "Lmin", "Lmax")}
@@ -273,7 +279,7 @@ def estimator_settings(f) -> dict:
     return out
 
 
-def read_n0(f) -> dict:
+def read_n0(f: h5py.File) -> dict:
     """The analytic N0 an open QE reconstruction file carries (layout in the module docstring).
 
     Returns

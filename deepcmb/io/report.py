@@ -69,6 +69,7 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -221,19 +222,19 @@ class Report(H5View):
         except KeyError as exc:
             raise InputError(f"{self.path}: missing root attribute {exc}") from None
 
-    def edges(self, e: bool = False, **check) -> np.ndarray:
+    def edges(self, e: bool = False, **check: Any) -> np.ndarray:
         """Bin edges, shape (nb + 1,): of the kappa spectra, or of the E spectra when ``e``."""
         return self.array(("e_bins" if e else "bins") + "/edges", **check)
 
-    def centres(self, e: bool = False, **check) -> np.ndarray:
+    def centres(self, e: bool = False, **check: Any) -> np.ndarray:
         """Mode-weighted bin centres L, shape (nb,): of the kappa spectra, or of the E spectra when ``e``."""
         return self.array(("e_bins" if e else "bins") + "/L", **check)
 
-    def n_modes(self, **check) -> np.ndarray:
+    def n_modes(self, **check: Any) -> np.ndarray:
         """Fourier modes per map of each kappa bin (l and -l counted separately), shape (nb,)."""
         return self.array("bins/n_modes", **check)
 
-    def meta(self, name: str, **check) -> np.ndarray:
+    def meta(self, name: str, **check: Any) -> np.ndarray:
         """Per-map ``'index'`` (row in the simulation file), ``'cosmology_index'`` or ``'noise_index'``,
         shape (n,)."""
         return self.array(f"meta/{name}", **check)
@@ -242,11 +243,11 @@ class Report(H5View):
         """Every cosmological parameter stored: name -> values of the cosmologies, shape (n_cosmo,)."""
         return {name: self.param(name) for name in self.keys("cosmology/params")}
 
-    def param(self, name: str, **check) -> np.ndarray:
+    def param(self, name: str, **check: Any) -> np.ndarray:
         """Values of cosmological parameter ``name`` for each cosmology, shape (n_cosmo,)."""
         return self.array(f"cosmology/params/{name}", **check)
 
-    def clkk(self, **check) -> np.ndarray:
+    def clkk(self, **check: Any) -> np.ndarray:
         """Theory C_L^kk of each cosmology binned on the modes of the kappa bins, shape (n_cosmo, nb)."""
         return self.array("cosmology/clkk", **check)
 
@@ -260,7 +261,7 @@ class Report(H5View):
         """Number of noise levels."""
         return len(self.noise_p)
 
-    def truth(self, name: str = "kappa_auto", **check) -> np.ndarray:
+    def truth(self, name: str = "kappa_auto", **check: Any) -> np.ndarray:
         """Per-map power of the truth: ``'kappa_auto'`` (n, nb) or ``'E_auto'`` (n, nbe)."""
         return self.array(f"truth/{name}", **check)
 
@@ -273,7 +274,7 @@ class Report(H5View):
         where = f"methods/{label}"
         return text(self._f[where].attrs.get("estimator")) if self.has(where) else None
 
-    def per_map(self, label: str, name: str, **check) -> np.ndarray:
+    def per_map(self, label: str, name: str, **check: Any) -> np.ndarray:
         """Per-map spectrum ``name`` of method ``label``: ``'auto'``, ``'cross'`` (n, nb) or ``'E_auto'``,
         ``'E_cross'``, ``'E_resid'`` (n, nbe)."""
         return self.array(f"methods/{label}/per_map/{name}", **check)
@@ -294,7 +295,7 @@ class Report(H5View):
         """QE estimators with an analytic N0 in ``/theory`` (``n0_<EST>``), in file order."""
         return [k[3:] for k in self.keys("theory") if k.startswith("n0_")]
 
-    def n0(self, estimator: str, **check) -> np.ndarray:
+    def n0(self, estimator: str, **check: Any) -> np.ndarray:
         """Analytic kappa N0 of a QE estimator at each noise level (sr), shape (n_levels, nb)."""
         if not self.has(f"theory/n0_{estimator}"):
             raise InputError(f"{self.path}: missing dataset /theory/n0_{estimator}, the analytic N0 of the "

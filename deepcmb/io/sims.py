@@ -49,7 +49,9 @@ always whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -61,11 +63,16 @@ from ..sample import Instrument
 from ..fields import FIELDS
 from .files import atomic_path, open_checked
 
+if TYPE_CHECKING:
+    from ..cosmology import CMBSpectra
+    from ..simulate import SimPlan
+
 FORMAT = "deepcmb.sims"
 FORMAT_VERSION = 1
 
 
-def write_sims(out, plan, spectra, units):
+def write_sims(out: Path, plan: SimPlan, spectra: Sequence[CMBSpectra],
+               units: Iterable[tuple[tuple, dict, dict]]) -> None:
     """Write a complete simulation file.
 
     Parameters
@@ -128,19 +135,20 @@ def open_sims(path: str | Path) -> h5py.File:
     return open_checked(path, FORMAT, "simulation")
 
 
-def geometry(f) -> FlatSkyGeometry:
+def geometry(f: h5py.File) -> FlatSkyGeometry:
     """The :class:`~deepcmb.geometry.FlatSkyGeometry` of the maps of an open deepcmb HDF5 file (its
     ``shape`` and ``pixel_arcmin`` attributes; simulation, reconstruction and report files carry both)."""
     return FlatSkyGeometry(tuple(int(n) for n in f.attrs["shape"]), float(f.attrs["pixel_arcmin"]))
 
 
-def assignment(seed_index, n_cosmologies: int, n_levels: int):
+def assignment(seed_index: int | np.ndarray, n_cosmologies: int,
+               n_levels: int) -> tuple[int | np.ndarray, int | np.ndarray]:
     """``(cosmology_index, noise_index)`` of sample ``seed_index`` (ints or integer arrays): samples
     cycle through the cosmologies, then through the noise levels."""
     return seed_index % n_cosmologies, (seed_index // n_cosmologies) % n_levels
 
 
-def read_spectra(f, index):
+def read_spectra(f: h5py.File, index: int) -> CMBSpectra:
     """The :class:`~deepcmb.cosmology.CMBSpectra` of cosmology ``index`` stored in an open sims file."""
     g = f["cosmology"]
     params = {name: float(g["params"][name][index]) for name in PARAM_NAMES}
@@ -148,7 +156,7 @@ def read_spectra(f, index):
                       g["cl_gradient"][index])
 
 
-def read_instruments(f):
+def read_instruments(f: h5py.File) -> list[Instrument]:
     """One :class:`~deepcmb.sample.Instrument` per noise level stored in an open sims file."""
     inst = f["instrument"]
     beam = float(inst.attrs["beam_fwhm_arcmin"])

@@ -22,12 +22,16 @@ transform: lensing the transformed unlensed maps by the transformed phi gives th
 maps (tested in ``tests/test_nn_data.py``). Non-square maps only admit ``r`` in {0, 2}.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..fields import FIELDS
 
 
-def field_sign(name, k):
+def field_sign(name: str, k: int) -> float:
     """Sign multiplying field ``name`` under transform ``k`` (0..7) after the pixels are moved (its
     symmetry class is the ``spin`` column of :data:`deepcmb.fields.FIELDS`)."""
     if name not in FIELDS:
@@ -36,7 +40,7 @@ def field_sign(name, k):
     return {"scalar": 1.0, "Q": (-1.0) ** r, "U": (-1.0) ** (r + f), "pseudo": (-1.0) ** f}[FIELDS[name].spin]
 
 
-def transform_pixels(m, k):
+def transform_pixels(m: np.ndarray, k: int) -> np.ndarray:
     """Move the pixels of maps ``m[..., ny, nx]``: ``k % 4`` quarter turns, then an x reflection if ``k >= 4``."""
     if not 0 <= k < 8:
         raise ValueError(f"transform index must lie in 0..7, got {k}")
@@ -46,7 +50,7 @@ def transform_pixels(m, k):
     return out
 
 
-def inverse_transform(k):
+def inverse_transform(k: int) -> int:
     """Index of the symmetry undoing symmetry ``k`` (0..7): ``(4 - k) % 4`` quarter turns for a rotation;
     a reflection (``k >= 4``, a turn followed by a flip) undoes itself."""
     if not 0 <= k < 8:
@@ -54,12 +58,12 @@ def inverse_transform(k):
     return k if k >= 4 else (4 - k) % 4
 
 
-def transform_maps(maps, k):
+def transform_maps(maps: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """Apply symmetry ``k`` (0..7) to a dict of maps ``name -> (..., ny, nx)``, spin-2 aware."""
     return {name: field_sign(name, k) * transform_pixels(m, k) for name, m in maps.items()}
 
 
-def allowed_transforms(shape, rotations=True, flips=True):
+def allowed_transforms(shape: tuple[int, ...], rotations: bool = True, flips: bool = True) -> list[int]:
     """Transform indices usable on maps of ``shape`` (square maps allow quarter turns)."""
     turns = (0, 1, 2, 3) if shape[0] == shape[1] else (0, 2)
     if not rotations:

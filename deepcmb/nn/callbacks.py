@@ -5,6 +5,8 @@ epoch; :class:`ReduceLR` and :class:`EarlyStop` are Keras' schedules whose count
 resumed run restores, so an interrupted run continues exactly as an uninterrupted one.
 """
 
+from __future__ import annotations
+
 import math
 import time
 
@@ -34,10 +36,10 @@ class NanGuard(keras.callbacks.Callback):
         super().__init__()
         self.dataset, self.epoch = dataset, 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = float(np.asarray((logs or {}).get("loss", 0.0)))
         if not math.isfinite(loss):
             self.model.stop_training = True
@@ -66,7 +68,7 @@ class Restorable:
         super().__init__(**kw)
         self.restore = restore
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         if self.restore:
             self.best = self.restore["best"]
@@ -114,10 +116,10 @@ class Checkpointer(keras.callbacks.Callback):
         self.samples = samples_per_epoch
         self.t0 = None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.t0 = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
         elapsed = time.perf_counter() - self.t0
         row = {"epoch": epoch + 1, **logs, "time_s": round(elapsed, 3),
@@ -159,20 +161,20 @@ class Progress(keras.callbacks.Callback):
         self.epochs, self.steps, self.bs, self.enabled = epochs, steps, batch_size, enabled
         self.bar = None
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.enabled:
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                             leave=False, smoothing=0.1)
             self.t0 = time.perf_counter()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.bar is not None:
             self.bar.update(1)
             rate = (batch + 1) * self.bs / (time.perf_counter() - self.t0)
             self.bar.set_postfix(loss=f"{float(np.asarray(logs.get('loss', np.nan))):.4g}",
                                  samples_s=f"{rate:.1f}", refresh=False)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.bar is not None:
             elapsed = time.perf_counter() - self.t0
             self.bar.close()
@@ -183,6 +185,6 @@ class Progress(keras.callbacks.Callback):
             print(f"epoch {epoch + 1}/{self.epochs}: {msg} ({self.steps * self.bs / elapsed:.1f} samples/s)",
                   flush=True)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -6,8 +6,12 @@ Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the
 (:data:`EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps are read.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import keras
@@ -20,6 +24,11 @@ from ..io.reconstruction import estimator_settings, open_reconstruction
 from ..io.sims import open_sims
 from .augment import allowed_transforms, transform_maps
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from .onthefly import FreshBatches
+
 SPLITS = ("train", "validation", "test")
 
 EB_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "observed" and not f.stored)
@@ -30,7 +39,7 @@ periodic maps; it hands the network the faint B modes, which carry most of the l
 low noise, apart from the E power that dominates Q and U."""
 
 
-def stored_fields(names):
+def stored_fields(names: Iterable[str]) -> list[str]:
     """The stored maps that ``names`` need: each of :data:`EB_INPUTS` replaced by ``Q`` and ``U``
     (order kept, no repeats)."""
     out = []
@@ -41,7 +50,7 @@ def stored_fields(names):
     return out
 
 
-def add_eb(maps, names, geom):
+def add_eb(maps: dict[str, np.ndarray], names: Iterable[str], geom: FlatSkyGeometry) -> dict[str, np.ndarray]:
     """Add the :data:`EB_INPUTS` among ``names`` to ``maps`` (name -> ``(..., ny, nx)``), made from its
     ``Q`` and ``U`` on the flat-sky geometry ``geom``, as float32."""
     wanted = [n for n in EB_INPUTS if n in names]
@@ -53,7 +62,7 @@ def add_eb(maps, names, geom):
     return maps
 
 
-def split_rows(n_maps, fractions, seed):
+def split_rows(n_maps: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
     """Fixed train / validation / test rows of a file of ``n_maps`` maps.
 
     Parameters
@@ -118,7 +127,7 @@ class QEFile:
         return self.settings
 
 
-def read_qe_file(path, sims_path) -> QEFile:
+def read_qe_file(path: str | Path, sims_path: str | Path) -> QEFile:
     """Open a QE reconstruction file of a simulation file, check it, and read what the network stages use.
 
     The one place in :mod:`deepcmb.nn` that opens a ``--qe`` file to check and interpret it: the
@@ -192,12 +201,12 @@ class MapSource:
             self._qe_pos = pos
         self._files = None
 
-    def available(self):
+    def available(self) -> list[str]:
         """Names this source can read."""
         derived = list(EB_INPUTS) if {"Q", "U"} <= set(self.fields) else []
         return self.fields + derived + (["kappa_qe"] if self._qe_pos is not None else [])
 
-    def require(self, names, what):
+    def require(self, names: Iterable[str], what: str) -> None:
         """Raise a clear error unless every name in ``names`` can be read."""
         missing = [n for n in names if n not in self.available()]
         if missing:
@@ -212,7 +221,7 @@ class MapSource:
                 self._files["qe"] = h5py.File(self.qe.path, "r")
         return self._files
 
-    def read(self, name, rows):
+    def read(self, name: str, rows: ArrayLike) -> np.ndarray:
         """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)``."""
         files = self._open()
         rows = np.asarray(rows, np.int64)
@@ -231,7 +240,7 @@ class MapSource:
             d.read_direct(out, np.s_[r], np.s_[k])
         return out
 
-    def close(self):
+    def close(self) -> None:
         if self._files:
             for f in self._files.values():
                 f.close()
@@ -241,7 +250,8 @@ class MapSource:
         return {**self.__dict__, "_files": None}
 
 
-def channel_stats(source, names, rows, batch=64):
+def channel_stats(source: MapSource, names: Iterable[str], rows: np.ndarray,
+                  batch: int = 64) -> dict[str, tuple[float, float]]:
     """Mean and standard deviation of each named map over ``rows`` (float64 accumulation).
 
     Returns
@@ -332,16 +342,16 @@ class SimsBatches(keras.utils.PyDataset):
         return self.n_batches
 
     @property
-    def num_batches(self):
+    def num_batches(self) -> int | None:
         return None if self.endless else self.n_batches
 
-    def position(self, i):
+    def position(self, i: int) -> tuple[int, int]:
         """``(epoch, batch)`` of item ``i``."""
         if self.endless:
             return divmod(self.offset + i, self.n_batches)
         return 0, i
 
-    def batch_rows(self, epoch, batch):
+    def batch_rows(self, epoch: int, batch: int) -> np.ndarray:
         """Rows of ``batch`` in ``epoch``."""
         order = self.rows
         if self.shuffle:
@@ -349,7 +359,7 @@ class SimsBatches(keras.utils.PyDataset):
             order = self.rows[rng.permutation(len(self.rows))]
         return order[batch * self.batch_size:(batch + 1) * self.batch_size]
 
-    def load(self, i):
+    def load(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(rows, maps)`` of item ``i``: maps is field -> ``(b, ny, nx)`` float32, augmented."""
         epoch, batch = self.position(i)
         rows = self.batch_rows(epoch, batch)
@@ -375,7 +385,7 @@ class SimsBatches(keras.utils.PyDataset):
         return network_batch(self, i)
 
 
-def network_batch(dataset, i):
+def network_batch(dataset: SimsBatches | FreshBatches, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(x, {head: y})`` of item ``i`` of a training dataset (:class:`SimsBatches` or
     :class:`~deepcmb.nn.onthefly.FreshBatches`): its ``load(i)`` maps stacked as the network's input
     channels (last axis, in ``dataset.inputs`` order) and its heads (``dataset.outputs``), shape

@@ -9,6 +9,10 @@ All three are written with :mod:`keras.ops` only and run on the tensorflow, jax 
 - :class:`Destandardize` maps a normalised output back to physical units (µK, or dimensionless kappa).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -30,18 +34,18 @@ class PeriodicPad2D(keras.layers.Layer):
         super().__init__(**kwargs)
         self.pad = int(pad)
 
-    def call(self, x):
+    def call(self, x: Any) -> Any:
         p = self.pad
         if p == 0:
             return x
         x = ops.concatenate([x[:, -p:], x, x[:, :p]], axis=1)
         return ops.concatenate([x[:, :, -p:], x, x[:, :, :p]], axis=2)
 
-    def compute_output_shape(self, shape):
+    def compute_output_shape(self, shape: tuple) -> tuple:
         grow = lambda n: None if n is None else n + 2 * self.pad  # noqa: E731
         return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "pad": self.pad}
 
 
@@ -70,13 +74,13 @@ class Standardize(keras.layers.Layer):
         self._shift = np.asarray(self.mean, "float32")
         self._scale = np.asarray(1.0 / np.asarray(self.std, "float64"), "float32")
 
-    def call(self, x):
+    def call(self, x: Any) -> Any:
         return (x - ops.convert_to_tensor(self._shift, x.dtype)) * ops.convert_to_tensor(self._scale, x.dtype)
 
-    def compute_output_shape(self, shape):
+    def compute_output_shape(self, shape: tuple) -> tuple:
         return shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "names": self.names, "mean": self.mean, "std": self.std,
                 "pixel_arcmin": self.pixel_arcmin}
 
@@ -97,11 +101,11 @@ class Destandardize(keras.layers.Layer):
         if not self.std > 0:
             raise ValueError("Destandardize: std must be positive")
 
-    def call(self, y):
+    def call(self, y: Any) -> Any:
         return y * ops.cast(self.std, y.dtype) + ops.cast(self.mean, y.dtype)
 
-    def compute_output_shape(self, shape):
+    def compute_output_shape(self, shape: tuple) -> tuple:
         return shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "mean": self.mean, "std": self.std}

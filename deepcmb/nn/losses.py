@@ -7,11 +7,19 @@ survey lies, hardly count. :class:`FourierWeightedMSE` weights each mode of the 
 analytic N0 of the QE the network is compared with), so every mode counts by its information.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
 import numpy as np
 from keras import ops
 
 from .layers import PACKAGE
+
+if TYPE_CHECKING:
+    from ..geometry import FlatSkyGeometry
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -42,18 +50,18 @@ class FourierWeightedMSE(keras.losses.Loss):
         # (nx//2 + 1, ny) layout of the transformed residual, folded with the multiplicity and the norm
         self._kernel = (w * mult * (self.ny * self.nx) / total).T / (self.ny * self.nx) ** 2
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         r = ops.cast(y_pred, "float32")[..., 0] - ops.cast(y_true, "float32")[..., 0]
         re, im = ops.rfft(r)  # along x: (b, ny, nx//2 + 1)
         re, im = ops.fft((ops.swapaxes(re, 1, 2), ops.swapaxes(im, 1, 2)))  # along y: (b, nx//2 + 1, ny)
         kernel = ops.convert_to_tensor(self._kernel, dtype="float32")
         return ops.sum((ops.square(re) + ops.square(im)) * kernel, axis=(1, 2))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "weights": self._weights.tolist()}
 
 
-def inverse_variance_weights(geom, clkk, n0_levels):
+def inverse_variance_weights(geom: FlatSkyGeometry, clkk: np.ndarray, n0_levels: Sequence[np.ndarray]) -> np.ndarray:
     """Mode weights ``1 / (C_L^kk + N_L)`` on the rfft grid, averaged over noise levels.
 
     Parameters

@@ -20,6 +20,8 @@ map wrapped around its edges (flat-sky simulations are periodic); ``same`` pads 
 non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride * 2**D``.
 """
 
+from __future__ import annotations
+
 import keras
 from keras import layers
 
@@ -64,11 +66,11 @@ class _Builder:
         self.init = "lecun_normal" if self.act == "selu" else "he_normal"
         self.count = 0
 
-    def name(self, kind):
+    def name(self, kind: str) -> str:
         self.count += 1
         return f"{kind}_{self.count}"
 
-    def conv(self, x, filters, kernel, stride=1):
+    def conv(self, x: keras.KerasTensor, filters: int, kernel: int, stride: int = 1) -> keras.KerasTensor:
         pad = "same"
         if self.periodic and kernel > 1:
             x = PeriodicPad2D(kernel // 2, name=self.name("pad"))(x)
@@ -76,7 +78,7 @@ class _Builder:
         return layers.Conv2D(filters, kernel, strides=stride, padding=pad, kernel_initializer=self.init,
                              use_bias=self.norm == "none", name=self.name("conv"))(x)
 
-    def unit(self, x, filters, stride=1, activate=True):
+    def unit(self, x: keras.KerasTensor, filters: int, stride: int = 1, activate: bool = True) -> keras.KerasTensor:
         """Dropout -> Conv (k x k) -> Norm -> activation."""
         if self.dropout > 0:
             x = layers.Dropout(self.dropout, name=self.name("dropout"))(x)
@@ -87,7 +89,7 @@ class _Builder:
             x = layers.Activation(self.act, name=self.name("act"))(x)
         return x
 
-    def residual(self, x, filters):
+    def residual(self, x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
         shortcut = x
         if x.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, kernel_initializer=self.init, name=self.name("proj"))(x)
@@ -96,7 +98,7 @@ class _Builder:
         y = layers.Add(name=self.name("add"))([y, shortcut])
         return layers.Activation(self.act, name=self.name("act"))(y)
 
-    def upsample(self, x, filters):
+    def upsample(self, x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
         x = layers.UpSampling2D(2, name=self.name("up"))(x)
         return self.unit(x, filters)
 
@@ -166,7 +168,7 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     return keras.Model(inp, outputs, name=name)
 
 
-def model_spec(model):
+def model_spec(model: keras.Model) -> dict:
     """What a built or loaded model expects: ``inputs``, ``outputs``, ``shape``, ``pixel_arcmin``, ``stats``.
 
     Read from the model itself (its :class:`Standardize` and :class:`Destandardize` layers), so a

@@ -11,6 +11,8 @@ Costs on one core at 64 x 64 (2.34 arcmin pixels): about 3 ms a map for the simu
 an MV_POL QE, a few percent of a training step of the quick network.
 """
 
+from __future__ import annotations
+
 import json
 import threading
 
@@ -27,7 +29,7 @@ _STREAM = 4
 """``spawn_key`` slot of the fresh-map seeds (1-3 are the split, shuffling and augmentation streams)."""
 
 
-def fresh_root_seed(seed):
+def fresh_root_seed(seed: int) -> int:
     """Root seed of the fresh maps of a training run with seed ``seed``.
 
     A 64-bit integer drawn from ``SeedSequence(seed, spawn_key=(4,))``: independent of the seeds of
@@ -108,14 +110,14 @@ class FreshBatches(keras.utils.PyDataset):
         return self.n_batches
 
     @property
-    def num_batches(self):
+    def num_batches(self) -> None:
         return None
 
-    def position(self, i):
+    def position(self, i: int) -> tuple[int, int]:
         """``(epoch, batch)`` of item ``i``."""
         return divmod(self.offset + i, self.n_batches)
 
-    def batch_rows(self, epoch, batch):
+    def batch_rows(self, epoch: int, batch: int) -> np.ndarray:
         """Fresh sample indices of ``batch`` in ``epoch``."""
         step = epoch * self.n_batches + batch
         return np.arange(step * self.batch_size, (step + 1) * self.batch_size)
@@ -136,14 +138,14 @@ class FreshBatches(keras.utils.PyDataset):
             stages.append((end, indices))
         return stages
 
-    def levels(self, epoch):
+    def levels(self, epoch: int) -> list[int]:
         """Noise-level indices of the fresh maps of ``epoch`` (0-based): the curriculum's, then all."""
         for end, indices in self.stages:
             if epoch < end:
                 return indices
         return list(range(len(self.instruments)))
 
-    def assignment(self, index):
+    def assignment(self, index: int) -> tuple[int, int]:
         """``(cosmology_index, noise_index)`` of fresh sample ``index``: cycling through the cosmologies,
         then through the noise levels of its epoch (all the file's levels, as the simulate stage does,
         unless a curriculum stage restricts them)."""
@@ -166,7 +168,7 @@ class FreshBatches(keras.utils.PyDataset):
             cache[n] = QuadraticEstimator(self.geom, compute_spectra({}), self.instruments[n], **self.qe_config)
         return cache[n]
 
-    def load(self, i):
+    def load(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(indices, maps)`` of item ``i``: maps is name -> ``(batch_size, ny, nx)`` float32."""
         indices = self.batch_rows(*self.position(i))
         names = self.inputs + self.outputs

@@ -8,7 +8,9 @@ for; :func:`run_reconstruct_nn` is ``deepcmb reconstruct --method nn``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +21,11 @@ from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
 from .augment import allowed_transforms, inverse_transform, transform_maps
 from .settings import RECONSTRUCT_SCHEMA
 
+if TYPE_CHECKING:
+    import keras
+
+    from .data import MapSource
+
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
 
@@ -26,7 +33,7 @@ RMS_TOLERANCE = 3.0
 """Input maps whose rms differs from the training rms by more than this factor are refused."""
 
 
-def default_model():
+def default_model() -> Path:
     """Path of the shipped pretrained model folder (raises InputError when it is absent)."""
     if not (PRETRAINED / "model.keras").exists():
         raise InputError(f"no --model given and the pretrained model {PRETRAINED / 'model.keras'} is missing "
@@ -34,7 +41,7 @@ def default_model():
     return PRETRAINED
 
 
-def load_network(path):
+def load_network(path: str | Path) -> tuple[keras.Model, dict]:
     """Load a trained network.
 
     Parameters
@@ -80,14 +87,14 @@ def load_network(path):
     return model, spec
 
 
-def downsampling_factor(model):
+def downsampling_factor(model: keras.Model) -> int:
     """Ratio of the input side to the coarsest feature map of a network (its map sides must divide by it)."""
     side = int(model.inputs[0].shape[1])
     coarsest = min(int(layer.output.shape[1]) for layer in model.layers if len(layer.output.shape) == 4)
     return side // coarsest
 
 
-def at_shape(model, shape):
+def at_shape(model: keras.Model, shape: tuple[int, int]) -> keras.Model:
     """The same fully convolutional network, with its weights, built for maps of another shape.
 
     Parameters
@@ -118,7 +125,8 @@ def at_shape(model, shape):
     return resized
 
 
-def predict_symmetrized(model, x, inputs, outputs):
+def predict_symmetrized(model: keras.Model, x: np.ndarray, inputs: Sequence[str],
+                        outputs: Sequence[str]) -> dict[str, np.ndarray]:
     """Network prediction averaged over the symmetries of the pixel grid (test-time augmentation).
 
     For every rotation by a multiple of 90 degrees and reflection ``g`` the grid admits
@@ -152,7 +160,8 @@ def predict_symmetrized(model, x, inputs, outputs):
     return {h: v / len(ks) for h, v in total.items()}
 
 
-def check_compatible(spec, source, rows, n_check=32, any_shape=False):
+def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: int = 32,
+                     any_shape: bool = False) -> None:
     """Refuse data the network cannot be applied to, with a message saying why.
 
     Checks the input channels are present, the map shape (unless ``any_shape``) and pixel size match,
@@ -183,7 +192,7 @@ def check_compatible(spec, source, rows, n_check=32, any_shape=False):
                              "level or sky?)")
 
 
-def select_rows(source, split, model_path, spec):
+def select_rows(source: MapSource, split: str, model_path: str | Path, spec: dict) -> np.ndarray:
     """Rows to reconstruct: all, or one split of the run that trained the model on this very file."""
     if split == "all":
         return np.arange(source.n_maps, dtype=np.int64)

@@ -10,6 +10,8 @@ The config (schema, checks) is :mod:`deepcmb.nn.settings`, the callbacks :mod:`d
 the backend setup :mod:`deepcmb.nn.backend`.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,7 +185,8 @@ def monitor_key(monitor: str, outputs: list) -> str:
     return f"val_{monitor}_loss"
 
 
-def compile_model(model: keras.Model, training: dict, stats: dict, sims_path=None, qe: QEFile | None = None) -> None:
+def compile_model(model: keras.Model, training: dict, stats: dict, sims_path: str | Path | None = None,
+                  qe: QEFile | None = None) -> None:
     """Compile a ResUNet for training: Adam, the loss of each head and its weight.
 
     The loss of head ``h`` is ``training.loss`` weighted by ``loss_weights[h] / std_h^p`` (``p = 1``

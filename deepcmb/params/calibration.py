@@ -35,11 +35,18 @@ normalisation; :math:`N_b` is the analytic :math:`N^{(0)}` plus the Monte-Carlo 
 :math:`N_b = N^{(0)}_b`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -96,15 +103,15 @@ class Calibration:
     debias: str
 
     @property
-    def fitted(self):
+    def fitted(self) -> bool:
         """Whether the gradients were measured (more than one calibration cosmology)."""
         return self.thetas.shape[0] > 1
 
-    def transfer_at(self, theta):
+    def transfer_at(self, theta: ArrayLike) -> np.ndarray:
         """:math:`T_b(\\theta)`, shape ``(..., nb)`` for ``theta`` of shape ``(..., ndim)``."""
         return self.transfer + (np.asarray(theta, dtype=float) - self.theta_ref) @ self.transfer_gradient
 
-    def noise_at(self, theta):
+    def noise_at(self, theta: ArrayLike) -> np.ndarray:
         """:math:`N_b(\\theta)` (sr), shape ``(..., nb)`` for ``theta`` of shape ``(..., ndim)``."""
         return self.noise + (np.asarray(theta, dtype=float) - self.theta_ref) @ self.noise_gradient
 
@@ -130,7 +137,7 @@ class Calibration:
             cov += psi.T @ psi / (n * (n - 1))
         return cov
 
-    def model_covariance(self, theta, clkk):
+    def model_covariance(self, theta: np.ndarray, clkk: np.ndarray) -> np.ndarray:
         """Covariance of the calibrated model :math:`T_b(\\theta)^2 C_b + N_b(\\theta)` at one point.
 
         Parameters
@@ -149,7 +156,7 @@ class Calibration:
         a_n = np.einsum("j,bjc->bc", x, self.noise_smoother)
         return self._combination_covariance(2 * self.transfer_at(theta)[:, None] * clkk[:, None] * a_t, a_n)
 
-    def gradient_errors(self):
+    def gradient_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """Standard errors of ``transfer_gradient`` and ``noise_gradient``, each shape ``(ndim, nb)``."""
         ndim, nb = self.transfer_gradient.shape
         zero = np.zeros((nb, self.thetas.shape[0]))
@@ -159,7 +166,7 @@ class Calibration:
             out[1, i] = np.diag(self._combination_covariance(zero, self.noise_smoother[:, 1 + i]))
         return np.sqrt(out[0]), np.sqrt(out[1])
 
-    def log_response(self, i):
+    def log_response(self, i: int) -> dict[str, float]:
         """Band-averaged logarithmic response to parameter ``i`` with its standard error.
 
         Returns
@@ -198,7 +205,7 @@ def _check(auto, *others):
     return out
 
 
-def calibration_design(thetas, names):
+def calibration_design(thetas: ArrayLike, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Design matrix of the linear calibration, its columns scaled to order one.
 
     Parameters
@@ -255,7 +262,8 @@ def _wls(design, scale, values, variance, ndim):
     return full, chi2
 
 
-def calibrate(thetas, names, auto, cross, truth):
+def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray], cross: Sequence[np.ndarray],
+              truth: Sequence[np.ndarray]) -> Calibration:
     """Calibrate transfer and noise of a method, and their linear dependence on the sampled parameters.
 
     Parameters
@@ -310,7 +318,7 @@ def calibrate(thetas, names, auto, cross, truth):
                        ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), ref.shape[0], "calibrated")
 
 
-def calibrate_n0(auto, n0, theta_ref):
+def calibrate_n0(auto: np.ndarray, n0: np.ndarray, theta_ref: ArrayLike) -> Calibration:
     """The textbook calibration of a normalised quadratic estimator: unit transfer, analytic N0.
 
     Parameters

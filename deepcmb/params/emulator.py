@@ -8,7 +8,11 @@ parameter enters through CAMB, evaluated once on a tensor grid over its prior ra
 :math:`\\ln C_b^{\\kappa\\kappa}` along each axis. Parameters not sampled stay at a base cosmology.
 """
 
+from __future__ import annotations
+
 import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
@@ -16,11 +20,17 @@ from scipy.interpolate import RegularGridInterpolator
 from ..cosmology import compute_spectra
 from ..binning import bin_theory
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..geometry import FlatSkyGeometry
+
 MIN_POINTS = 4
 """Grid points per parameter needed by a cubic spline."""
 
 
-def binned_clkk(geom, edges, params, lmax=5000, lens_potential_accuracy=1):
+def binned_clkk(geom: FlatSkyGeometry, edges: np.ndarray, params: dict, lmax: int = 5000,
+                lens_potential_accuracy: int = 1) -> np.ndarray:
     """CAMB convergence power of one cosmology, binned over the modes of ``geom``.
 
     Parameters
@@ -78,10 +88,10 @@ class KappaEmulator:
                         if self.grids else None)
 
     @property
-    def n_bins(self):
+    def n_bins(self) -> int:
         return self.log_clkk.shape[-1]
 
-    def base_theta(self):
+    def base_theta(self) -> np.ndarray:
         """The base cosmology as a parameter vector, shape ``(ndim,)``."""
         return np.array([self.base[n] for n in self.names], dtype=float)
 
@@ -109,7 +119,7 @@ class KappaEmulator:
             c = c * flat[:, self._alens, None]
         return c.reshape(lead + (self.n_bins,))
 
-    def log_derivatives(self, theta, rel_step=1e-3):
+    def log_derivatives(self, theta: ArrayLike, rel_step: float = 1e-3) -> np.ndarray:
         """Logarithmic response :math:`\\partial \\ln C_b / \\partial \\ln \\theta_i` at one point.
 
         Parameters
@@ -139,8 +149,9 @@ class KappaEmulator:
         return out
 
 
-def build_emulator(geom, edges, names, base, ranges, n_points, lmax=5000, lens_potential_accuracy=1,
-                   progress=True):
+def build_emulator(geom: FlatSkyGeometry, edges: np.ndarray, names: Sequence[str], base: dict, ranges: dict,
+                   n_points: int, lmax: int = 5000, lens_potential_accuracy: int = 1,
+                   progress: bool = True) -> KappaEmulator:
     """Run CAMB on a grid and return the :class:`KappaEmulator`.
 
     Parameters

@@ -14,16 +14,27 @@ which removes the bias of the inverse of an estimated covariance. Priors are fla
 ``[lower, upper]``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.optimize import minimize
 
 from ..errors import InputError
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from .calibration import Calibration
+    from .emulator import KappaEmulator
+
 DERIVED = "Alens_eff"
 """Name of the derived lensing amplitude :func:`derived_amplitude`."""
 
 
-def hartlap_factor(n_sims, n_bins):
+def hartlap_factor(n_sims: int, n_bins: int) -> float:
     """Debiasing factor of an inverse covariance estimated from ``n_sims`` simulations of ``n_bins`` bins.
 
     Raises
@@ -37,7 +48,7 @@ def hartlap_factor(n_sims, n_bins):
     return (n_sims - n_bins - 2) / (n_sims - 1)
 
 
-def data_covariance(calibration, n_test, theta, clkk):
+def data_covariance(calibration: Calibration, n_test: int, theta: np.ndarray, clkk: np.ndarray) -> np.ndarray:
     """Covariance of the mean auto band powers of ``n_test`` maps, including the calibration error.
 
     Parameters
@@ -65,7 +76,7 @@ def data_covariance(calibration, n_test, theta, clkk):
     return calibration.auto_covariance * np.outer(r, r) / n_test + calibration.model_covariance(theta, clkk)
 
 
-def posterior_peak(log_prob, lower, upper):
+def posterior_peak(log_prob: Callable[[np.ndarray], float], lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Maximise a log-posterior inside a box, starting from the box centre (Nelder-Mead).
 
     Parameters
@@ -81,7 +92,7 @@ def posterior_peak(log_prob, lower, upper):
     lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
     width = upper - lower
 
-    def cost(u):
+    def cost(u: np.ndarray) -> float:
         value = float(log_prob(lower + width * np.clip(u, 0.0, 1.0)))
         return -value if np.isfinite(value) else 1e300
 
@@ -90,7 +101,8 @@ def posterior_peak(log_prob, lower, upper):
     return lower + width * np.clip(res.x, 0.0, 1.0)
 
 
-def build_likelihood(data, calibration, n_test, emulator, lower, upper):
+def build_likelihood(data: np.ndarray, calibration: Calibration, n_test: int, emulator: KappaEmulator,
+                     lower: np.ndarray, upper: np.ndarray) -> BandPowerLikelihood:
     """The band-power likelihood of ``n_test`` maps, its covariance evaluated at the posterior peak.
 
     A first pass with the covariance at the reference cosmology finds the posterior peak; the
@@ -154,14 +166,14 @@ class BandPowerLikelihood:
         inv_chol = np.linalg.inv(chol)
         self.precision = hartlap * inv_chol.T @ inv_chol
 
-    def model(self, theta):
+    def model(self, theta: ArrayLike) -> np.ndarray:
         """Model band powers :math:`T_b(\\theta)^2 C_b^{\\kappa\\kappa}(\\theta) + N_b(\\theta)`, shape ``(..., nb)``.
 
         ``theta`` has shape ``(..., ndim)``.
         """
         return self.calibration.transfer_at(theta) ** 2 * self.emulator(theta) + self.calibration.noise_at(theta)
 
-    def chi2(self, theta):
+    def chi2(self, theta: ArrayLike) -> np.ndarray:
         """:math:`(d - m)^T \\Psi (d - m)` with :math:`\\Psi` the Hartlap-scaled precision, shape ``(...)``."""
         r = self.data - self.model(theta)
         return np.einsum("...i,ij,...j->...", r, self.precision, r)
@@ -184,7 +196,7 @@ class BandPowerLikelihood:
             out[inside] = -0.5 * self.chi2(theta[inside])
         return out
 
-    def model_gradient(self, theta):
+    def model_gradient(self, theta: np.ndarray) -> np.ndarray:
         """:math:`\\partial m_b / \\partial \\ln\\theta_i` at one point, shape ``(ndim, nb)``.
 
         The response of the theory, :math:`T^2 C\\, \\partial\\ln C/\\partial\\ln\\theta_i`, plus that of
@@ -196,7 +208,7 @@ class BandPowerLikelihood:
         theory = t**2 * clkk * self.emulator.log_derivatives(theta)
         return theory + theta[:, None] * (2 * t * clkk * cal.transfer_gradient + cal.noise_gradient)
 
-    def fisher_std(self, theta):
+    def fisher_std(self, theta: np.ndarray) -> np.ndarray:
         """Fisher-matrix forecast of the marginal standard deviations at ``theta`` (prior ignored).
 
         Returns
@@ -214,7 +226,7 @@ class BandPowerLikelihood:
         return np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.inf))
 
 
-def amplitude_exponents(likelihood, theta0):
+def amplitude_exponents(likelihood: BandPowerLikelihood, theta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exponents of the best-constrained amplitude and each parameter's degeneracy with it.
 
     Near ``theta0`` a change :math:`\\delta\\ln\\theta_i` of a parameter moves the model along
@@ -256,7 +268,8 @@ def amplitude_exponents(likelihood, theta0):
     return sg / ss, sg / np.sqrt(ss * gg)
 
 
-def derived_amplitude(theta, names, theta0, exponents, alens_fixed=1.0):
+def derived_amplitude(theta: ArrayLike, names: Sequence[str], theta0: ArrayLike, exponents: ArrayLike,
+                      alens_fixed: float = 1.0) -> np.ndarray:
     """:math:`A_{\\rm eff} = A_{\\rm lens}\\prod_{i \\ne A_{\\rm lens}} (\\theta_i/\\theta_{0,i})^{p_i}`.
 
     Parameters

@@ -5,7 +5,10 @@ writes the chains (``chains.h5``); this module computes the content of ``summary
 the calibration's measured cosmology dependence, the theory cross-check and the notes) and writes it.
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import chi2 as chi2_dist
@@ -14,6 +17,13 @@ from ..io.files import write_json
 from ..provenance import provenance_attrs
 from .likelihood import DERIVED
 from .sampling import marginal
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .emulator import KappaEmulator
+    from .report import ReportSpectra
+    from .stage import Fit, Plan
 
 DEGENERATE = 0.98
 """Correlation of a parameter's model response with Alens's above which the two are called degenerate."""
@@ -196,7 +206,8 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
     return " ".join(notes)
 
 
-def write_summary(path, cfg, report, plan, edges, emulator, calibrations, fits):
+def write_summary(path: str | Path, cfg: dict, report: ReportSpectra, plan: Plan, edges: np.ndarray,
+                  emulator: KappaEmulator, calibrations: dict, fits: list[Fit]) -> None:
     """Write ``summary.json`` (layout in :mod:`deepcmb.io.chains`) via a temporary file."""
     results = {}
     for fit in fits:

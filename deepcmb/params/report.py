@@ -7,6 +7,9 @@ and cross spectra and, for a quadratic estimator, the analytic N0 of its estimat
 be finite and of the expected shape.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,19 +78,19 @@ class ReportSpectra:
     methods: dict
 
     @property
-    def n_cosmologies(self):
+    def n_cosmologies(self) -> int:
         return self.clkk.shape[0]
 
-    def cosmology(self, c):
+    def cosmology(self, c: int) -> dict[str, float]:
         """Full parameter set of cosmology ``c``."""
         return {name: float(self.params[name][c]) for name in PARAM_NAMES}
 
-    def rows(self, cosmology, noise):
+    def rows(self, cosmology: int, noise: int) -> np.ndarray:
         """Indices of the evaluated maps of one cosmology at one noise level, shape ``(k,)``."""
         return np.flatnonzero((self.cosmology_index == cosmology) & (self.noise_index == noise))
 
 
-def read_report(path, methods=None):
+def read_report(path: str | Path, methods: Sequence[str] | None = None) -> ReportSpectra:
     """Read the band powers of an evaluation report.
 
     Parameters

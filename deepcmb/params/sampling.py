@@ -6,6 +6,9 @@ emcee's own moves draw from streams derived from ``(seed, key)``, so a chain dep
 its key and its inputs.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import emcee
@@ -36,11 +39,11 @@ class Chain:
     acceptance: float
     autocorr: np.ndarray
 
-    def flat(self):
+    def flat(self) -> np.ndarray:
         """Samples with walkers and steps merged, shape ``(n, ndim)``."""
         return self.samples.reshape(-1, self.samples.shape[-1])
 
-    def best(self):
+    def best(self) -> np.ndarray:
         """The sample of highest posterior, shape ``(ndim,)``."""
         i = np.unravel_index(np.argmax(self.log_prob), self.log_prob.shape)
         return self.samples[i]
@@ -52,7 +55,8 @@ def _streams(seed, key):
     return np.random.default_rng(ball), np.random.RandomState(moves.generate_state(1)[0])
 
 
-def run_emcee(log_prob, lower, upper, walkers, steps, burn, seed, key, progress=True, desc="emcee"):
+def run_emcee(log_prob: Callable[[np.ndarray], np.ndarray], lower: np.ndarray, upper: np.ndarray, walkers: int,
+              steps: int, burn: int, seed: int, key: int, progress: bool = True, desc: str = "emcee") -> Chain:
     """Sample a posterior with emcee's affine-invariant ensemble sampler.
 
     Parameters
@@ -95,7 +99,7 @@ def run_emcee(log_prob, lower, upper, walkers, steps, burn, seed, key, progress=
                  np.asarray(autocorr, dtype=float))
 
 
-def marginal(values, truth):
+def marginal(values: np.ndarray, truth: float) -> dict[str, float]:
     """Mean, standard deviation, truth and pull of one parameter's samples.
 
     Parameters

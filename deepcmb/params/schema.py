@@ -1,5 +1,7 @@
 """The ``params:`` section of an evaluate config: schema, defaults and validation."""
 
+from __future__ import annotations
+
 from ..config import REQUIRED, Free, Int, ListOf, Number, OneOf, Str, resolve
 from ..cosmology import PARAM_BOUNDS, PARAM_NAMES
 from ..errors import ConfigError
@@ -91,7 +93,7 @@ def _check_priors(cfg):
     return out
 
 
-def resolve_config(user):
+def resolve_config(user: dict | None) -> dict:
     """Resolve a ``params:`` section over :data:`SCHEMA` and check every value.
 
     Parameters

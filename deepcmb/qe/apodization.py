@@ -21,9 +21,18 @@ MNRAS 431, 609 (lensing on masked flat patches); Guzman & Meyers (2021), arXiv:2
 cosine taper on 5 deg patches).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..geometry import FlatSkyGeometry
 
 TAPER_ARCMIN = 60.0
 """Default cosine-taper width (arcmin) of the window of a non-periodic patch."""
@@ -35,7 +44,7 @@ def default_taper(periodic: bool) -> float:
     return 0.0 if periodic else TAPER_ARCMIN
 
 
-def cosine_window(geom, taper_arcmin, flat_arcmin=0.0):
+def cosine_window(geom: FlatSkyGeometry, taper_arcmin: float, flat_arcmin: float = 0.0) -> np.ndarray:
     """Separable cosine-tapered window: 0 on the border, rising as :math:`\\sin^2` to 1.
 
     Parameters
@@ -67,13 +76,13 @@ def cosine_window(geom, taper_arcmin, flat_arcmin=0.0):
     return out
 
 
-def window_moment(window, p):
+def window_moment(window: np.ndarray, p: float) -> float:
     """Pixel mean :math:`w_p = \\langle W^p \\rangle` of a window."""
     window = np.asarray(window, dtype=float)
     return float(np.mean(window**p))
 
 
-def check_window(geom, window):
+def check_window(geom: FlatSkyGeometry, window: ArrayLike) -> np.ndarray:
     """Validate a window array (shape ``geom.shape``, finite, not all zero)."""
     w = np.asarray(window, dtype=float)
     if w.shape != geom.shape:

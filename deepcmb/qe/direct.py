@@ -8,13 +8,22 @@ convolution. Cost :math:`O(N_{\\rm pix}^2)` per term: small grids only (e.g. 32 
 tests and by ``benchmarks/bench_qe.py``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .estimators import ESTIMATORS
 from .filtering import pair_name
 
+if TYPE_CHECKING:
+    from ..geometry import FlatSkyGeometry
+    from .estimators import Leg
+    from .filtering import Filters
 
-def half_to_full(geom, half):
+
+def half_to_full(geom: FlatSkyGeometry, half: np.ndarray) -> np.ndarray:
     """Extend an even function (``f(-l) = f(l)``) from the rfft grid to the full ``fft2`` grid."""
     ny, nx = geom.shape
     full = np.empty((ny, nx), dtype=np.result_type(half, float))
@@ -39,7 +48,7 @@ class _Grid:
         self.filt = {k: half_to_full(geom, v) for k, v in filters.inverse.items()}
         self.total = {k: half_to_full(geom, v) for k, v in filters.total.items()}
 
-    def leg(self, leg, kind, filtered):
+    def leg(self, leg: Leg, kind: str, filtered: bool) -> np.ndarray:
         """Values of a declared leg on the full grid."""
         out = np.ones(self.geom.shape, dtype=complex)
         if filtered:
@@ -52,7 +61,7 @@ class _Grid:
             out = out * 1j * self.lvec[leg.grad]
         return out
 
-    def spectrum(self, x, y):
+    def spectrum(self, x: str, y: str) -> np.ndarray:
         name = pair_name(x, y)
         return self.total.get(name, np.zeros(self.geom.shape))
 
@@ -84,7 +93,8 @@ def _pairfunction(grid, name, kind, filtered, swap=False):
     return out * (est.weight_factor if filtered else 1.0)
 
 
-def direct_response(geom, filters, weight_cls, response_cls, name):
+def direct_response(geom: FlatSkyGeometry, filters: Filters, weight_cls: dict[str, np.ndarray],
+                    response_cls: dict[str, np.ndarray], name: str) -> np.ndarray:
     """:math:`R_\\alpha(\\mathbf{L}) = A^{-1} \\sum_{\\mathbf{l}_1} G_\\alpha f^{XY}_r` by direct summation.
 
     Parameters
@@ -108,7 +118,8 @@ def direct_response(geom, filters, weight_cls, response_cls, name):
     return (g * f).sum(axis=1).real.reshape(geom.fourier_shape()) / geom.area
 
 
-def direct_noise(geom, filters, weight_cls, name_a, name_b):
+def direct_noise(geom: FlatSkyGeometry, filters: Filters, weight_cls: dict[str, np.ndarray], name_a: str,
+                 name_b: str) -> np.ndarray:
     """Unnormalised Gaussian noise covariance of two estimators by direct summation.
 
     See :func:`deepcmb.qe.engine.noise_covariance` for the formula.

@@ -38,11 +38,20 @@ Hu & Okamoto (2002), ApJ 574, 566; Hanson, Challinor, Efstathiou & Bielewicz (20
 043005 (separable flat-sky estimators by FFT).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
 import ducc0
 import numpy as np
 
 from .estimators import ESTIMATORS
 from .filtering import pair_name
+
+if TYPE_CHECKING:
+    from ..geometry import FlatSkyGeometry
+    from .estimators import Leg
 
 
 class FourierFactors:
@@ -84,7 +93,7 @@ class FourierFactors:
             self._arrays[("C", name)] = arr
         self._lfactor = {0: -1j * lx, 1: -1j * ly}
 
-    def product(self, factors):
+    def product(self, factors: Iterable[tuple]) -> np.ndarray:
         """Product of the arrays of ``factors`` (an iterable of factor tuples) on the rfft grid."""
         out = None
         for f in factors:
@@ -92,18 +101,18 @@ class FourierFactors:
             out = a if out is None else out * a
         return np.ones(self.geom.fourier_shape()) if out is None else out
 
-    def lfactor(self, key):
+    def lfactor(self, key: Iterable[tuple[int, bool]]) -> np.ndarray | float:
         """Product of :math:`-i L_j` (or its conjugate :math:`+i L_j`) over ``key = ((j, conj), ...)``."""
         out = 1.0
         for j, conj in key:
             out = out * (np.conj(self._lfactor[j]) if conj else self._lfactor[j])
         return out
 
-    def to_map(self, f):
+    def to_map(self, f: np.ndarray) -> np.ndarray:
         """Inverse transform (geometry convention) of Hermitian rfft-grid modes ``(..., ny, nx//2+1)`` to real maps."""
         return to_map(self.geom, f, self.nthreads)
 
-    def to_fourier(self, m):
+    def to_fourier(self, m: np.ndarray) -> np.ndarray:
         """Forward transform (geometry convention) of real maps ``(..., ny, nx)``."""
         return to_fourier(self.geom, m, self.nthreads)
 
@@ -118,7 +127,8 @@ def _buffer(work, name, shape, dtype):
     return buf
 
 
-def to_map(geom, f, nthreads=1, scaled=True, work=None, name="map", overwrite=False):
+def to_map(geom: FlatSkyGeometry, f: np.ndarray, nthreads: int = 1, scaled: bool = True, work: dict | None = None,
+           name: str = "map", overwrite: bool = False) -> np.ndarray:
     """``geom.fourier2map`` with ``ducc0.fft`` (keeps single precision; preallocated output).
 
     ``scaled=False`` omits the constant factor ``1 / (N_pix dx^2)`` (folded in by the caller);
@@ -137,7 +147,8 @@ def to_map(geom, f, nthreads=1, scaled=True, work=None, name="map", overwrite=Fa
     return out
 
 
-def to_fourier(geom, m, nthreads=1, scaled=True, work=None, name="fourier"):
+def to_fourier(geom: FlatSkyGeometry, m: np.ndarray, nthreads: int = 1, scaled: bool = True, work: dict | None = None,
+               name: str = "fourier") -> np.ndarray:
     """``geom.map2fourier`` with ``ducc0.fft`` (keeps single precision; preallocated output).
 
     ``scaled=False`` omits the constant factor ``dx^2`` (folded in by the caller); see
@@ -154,7 +165,7 @@ def to_fourier(geom, m, nthreads=1, scaled=True, work=None, name="fourier"):
     return out
 
 
-def leg_factors(leg, spectra_kind, filtered):
+def leg_factors(leg: Leg, spectra_kind: str, filtered: bool) -> tuple[tuple, int]:
     """Factor tuples of one declared leg.
 
     Parameters
@@ -188,7 +199,7 @@ def _key(*parts):
     return tuple(sorted(sum(parts, ())))
 
 
-def convolve_sum(factors, items):
+def convolve_sum(factors: FourierFactors, items: Iterable[tuple[float, tuple, tuple, tuple]]) -> np.ndarray:
     """Evaluate :math:`\\sum_i c_i \\Lambda_i(\\mathbf{L}) \\int a_i(\\mathbf{l}_1) b_i(\\mathbf{L}-\\mathbf{l}_1)`.
 
     Parameters
@@ -218,7 +229,7 @@ def convolve_sum(factors, items):
     return out
 
 
-def response_items(name):
+def response_items(name: str) -> list[tuple[float, tuple, tuple, tuple]]:
     """Separable items of the response :math:`R_\\alpha = \\int G_\\alpha f^{XY}_r` of estimator ``name``."""
     est = ESTIMATORS[name]
     items = []
@@ -233,7 +244,7 @@ def response_items(name):
     return items
 
 
-def response(factors, name):
+def response(factors: FourierFactors, name: str) -> np.ndarray:
     """Normalisation kernel :math:`R_\\alpha(\\mathbf{L})` of estimator ``name``.
 
     Returns
@@ -245,7 +256,7 @@ def response(factors, name):
     return convolve_sum(factors, response_items(name)).real
 
 
-def noise_items(name_a, name_b):
+def noise_items(name_a: str, name_b: str) -> list[tuple[float, tuple, tuple, tuple]]:
     """Separable items of the unnormalised Gaussian noise covariance of estimators ``a`` and ``b``."""
     ea, eb = ESTIMATORS[name_a], ESTIMATORS[name_b]
     items = []
@@ -270,7 +281,7 @@ def noise_items(name_a, name_b):
     return items
 
 
-def noise_covariance(factors, names):
+def noise_covariance(factors: FourierFactors, names: Sequence[str]) -> np.ndarray:
     """Unnormalised Gaussian noise covariance :math:`\\langle q_\\alpha q_\\beta^*\\rangle / A`.
 
     Parameters

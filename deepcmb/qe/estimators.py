@@ -53,6 +53,9 @@ References
 Hu & Okamoto (2002), ApJ 574, 566; Okamoto & Hu (2003), PRD 67, 083002.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -116,7 +119,7 @@ class Estimator:
     terms: tuple
 
     @property
-    def weight_factor(self):
+    def weight_factor(self) -> float:
         """1/2 for same-field estimators (TT, EE), else 1; see the module notes."""
         return 0.5 if self.x == self.y else 1.0
 
@@ -165,7 +168,7 @@ _ALIASES = {"POL": "MV_POL", "MVPOL": "MV_POL", "MV-POL": "MV_POL", "POL_MV": "M
             "ET": "TE", "BE": "EB"}
 
 
-def parse_estimator(estimator):
+def parse_estimator(estimator: str | Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Names of the individual estimators an estimator specification stands for.
 
     Parameters
@@ -207,7 +210,7 @@ def parse_estimator(estimator):
     return "+".join(ordered), ordered
 
 
-def fields_needed(names):
+def fields_needed(names: Iterable[str]) -> tuple[str, ...]:
     """Map names (``'T'``, ``'Q'``, ``'U'``) the estimators ``names`` read."""
     need = set()
     for n in names:

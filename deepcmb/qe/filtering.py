@@ -12,7 +12,11 @@ elsewhere, so that the filtered field is :math:`\\bar X = F^X X_d`. The T-E corr
 inverted (see :mod:`deepcmb.qe.estimators`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,16 +24,22 @@ from ..errors import ConfigError, InputError
 from ..flatsky import gaussian_beam, white_noise_cl
 from ..geometry import interp_spectrum
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..geometry import FlatSkyGeometry
+    from ..sample import Instrument
+
 _PAIR = {("T", "T"): "TT", ("E", "E"): "EE", ("B", "B"): "BB", ("T", "E"): "TE", ("E", "T"): "TE",
          ("T", "B"): "TB", ("B", "T"): "TB", ("E", "B"): "EB", ("B", "E"): "EB"}
 
 
-def pair_name(x, y):
+def pair_name(x: str, y: str) -> str:
     """Spectrum name of the field pair ``(x, y)``, e.g. ``('E', 'T') -> 'TE'``."""
     return _PAIR[(x, y)]
 
 
-def check_band(geom, lmin, lmax):
+def check_band(geom: FlatSkyGeometry, lmin: float, lmax: float) -> tuple[float, float]:
     """Validate the CMB multipole range of the filters against the map's Fourier band.
 
     Raises
@@ -53,7 +63,7 @@ def check_band(geom, lmin, lmax):
     return lmin, lmax
 
 
-def grid_spectra(geom, cls):
+def grid_spectra(geom: FlatSkyGeometry, cls) -> dict[str, np.ndarray]:
     """Spectra on the rfft grid.
 
     Parameters
@@ -104,7 +114,7 @@ class Filters:
     noise: dict
 
 
-def instrument_values(instrument):
+def instrument_values(instrument: Instrument | dict) -> tuple[float, float, float]:
     """``(beam_fwhm_arcmin, noise_t_uk_arcmin, noise_p_uk_arcmin)`` from an instrument-like object.
 
     Accepts a :class:`~deepcmb.sample.Instrument`, any object with those three attributes, or a
@@ -124,7 +134,8 @@ def instrument_values(instrument):
     return tuple(values)
 
 
-def inverse_variance_filters(geom, lensed_cls, instrument, lmin, lmax, total_cls=None):
+def inverse_variance_filters(geom: FlatSkyGeometry, lensed_cls: np.ndarray, instrument: Instrument | dict, lmin: float,
+                             lmax: float, total_cls: np.ndarray | None = None) -> Filters:
     """Build the diagonal inverse-variance filters for beam-deconvolved T, E, B.
 
     Parameters
@@ -171,7 +182,8 @@ def inverse_variance_filters(geom, lensed_cls, instrument, lmin, lmax, total_cls
     return Filters(lmin, lmax, beam, mask, inverse, total, noise)
 
 
-def as_map_stack(geom, maps, needed):
+def as_map_stack(geom: FlatSkyGeometry, maps: Mapping[str, ArrayLike],
+                 needed: Sequence[str]) -> tuple[dict[str, np.ndarray], bool]:
     """Validate input maps and stack them with a leading sample axis.
 
     Parameters

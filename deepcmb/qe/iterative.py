@@ -24,6 +24,10 @@ Hirata & Seljak (2003), PRD 68, 083002; Smith, Hanson, LoVerde, Hirata & Zahn (2
 Hu & Okamoto (2002), ApJ 574, 566.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -32,8 +36,14 @@ from ..binning import bin_centres, bin_theory
 from . import engine
 from .filtering import grid_spectra, instrument_values, inverse_variance_filters
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def residual_lensed_bb(spectra, clpp_res, lmax=None):
+    from ..cosmology import CMBSpectra
+    from ..sample import Instrument
+
+
+def residual_lensed_bb(spectra: CMBSpectra, clpp_res: np.ndarray, lmax: int | None = None) -> np.ndarray:
     """Lensed BB power of the unlensed CMB lensed by :math:`C^{\\phi\\phi}_{\\rm res}` (µK², plain C_l).
 
     Parameters
@@ -95,7 +105,8 @@ def _profile(geom, n0_2d, edges):
     return bin_theory(geom, n0_2d, edges)
 
 
-def iterative_noise(spectra, instrument, lmin=30, lmax=3000, L=None, npix=512, max_iter=20, tol=1e-3):
+def iterative_noise(spectra: CMBSpectra, instrument: Instrument | dict, lmin: float = 30, lmax: float = 3000,
+                    L: ArrayLike | None = None, npix: int = 512, max_iter: int = 20, tol: float = 1e-3) -> dict:
     """Flat-sky lensing noise of the QE and of an iterative polarization estimator.
 
     Parameters
@@ -152,7 +163,7 @@ def iterative_noise(spectra, instrument, lmin=30, lmax=3000, L=None, npix=512, m
 
     l4 = geom.ell() ** 4
 
-    def profile(n0_2d):
+    def profile(n0_2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # average L^4 N (nearly white) rather than the steep N itself, then interpolate in log-log
         with np.errstate(invalid="ignore"):
             weighted = np.where(l4 > 0, l4 * n0_2d, np.inf)
@@ -160,13 +171,13 @@ def iterative_noise(spectra, instrument, lmin=30, lmax=3000, L=None, npix=512, m
         good = np.isfinite(prof) & np.isfinite(centres) & (centres > 0)
         return centres[good], prof[good]
 
-    def on(ells, xy):
+    def on(ells: np.ndarray, xy: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         x, y = xy
         with np.errstate(divide="ignore"):
             out = np.exp(np.interp(np.log(np.maximum(ells, 1e-30)), np.log(x), np.log(y), right=np.inf))
         return out
 
-    def clpp_residual(n_profile):
+    def clpp_residual(n_profile: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         n_l = on(ell, n_profile)  # inf beyond the reconstructed range: no delensing there
         with np.errstate(invalid="ignore", divide="ignore"):
             res = np.where(np.isfinite(n_l), clpp * n_l / (clpp + n_l), clpp)

@@ -15,7 +15,11 @@ Minimum-variance combination (Hu & Okamoto 2002, Eqs. 22-23), per Fourier mode :
 with :math:`\\mathbf{N}` the normalised N0 covariance of the individual estimators.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +31,13 @@ from .apodization import check_window, window_moment
 from .engine import EstimatePlan, FourierFactors, to_fourier, to_map
 from .estimators import fields_needed, parse_estimator
 from .filtering import as_map_stack, grid_spectra, inverse_variance_filters
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ..cosmology import CMBSpectra
+    from ..geometry import FlatSkyGeometry
+    from ..sample import Instrument
 
 
 BAND = {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0}
@@ -184,7 +195,7 @@ class QuadraticEstimator:
         self.fields = fields_needed(self.names)
 
     # -- noise ------------------------------------------------------------------------------------
-    def wiener_filter(self):
+    def wiener_filter(self) -> np.ndarray:
         """Wiener filter :math:`C^{\\kappa\\kappa}_L / (C^{\\kappa\\kappa}_L + N^{(0)}_L)` on the rfft grid.
 
         :math:`C^{\\kappa\\kappa}_L = L^4 C^{\\phi\\phi}_L / 4` (flat-sky convention); zero outside the band.
@@ -192,7 +203,7 @@ class QuadraticEstimator:
         with np.errstate(invalid="ignore"):
             return np.where(self.band, self.clkk_grid / (self.clkk_grid + np.where(self.band, self.n0_kappa, 1.0)), 0.0)
 
-    def n0_binned(self, edges, kind="kappa"):
+    def n0_binned(self, edges: ArrayLike, kind: str = "kappa") -> np.ndarray:
         """N0 averaged over the Fourier modes of each bin (the expectation of a binned auto-spectrum).
 
         Parameters
@@ -220,7 +231,8 @@ class QuadraticEstimator:
                for k in ("T", "Q", "U")]
         return tqu, single
 
-    def phi_fourier(self, maps, maps2=None, window=None):
+    def phi_fourier(self, maps: Mapping[str, ArrayLike], maps2: Mapping[str, ArrayLike] | None = None,
+                    window: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """Normalised (combined) phi estimate in Fourier space.
 
         Parameters
@@ -251,7 +263,8 @@ class QuadraticEstimator:
             raise InputError("maps2: shapes differ from maps")
         return self.plan(tqu, tqu2).copy(), single
 
-    def estimate(self, maps, window=None, mean_field=None, wiener=False, chunk=32):
+    def estimate(self, maps: Mapping[str, ArrayLike], window: np.ndarray | None = None,
+                 mean_field: np.ndarray | None = None, wiener: bool = False, chunk: int = 32) -> dict[str, np.ndarray]:
         """Reconstruct kappa and phi maps.
 
         Parameters
@@ -302,7 +315,7 @@ class QuadraticEstimator:
             kappa, phi = kappa[0], phi[0]
         return {"kappa": kappa, "phi": phi}
 
-    def mean_field(self, maps, window=None):
+    def mean_field(self, maps: Mapping[str, ArrayLike], window: np.ndarray | None = None) -> np.ndarray:
         """Mean-field kappa map: the average unfiltered estimate over simulations.
 
         Parameters
@@ -321,9 +334,12 @@ class QuadraticEstimator:
         return kappa if kappa.ndim == 2 else kappa.mean(axis=0)
 
 
-def reconstruct_qe(geom, maps, spectra, instrument, estimator="EB", lmin=BAND["lmin"], lmax=BAND["lmax"],
-                   Lmin=BAND["Lmin"], Lmax=BAND["Lmax"], wiener=False, window=None, mean_field=None, edges=None, response="gradient",
-                   mv_covariance="full", nthreads=1):
+def reconstruct_qe(geom: FlatSkyGeometry, maps: Mapping[str, ArrayLike], spectra: CMBSpectra,
+                   instrument: Instrument | dict, estimator: str | Sequence[str] = "EB", lmin: float = BAND["lmin"],
+                   lmax: float = BAND["lmax"], Lmin: float = BAND["Lmin"], Lmax: float = BAND["Lmax"],
+                   wiener: bool = False, window: np.ndarray | None = None, mean_field: np.ndarray | None = None,
+                   edges: ArrayLike | None = None, response: str | np.ndarray = "gradient", mv_covariance: str = "full",
+                   nthreads: int = 1) -> dict:
     """Reconstruct the lensing convergence of flat-sky maps with a quadratic estimator.
 
     Parameters
