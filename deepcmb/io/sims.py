@@ -57,14 +57,13 @@ import h5py
 import numpy as np
 
 from ..cosmology import PARAM_NAMES, CMBSpectra
+from ..fields import FIELDS
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
-from ..fields import FIELDS
 from .files import atomic_path, open_checked
 
 if TYPE_CHECKING:
-    from ..cosmology import CMBSpectra
     from ..simulate import SimPlan
 
 FORMAT = "deepcmb.sims"
