@@ -139,7 +139,8 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
     if stage.section is None and getattr(args, "config", None) is not None:
         foreign.append("--config")
     if foreign:
-        raise ConfigError(f"{', '.join(dict.fromkeys(foreign))} do(es) not apply to --method {stage.method}")
+        others = "/".join(s.method for s in stages if s is not stage)
+        raise ConfigError(f"{', '.join(dict.fromkeys(foreign))} apply to --method {others} only")
     config = _section(args.config, stage.section) if getattr(args, "config", None) is not None else {}
     for flag, text in given.items():
         _, name, leaf = next(u for u in flags[flag[5:]] if u[0] is stage)

@@ -122,7 +122,7 @@ def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path
 
 
 class Step:
-    """One step of a run: a stage of :data:`deepcmb.stages.STAGES` with its config, inputs and output.
+    """One step of a run: a stage of :data:`deepcmb.stages.STAGES` with its config, files and output.
 
     Attributes
     ----------
@@ -133,31 +133,35 @@ class Step:
     output : Path
         The file or folder it writes.
     config : dict
-        Its config (the ``config`` argument of the stage).
-    inputs : dict
-        Its inputs (the ``inputs`` argument of the stage).
-    after : list of str
+        Its config (the ``config`` argument of the stage): the settings the preset gives, the stage
+        fills in its defaults.
+    files : dict
+        The files it reads (the ``inputs`` argument of the stage).
+    inputs : list of str
         Steps whose outputs it reads.
+    identity : dict
+        What else identifies its output (a shipped model's path), part of the key only.
     options : dict
-        Execution options (e.g. ``workers``).
+        Execution options (e.g. ``workers``), which do not change the output.
     key : str
-        SHA-256 of the stage, its config, its inputs and the keys of the steps it reads
-        (set by :func:`plan_stages`).
+        SHA-256 of its name, config, identity and the keys of the steps it reads (set by
+        :func:`plan_stages`).
     """
 
-    def __init__(self, name, stage, output, config, inputs, after, options=None):
+    def __init__(self, name, stage, output, config, files, inputs, identity=None, options=None):
         self.name, self.stage, self.output, self.config = name, stage, Path(output), config
-        self.inputs, self.after, self.options, self.key = inputs, list(after), options or {}, None
+        self.files, self.inputs, self.identity = files, list(inputs), identity or {}
+        self.options, self.key = options or {}, None
 
     def run(self, overwrite: bool, progress: bool) -> Path:
-        """Run the stage on this step's config and inputs."""
-        return self.stage.run(self.config, self.inputs, self.output, overwrite=overwrite, progress=progress,
+        """Run the stage on this step's config and files."""
+        return self.stage.run(self.config, self.files, self.output, overwrite=overwrite, progress=progress,
                               **self.options)
 
 
 def _key(step, keys):
-    text = config_json({"stage": step.name, "config": step.config, "inputs": [keys[i] for i in step.after],
-                        "files": {k: v for k, v in step.inputs.items() if k == "model"}})
+    text = config_json({"stage": step.name, "config": {**step.identity, **step.config},
+                        "inputs": [keys[i] for i in step.inputs]})
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -240,14 +244,15 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     o = Path(out)
     steps = []
 
-    def add(name: str, stage: str, output: str | Path, config: dict, inputs: dict, after: list[str],
-            **options: Any) -> None:
-        steps.append(Step(name, STAGES[stage], o / output, config, inputs, after, options))
+    def add(name: str, stage: str, output: str | Path, config: dict, files: dict, inputs: list[str],
+            identity: dict | None = None, **options: Any) -> None:
+        steps.append(Step(name, STAGES[stage], o / output, config, files, inputs, identity, options))
 
-    def qe_settings(overrides: dict, where: str) -> dict:
-        if not isinstance(overrides, dict):
+    def qe_settings(given: dict, where: str) -> dict:
+        """The QE settings a preset gives (checked), as the QE steps' config."""
+        if not isinstance(given, dict):
             raise ConfigError(f"{where}: expected a mapping")
-        return resolve(overrides, QE_SETTINGS, prefix=f"{where}.")
+        return {k: v for k, v in resolve(given, QE_SETTINGS, prefix=f"{where}.").items() if k in given}
 
     qe_opts = qe_settings(run["qe"], "run.qe")
     add("simulate_train", "simulate", "sims_train.h5", train_sims, {}, [], workers=workers)
@@ -282,7 +287,7 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
             recs[lab] = o / folder / f"rec_{lab}.h5"
             add(f"reconstruct_{lab}{suffix}", "reconstruct_qe", recs[lab].relative_to(o), {"estimator": est, **opts},
                 {"sims": sims}, [f"simulate_{tag}"])
-        nn_cfg = {"any_shape": any_shape, "symmetrize": run["symmetrize"]}
+        nn_cfg = {k: True for k, on in (("any_shape", any_shape), ("symmetrize", run["symmetrize"])) if on}
         recs["nn"] = o / folder / "rec_nn.h5"
         qe_label = "qe_" + _label(run["qe_input"])
         add(f"reconstruct_nn{suffix}", "reconstruct_nn", recs["nn"].relative_to(o), nn_cfg,
@@ -291,7 +296,7 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         for lab, model_path in models.items():
             recs[lab] = o / folder / f"rec_{lab}.h5"
             add(f"reconstruct_{lab}{suffix}", "reconstruct_nn", recs[lab].relative_to(o), nn_cfg,
-                {"sims": sims, "model": model_path}, [f"simulate_{tag}"])
+                {"sims": sims, "model": model_path}, [f"simulate_{tag}"], {"model": str(model_path)})
         add(f"evaluate{suffix}", "evaluate", Path(folder) / "eval", eval_cfg, {"sims": sims, "recs": recs},
             [s.name for s in steps[first:]])
 
@@ -303,12 +308,13 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     report = {"report": o / "eval" / "report.h5"}
     if run["params"]:
         add("params", "params", "params", sections["params"], report, ["evaluate"])
-    add("figures", "figures", "figures", sections["figures"],
+    add("figures", "figures", "figures", resolve(sections["figures"], STAGES["figures"].load_schema(), "figures."),
         {**report, **({"chains": o / "params" / "chains.h5"} if run["params"] else {})},
         ["evaluate"] + (["params"] if run["params"] else []))
     if run["results"]:
         evaluations = {"test": o / "eval", **{tag: o / f"robust_{tag}" / "eval" for tag in robustness}}
-        add("results", "results", "results", sections["results"], {"evaluations": evaluations},
+        add("results", "results", "results", resolve(sections["results"], STAGES["results"].load_schema(), "results."),
+            {"evaluations": evaluations},
             [s.name for s in steps if s.name.startswith("evaluate")])
     keys = {}
     for s in steps:

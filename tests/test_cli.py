@@ -57,7 +57,7 @@ def test_flags_of_the_other_method_are_refused(tmp_path, capsys):
     code = main(["reconstruct", "--method", "qe", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
                  "--symmetrize"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "--symmetrize" in err and "--method qe" in err
+    assert code == 2 and err == "deepcmb reconstruct: error: --symmetrize apply to --method nn only"
 
 
 def test_a_bad_option_value_is_one_line(tmp_path, capsys):

@@ -131,9 +131,9 @@ def test_summary_compares_every_method_per_cosmology(tiny_run):
 
 
 def _documented_summary_keys():
-    """First-column keys of the ``summary.json`` layout in the docstring of :mod:`deepcmb.evaluation.report`
+    """First-column keys of the ``summary.json`` layout in the docstring of :mod:`deepcmb.io.report`
     (the layout the documentation's file-formats page shows)."""
-    import deepcmb.evaluation.report as report
+    import deepcmb.io.report as report
 
     doc = report.__doc__
     block = doc[doc.index("``summary.json``"):]

@@ -36,7 +36,7 @@ SCHEMA = {
     "Lmin": Number(BAND["Lmin"], min=0, doc="lowest lensing multipole kept"),
     "Lmax": Number(BAND["Lmax"], gt=0, doc="highest lensing multipole kept"),
     "wiener": Bool(False, doc="write the Wiener-filtered kappa C/(C+N0) kappa_hat"),
-    "apodize_arcmin": Number(None, min=0, doc="cosine taper width in arcmin (null: 0 for periodic maps, 60 for "
+    "apodize_arcmin": Number(None, min=0, keep_int=True, doc="cosine taper width in arcmin (null: 0 for periodic maps, 60 for "
                                               "curved-sky patches)"),
     "mean_field_maps": Int(64, min=1, doc="maps per mean-field estimate, non-periodic patches only"),
     "batch_size": Int(64, min=1, doc="maps read and reconstructed at once"),
@@ -104,7 +104,7 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
             raise InputError(f"{data}: the {label} estimator needs maps {', '.join(need)}; "
                              f"missing {', '.join(missing)} (add them to simulation.fields)")
         periodic = bool(f.attrs["periodic"])
-        taper = default_taper(periodic) if cfg["apodize_arcmin"] is None else cfg["apodize_arcmin"]
+        taper = default_taper(periodic) if cfg["apodize_arcmin"] is None else float(cfg["apodize_arcmin"])
         window = cosine_window(geom, taper) if taper > 0 else None
         spectra = compute_spectra({})
         levels = f["meta/noise_index"][...]
