@@ -3,7 +3,7 @@ the writer of ``chains.h5`` (:func:`write_chains`) and its reader (:class:`Chain
 
 ``chains.h5`` (``format = 'deepcmb.params'``, ``format_version = 2``)::
 
-    /                         attrs: provenance (deepcmb_version, git_revision, stage, created, config),
+    /                         attrs: provenance (deepcmb_version, git_revision, software, stage, created, config),
                                      format, format_version, report_file, parameters (sampled names),
                                      calibration_cosmologies (reference first), noise_index, test_cosmologies
     /bins/edges (nb+1,), /bins/L (nb,)        the bands fitted

@@ -4,7 +4,7 @@ writer and readers.
 Every reconstruction method writes the same layout, so the evaluation treats them alike
 (``format = 'deepcmb.reconstruction'``, ``format_version = 1``)::
 
-    /              attrs: format, format_version, deepcmb_version, git_revision, stage, created,
+    /              attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
                           config (JSON), method ('nn' | 'qe'), sims_file (absolute path),
                           sims_created, sims_git_revision (copied from the simulation file) and
                           sims_config_sha256 (SHA-256 of its config attribute), so that a mismatched

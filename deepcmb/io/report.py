@@ -6,7 +6,7 @@ layout, writers (:func:`write_report`, :func:`write_summary`) and the one reader
 dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of W² kappa divided by
 ``window_w4`` and the E spectra those of W E divided by ``window_w2`` (see :mod:`deepcmb.evaluation.stage`)::
 
-    /                 attrs: format, format_version, deepcmb_version, git_revision, stage, created,
+    /                 attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
                              config (JSON), sims_file (absolute path), methods (labels), n_maps,
                              apodize_arcmin, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
                              snr_Lmax, jackknife

@@ -3,7 +3,7 @@
 Layout (``format = 'deepcmb.sims'``, ``format_version = 1``), readable with h5py alone
 (``f["maps/kappa"][i]`` is map ``i``)::
 
-    /                      attrs: format, format_version, deepcmb_version, git_revision, stage,
+    /                      attrs: format, format_version, deepcmb_version, git_revision, software, stage,
                                   created (UTC ISO 8601), config (the full resolved config, JSON),
                                   seed, kind ('flat' | 'curved'), periodic (bool),
                                   shape (ny, nx), pixel_arcmin, n_maps, fields
