@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml
-from .errors import ConfigError, DeepCMBError
+from .errors import ConfigError, DeepCMBError, InputError
 from .stages import Stage, commands
 
 OPTIONS = {
@@ -130,6 +130,15 @@ def _labelled(items: list[str] | None, flag: str) -> dict:
     return out
 
 
+def _check_files_exist(inputs: dict) -> None:
+    """Refuse a missing input file before the stage is imported (a network stage imports its backend, which
+    takes seconds and prints its start-up lines). A model may be a name, so it is the stage's to check."""
+    for name, value in inputs.items():
+        for path in (value.values() if isinstance(value, dict) else [value]):
+            if name != "model" and not Path(path).exists():
+                raise InputError(f"{path}: no such file")
+
+
 def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> None:
     stage = stages[0] if len(stages) == 1 else next(s for s in stages if s.method == args.method)
     given = {flag: v for flag, v in vars(args).items() if flag.startswith("leaf:")}
@@ -152,6 +161,7 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
     inputs = {i.name: (_labelled(getattr(args, i.name), i.flag) if i.labelled else getattr(args, i.name))
               for i in stage.inputs}
     inputs = {k: v for k, v in inputs.items() if v is not None}
+    _check_files_exist(inputs)
     options = {o: getattr(args, o) for o in stage.options if getattr(args, o) is not None}
     if stage.keras:
         # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) would bury the stage's own output

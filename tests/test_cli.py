@@ -61,7 +61,20 @@ def test_flags_of_the_other_method_are_refused(tmp_path, capsys):
 
 
 def test_a_bad_option_value_is_one_line(tmp_path, capsys):
+    (tmp_path / "s.h5").write_bytes(b"")  # the settings are checked before the file is read
     code = main(["reconstruct", "--method", "qe", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
                  "--lmin", "-5"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "deepcmb reconstruct: error: lmin: expected a number >= 0, got -5"
+
+
+def test_a_missing_input_is_refused_before_the_backend_starts(tmp_path):
+    """One line, exit 2, and no TensorFlow start-up lines: the file is checked before Keras is imported."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "deepcmb.cli", "reconstruct", "--method", "nn", "--sims",
+                           str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"deepcmb reconstruct: error: {tmp_path / 'missing.h5'}: no such file"
