@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml
+from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, override
 from .errors import ConfigError, DeepCMBError, InputError
 from .stages import Stage, commands
 
@@ -100,6 +100,10 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
             p.add_argument(flag, metavar=flag[2:].upper().replace("-", "_"), **kw)
     for name in dict.fromkeys(o for s in stages for o in s.options):
         p.add_argument(f"--{name}", default=None, **OPTIONS[name])
+    if any(s.section is not None for s in stages):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one value of the config (a dotted key inside its section, a YAML value), "
+                            "e.g. --set jackknife=10; repeat for several")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=partial(_run_stage, stages, flags))
@@ -151,6 +155,11 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
         others = "/".join(s.method for s in stages if s is not stage)
         raise ConfigError(f"{', '.join(dict.fromkeys(foreign))} apply to --method {others} only")
     config = _section(args.config, stage.section) if getattr(args, "config", None) is not None else {}
+    if getattr(args, "set", None):
+        if stage.section is None:
+            raise ConfigError(f"--set applies to --method {'/'.join(s.method for s in stages if s.section is not None)} "
+                              "only")
+        config = override(config, args.set)
     for flag, text in given.items():
         _, name, leaf = next(u for u in flags[flag[5:]] if u[0] is stage)
         node = config
@@ -185,6 +194,9 @@ def _add_run(sub) -> None:
     p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET)")
     p.add_argument("--workers", **OPTIONS["workers"])
     p.add_argument("--verbose", action="store_true", help="also show each stage's own progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one value of the preset (e.g. --set evaluate.jackknife=10, --set run.params=false); "
+                        "repeat for several")
     p.set_defaults(func=_run_pipeline)
 
 
@@ -192,7 +204,8 @@ def _run_pipeline(args: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .pipeline import run_pipeline
 
-    run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose)
+    run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose,
+                 overrides=args.set)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -307,6 +307,41 @@ def resolve(user: dict | None, schema: dict, prefix: str = "") -> dict:
                 spec.resolve(name, True, user[key])
         else:
             out[key] = leaf(spec).resolve(name, key in user, user.get(key))
+    return out
+
+
+def override(config: dict | None, assignments: Sequence[str]) -> dict:
+    """A copy of ``config`` with ``KEY=VALUE`` assignments applied (the ``--set`` option).
+
+    Parameters
+    ----------
+    config : dict or None
+        A config as read from YAML.
+    assignments : sequence of str
+        ``'training.epochs=3'``: a dotted key (missing mappings on the way are made) and a value read as
+        YAML (``3``, ``1.5e-9``, ``true``, ``null``, ``[EB, MV_POL]``, ``{lmin: 300}``).
+
+    Returns
+    -------
+    dict
+        The new config; unknown keys are found when it is resolved against its schema.
+    """
+    out = copy.deepcopy(config or {})
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set training.epochs=3")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+        *parents, last = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(parents[:i + 1])} is not a mapping")
+        node[last] = value
     return out
 
 

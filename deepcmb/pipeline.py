@@ -32,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Bool, Free, ListOf, Str, load_yaml, resolve
+from .config import Bool, Free, ListOf, Str, load_yaml, override, resolve
 from .errors import ConfigError
 from .io.files import write_json
 from .provenance import config_json
@@ -201,7 +201,7 @@ def _merge(base, overrides):
 
 
 def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = None,
-                verbose: bool = False) -> list[Step]:
+                verbose: bool = False, overrides: Sequence[str] = ()) -> list[Step]:
     """The steps of a preset, in order (nothing is run).
 
     Parameters
@@ -214,6 +214,8 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         Worker processes of the simulate steps (default: one per core).
     verbose : bool
         Let the stages show their own progress bars.
+    overrides : sequence of str
+        ``SECTION.KEY=VALUE`` assignments applied to the preset (:func:`deepcmb.config.override`).
 
     Returns
     -------
@@ -221,7 +223,7 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     """
     from .nn.settings import resolve_config as resolve_train
 
-    top = load_yaml(preset_file)
+    top = override(load_yaml(preset_file), overrides)
     unknown = sorted(set(top) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{preset_file}: unknown section(s) {', '.join(unknown)} (expected {', '.join(SECTIONS)})")
@@ -323,7 +325,8 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
 
 
 def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str | Path | None = None,
-                 workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = print) -> Path:
+                 workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = print,
+                 overrides: Sequence[str] = ()) -> Path:
     """Run (or resume) every stage of a preset.
 
     Parameters
@@ -340,6 +343,8 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
         Show each stage's own progress bars under its line.
     echo : callable
         Receives one line per stage (``print`` by default).
+    overrides : sequence of str
+        ``SECTION.KEY=VALUE`` assignments applied to the preset (``--set``).
 
     Returns
     -------
@@ -349,7 +354,7 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     preset_file, root = find_preset(preset, root)
     out = Path(out) if out is not None else root / "data" / "out" / f"run_{preset_file.stem}"
     out.mkdir(parents=True, exist_ok=True)
-    steps = plan_stages(preset_file, root, out, workers=workers, verbose=verbose)
+    steps = plan_stages(preset_file, root, out, workers=workers, verbose=verbose, overrides=overrides)
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     total = time.perf_counter()

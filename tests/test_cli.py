@@ -78,3 +78,35 @@ def test_a_missing_input_is_refused_before_the_backend_starts(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"deepcmb reconstruct: error: {tmp_path / 'missing.h5'}: no such file"
+
+
+def test_set_overrides_a_config_value(tmp_path, capsys):
+    """--set KEY=VALUE lands in the stage's config (and is checked like a value of the file)."""
+    from deepcmb.config import override
+    from deepcmb.errors import ConfigError
+
+    cfg = override({"training": {"epochs": 5}}, ["training.epochs=3", "model.filters=[8, 16]", "seed=null"])
+    assert cfg == {"training": {"epochs": 3}, "model": {"filters": [8, 16]}, "seed": None}
+    for bad in ("epochs", "=3", "a..b=1", "training.epochs.x=1"):
+        with pytest.raises(ConfigError, match="--set"):
+            override({"training": {"epochs": 5}}, [bad])
+    config = tmp_path / "e.yaml"
+    config.write_text("evaluate:\n  jackknife: 8\n")
+    (tmp_path / "s.h5").write_bytes(b"")
+    (tmp_path / "r.h5").write_bytes(b"")
+    code = main(["evaluate", "--config", str(config), "--sims", str(tmp_path / "s.h5"), "--rec", f"nn={tmp_path / 'r.h5'}",
+                 "--out", str(tmp_path / "ev"), "--set", "jackknife=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("deepcmb evaluate: error: evaluate.jackknife: expected an integer >= 2, got 1")
+
+
+def test_set_overrides_a_preset_of_deepcmb_run(tmp_path):
+    from deepcmb.pipeline import find_preset, plan_stages
+
+    path, root = find_preset("quick")
+    plain = {s.name: s for s in plan_stages(path, root, tmp_path / "run")}
+    steps = {s.name: s for s in plan_stages(path, root, tmp_path / "run",
+                                            overrides=["evaluate.jackknife=10", "run.params=false"])}
+    assert steps["evaluate"].config["jackknife"] == 10 and plain["evaluate"].config["jackknife"] == 20
+    assert "params" in plain and "params" not in steps
+    assert steps["simulate_train"].key == plain["simulate_train"].key != steps["evaluate"].key
