@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, override
+from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, override, set_value
 from .errors import ConfigError, DeepCMBError, InputError
 from .stages import Stage, commands
 
@@ -162,11 +162,7 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
         config = override(config, args.set)
     for flag, text in given.items():
         _, name, leaf = next(u for u in flags[flag[5:]] if u[0] is stage)
-        node = config
-        *parents, key = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[key] = text if isinstance(leaf, Bool) else _value(text, leaf)
+        set_value(config, name, text if isinstance(leaf, Bool) else _value(text, leaf), where=flag[5:])
     inputs = {i.name: (_labelled(getattr(args, i.name), i.flag) if i.labelled else getattr(args, i.name))
               for i in stage.inputs}
     inputs = {k: v for k, v in inputs.items() if v is not None}

@@ -335,14 +335,20 @@ def override(config: dict | None, assignments: Sequence[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: the value is not valid YAML") from None
-        *parents, last = key.strip().split(".")
-        node = out
-        for i, part in enumerate(parents):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: {'.'.join(parents[:i + 1])} is not a mapping")
-        node[last] = value
+        set_value(out, key.strip(), value, where=f"--set {item}")
     return out
+
+
+def set_value(config: dict, key: str, value: Any, where: str) -> None:
+    """Set the dotted ``key`` of ``config`` in place, making missing mappings on the way (``where`` names
+    the source of the value in a message)."""
+    *parents, last = key.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {'.'.join(parents[:i + 1])} is not a mapping")
+    node[last] = value
 
 
 def leaves(schema: dict, prefix: str = "") -> Iterator[tuple[str, Leaf]]:

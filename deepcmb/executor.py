@@ -39,7 +39,7 @@ def open_executor(workers: int = 1,
     Parameters
     ----------
     workers : int
-        Local worker processes (1: run inline).
+        Local worker processes, at least 1 (1: run inline); the stage checks the user's value.
     scheduler : str, optional
         Address of a Dask distributed scheduler (``tcp://host:8786``); overrides ``workers``.
     """
@@ -59,10 +59,8 @@ def open_executor(workers: int = 1,
     elif workers > 1:
         with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             yield pool
-    elif workers == 1:
-        yield _InlineExecutor()
     else:
-        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+        yield _InlineExecutor()
 
 
 def as_completed(futures: Iterable[Any]) -> Iterator[Any]:

@@ -201,7 +201,7 @@ def _merge(base, overrides):
 
 
 def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = None,
-                verbose: bool = False, overrides: Sequence[str] = ()) -> list[Step]:
+                overrides: Sequence[str] = ()) -> list[Step]:
     """The steps of a preset, in order (nothing is run).
 
     Parameters
@@ -212,8 +212,6 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         Run folder.
     workers : int, optional
         Worker processes of the simulate steps (default: one per core).
-    verbose : bool
-        Let the stages show their own progress bars.
     overrides : sequence of str
         ``SECTION.KEY=VALUE`` assignments applied to the preset (:func:`deepcmb.config.override`).
 
@@ -354,7 +352,7 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     preset_file, root = find_preset(preset, root)
     out = Path(out) if out is not None else root / "data" / "out" / f"run_{preset_file.stem}"
     out.mkdir(parents=True, exist_ok=True)
-    steps = plan_stages(preset_file, root, out, workers=workers, verbose=verbose, overrides=overrides)
+    steps = plan_stages(preset_file, root, out, workers=workers, overrides=overrides)
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     total = time.perf_counter()

@@ -22,7 +22,7 @@ run`` (:mod:`deepcmb.pipeline`) are both built from this table.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,7 +113,7 @@ class Stage:
     finished: str | None = None
     keras: bool = False
     method: str | None = None
-    options: tuple[str, ...] = field(default=())
+    options: tuple[str, ...] = ()
 
     def load_schema(self) -> dict:
         """The stage's config schema (imports its module)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import Bool, Int, ListOf, Number, Retired, Str, resolve
+from ..config import Bool, Int, ListOf, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError
 from ..io.files import check_output_folder
@@ -53,7 +53,9 @@ SCHEMA = {
     "apodize_arcmin": Number(None, min=0, keep_int=True,
                              doc="cosine taper of the window on every map, arcmin (null: 0 if periodic, else 60)"),
     "snr": {"Lmax": Number(2000.0, doc="highest multipole of the cumulative S/N and the cosmology fit")},
-    "theory": {"qe_estimators": ListOf(Str(), ["EB", "MV_POL"], doc="QE whose analytic N0 the report carries"),
+    "theory": {"qe_estimators": ListOf(None, ["EB", "MV_POL"],
+                                         doc="QE (names, or lists of names to combine) whose analytic N0 the report "
+                                             "carries"),
                "iterative": Bool(True, doc="compute the iterative limit (about 10 s per noise level)"),
                "qe_lmin": Retired(_BAND_FROM_FILES), "qe_lmax": Retired(_BAND_FROM_FILES)},
     "examples": Int(4, min=0, doc="maps copied into the report for figures"),

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 def estimator_labels(names: list[str | Sequence[str]]) -> list[str]:
     """Canonical labels (e.g. ``'EB'``, ``'MV_POL'``) of ``evaluate.theory.qe_estimators``, in order, without
     repeats."""
-    if not isinstance(names, list):
-        raise ConfigError(f"evaluate.theory.qe_estimators: expected a list of estimator names, got {names!r}")
     labels = []
     for name in names:
         try:
