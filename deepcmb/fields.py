@@ -15,6 +15,7 @@ trained to recover; ``'reconstruction'`` a map another estimator made from the o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -71,6 +72,26 @@ FIELDS = {f.name: f for f in (
 
 STORED = tuple(name for name, f in FIELDS.items() if f.stored)
 """Every map a simulation can store, in the order of the table (the default ``simulation.fields``)."""
+
+
+EB_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "observed" and not f.stored)
+"""Derived input channels: the observed (lensed, beam-convolved, noisy) E and B maps, in µK, made from
+the observed Stokes ``Q`` and ``U`` by the flat-sky rotation of their Fourier modes
+(:meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb_maps`). A fixed, exact linear map of the same data on
+periodic maps; it hands the network the faint B modes, which carry most of the lensing information at
+low noise, apart from the E power that dominates Q and U."""
+
+
+def stored_fields(names: Iterable[str]) -> list[str]:
+    """The maps that ``names`` are made of: each of :data:`EB_INPUTS` replaced by ``Q`` and ``U`` (order
+    kept, no repeats). For a network's input channels, the maps its file takes (the E/B split is a layer
+    of the network, :class:`deepcmb.nn.layers.StokesToEB`)."""
+    out = []
+    for n in names:
+        for m in (("Q", "U") if n in EB_INPUTS else (n,)):
+            if m not in out:
+                out.append(m)
+    return out
 
 
 def units(name: str) -> str:

@@ -1,6 +1,7 @@
 """The network on the jax and torch backends (each in a subprocess with KERAS_BACKEND set).
 
-Each backend builds the DeepCMB-style blocks (SELU, batch norm, dropout, periodic padding), takes
+Each backend builds the DeepCMB-style blocks (SELU, batch norm, dropout, periodic padding, the E/B split
+of Q and U by FFTs), takes
 training steps with a finite loss, round-trips save -> load -> predict bit for bit, and reads a model
 saved by tensorflow with the same predictions. jax also trains through `deepcmb train` with data
 parallelism over two (virtual CPU) devices and reconstructs with `deepcmb reconstruct`.
@@ -26,8 +27,8 @@ from deepcmb.nn.reconstruct import load_network
 
 tmp = sys.argv[1]
 keras.utils.set_random_seed(0)
-cfg = resolve({"filters": [8, 16], "kernel_size": 3, "dropout": 0.1}, MODEL_SCHEMA)
-model = build_resunet(cfg, (16, 16), {"kappa": (0.0, 0.05), "Q": (0.0, 3.0)}, pixel_arcmin=2.0)
+cfg = resolve({"filters": [8, 16], "kernel_size": 3, "dropout": 0.1, "inputs": ["E", "B"]}, MODEL_SCHEMA)
+model = build_resunet(cfg, (16, 16), {"kappa": (0.0, 0.05), "E": (0.0, 3.0)}, pixel_arcmin=2.0)
 model.compile(optimizer="adam", loss="mse")
 ref = np.load(tmp + "/ref.npz")
 x, y = ref["x"], {"kappa": ref["kappa"], "E_unlensed": ref["e"]}
@@ -72,8 +73,8 @@ def reference(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 16, 16, 2)).astype("f4")
     kappa, e = (rng.normal(size=(4, 16, 16, 1)).astype("f4") for _ in range(2))
-    cfg = resolve({"filters": [8, 16], "kernel_size": 3, "dropout": 0.1}, MODEL_SCHEMA)
-    model = build_resunet(cfg, (16, 16), {"kappa": (0.0, 0.05)})
+    cfg = resolve({"filters": [8, 16], "kernel_size": 3, "dropout": 0.1, "inputs": ["E", "B"]}, MODEL_SCHEMA)
+    model = build_resunet(cfg, (16, 16), {"kappa": (0.0, 0.05)})  # takes Q, U: its E/B split is a layer
     model.compile(optimizer="adam", loss="mse")
     model.train_on_batch(x, {"kappa": kappa, "E_unlensed": e})
     model.save(tmp / "tf.keras")

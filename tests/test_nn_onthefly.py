@@ -17,6 +17,7 @@ from deepcmb.errors import ConfigError  # noqa: E402
 from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
 from deepcmb.io.sims import open_sims  # noqa: E402
 from deepcmb.nn.data import MapSource, SimsBatches  # noqa: E402
+from deepcmb.nn.layers import StokesToEB  # noqa: E402
 from deepcmb.nn.losses import FourierWeightedMSE, inverse_variance_weights  # noqa: E402
 from deepcmb.nn.onthefly import FreshBatches, fresh_root_seed  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
@@ -76,11 +77,17 @@ def test_e_b_inputs_are_the_flat_sky_split_of_the_observed_q_u_in_file_and_fresh
         np.testing.assert_allclose(geom.fourier2map(geom.map2fourier(rebuilt - ref) * inside), 0, rtol=0,
                                    atol=1e-5 * np.abs(ref).max())
     assert 1e-3 < np.std(b) / np.std(e) < 0.3  # B (lensing + 1-5 uK' noise) is faint next to E
-    fresh = FreshBatches(sims, ["E", "B", "kappa_qe"], OUTPUTS, batch_size=8, steps_per_epoch=3, seed=0, qe_path=qe)
+    # fresh batches hand the network the same Q, U as the file at the same seed, and the network's own
+    # split of them (its StokesToEB layer, float32 FFTs) is the file-side split
+    fresh = FreshBatches(sims, ["Q", "U", "kappa_qe"], OUTPUTS, batch_size=8, steps_per_epoch=3, seed=0, qe_path=qe)
     fresh.root_seed = SIMS["seed"]
     _, maps = fresh.load(0)
-    for name, ref in (("E", e), ("B", b)):
+    for name, ref in (("Q", q), ("U", u)):
         np.testing.assert_allclose(maps[name], ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+    split = np.asarray(StokesToEB(["Q", "U"], ["B", "E"])(np.stack([maps["Q"], maps["U"]], axis=-1)))
+    for k, ref in enumerate((b, e)):
+        np.testing.assert_allclose(split[..., k], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    # networks saved with E/B channels and no split layer are still fed from the file
     x, _ = SimsBatches(source, rows, ["B", "E"], OUTPUTS, batch_size=8)[0]
     np.testing.assert_array_equal(x[..., 0], b.astype(np.float32))
     np.testing.assert_array_equal(x[..., 1], e.astype(np.float32))

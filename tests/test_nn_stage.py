@@ -180,8 +180,8 @@ def test_reconstruct_layout_and_units(trained, sims, tmp_path):
 
 
 def test_e_b_network_trains_and_reconstructs_from_the_files_q_u(sims, tmp_path):
-    """A network on the E/B split reads the files' Q and U: its statistics, training and reconstruction
-    all use the split made as the maps are read."""
+    """A network on the E/B split takes the files' Q and U: its E/B split is a layer of the network, equal
+    to the numpy split from which the normalisation statistics come."""
     cfg = {**TRAIN, "model": {**TRAIN["model"], "inputs": ["E", "B"]}, "training": {**TRAIN["training"], "epochs": 1}}
     run, out = tmp_path / "run", tmp_path / "rec.h5"
     assert main(["train", "--config", _yaml(tmp_path / "t.yaml", cfg), "--data", str(sims), "--out", str(run),
@@ -189,13 +189,17 @@ def test_e_b_network_trains_and_reconstructs_from_the_files_q_u(sims, tmp_path):
     assert main(["reconstruct", "--method", "nn", "--model", str(run), "--data", str(sims), "--out", str(out),
                  "--quiet"]) == 0
     model, spec = load_network(run)
-    assert spec["inputs"] == ["E", "B"]
+    assert spec["inputs"] == ["Q", "U"] and spec["channels"] == ["E", "B"]
     with h5py.File(sims) as s, open_reconstruction(out, sims) as f:
         q, u = s["maps/Q"][:16].astype(np.float64), s["maps/U"][:16].astype(np.float64)
         e, b = MapSource(sims).geom.qu2eb_maps(q, u)
         norm = json.loads((run / "normalization.json").read_text())["stats"]
         assert norm["B"]["std"] < 0.5 * norm["E"]["std"]  # the split is not Q/U under other names
-        pred = model.predict_on_batch(np.stack([e, b], axis=-1).astype(np.float32))
+        x = np.stack([q, u], axis=-1).astype(np.float32)
+        split = np.asarray(model.get_layer("eb_split")(x))
+        for k, ref in enumerate((e, b)):
+            np.testing.assert_allclose(split[..., k], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+        pred = model.predict_on_batch(x)
         np.testing.assert_allclose(f["maps/kappa"][:16], np.asarray(pred["kappa"])[..., 0], rtol=1e-4, atol=1e-6)
 
 

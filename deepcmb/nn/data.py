@@ -3,7 +3,9 @@
 Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
 Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
 (:mod:`deepcmb.io.reconstruction`), matched row by row through its ``/meta/index``. Channels ``E`` and ``B``
-(:data:`EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps are read.
+(:data:`deepcmb.fields.EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps
+are read: for the normalisation statistics and the input checks of a network (whose own file takes ``Q`` and
+``U`` and splits them in a layer), and to feed networks saved before that layer existed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..fields import FIELDS
+from ..fields import EB_INPUTS
 from ..io.reconstruction import estimator_settings, open_reconstruction
-from ..io.sims import open_sims
+from ..io.sims import open_sims, read_instruments
 from .augment import allowed_transforms, transform_maps
 
 if TYPE_CHECKING:
@@ -30,37 +32,6 @@ if TYPE_CHECKING:
     from .onthefly import FreshBatches
 
 SPLITS = ("train", "validation", "test")
-
-EB_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "observed" and not f.stored)
-"""Derived input channels: the observed (lensed, beam-convolved, noisy) E and B maps, in µK, made from
-the observed Stokes ``Q`` and ``U`` by the flat-sky rotation of their Fourier modes
-(:meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb_maps`). A fixed, exact linear map of the same data on
-periodic maps; it hands the network the faint B modes, which carry most of the lensing information at
-low noise, apart from the E power that dominates Q and U."""
-
-
-def stored_fields(names: Iterable[str]) -> list[str]:
-    """The stored maps that ``names`` need: each of :data:`EB_INPUTS` replaced by ``Q`` and ``U``
-    (order kept, no repeats)."""
-    out = []
-    for n in names:
-        for m in (("Q", "U") if n in EB_INPUTS else (n,)):
-            if m not in out:
-                out.append(m)
-    return out
-
-
-def add_eb(maps: dict[str, np.ndarray], names: Iterable[str], geom: FlatSkyGeometry) -> dict[str, np.ndarray]:
-    """Add the :data:`EB_INPUTS` among ``names`` to ``maps`` (name -> ``(..., ny, nx)``), made from its
-    ``Q`` and ``U`` on the flat-sky geometry ``geom``, as float32."""
-    wanted = [n for n in EB_INPUTS if n in names]
-    if wanted:
-        e, b = geom.qu2eb_maps(maps["Q"], maps["U"])
-        for n, m in zip(EB_INPUTS, (e, b)):
-            if n in wanted:
-                maps[n] = m.astype(np.float32)
-    return maps
-
 
 def split_rows(n_maps: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
     """Fixed train / validation / test rows of a file of ``n_maps`` maps.
@@ -189,6 +160,7 @@ class MapSource:
             self.pixel_arcmin = float(f.attrs["pixel_arcmin"])
             self.n_maps = int(f.attrs["n_maps"])
             self.fields = list(f["maps"].keys())
+            self.instruments = read_instruments(f)
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
         self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None
@@ -226,7 +198,8 @@ class MapSource:
         files = self._open()
         rows = np.asarray(rows, np.int64)
         if name in EB_INPUTS:
-            return add_eb({n: self.read(n, rows) for n in ("Q", "U")}, [name], self.geom)[name]
+            eb = self.geom.qu2eb_maps(self.read("Q", rows), self.read("U", rows))
+            return eb[EB_INPUTS.index(name)].astype(np.float32)
         if name == "kappa_qe":
             pos = self._qe_pos[rows]
             if np.any(pos < 0):
@@ -363,7 +336,7 @@ class SimsBatches(keras.utils.PyDataset):
         """``(rows, maps)`` of item ``i``: maps is field -> ``(b, ny, nx)`` float32, augmented."""
         epoch, batch = self.position(i)
         rows = self.batch_rows(epoch, batch)
-        maps = {name: self.source.read(name, rows) for name in stored_fields(self.inputs + self.outputs)}
+        maps = {name: self.source.read(name, rows) for name in self.inputs + self.outputs}
         for name, m in maps.items():
             bad = ~np.isfinite(m)
             if bad.any():
@@ -371,7 +344,6 @@ class SimsBatches(keras.utils.PyDataset):
                 where = f"{self.split} batch {batch}" + (f" of epoch {epoch + 1}" if self.endless else "")
                 raise InputError(f"{self.source.sims_path}: NaN or inf in map {name!r} row {rows[k]} ({where}); "
                                  "stopped")
-        add_eb(maps, self.inputs, self.source.geom)
         if self.augment:
             rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(3, epoch, batch)))
             ks = rng.choice(self.transforms, size=len(rows))

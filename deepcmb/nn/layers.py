@@ -1,7 +1,9 @@
 """Custom Keras layers of the deepcmb networks, registered so that models load in Keras safe mode.
 
-All three are written with :mod:`keras.ops` only and run on the tensorflow, jax and torch backends.
+All are written with :mod:`keras.ops` only and run on the tensorflow, jax and torch backends.
 
+- :class:`StokesToEB` splits the observed Stokes ``Q``, ``U`` into the E and B maps inside the network,
+  so that a network file takes Q and U in µK whatever channels its convolutions read.
 - :class:`PeriodicPad2D` wraps a channels-last map around its edges (flat-sky simulations are
   periodic, so a convolution after periodic padding treats every pixel alike).
 - :class:`Standardize` maps physical input channels to zero mean, unit variance with statistics of the
@@ -17,7 +19,28 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..fields import EB_INPUTS
+from ..geometry import FlatSkyGeometry
+
 PACKAGE = "deepcmb"
+
+
+def _rotation_grids(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``cos 2 phi_l`` and ``sin 2 phi_l`` on the full ``(ny, nx)`` FFT grid, float32, equal to the values
+    :meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb` uses on the half (rfft) grid, extended by
+    ``f(-l) = f(l)``; on the Nyquist row and column this gives exactly the real maps the numpy split returns.
+    The angle of a mode does not depend on the (square) pixel size."""
+    ny, nx = shape
+    c2r, s2r = FlatSkyGeometry(shape, 1.0).cos2phi_sin2phi()
+    full = []
+    for half in (c2r, s2r):
+        f = np.empty((ny, nx))
+        f[:, : nx // 2 + 1] = half
+        ky = (-np.arange(ny)) % ny
+        for kx in range(nx // 2 + 1, nx):
+            f[:, kx] = half[ky, nx - kx]
+        full.append(f.astype(np.float32))
+    return full[0], full[1]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -50,8 +73,68 @@ class PeriodicPad2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class StokesToEB(keras.layers.Layer):
+    """The flat-sky E/B split of Stokes ``Q``, ``U`` channels, as a layer: ``(b, ny, nx, len(names_in))``
+    -> ``(b, ny, nx, len(names_out))``.
+
+    For every output channel ``E`` or ``B``,
+
+    .. math::
+
+        E(\\mathbf{l}) = Q(\\mathbf{l}) \\cos 2\\phi_l + U(\\mathbf{l}) \\sin 2\\phi_l, \\qquad
+        B(\\mathbf{l}) = -Q(\\mathbf{l}) \\sin 2\\phi_l + U(\\mathbf{l}) \\cos 2\\phi_l,
+
+    and the map is the inverse FFT, in the units of ``Q`` and ``U`` (µK): the same linear map as
+    :meth:`deepcmb.geometry.FlatSkyGeometry.qu2eb_maps` (exact on periodic maps), computed in float32 with
+    :func:`keras.ops.fft2`. Any other output channel is the input channel of the same name, passed through.
+
+    Parameters
+    ----------
+    names_in : list of str
+        Channels of the input, in order; must hold ``Q`` and ``U`` (e.g. ``['Q', 'U', 'kappa_qe']``).
+    names_out : list of str
+        Channels of the output, in order: ``E``, ``B`` or names of ``names_in``.
+    """
+
+    def __init__(self, names_in, names_out, **kwargs):
+        super().__init__(**kwargs)
+        self.names_in, self.names_out = [str(n) for n in names_in], [str(n) for n in names_out]
+        if not {"Q", "U"} <= set(self.names_in) or \
+                any(n not in EB_INPUTS and n not in self.names_in for n in self.names_out):
+            raise ValueError(f"StokesToEB: inputs {self.names_in} must hold Q and U, outputs {self.names_out} "
+                             "must be E, B or inputs")
+        self._grids = None
+
+    def build(self, shape: tuple) -> None:
+        self._grids = _rotation_grids((int(shape[1]), int(shape[2])))
+
+    def call(self, x: Any) -> Any:
+        c2, s2 = (ops.convert_to_tensor(g, x.dtype) for g in self._grids)
+        q, u = x[..., self.names_in.index("Q")], x[..., self.names_in.index("U")]
+        zero = ops.zeros_like(q)
+        qr, qi = ops.fft2((q, zero))
+        ur, ui = ops.fft2((u, zero))
+        rotations = {"E": (c2, s2), "B": (-s2, c2)}
+        out = []
+        for name in self.names_out:
+            if name in rotations:
+                a, b = rotations[name]
+                out.append(ops.ifft2((a * qr + b * ur, a * qi + b * ui))[0])
+            else:
+                out.append(x[..., self.names_in.index(name)])
+        return ops.stack(out, axis=-1)
+
+    def compute_output_shape(self, shape: tuple) -> tuple:
+        return (*shape[:3], len(self.names_out))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "names_in": self.names_in, "names_out": self.names_out}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Standardize(keras.layers.Layer):
-    """``(x - mean) / std`` per channel, with the channels' names and the maps' pixel size recorded.
+    """``(x - mean) / std`` per channel, with the channels' names and the training maps' pixel size, beam and
+    noise levels recorded.
 
     Parameters
     ----------
@@ -60,15 +143,25 @@ class Standardize(keras.layers.Layer):
     mean, std : list of float
         Per-channel statistics of the training split, in physical units.
     pixel_arcmin : float, optional
-        Pixel size of the training maps (metadata checked when the model is applied to data).
+        Pixel size of the training maps, arcmin.
+    beam_fwhm_arcmin : float, optional
+        Beam of the training maps, arcmin.
+    noise_p_uk_arcmin : list of float, optional
+        Polarization noise levels of the training maps, µK-arcmin.
+
+    The last three are metadata, checked when the model is applied to data
+    (:func:`deepcmb.nn.reconstruct.check_compatible`).
     """
 
-    def __init__(self, names, mean, std, pixel_arcmin=None, **kwargs):
+    def __init__(self, names, mean, std, pixel_arcmin=None, beam_fwhm_arcmin=None, noise_p_uk_arcmin=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.names = [str(n) for n in names]
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.pixel_arcmin = None if pixel_arcmin is None else float(pixel_arcmin)
+        self.beam_fwhm_arcmin = None if beam_fwhm_arcmin is None else float(beam_fwhm_arcmin)
+        self.noise_p_uk_arcmin = None if noise_p_uk_arcmin is None else [float(v) for v in noise_p_uk_arcmin]
         if not (len(self.names) == len(self.mean) == len(self.std)) or min(self.std) <= 0:
             raise ValueError("Standardize: names, mean and std need one entry per channel, std > 0")
         self._shift = np.asarray(self.mean, "float32")
@@ -82,7 +175,8 @@ class Standardize(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "names": self.names, "mean": self.mean, "std": self.std,
-                "pixel_arcmin": self.pixel_arcmin}
+                "pixel_arcmin": self.pixel_arcmin, "beam_fwhm_arcmin": self.beam_fwhm_arcmin,
+                "noise_p_uk_arcmin": self.noise_p_uk_arcmin}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -1,4 +1,4 @@
-"""The ResUNet: lensed, noisy Q/U or their E/B split (T, QE kappa optional) -> kappa and unlensed E.
+"""The ResUNet: lensed, noisy Q/U (read as such or as their E/B split; T, QE kappa optional) -> kappa and unlensed E.
 
 :func:`build_resunet` is the one builder; every architectural choice comes from the ``model`` section of
 the training config (:data:`deepcmb.nn.settings.MODEL_SCHEMA`). The default is the DeepCMB design (Caldeira et al. 2019):
@@ -7,12 +7,16 @@ encoder-decoder with long skip connections and one linear 1 x 1 convolution per 
 
 Layout (``F = filters``, ``D = len(F) - 1`` downsamplings)::
 
-    input (ny, nx, C), physical units -> Standardize -> stem unit (stride stem_stride) -> F[0]
+    input (ny, nx, C), physical units [-> StokesToEB] -> Standardize -> stem unit (stride stem_stride) -> F[0]
     encoder, level i < D:   `blocks` residual blocks at F[i] (-> skip i), unit with stride 2 -> F[i+1]
     bottleneck:             `blocks` residual blocks at F[D]
     decoder, level i = D-1..0: upsample x2, unit -> F[i], concatenate skip i, `blocks` residual blocks
     (stem_stride 2: upsample x2 and a unit at F[0])
     head h: Conv 1x1 (linear) -> Destandardize(mean_h, std_h) -> output named h, physical units
+
+The input holds the stored maps of the ``inputs`` channels (:func:`deepcmb.fields.stored_fields`: ``Q`` and
+``U`` for ``E`` and ``B``); when ``inputs`` has ``E`` or ``B``, a :class:`~deepcmb.nn.layers.StokesToEB` layer
+named ``eb_split`` makes them, so a network file always takes Stokes maps in µK.
 
 A residual block is ``unit(x) -> Dropout -> Conv -> Norm``, added to ``x`` (through a 1 x 1 projection
 when the width changes), then the activation. With ``padding: periodic`` every convolution sees the
@@ -22,11 +26,18 @@ non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride *
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import keras
 from keras import layers
 
 from ..errors import ConfigError
-from .layers import Destandardize, PeriodicPad2D, Standardize
+from ..fields import stored_fields
+from .layers import Destandardize, PeriodicPad2D, Standardize, StokesToEB
+
+if TYPE_CHECKING:
+    from ..sample import Instrument
 
 def check_map_shape(cfg: dict, shape: tuple) -> None:
     """Check that maps of ``shape`` suit the downsamplings of a valid ``model`` section.
@@ -104,7 +115,7 @@ class _Builder:
 
 
 def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcmin: float | None = None,
-                  name: str = "resunet") -> keras.Model:
+                  instruments: Sequence[Instrument] = (), name: str = "resunet") -> keras.Model:
     """Build the ResUNet described by a resolved ``model`` config.
 
     Parameters
@@ -120,15 +131,19 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
         split's statistics); default ``(0, 1)``.
     pixel_arcmin : float, optional
         Pixel size, recorded in the model so that maps of another resolution can be refused.
+    instruments : sequence of Instrument
+        The training maps' instruments (:func:`deepcmb.io.sims.read_instruments`): their beam (one for
+        all) and polarization noise levels are recorded in the model, to refuse another beam and report
+        noise outside the training levels.
     name : str
         Name of the Keras model.
 
     Returns
     -------
     keras.Model
-        One input ``maps`` of shape ``(ny, nx, len(inputs))`` (channels in the order of
-        ``cfg['inputs']``, physical units); a dict of outputs, one per head, each ``(ny, nx, 1)``
-        in physical units.
+        One input ``maps`` of shape ``(ny, nx, C)``: the ``C`` maps of ``stored_fields(cfg['inputs'])``
+        in that order, physical units; a dict of outputs, one per head, each ``(ny, nx, 1)`` in physical
+        units.
 
     Raises
     ------
@@ -141,9 +156,16 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     b = _Builder(cfg)
     f = cfg["filters"]
     depth = len(f) - 1
-    inp = keras.Input(shape=(shape[0], shape[1], len(cfg["inputs"])), name="maps")
+    takes = stored_fields(cfg["inputs"])
+    inp = x = keras.Input(shape=(shape[0], shape[1], len(takes)), name="maps")
+    if takes != list(cfg["inputs"]):
+        x = StokesToEB(takes, cfg["inputs"], name="eb_split")(x)
+    beams = {i.beam_fwhm_arcmin for i in instruments}
+    if len(beams) > 1:
+        raise ConfigError(f"training maps of several beams {sorted(beams)}: a network is trained for one beam")
     x = Standardize(cfg["inputs"], [m for m, _ in mean_std], [s for _, s in mean_std], pixel_arcmin,
-                    name="standardize")(inp)
+                    beam_fwhm_arcmin=beams.pop() if beams else None,
+                    noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None, name="standardize")(x)
     x = b.unit(x, f[0], stride=cfg["stem_stride"])
     skips = []
     for level in range(depth):
@@ -169,10 +191,17 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
 
 
 def model_spec(model: keras.Model) -> dict:
-    """What a built or loaded model expects: ``inputs``, ``outputs``, ``shape``, ``pixel_arcmin``, ``stats``.
+    """What a built or loaded model expects, read from the model itself, so a ``.keras`` file is self-describing.
 
-    Read from the model itself (its :class:`Standardize` and :class:`Destandardize` layers), so a
-    ``.keras`` file is self-describing.
+    Returns
+    -------
+    dict
+        ``inputs``: the maps the model takes, in the order of its input channels (``Q``, ``U``, ...);
+        ``channels``: what its convolutions read after the optional E/B split (the names of its
+        :class:`Standardize` layer, e.g. ``E``, ``B``); ``outputs``: the heads; ``shape``: ``(ny, nx)``;
+        ``pixel_arcmin``, ``beam_fwhm_arcmin``, ``noise_p_uk_arcmin`` (list) of the training maps (None
+        when the model does not record them); ``stats``: channel or head name -> ``(mean, std)`` of the
+        training split.
     """
     try:
         std = model.get_layer("standardize")
@@ -183,6 +212,11 @@ def model_spec(model: keras.Model) -> dict:
     for head in outputs:
         layer = model.get_layer(head)
         stats[head] = (layer.mean, layer.std)
+    try:
+        inputs = list(model.get_layer("eb_split").names_in)
+    except ValueError:  # no E/B split: the channels are the inputs
+        inputs = list(std.names)
     ny, nx = model.inputs[0].shape[1:3]
-    return {"inputs": list(std.names), "outputs": outputs, "shape": (int(ny), int(nx)),
-            "pixel_arcmin": std.pixel_arcmin, "stats": stats}
+    return {"inputs": inputs, "channels": list(std.names), "outputs": outputs, "shape": (int(ny), int(nx)),
+            "pixel_arcmin": std.pixel_arcmin, "beam_fwhm_arcmin": std.beam_fwhm_arcmin,
+            "noise_p_uk_arcmin": std.noise_p_uk_arcmin, "stats": stats}

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..io.sims import assignment, geometry, open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, parse_estimator
 from ..sample import FlatSimulator
-from .data import QEFile, add_eb, network_batch, read_qe_file, stored_fields
+from .data import QEFile, network_batch, read_qe_file
 
 _STREAM = 4
 """``spawn_key`` slot of the fresh-map seeds (1-3 are the split, shuffling and augmentation streams)."""
@@ -51,8 +51,8 @@ class FreshBatches(keras.utils.PyDataset):
     sims_path : str or Path
         Training simulation file (flat-sky, periodic); fresh maps follow its config.
     inputs, outputs : list of str
-        Input channels and output heads (names of :data:`deepcmb.sample.FIELDS`, ``kappa_qe``, or the
-        E/B split of the observed Q, U, :data:`deepcmb.nn.data.EB_INPUTS`).
+        The network's input maps (stored fields such as ``Q``, ``U``, or ``kappa_qe``: the maps a network
+        file takes, :func:`deepcmb.fields.stored_fields`) and output heads.
     batch_size : int
     steps_per_epoch : int
         Batches per epoch (``len(self)``).
@@ -102,7 +102,7 @@ class FreshBatches(keras.utils.PyDataset):
                 raise ConfigError(f"data.on_the_fly: {qe.path} was made with an apodisation window; fresh "
                                   "periodic maps need a QE without one")
             self.qe_config, self.qe_fields = q, fields_needed(parse_estimator(q["estimator"])[1])
-        self.fields = sorted(set(stored_fields(n for n in self.inputs + self.outputs if n != "kappa_qe"))
+        self.fields = sorted(set(n for n in self.inputs + self.outputs if n != "kappa_qe")
                              | set(self.qe_fields))
         self._local = threading.local()
 
@@ -178,8 +178,7 @@ class FreshBatches(keras.utils.PyDataset):
         for j, index in enumerate(indices):
             c, n = self.assignment(int(index))
             levels[j] = n
-            sample = add_eb(self._simulator(c, n).sample(self.root_seed, int(index), fields=self.fields),
-                            self.inputs, self.geom)
+            sample = self._simulator(c, n).sample(self.root_seed, int(index), fields=self.fields)
             for name in names:
                 if name != "kappa_qe":
                     maps[name][j] = sample[name]

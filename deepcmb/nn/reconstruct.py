@@ -8,6 +8,7 @@ for; :func:`run_reconstruct_nn` is ``deepcmb reconstruct --method nn``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     import keras
 
     from .data import MapSource
+
+log = logging.getLogger(__name__)
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -164,10 +167,10 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
                      any_shape: bool = False) -> None:
     """Refuse data the network cannot be applied to, with a message saying why.
 
-    Checks the input channels are present, the map shape (unless ``any_shape``) and pixel size match,
-    and the rms of each input channel over the first ``n_check`` maps lies within a factor
-    :data:`RMS_TOLERANCE` of the training rms (a different unit, noise level or sky would otherwise
-    pass silently).
+    Checks the input maps are present, the map shape (unless ``any_shape``), pixel size and beam match,
+    and the rms of each channel the network reads (after its E/B split) over the first ``n_check`` maps
+    lies within a factor :data:`RMS_TOLERANCE` of the training rms (a different unit, noise level or sky
+    would otherwise pass silently).
     """
     source.require(spec["inputs"], "the model's input maps")
     if tuple(source.shape) != tuple(spec["shape"]) and not any_shape:
@@ -178,8 +181,13 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
     if pix is not None and not np.isclose(pix, source.pixel_arcmin, rtol=1e-6):
         raise InputError(f"{source.sims_path}: pixels of {source.pixel_arcmin} arcmin, the model was trained on "
                          f"{pix} arcmin")
+    beam = spec["beam_fwhm_arcmin"]
+    beams = {i.beam_fwhm_arcmin for i in source.instruments}
+    if beam is not None and not all(np.isclose(b, beam, rtol=1e-3) for b in beams):
+        raise InputError(f"{source.sims_path}: maps of beam {', '.join(f'{b:g}' for b in sorted(beams))} arcmin "
+                         f"FWHM, the model was trained on {beam:g} arcmin")
     sample = rows[:n_check]
-    for name in spec["inputs"]:
+    for name in spec["channels"]:
         m = source.read(name, sample)
         if not np.all(np.isfinite(m)):
             raise InputError(f"{source.sims_path}: NaN or inf in map {name!r} "
@@ -190,6 +198,16 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
             raise InputError(f"{source.sims_path}: map {name!r} has rms {rms:.4g} about the training mean, the "
                              f"model was trained on rms {std:.4g}: normalisation mismatch (other units, noise "
                              "level or sky?)")
+
+
+def untrained_noise(spec: dict, source: MapSource) -> list[float]:
+    """Polarization noise levels of ``source`` (µK-arcmin) outside the range of the model's training levels
+    (empty when the model does not record them). The network still applies; the output records them."""
+    levels = spec["noise_p_uk_arcmin"]
+    if not levels:
+        return []
+    lo, hi = min(levels) * (1 - 1e-6), max(levels) * (1 + 1e-6)
+    return sorted({i.noise_p_uk_arcmin for i in source.instruments if not lo <= i.noise_p_uk_arcmin <= hi})
 
 
 def select_rows(source: MapSource, split: str, model_path: str | Path, spec: dict) -> np.ndarray:
@@ -256,8 +274,12 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
               "symmetrize": symmetrize,
               "model_card": {k: v for k, v in (spec["card"] or {}).items() if k != "config"},
               "training_config": (spec["card"] or {}).get("config")}
+    outside = untrained_noise(spec, source)
+    if outside:
+        log.warning("%s: noise levels %s uK-arcmin lie outside the levels the network was trained on (%s)",
+                    source.sims_path, outside, spec["noise_p_uk_arcmin"])
     attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
-             "model_shape": trained_shape}
+             "model_shape": trained_shape, "noise_outside_training": outside}
     from tqdm.auto import tqdm
 
     try:

@@ -210,8 +210,9 @@ def model_card(cfg: dict, spec: dict, identity: dict, history_best: list, steps:
     """
     return {
         "format": CARD_FORMAT, "format_version": 1,
-        "inputs": spec["inputs"], "outputs": spec["outputs"], "shape": list(spec["shape"]),
-        "pixel_arcmin": spec["pixel_arcmin"],
+        "inputs": spec["inputs"], "channels": spec["channels"], "outputs": spec["outputs"],
+        "shape": list(spec["shape"]), "pixel_arcmin": spec["pixel_arcmin"],
+        "beam_fwhm_arcmin": spec["beam_fwhm_arcmin"], "noise_p_uk_arcmin": spec["noise_p_uk_arcmin"],
         "normalization": {k: {"mean": m, "std": s} for k, (m, s) in spec["stats"].items()},
         "trained_on": identity["data"], "qe_input": identity["qe"],
         "best_epoch": history_best[0], "best_val_loss": history_best[1], "optimizer_steps": steps,

@@ -22,6 +22,7 @@ import yaml
 
 from ..cosmology import compute_spectra
 from ..errors import DeepCMBError, InputError
+from ..fields import stored_fields
 from ..io.files import write_json
 from ..io.reconstruction import sims_identity
 from ..io.sims import geometry, open_sims, read_instruments
@@ -99,12 +100,16 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
         write_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")}, sort_keys=True)
         run.history.unlink(missing_ok=True)
         with scope:
-            model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin)
+            model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
+                                  instruments=source.instruments)
             compile_model(model, tcfg, stats, data, source.qe)
         initial_epoch = 0
     else:
         with scope:
             model = _load_checkpoint(run.last)
+        if model_spec(model)["inputs"] != stored_fields(mcfg["inputs"]):
+            raise InputError(f"{run.last}: a checkpoint of an older deepcmb (E/B split outside the network); "
+                             "use --overwrite to start again")
         if int(np.asarray(model.optimizer.iterations)) != state["optimizer_iterations"]:
             raise InputError(f"{run.last}: checkpoint and {run.last_state.name} disagree (interrupted while "
                              "saving?); use --overwrite to start again")
@@ -115,16 +120,17 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
             print(f"resuming {run.path} after epoch {initial_epoch} (learning rate {state['learning_rate']:.3g})",
                   flush=True)
     kw = dict(workers=dcfg["workers"], use_multiprocessing=False)
+    takes = stored_fields(mcfg["inputs"])
     if dcfg["on_the_fly"]:
         steps = tcfg["steps_per_epoch"] or max(len(splits["train"]) // tcfg["batch_size"], 1)
-        train_ds = FreshBatches(data, mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
+        train_ds = FreshBatches(data, takes, mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
                                 qe_path=source.qe, curriculum=dcfg["noise_curriculum"], **kw)
     else:
-        train_ds = SimsBatches(source, splits["train"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
+        train_ds = SimsBatches(source, splits["train"], takes, mcfg["outputs"], tcfg["batch_size"],
                                seed=cfg["seed"], shuffle=True, augment=dcfg["augment"], drop_remainder=True,
                                max_batches=tcfg["steps_per_epoch"], endless=True, split="training", **kw)
     train_ds.offset = initial_epoch * len(train_ds)
-    val_ds = SimsBatches(source, splits["validation"], mcfg["inputs"], mcfg["outputs"], tcfg["batch_size"],
+    val_ds = SimsBatches(source, splits["validation"], takes, mcfg["outputs"], tcfg["batch_size"],
                          max_batches=tcfg["validation_steps"], split="validation", **kw)
     rl, es = tcfg["reduce_lr"], tcfg["early_stopping"]
     monitor = monitor_key(tcfg["monitor"], mcfg["outputs"])
