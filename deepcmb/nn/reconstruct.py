@@ -7,6 +7,7 @@ for; :func:`run_reconstruct_nn` is ``deepcmb reconstruct --method nn``.
 
 from __future__ import annotations
 
+import logging
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..config import resolve
 from ..errors import InputError
 from ..io.files import check_output_file
 from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
+from ..progress import Progress
 from .augment import allowed_transforms, inverse_transform, transform_maps
 from .settings import RECONSTRUCT_SCHEMA
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     import keras
 
     from .data import MapSource
+
+log = logging.getLogger(__name__)
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
 """The small model shipped with the repository (``data/pretrained/quick``)."""
@@ -258,12 +262,10 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
               "training_config": (spec["card"] or {}).get("config")}
     attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
              "model_shape": trained_shape}
-    from tqdm.auto import tqdm
-
     try:
         with ReconstructionWriter(out, rows, spec["outputs"], data, "nn", config, attrs=attrs,
                                   overwrite=overwrite) as w, \
-                tqdm(total=len(rows), desc="reconstruct", unit="map", disable=not progress, smoothing=0.1) as bar:
+                Progress(len(rows), "reconstruct", "map", enabled=progress, log=log) as bar:
             for i in range(len(batches)):
                 x, _ = batches[i]
                 if symmetrize:
