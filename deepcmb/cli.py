@@ -10,15 +10,20 @@ file. The inputs are named alike in every stage (``--sims``, ``--qe``, ``--model
 ``--report``, ``--chains``); older names (``--data``) are kept as aliases. A subcommand's options are
 built from its schema only when it runs, so the command starts without importing the other stages.
 
-Errors a user can cause print one line ``deepcmb <stage>: error: <message>`` and exit with code 2,
-without a traceback.
+Status lines and the periodic progress of long stages are log records of the ``deepcmb`` loggers,
+shown on stderr with a timestamp (:mod:`deepcmb.progress`); stdout holds the result (``wrote OUT``,
+or ``deepcmb run``'s lines per stage). Errors a user can cause print one line ``deepcmb <stage>:
+error: <message>`` and exit with code 2, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +31,7 @@ import yaml
 
 from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, override, set_value
 from .errors import ConfigError, DeepCMBError, InputError
+from .progress import INTERVAL_S
 from .stages import Stage, commands
 
 OPTIONS = {
@@ -105,7 +111,7 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
                        help="override one value of the config (a dotted key inside its section, a YAML value), "
                             "e.g. --set jackknife=10; repeat for several")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress records")
     p.set_defaults(func=partial(_run_stage, stages, flags))
 
 
@@ -168,9 +174,6 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
     inputs = {k: v for k, v in inputs.items() if v is not None}
     _check_files_exist(inputs)
     options = {o: getattr(args, o) for o in stage.options if getattr(args, o) is not None}
-    if stage.keras:
-        # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) would bury the stage's own output
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = Path(stage.run(config, inputs, args.out, overwrite=args.overwrite, progress=not args.quiet, **options))
     if out.is_dir():
         print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
@@ -189,7 +192,8 @@ def _add_run(sub) -> None:
                    help="folder holding sims/, train/, evaluate/ (default: the current folder, else the checkout)")
     p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET)")
     p.add_argument("--workers", **OPTIONS["workers"])
-    p.add_argument("--verbose", action="store_true", help="also show each stage's own progress bars")
+    p.add_argument("--verbose", action="store_true", help=f"show each stage's progress bars (default: a long stage's progress every {INTERVAL_S:g} s "
+                        "on stderr)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one value of the preset (e.g. --set evaluate.jackknife=10, --set run.params=false); "
                         "repeat for several")
@@ -197,11 +201,31 @@ def _add_run(sub) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .pipeline import run_pipeline
 
     run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose,
                  overrides=args.set)
+
+
+LOG_FORMAT = ("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+"""Format and date format of the ``deepcmb`` log records on stderr (``2026-12-03 20:41:07 deepcmb.simulate: ...``)."""
+
+
+@contextmanager
+def _logging() -> Iterator[None]:
+    """The ``deepcmb`` loggers' INFO records (status lines, periodic progress) on stderr with a timestamp,
+    while a command runs (removed afterwards, so :func:`main` can be called again in one process)."""
+    log = logging.getLogger("deepcmb")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(*LOG_FORMAT))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -232,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     # the point where deepcmb silences it; unbuffered, it is silenced while CAMB runs.
     os.environ.setdefault("GFORTRAN_UNBUFFERED_PRECONNECTED", "y")
     try:
-        args.func(args)
+        with _logging():
+            args.func(args)
     except DeepCMBError as exc:
         print(f"deepcmb {args.stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError
+from .streams import silenced
 
 PARAM_NAMES = ("H0", "ombh2", "omch2", "As", "ns", "tau", "mnu", "Alens")
 """Parameters a simulation may vary. Units: H0 in km/s/Mpc, mnu in eV, the rest dimensionless."""
@@ -257,34 +256,13 @@ def compute_spectra(params: dict, lmax: int = 5000, lens_potential_accuracy: int
     return spectra
 
 
-@contextmanager
-def _silence_fortran():
-    """Send what CAMB's Fortran prints straight to file descriptors 1 and 2 to /dev/null.
-
-    CAMB reports failures as Python exceptions too; its Fortran chatter would otherwise break the
-    one-line error messages of the command line.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved + [devnull]:
-            os.close(fd)
-
-
 def _run_camb(full, lmax, accuracy):
     import camb
 
     described = ", ".join(f"{k}={v:g}" for k, v in full.items())
     try:
-        with _silence_fortran():
+        # CAMB reports failures as exceptions too; its Fortran chatter would break one-line errors
+        with silenced(1, 2):
             pars = camb.set_params(
                 H0=full["H0"], ombh2=full["ombh2"], omch2=full["omch2"], mnu=full["mnu"], tau=full["tau"],
                 As=full["As"], ns=full["ns"], Alens=full["Alens"], lmax=lmax + 500,

@@ -23,3 +23,7 @@ class InputError(DeepCMBError):
 
 class OutputExistsError(DeepCMBError):
     """The output path exists and ``overwrite`` was not requested."""
+
+
+class BackendError(DeepCMBError):
+    """Keras or the Keras backend it is set to (``KERAS_BACKEND``) cannot be imported."""

@@ -25,6 +25,11 @@ and of the keys of the stages it reads. On a re-run a stage whose output exists 
 re-used; a changed config re-runs that stage and every stage after it. An interrupted stage that
 resumes (:attr:`deepcmb.stages.Stage.resumes`: simulate, train) continues where it stopped; the others
 start again. ``pipeline.json`` is written atomically (:func:`deepcmb.io.files.write_json`).
+
+On stdout, a line when each stage starts and one when it ends (``done in``, or ``re-used``); in
+between, a long stage logs its progress (maps done and total, training epochs with their loss,
+elapsed time, ETA) every :data:`deepcmb.progress.INTERVAL_S` seconds, or, with ``verbose``, shows
+its progress bars.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 from .config import Bool, Free, ListOf, Str, load_yaml, override, resolve
 from .errors import ConfigError
 from .io.files import write_json
+from .progress import bars
 from .provenance import config_json
 from .qe.stage import SCHEMA as QE_SCHEMA
 from .stages import STAGES
@@ -322,8 +328,13 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     return steps
 
 
+def _echo(line: str) -> None:
+    """Print a line now (stdout may be a pipe, where the stages' records on stderr would overtake it)."""
+    print(line, flush=True)
+
+
 def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str | Path | None = None,
-                 workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = print,
+                 workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = _echo,
                  overrides: Sequence[str] = ()) -> Path:
     """Run (or resume) every stage of a preset.
 
@@ -338,9 +349,10 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     workers : int, optional
         Worker processes of the simulate stages (default: one per core).
     verbose : bool
-        Show each stage's own progress bars under its line.
+        Show each stage's own progress bars (on a terminal); without, a long stage logs its progress
+        every :data:`deepcmb.progress.INTERVAL_S` seconds.
     echo : callable
-        Receives one line per stage (``print`` by default).
+        Receives a line when each stage starts and one when it ends (default: printed on stdout).
     overrides : sequence of str
         ``SECTION.KEY=VALUE`` assignments applied to the preset (``--set``).
 
@@ -366,10 +378,12 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
             continue
         record[s.name] = {"key": s.key, "output": str(s.output), "finished": False}
         write_json(record_path, record)
+        echo(f"{prefix}  started   {time.strftime('%H:%M:%S')}")
         t0 = time.perf_counter()
         s.output.parent.mkdir(parents=True, exist_ok=True)
         # an interrupted run of a stage that resumes, under this very key, continues where it stopped
-        s.run(overwrite=s.output.exists() and not (same and s.stage.resumes), progress=verbose)
+        with bars(verbose):
+            s.run(overwrite=s.output.exists() and not (same and s.stage.resumes), progress=True)
         record[s.name].update(finished=True, seconds=round(time.perf_counter() - t0, 1))
         write_json(record_path, record)
         echo(f"{prefix}  done in {time.perf_counter() - t0:6.1f} s   {s.output}")

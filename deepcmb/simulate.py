@@ -9,6 +9,7 @@ interruption skips the units already saved, and because every sample's randomnes
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -27,9 +28,12 @@ from .io.files import atomic_path, check_output_file
 from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
+from .progress import Progress, track
 
 if TYPE_CHECKING:
     from .cosmology import CMBSpectra
+
+log = logging.getLogger(__name__)
 
 SCHEMA = {
     "seed": Int(1234, min=0, doc="root seed: every map derives from (seed, index)"),
@@ -328,7 +332,7 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     overwrite : bool
         Replace an existing output.
     progress : bool
-        Show a progress bar (maps and maps/s) on stderr.
+        Show the progress (maps done, ETA) on stderr (:mod:`deepcmb.progress`).
     workers : int, optional
         Local worker processes (default: one per core).
     scheduler : str, optional
@@ -349,19 +353,14 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     cc = cfg["cosmology"]
     todo = [u for u in plan.units if not _unit_path(partial, u[0]).exists()]
     n_done = sum(u[2] - u[1] for u in plan.units) - sum(u[2] - u[1] for u in todo)
-    from tqdm.auto import tqdm
-
     with open_executor(workers, scheduler) as ex:
         cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
-        spectra = list(tqdm(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
-                                      max_in_flight=max(2 * workers, 2)),
-                            total=len(cosmo_tasks), desc="CAMB", unit="cosmo", disable=not progress,
-                            leave=False))
+        spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
+                                       max_in_flight=max(2 * workers, 2)),
+                             "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False, log=log))
         spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
         tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
-        bar = tqdm(total=plan.n_maps, initial=n_done, desc="simulate", unit="map", disable=not progress,
-                   smoothing=0.1)
-        with bar:
+        with Progress(plan.n_maps, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
             for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks, max_in_flight=max(2 * workers, 2)):
                 _save_unit(partial, unit_id, maps, meta)
                 bar.update(len(next(iter(maps.values()))))

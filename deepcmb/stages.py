@@ -96,7 +96,7 @@ class Stage:
         Path inside a folder output whose presence means the stage finished (a resumable stage's
         output exists before it is done); None: the output itself.
     keras : bool
-        Whether the stage runs a network (the command line quietens TensorFlow's start-up).
+        Whether the stage runs a network (its backend is imported quietly first, see :attr:`function`).
     """
 
     name: str
@@ -122,7 +122,12 @@ class Stage:
 
     @property
     def function(self) -> Callable[..., Path]:
-        """``run_<name>`` (imports its module)."""
+        """``run_<name>`` (imports its module; for a stage that runs a network, first Keras and its backend,
+        quietly, through :func:`deepcmb.nn.backend.import_keras`)."""
+        if self.keras:
+            from .nn.backend import import_keras
+
+            import_keras()
         return getattr(importlib.import_module(self.module), f"run_{self.name}")
 
     def run(self, config: dict | None, inputs: dict, out: str | Path, **kwargs: Any) -> Path:

@@ -6,6 +6,7 @@ refusal of mismatched data, NaNs, and the one-line errors of the command line.
 
 import csv
 import json
+import logging
 import shutil
 
 import h5py
@@ -120,7 +121,7 @@ def test_monitor_picks_the_best_epoch_by_the_named_heads_validation_loss(sims, t
         run_train({**TRAIN, "training": {"monitor": "phi"}}, {"sims": sims}, tmp_path / "bad", progress=False)
 
 
-def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tmp_path, capsys):
+def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tmp_path, caplog):
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
@@ -132,9 +133,11 @@ def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tm
     state = json.loads((run / "checkpoints/last.json").read_text())
     assert state["epoch"] == 2 and state["learning_rate"] == pytest.approx(5e-4) and not state["finished"]
     assert not (run / "model.keras").exists()
+    caplog.set_level(logging.INFO, logger="deepcmb")
     run_train(TRAIN, {"sims": sims}, run, progress=True)
-    out = capsys.readouterr().out
-    assert "after epoch 2 (learning rate 0.0005)" in out and "epoch 3/3" in out and "epoch 2/3" not in out
+    out = caplog.text
+    assert "after epoch 2 (learning rate 0.0005)" in out and "epoch 3/3, loss" in out and "epoch 2/3" not in out
+    assert "ETA 0s" in out  # the last epoch
     resumed, straight = _history(run), _history(trained)
     assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
     lrs = [float(r["learning_rate"]) for r in resumed]

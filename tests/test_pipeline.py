@@ -93,6 +93,10 @@ def test_one_line_per_stage_and_every_output(tiny_run):
     lines = _stage_lines(first.stdout)
     assert [name for name, _ in lines] == STAGES
     assert all(status == "done in" for _, status in lines)
+    started = [m.group(1) for m in map(re.compile(r"^\[\s*\d+/\d+\]\s+(\S+)\s+started\s").match,
+                                       first.stdout.splitlines()) if m]
+    assert started == STAGES  # a line when each stage starts, before the one when it ends
+    assert "\r" not in first.stderr and "cuda" not in first.stderr.lower()  # records, no bars, no backend start-up
     for name in ("sims_train.h5", "sims_test.h5", "rec_qe_train.h5", "train/model.keras", "rec_nn.h5", "rec_qe_eb.h5",
                  "rec_qe_mv_pol.h5", "eval/report.h5", "eval/summary.json", "params/chains.h5",
                  "params/summary.json", "figures/index.json", "robust_noise2/sims.h5", "robust_noise2/rec_nn.h5",

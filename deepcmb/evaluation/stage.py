@@ -17,6 +17,7 @@ layout of the outputs is documented in :mod:`deepcmb.io.report`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from ..errors import ConfigError, InputError
 from ..io.files import check_output_folder
 from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
+from ..progress import Progress
 from ..provenance import provenance_attrs
 from ..qe import BAND, cosine_window, default_taper, window_moment
 from ..binning import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
@@ -37,6 +39,8 @@ from .theory import estimator_labels, iterative_kappa_noise, qe_n0
 
 if TYPE_CHECKING:
     from ..geometry import FlatSkyGeometry
+
+log = logging.getLogger(__name__)
 
 _BAND_FROM_FILES = ("the CMB band of the QE N0 and of the iterative limit is that of the QE reconstructions "
                     "evaluated (run.qe of a preset), else deepcmb.qe.BAND")
@@ -172,8 +176,6 @@ def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, wind
     methods : dict
         Label -> ``{'auto', 'cross'}`` (n, nb) and, for E methods, ``E_auto, E_cross, E_resid`` (n, nbe).
     """
-    from tqdm.auto import tqdm
-
     geom, n = inp.geom, inp.rows.size
     edges, nb = bins["edges"], len(bins["L"])
     do_e = bool(inp.e_labels)
@@ -188,7 +190,7 @@ def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, wind
         maps = maps.astype(np.float64)
         return geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
 
-    with tqdm(total=n, desc="evaluate", unit="map", disable=not progress) as bar:
+    with Progress(n, "evaluate", "map", enabled=progress, log=log) as bar:
         for start in range(0, n, BATCH):
             sel = slice(start, min(start + BATCH, n))
             rows = inp.rows[sel]

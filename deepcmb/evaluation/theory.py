@@ -9,12 +9,14 @@ effective noise without binning bias; the iterative limit is a theory calculatio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..progress import track
 from ..qe import QuadraticEstimator, iterative_noise
 from ..qe.estimators import parse_estimator
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from ..cosmology import CMBSpectra
     from ..geometry import FlatSkyGeometry
     from ..sample import Instrument
+
+log = logging.getLogger(__name__)
 
 
 def estimator_labels(names: list[str | Sequence[str]]) -> list[str]:
@@ -98,15 +102,13 @@ def iterative_kappa_noise(spectra: CMBSpectra, instruments: Sequence[Instrument]
     ndarray, shape (n_levels, nbin)
         :math:`N^{\\kappa\\kappa}_L = [L(L+1)]^2 N^{\\phi\\phi, {\\rm iter}}_L / 4` (sr).
     """
-    from tqdm.auto import tqdm
-
     L = np.asarray(L, dtype=float)
     ok = (L > 0) & (L <= lmax)
     out = np.full((len(instruments), L.size), np.nan)
     if not ok.any():
         return out
-    for j, inst in enumerate(tqdm(instruments, desc="iterative limit", unit="level", disable=not progress,
-                                  leave=False)):
+    for j, inst in enumerate(track(instruments, "iterative limit", "level", enabled=progress, leave=False,
+                                   log=log)):
         try:
             res = iterative_noise(spectra, inst, lmin=lmin, lmax=lmax, L=L[ok])
         except ConfigError as exc:

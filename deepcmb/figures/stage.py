@@ -10,6 +10,7 @@ drawn figure needs and the report lacks raises :class:`~deepcmb.errors.InputErro
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +21,12 @@ from ..config import REQUIRED, ListOf, OneOf, resolve
 from ..io.chains import Chains, check_same_bins
 from ..io.files import atomic_folder, check_output_folder, write_json
 from ..io.report import Report
+from ..progress import track
 from ..provenance import provenance_attrs
 from . import maps, performance, posteriors, spectra
 from .style import DPI, method_colours, save
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf", "svg")
 INDEX_FORMAT = "deepcmb.figures"
@@ -164,8 +168,6 @@ def run_figures(config: dict | None, inputs: dict, out: str | Path, *, overwrite
     Figures are drawn into ``OUT.tmp`` and the folder is renamed to ``OUT`` when all are done, so
     ``OUT`` never holds a partial set.
     """
-    from tqdm.auto import tqdm
-
     formats = resolve(config, SCHEMA, prefix="figures.")["formats"]
     report, chains = inputs["report"], inputs.get("chains")
     out = check_output_folder(out, overwrite, holds=_is_figure_folder, what="figures",
@@ -175,7 +177,7 @@ def run_figures(config: dict | None, inputs: dict, out: str | Path, *, overwrite
         with Report(report) as rep, (Chains(chains) if chains is not None else nullcontext()) as ch:
             if ch is not None:
                 check_same_bins(rep, ch)
-            for job in tqdm(plan_figures(rep, ch), desc="figures", unit="fig", disable=not progress):
+            for job in track(plan_figures(rep, ch), "figures", "figure", enabled=progress, log=log):
                 fig = job.draw()
                 files = save(fig, tmp, job.stem, formats)
                 width, height = (int(round(v * DPI)) for v in fig.get_size_inches())

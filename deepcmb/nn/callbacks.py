@@ -7,16 +7,19 @@ resumed run restores, so an interrupted run continues exactly as an uninterrupte
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import DeepCMBError
 from ..io.files import write_json
+from ..progress import Progress, format_duration
 from .rundir import save_model
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(DeepCMBError):
@@ -143,8 +146,13 @@ class Checkpointer(keras.callbacks.Callback):
         write_json(self.run.last_state, state, sort_keys=True)
 
 
-class Progress(keras.callbacks.Callback):
-    """tqdm bar per epoch with the running loss and samples/s; one summary line per epoch.
+class TrainingProgress(keras.callbacks.Callback):
+    """Progress of training through :mod:`deepcmb.progress`, and one log record per epoch.
+
+    Within an epoch, the batches done and the running loss (a bar, or a record every
+    :data:`deepcmb.progress.INTERVAL_S` seconds); after it, ``epoch k/N, loss ..., val_loss ...,
+    learning_rate ..., S samples/s, elapsed T, ETA T'``, where the ETA assumes every remaining epoch
+    takes the mean time of the epochs run so far (early stopping may end sooner).
 
     Parameters
     ----------
@@ -156,34 +164,35 @@ class Progress(keras.callbacks.Callback):
         Show anything at all.
     """
 
-    def __init__(self, epochs, steps, batch_size, enabled):
+    def __init__(self, epochs: int, steps: int, batch_size: int, enabled: bool):
         super().__init__()
         self.epochs, self.steps, self.bs, self.enabled = epochs, steps, batch_size, enabled
-        self.bar = None
+        self.bar = self.first = None
+        self.t0 = self.t_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.enabled:
-            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                            leave=False, smoothing=0.1)
-            self.t0 = time.perf_counter()
+            self.t0 = time.monotonic()
+            if self.first is None:  # a resumed run starts past epoch 0
+                self.first, self.t_start = epoch, self.t0
+            self.bar = Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", "batch", leave=False, log=log)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.bar is not None:
-            self.bar.update(1)
-            rate = (batch + 1) * self.bs / (time.perf_counter() - self.t0)
-            self.bar.set_postfix(loss=f"{float(np.asarray(logs.get('loss', np.nan))):.4g}",
-                                 samples_s=f"{rate:.1f}", refresh=False)
+            self.bar.update(1, loss=f"{float(np.asarray((logs or {}).get('loss', np.nan))):.4g}")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.bar is not None:
-            elapsed = time.perf_counter() - self.t0
-            self.bar.close()
-            self.bar = None
-            logs = logs or {}
-            msg = " ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in logs.items()
-                           if k in ("loss", "val_loss", "learning_rate"))
-            print(f"epoch {epoch + 1}/{self.epochs}: {msg} ({self.steps * self.bs / elapsed:.1f} samples/s)",
-                  flush=True)
+        if self.bar is None:
+            return
+        self.bar.close()
+        self.bar = None
+        now = time.monotonic()
+        elapsed = now - self.t_start
+        eta = (self.epochs - epoch - 1) * elapsed / (epoch + 1 - self.first)
+        metrics = "".join(f", {k} {float(np.asarray(v)):.4g}" for k, v in (logs or {}).items()
+                          if k in ("loss", "val_loss", "learning_rate"))
+        log.info("epoch %d/%d%s, %.1f samples/s, elapsed %s, ETA %s", epoch + 1, self.epochs, metrics,
+                 self.steps * self.bs / (now - self.t0), format_duration(elapsed), format_duration(eta))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.bar is not None:

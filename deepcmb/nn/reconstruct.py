@@ -19,6 +19,7 @@ from ..config import resolve
 from ..errors import InputError
 from ..io.files import check_output_file
 from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
+from ..progress import Progress
 from .augment import allowed_transforms, inverse_transform, transform_maps
 from .settings import RECONSTRUCT_SCHEMA
 
@@ -280,12 +281,10 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
                     source.sims_path, outside, spec["noise_p_uk_arcmin"])
     attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
              "model_shape": trained_shape, "noise_outside_training": outside}
-    from tqdm.auto import tqdm
-
     try:
         with ReconstructionWriter(out, rows, spec["outputs"], data, "nn", config, attrs=attrs,
                                   overwrite=overwrite) as w, \
-                tqdm(total=len(rows), desc="reconstruct", unit="map", disable=not progress, smoothing=0.1) as bar:
+                Progress(len(rows), "reconstruct", "map", enabled=progress, log=log) as bar:
             for i in range(len(batches)):
                 x, _ = batches[i]
                 if symmetrize:

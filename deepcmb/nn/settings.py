@@ -151,7 +151,9 @@ def check_model_config(cfg: dict) -> None:
             raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {cfg[key]!r}")
     if cfg["kernel_size"] % 2 == 0:
         raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {cfg['kernel_size']!r}")
-    import keras  # deferred: the schemas above are read by the command line without a backend
+    from .backend import import_keras  # deferred: the command line reads the schemas above without a backend
+
+    keras = import_keras()
 
     try:
         keras.activations.get(cfg["activation"])

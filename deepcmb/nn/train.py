@@ -13,6 +13,7 @@ the backend setup :mod:`deepcmb.nn.backend`.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from ..io.sims import geometry, open_sims, read_instruments
 from ..provenance import config_json, provenance_attrs
 from ..qe.quadratic import QuadraticEstimator
 from .backend import configure_backend, distribution_scope
-from .callbacks import Checkpointer, EarlyStop, NanGuard, Progress, ReduceLR, TrainingDiverged
+from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
 from .model import build_resunet, check_map_shape, model_spec
@@ -38,6 +39,8 @@ from .rundir import RunDir, model_card, save_model
 from .settings import resolve_config
 
 __all__ = ["TrainingDiverged", "compile_model", "monitor_key", "run_train"]
+
+log = logging.getLogger(__name__)
 
 
 def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
@@ -57,7 +60,8 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
     overwrite : bool
         Replace a run folder that holds another or a finished run.
     progress : bool
-        Progress bar and one line per epoch on stdout/stderr.
+        Log what is trained and one record per epoch (loss, elapsed time, ETA), and show the
+        progress within each epoch (:class:`~deepcmb.nn.callbacks.TrainingProgress`).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, called after the stage's own.
 
@@ -117,8 +121,8 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
         initial_epoch = state["epoch"]
         run.truncate_history(initial_epoch)
         if progress:
-            print(f"resuming {run.path} after epoch {initial_epoch} (learning rate {state['learning_rate']:.3g})",
-                  flush=True)
+            log.info("resuming %s after epoch %d (learning rate %.3g)", run.path, initial_epoch,
+                     state["learning_rate"])
     kw = dict(workers=dcfg["workers"], use_multiprocessing=False)
     takes = stored_fields(mcfg["inputs"])
     if dcfg["on_the_fly"]:
@@ -140,12 +144,12 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
                       min_delta=es["min_delta"])
     cbs = [NanGuard(train_ds), reduce_lr, early,
            Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"], monitor),
-           Progress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress), *callbacks]
+           TrainingProgress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress), *callbacks]
     if progress:
         what = "fresh simulated maps" if dcfg["on_the_fly"] else f"{len(splits['train'])} maps"
-        print(f"training {model.count_params():,} parameters on {what} "
-              f"({len(train_ds)} batches of {tcfg['batch_size']} per epoch), {len(splits['validation'])} "
-              f"validation maps; backend {keras.backend.backend()}, {dist_desc}", flush=True)
+        log.info("training %s parameters on %s (%d batches of %d per epoch), %d validation maps; backend %s, %s",
+                 f"{model.count_params():,}", what, len(train_ds), tcfg["batch_size"], len(splits["validation"]),
+                 keras.backend.backend(), dist_desc)
     if initial_epoch < tcfg["epochs"] and not (state or {}).get("stopped_early"):
         try:
             model.fit(train_ds, validation_data=val_ds, epochs=tcfg["epochs"], initial_epoch=initial_epoch,

@@ -10,6 +10,7 @@ parameter enters through CAMB, evaluated once on a tensor grid over its prior ra
 
 from __future__ import annotations
 
+import logging
 import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -19,11 +20,14 @@ from scipy.interpolate import RegularGridInterpolator
 
 from ..cosmology import compute_spectra
 from ..binning import bin_theory
+from ..progress import track
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     from ..geometry import FlatSkyGeometry
+
+log = logging.getLogger(__name__)
 
 MIN_POINTS = 4
 """Grid points per parameter needed by a cubic spline."""
@@ -178,8 +182,6 @@ def build_emulator(geom: FlatSkyGeometry, edges: np.ndarray, names: Sequence[str
     -------
     KappaEmulator
     """
-    from tqdm.auto import tqdm
-
     base = dict(base)
     if "Alens" in names:
         base["Alens"] = 1.0
@@ -190,7 +192,7 @@ def build_emulator(geom: FlatSkyGeometry, edges: np.ndarray, names: Sequence[str
     shape = tuple(g.size for g in grids)
     nodes = list(itertools.product(*[range(s) for s in shape]))
     table = np.empty(shape + (len(edges) - 1,))
-    for node in tqdm(nodes, desc="CAMB grid", unit="cosmo", disable=not progress or not grid_names):
+    for node in track(nodes, "CAMB grid", "cosmology", enabled=progress and bool(grid_names), log=log):
         params = dict(base, **{n: float(grids[k][i]) for k, (n, i) in enumerate(zip(grid_names, node))})
         table[node] = np.log(binned_clkk(geom, edges, params, lmax, lens_potential_accuracy))
     return KappaEmulator(names, base, grids, table)

@@ -8,6 +8,7 @@ its key and its inputs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ import emcee
 import numpy as np
 
 from .likelihood import posterior_peak
+from ..progress import track
+
+log = logging.getLogger(__name__)
 
 BALL = 1e-2
 """Initial spread of the walkers, as a fraction of each prior range."""
@@ -80,8 +84,6 @@ def run_emcee(log_prob: Callable[[np.ndarray], np.ndarray], lower: np.ndarray, u
     -------
     Chain
     """
-    from tqdm.auto import tqdm
-
     lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
     ball_rng, move_rng = _streams(seed, key)
     peak = posterior_peak(log_prob, lower, upper)
@@ -90,8 +92,8 @@ def run_emcee(log_prob: Callable[[np.ndarray], np.ndarray], lower: np.ndarray, u
     start = np.clip(start, lower + 1e-9 * width, upper - 1e-9 * width)
     sampler = emcee.EnsembleSampler(walkers, lower.size, log_prob, vectorize=True)
     sampler.random_state = move_rng.get_state()
-    for _ in tqdm(sampler.sample(start, iterations=steps), total=steps, desc=desc, unit="step",
-                  disable=not progress, leave=False):
+    for _ in track(sampler.sample(start, iterations=steps), desc, "step", total=steps, enabled=progress,
+                   leave=False, log=log):
         pass
     samples = sampler.get_chain(discard=burn)
     autocorr = emcee.autocorr.integrated_time(samples, tol=0) if samples.shape[0] > 1 else np.full(lower.size, np.nan)

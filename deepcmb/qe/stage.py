@@ -13,6 +13,7 @@ even rows and vice versa), so no map enters its own mean field.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,13 @@ from ..io.files import check_output_file
 from ..io.sims import geometry, open_sims, read_instruments
 from ..io.reconstruction import ReconstructionWriter
 from ..binning import bin_centres, linear_bins
+from ..progress import Progress
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
 from .estimators import parse_estimator
 from .quadratic import BAND, QuadraticEstimator
+
+log = logging.getLogger(__name__)
 
 SCHEMA = {
     "estimator": Str("EB", doc="TT, TE, EE, EB, TB, MV (all five) or MV_POL (EE + EB)"),
@@ -94,8 +98,6 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
     lmin, lmax, Lmin, Lmax = (cfg[k] for k in ("lmin", "lmax", "Lmin", "Lmax"))
     config = {"method": "qe", **{k: v for k, v in cfg.items() if k != "batch_size"}, "estimator": label,
               "data": str(data)}
-    from tqdm.auto import tqdm
-
     with open_sims(data) as f:
         geom = geometry(f)
         need = fields_needed(names)
@@ -127,8 +129,7 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         batch_size = cfg["batch_size"]
         with ReconstructionWriter(out, np.arange(n), ["kappa", "phi"], data, "qe", config, attrs=attrs,
                                   overwrite=overwrite) as writer:
-            bar = tqdm(total=n, desc=f"QE {label}", unit="map", disable=not progress)
-            with bar:
+            with Progress(n, f"QE {label}", "map", enabled=progress, log=log) as bar:
                 for start in range(0, n, batch_size):
                     stop = min(start + batch_size, n)
                     maps = {k: f["maps"][k][start:stop] for k in need}
