@@ -187,10 +187,12 @@ def _add_run(sub) -> None:
                                    "figures for a preset (evaluate/PRESET.yaml and the presets it names), one "
                                    "line per stage. Stages finished under the same config are re-used; an "
                                    "interrupted run resumes.")
-    p.add_argument("--preset", default="quick", help="preset name (quick, paper) or path to evaluate/<name>.yaml")
+    p.add_argument("--preset", default="quick", help="preset name (quick, bench, paper) or path to evaluate/<name>.yaml")
     p.add_argument("--root", default=None,
-                   help="folder holding sims/, train/, evaluate/ (default: the current folder, else the checkout)")
-    p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET)")
+                   help="folder holding sims/, train/, evaluate/ (default: the current folder, else the presets "
+                        "shipped with deepcmb)")
+    p.add_argument("--out", default=None, help="run folder (default ROOT/data/out/run_PRESET; ./run_PRESET for the "
+                                               "presets of an installed package)")
     p.add_argument("--workers", **OPTIONS["workers"])
     p.add_argument("--verbose", action="store_true", help=f"show each stage's progress bars (default: a long stage's progress every {INTERVAL_S:g} s "
                         "on stderr)")

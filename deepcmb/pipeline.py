@@ -1,9 +1,11 @@
 """``deepcmb run``: every stage of a preset, in order, re-using the stages that are already done.
 
-A preset ``P`` is the file ``evaluate/P.yaml`` of a preset root (a checkout of this repository: the
-folders ``sims/``, ``train/``, ``evaluate/``). Its ``run:`` section names the other stages' presets
-(paths relative to the root); its ``evaluate:``, ``params:`` and ``figures:`` sections configure those
-stages. The stages and their outputs in the run folder ``OUT`` (default ``data/out/run_P``)::
+A preset ``P`` is the file ``evaluate/P.yaml`` of a preset root (a folder with ``sims/``, ``train/``,
+``evaluate/``: the current folder, or the presets shipped with deepcmb, :mod:`deepcmb.shipped`). Its
+``run:`` section names the other stages' presets (paths relative to the root); its ``evaluate:``,
+``params:`` and ``figures:`` sections configure those stages. The stages and their outputs in the run
+folder ``OUT`` (default :func:`default_out`: ``data/out/run_P`` in a checkout, ``./run_P`` for an installed
+package)::
 
     simulate_train   OUT/sims_train.h5         training maps        (run.train_sims)
     simulate_test    OUT/sims_test.h5          test maps, never trained on (run.test_sims)
@@ -42,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Bool, Free, ListOf, Str, load_yaml, override, resolve
-from .errors import ConfigError
+from . import shipped
+from .errors import ConfigError, InputError
 from .io.files import write_json
 from .progress import bars
 from .provenance import config_json
@@ -57,7 +60,7 @@ RUN_SCHEMA = {
     "train_sims": Str("sims/quick.yaml", doc="sims preset of the training maps (path from the root)"),
     "test_sims": Str("sims/quick_test.yaml", doc="sims preset of the test maps (path from the root)"),
     "train": Str("train/quick.yaml", doc="train preset of the network (path from the root)"),
-    "models": Free({}, doc="label -> further trained model evaluated (path from the root)"),
+    "models": Free({}, doc="label -> further trained model evaluated (path from the root, or a shipped network's name)"),
     "qe_estimators": ListOf(Str(), ["EB", "MV_POL"], doc="quadratic estimators evaluated"),
     "qe_input": Str("MV_POL", doc="estimator whose kappa feeds a network with a kappa_qe input"),
     "qe": Free({}, doc="settings of every QE reconstruction (deepcmb.qe.stage.SCHEMA but estimator)"),
@@ -88,12 +91,6 @@ targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
 
 
-def source_root() -> Path | None:
-    """The checkout this package was installed from (editable installs), or None."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "evaluate").is_dir() and (root / "sims").is_dir() else None
-
-
 def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path]:
     """Locate a preset file.
 
@@ -103,8 +100,8 @@ def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path
         A preset name (``quick``, ``paper``) looked up as ``ROOT/evaluate/<name>.yaml``, or a path to
         such a YAML file (its root is then the folder above ``evaluate/``).
     root : str or Path, optional
-        Preset root; default: the current folder if it has ``evaluate/<name>.yaml``, else the source
-        checkout of the package.
+        Preset root; default: the current folder if it has ``evaluate/<name>.yaml``, else the presets
+        shipped with the package (:func:`deepcmb.shipped.root`).
 
     Returns
     -------
@@ -116,7 +113,7 @@ def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path
         if not path.is_file():
             raise ConfigError(f"--preset: {preset}: no such file")
         return path, Path(root).resolve() if root else path.parent.parent
-    candidates = [Path(root)] if root else [Path.cwd()] + ([source_root()] if source_root() else [])
+    candidates = [Path(root)] if root else [Path.cwd(), shipped.root()]
     candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for base in candidates:
         path = base / "evaluate" / f"{preset}.yaml"
@@ -125,6 +122,14 @@ def find_preset(preset: str, root: str | Path | None = None) -> tuple[Path, Path
     known = sorted({p.stem for base in candidates for p in (base / "evaluate").glob("*.yaml")})
     raise ConfigError(f"--preset: no preset {preset!r} in {', '.join(str(b / 'evaluate') for b in candidates)}"
                       + (f" (known: {', '.join(known)})" if known else ""))
+
+
+def default_out(preset_file: Path, root: Path) -> Path:
+    """The run folder of a preset when ``--out`` is not given: ``ROOT/data/out/run_<preset>`` for a preset
+    root one can write to (a checkout, a folder of one's own presets), ``./run_<preset>`` in the current
+    folder for the presets shipped inside an installed package."""
+    name = f"run_{preset_file.stem}"
+    return Path.cwd() / name if shipped.is_packaged(root) else root / "data" / "out" / name
 
 
 class Step:
@@ -276,10 +281,10 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         lab = _label(label)
         if lab in ("nn", "qe_train") or lab.startswith("qe_"):
             raise ConfigError(f"run.models.{label}: the labels 'nn' and 'qe_*' are taken")
-        model_path = (root / model).resolve()
-        if not model_path.exists():
-            raise ConfigError(f"run.models.{label}: {model_path} does not exist")
-        models[lab] = model_path
+        try:
+            models[lab] = shipped.network(root / model if (root / model).exists() else model).resolve()
+        except InputError as exc:
+            raise ConfigError(f"run.models.{label}: {exc}") from None
 
     def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, any_shape: bool = False) -> None:
         """Steps of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
@@ -343,7 +348,7 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     preset : str
         Preset name or file (see :func:`find_preset`).
     out : str or Path, optional
-        Run folder; default ``ROOT/data/out/run_<preset>``.
+        Run folder; default :func:`default_out`.
     root : str or Path, optional
         Preset root.
     workers : int, optional
@@ -362,7 +367,7 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
         The run folder.
     """
     preset_file, root = find_preset(preset, root)
-    out = Path(out) if out is not None else root / "data" / "out" / f"run_{preset_file.stem}"
+    out = Path(out) if out is not None else default_out(preset_file, root)
     out.mkdir(parents=True, exist_ok=True)
     steps = plan_stages(preset_file, root, out, workers=workers, overrides=overrides)
     record_path = out / "pipeline.json"

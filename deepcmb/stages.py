@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .shipped import DEFAULT_NETWORK
+
 
 @dataclass(frozen=True)
 class Input:
@@ -155,8 +157,8 @@ STAGES = {s.name: s for s in (
           config_required=False, flags=True, method="qe"),
     Stage("reconstruct_nn", "reconstruct", "deepcmb.nn.reconstruct", "deepcmb.nn.settings:RECONSTRUCT_SCHEMA",
           "reconstruct kappa with a trained ResUNet",
-          (SIMS, Input("model", "run folder of `deepcmb train` or a .keras file (default: the shipped pretrained "
-                                "network)", required=False), QE),
+          (SIMS, Input("model", "run folder of `deepcmb train`, a .keras file, or the name of a shipped network "
+                                f"(default: {DEFAULT_NETWORK})", required=False), QE),
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
           "compare reconstructions with the simulation truth (spectra, rho, noise, S/N)",

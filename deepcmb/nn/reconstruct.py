@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..io.files import check_output_file
 from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
 from ..progress import Progress
+from ..shipped import network
 from .augment import allowed_transforms, inverse_transform, transform_maps
 from .settings import RECONSTRUCT_SCHEMA
 
@@ -30,19 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "data" / "pretrained" / "quick"
-"""The small model shipped with the repository (``data/pretrained/quick``)."""
-
 RMS_TOLERANCE = 3.0
 """Input maps whose rms differs from the training rms by more than this factor are refused."""
-
-
-def default_model() -> Path:
-    """Path of the shipped pretrained model folder (raises InputError when it is absent)."""
-    if not (PRETRAINED / "model.keras").exists():
-        raise InputError(f"no --model given and the pretrained model {PRETRAINED / 'model.keras'} is missing "
-                         "(it ships with a source checkout; train one with `deepcmb train`)")
-    return PRETRAINED
 
 
 def load_network(path: str | Path) -> tuple[keras.Model, dict]:
@@ -243,7 +233,8 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
         :func:`predict_symmetrized`; 8 network passes).
     inputs : dict
         ``sims``: simulation file (observed maps of the model's input channels); ``model`` (optional):
-        run folder or ``.keras`` file, default the shipped pretrained model; ``qe`` (optional): QE
+        run folder, ``.keras`` file or shipped network's name (:func:`deepcmb.shipped.network`, default
+        :data:`deepcmb.shipped.DEFAULT_NETWORK`); ``qe`` (optional): QE
         reconstruction of ``sims`` (for a model with a ``kappa_qe`` input).
     out : str or Path
         Output HDF5 file in the layout of :mod:`deepcmb.io.reconstruction` (``method = 'nn'``).
@@ -261,7 +252,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     batch_size, split, any_shape, symmetrize = (cfg[k] for k in ("batch_size", "split", "any_shape", "symmetrize"))
     data, qe, model_path = inputs["sims"], inputs.get("qe"), inputs.get("model")
     check_output_file(out, overwrite)
-    model_path = Path(model_path) if model_path is not None else default_model()
+    model_path = network(model_path)
     model, spec = load_network(model_path)
     source = MapSource(data, qe)
     rows = select_rows(source, split, model_path, spec)
