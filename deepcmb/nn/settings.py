@@ -15,7 +15,7 @@ from ..fields import FIELDS
 
 INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
-(:data:`deepcmb.nn.data.EB_INPUTS`, made from ``Q`` and ``U``), and ``kappa_qe`` (a QE
+(:data:`deepcmb.fields.EB_INPUTS`, made from ``Q`` and ``U`` by a layer of the network), and ``kappa_qe`` (a QE
 reconstruction of the same maps, read from a reconstruction file)."""
 
 OUTPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("unlensed", "lensing"))
@@ -57,6 +57,9 @@ SCHEMA = {
         "steps_per_epoch": Int(None, min=1, doc="steps per epoch (null: one pass over the training maps)"),
         "validation_steps": Int(None, min=1, doc="validation batches per epoch (null: all)"),
         "learning_rate": Number(1.0e-3, gt=0, doc="initial Adam learning rate"),
+        "init_from": Str(None, doc="start from the weights and normalisation of this network (a shipped "
+                                   "network's name, a run folder or a .keras file: fine-tuning); the model "
+                                   "section must describe the same network"),
         "loss": OneOf("mse", "mse", "mae", "fourier_mse", doc="loss of each head (fourier_mse: kappa modes "
                                                               "weighted by 1/(C+N0))"),
         "loss_weights": Free({}, doc="head -> weight of its loss (default 1 each)"),

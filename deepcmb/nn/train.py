@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..cosmology import compute_spectra
-from ..errors import DeepCMBError, InputError
+from ..errors import ConfigError, DeepCMBError, InputError
 from ..fields import stored_fields
 from ..io.files import write_json
 from ..io.reconstruction import sims_identity
@@ -38,7 +38,7 @@ from .onthefly import FreshBatches
 from .rundir import RunDir, model_card, save_model
 from .settings import resolve_config
 
-__all__ = ["TrainingDiverged", "compile_model", "monitor_key", "run_train"]
+__all__ = ["TrainingDiverged", "compile_model", "initial_network", "monitor_key", "run_train"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,11 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
     scope, dist_desc = distribution_scope(tcfg["distribution"], tcfg["batch_size"])
     if state is None:
         stats_rows = splits["train"][: dcfg["stats_maps"]]
-        stats = channel_stats(source, mcfg["inputs"] + mcfg["outputs"], stats_rows)
+        start = None if tcfg["init_from"] is None else initial_network(tcfg["init_from"], mcfg, source)
+        stats = start[1]["stats"] if start else channel_stats(source, mcfg["inputs"] + mcfg["outputs"], stats_rows)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        write_json(run / "normalization.json", {"maps_used": int(len(stats_rows)), "split": "train",
+        write_json(run / "normalization.json", {"maps_used": 0 if start else int(len(stats_rows)),
+                                                "split": f"init_from {tcfg['init_from']}" if start else "train",
                                                 "stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}},
                    sort_keys=True)
         np.savez(run / "splits.npz", **splits)
@@ -106,6 +108,12 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
         with scope:
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
                                   instruments=source.instruments)
+            if start:
+                try:
+                    model.set_weights(start[0].get_weights())
+                except ValueError:
+                    raise ConfigError(f"training.init_from: {tcfg['init_from']} has other weights than the "
+                                      "network of the model section") from None
             compile_model(model, tcfg, stats, data, source.qe)
         initial_epoch = 0
     else:
@@ -171,6 +179,46 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
     ckpt_state["finished"] = True
     write_json(run.last_state, ckpt_state, sort_keys=True)
     return run.path
+
+
+def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Model, dict]:
+    """The network ``training.init_from`` names, checked against the ``model`` section and the training data.
+
+    Parameters
+    ----------
+    name : str
+        A shipped network's name, a run folder or a ``.keras`` file (:func:`deepcmb.shipped.network`).
+    mcfg : dict
+        The resolved ``model`` section: it must describe the same network (the model card's ``model``
+        section, when the network has a card; else the same inputs, heads and weight shapes).
+    source : MapSource
+        The training data: same pixel size and beam as the network's (:func:`~deepcmb.nn.reconstruct.check_compatible`).
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The network and its :func:`~deepcmb.nn.model.model_spec` (the fine-tuned network keeps its
+        normalisation statistics).
+
+    Raises
+    ------
+    ConfigError
+        If the network differs from the ``model`` section (the differing keys are named).
+    """
+    from ..shipped import network
+    from .reconstruct import check_compatible, load_network
+
+    path = network(name)
+    model, spec = load_network(path)
+    card_model = (spec["card"] or {}).get("config", {}).get("model")
+    if card_model is not None:
+        differ = sorted(k for k in set(card_model) | set(mcfg) if card_model.get(k) != mcfg.get(k))
+        if differ:
+            raise ConfigError(f"training.init_from: {path} is another network than the model section describes "
+                              f"(differs in model.{', model.'.join(differ)}: "
+                              + "; ".join(f"{k} {card_model.get(k)!r} there" for k in differ) + ")")
+    check_compatible(spec, source, np.arange(source.n_maps))
+    return model, spec
 
 
 def monitor_key(monitor: str, outputs: list) -> str:
