@@ -143,6 +143,8 @@ class Stage:
 
 
 SIMS = Input("sims", "simulation file of `deepcmb simulate`", aliases=("--data",))
+MAPS = Input("sims", "simulation or observation file (maps deepcmb did not simulate: deepcmb.io.observations)",
+             aliases=("--data",))
 QE = Input("qe", "QE reconstruction of --sims (for a network with a kappa_qe input channel)", required=False)
 
 STAGES = {s.name: s for s in (
@@ -153,16 +155,17 @@ STAGES = {s.name: s for s in (
           "train the ResUNet on a simulation file", (SIMS, QE), "folder", resumes=True, finished="model.keras",
           keras=True),
     Stage("reconstruct_qe", "reconstruct", "deepcmb.qe.stage", "deepcmb.qe.stage:SCHEMA",
-          "reconstruct kappa with a flat-sky quadratic estimator", (SIMS,), "file", section="run.qe",
+          "reconstruct kappa with a flat-sky quadratic estimator", (MAPS,), "file", section="run.qe",
           config_required=False, flags=True, method="qe"),
     Stage("reconstruct_nn", "reconstruct", "deepcmb.nn.reconstruct", "deepcmb.nn.settings:RECONSTRUCT_SCHEMA",
           "reconstruct kappa with a trained ResUNet",
-          (SIMS, Input("model", "run folder of `deepcmb train`, a .keras file, or the name of a shipped network "
+          (MAPS, Input("model", "run folder of `deepcmb train`, a .keras file, or the name of a shipped network "
                                 f"(default: {DEFAULT_NETWORK})", required=False), QE),
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
-          "compare reconstructions with the simulation truth (spectra, rho, noise, S/N)",
-          (Input("sims", "simulation file of `deepcmb simulate` (the truth)"),
+          "compare reconstructions with the simulation truth (spectra, rho, noise, S/N), or with each other",
+          (Input("sims", "simulation file of `deepcmb simulate` (the truth), or observation file (no truth: "
+                         "the methods are compared with each other)"),
            Input("recs", "a reconstruction of --sims under a label (letters, digits, _), e.g. nn=rec_nn.h5; "
                          "repeat for several methods", labelled=True, option="--rec")),
           "folder", section="evaluate"),

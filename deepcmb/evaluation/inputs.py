@@ -1,8 +1,10 @@
-"""Opening and checking the inputs of the evaluation: a simulation file and its reconstructions.
+"""Opening and checking the inputs of the evaluation: a simulation (or observation) file and its reconstructions.
 
-A reconstruction is accepted only if it was made from this very simulation file (provenance, via
+A reconstruction is accepted only if it was made from this very file (provenance, via
 :func:`deepcmb.io.reconstruction.open_reconstruction`), has its maps' shape and pixel size, and names distinct
-rows of it; the evaluation then uses the rows every reconstruction holds.
+rows of it; the evaluation then uses the rows every reconstruction holds. A simulation file carries the
+truth; an observation file (:mod:`deepcmb.io.observations`) has none, and the methods are then
+compared with each other only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.reconstruction import open_reconstruction
-from ..io.sims import geometry, open_sims, read_instruments
+from ..io.maps import open_maps
 
 if TYPE_CHECKING:
     import h5py
@@ -59,20 +61,24 @@ def read_rows(dataset: h5py.Dataset, idx: ArrayLike) -> np.ndarray:
 
 
 class EvaluationInputs:
-    """The open simulation file and reconstructions, checked against each other (a context manager).
+    """The open simulation (or observation) file and reconstructions, checked against each other (a context
+    manager).
 
     Parameters
     ----------
     sims : str or Path
-        Simulation file of ``deepcmb simulate`` (must hold ``/maps/kappa``).
+        Simulation file of ``deepcmb simulate`` (must hold ``/maps/kappa``), or observation file.
     recs : dict
         Label -> reconstruction file (:func:`check_labels`).
 
     Attributes
     ----------
     sims_path : Path
-        Absolute path of the simulation file.
-    sims : h5py.File
+        Absolute path of the simulation or observation file.
+    maps : SimsMaps or Observations
+        That file opened with :func:`deepcmb.io.maps.open_maps`.
+    sims : h5py.File or None
+        The open simulation file (truth, cosmologies); None for an observation file (no truth).
     recs : dict
         Label -> open reconstruction ``h5py.File``.
     rec_paths : dict
@@ -86,7 +92,7 @@ class EvaluationInputs:
     e_labels : list of str
         Labels whose reconstruction has ``/maps/E_unlensed`` (and the sims the truth for it).
     cosmology_index, noise_index : ndarray of int, shape (n,)
-        Of ``rows``.
+        Of ``rows`` (all zeros for an observation file: one noise level, the fiducial cosmology).
     """
 
     def __init__(self, sims, recs):
@@ -99,12 +105,10 @@ class EvaluationInputs:
 
     def _open(self, sims, recs):
         self.sims_path = Path(sims).resolve()
-        self.sims = self._stack.enter_context(open_sims(sims))
-        a = self.sims.attrs
-        self.geom = geometry(self.sims)
-        self.periodic = bool(a["periodic"])
-        n_sims = int(a["n_maps"])
-        if "kappa" not in self.sims["maps"]:
+        self.maps = self._stack.enter_context(open_maps(sims))
+        self.sims = self.maps.file if self.maps.kind == "simulations" else None
+        self.geom, self.periodic, n_sims = self.maps.geom, self.maps.periodic, self.maps.n_maps
+        if self.sims is not None and "kappa" not in self.sims["maps"]:
             raise InputError(f"{sims}: no /maps/kappa truth to evaluate against (add kappa to simulation.fields)")
         self.recs, self.rec_paths, index = {}, {}, {}
         for label, path in recs.items():
@@ -123,14 +127,15 @@ class EvaluationInputs:
             where = np.full(n_sims, -1, np.int64)
             where[idx] = np.arange(idx.size)
             self.positions[label] = where[self.rows]
-        has_e_truth = "E_unlensed" in self.sims["maps"]
+        has_e_truth = self.sims is not None and "E_unlensed" in self.sims["maps"]
         self.e_labels = [k for k, f in self.recs.items() if "E_unlensed" in f["maps"] and has_e_truth]
         skipped = [k for k, f in self.recs.items() if "E_unlensed" in f["maps"] and not has_e_truth]
         if skipped:
             warnings.warn(f"{sims}: no /maps/E_unlensed truth; the E maps of {', '.join(skipped)} are not evaluated",
                           stacklevel=3)
-        self.cosmology_index = read_rows(self.sims["meta/cosmology_index"], self.rows)
-        self.noise_index = read_rows(self.sims["meta/noise_index"], self.rows)
+        self.noise_index = self.maps.noise_index[self.rows]
+        self.cosmology_index = np.zeros_like(self.noise_index) if self.sims is None else \
+            read_rows(self.sims["meta/cosmology_index"], self.rows)
 
     def _check(self, label, path, f, n_sims):
         """Shape, pixel, row-count and index checks of one reconstruction; returns its ``/meta/index``."""
@@ -159,8 +164,8 @@ class EvaluationInputs:
         return idx
 
     def instruments(self) -> list[Instrument]:
-        """One :class:`~deepcmb.sample.Instrument` per noise level of the simulation file."""
-        return read_instruments(self.sims)
+        """One :class:`~deepcmb.sample.Instrument` per noise level of the simulation (or observation) file."""
+        return self.maps.instruments()
 
     def close(self) -> None:
         """Close every file."""

@@ -13,6 +13,11 @@ maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle
 (:mod:`deepcmb.evaluation.metrics`) are then computed for groups of maps (all maps, each noise level,
 each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
 layout of the outputs is documented in :mod:`deepcmb.io.report`.
+
+An observation file (:mod:`deepcmb.io.observations`) has no truth: :func:`compare` then measures the
+auto-spectrum of every reconstruction and the cross-spectrum of every pair of methods, with their
+correlation coefficient, on the same bins and window, beside the analytic QE N0 of the file's
+instrument and the fiducial C_L^kk (root attribute ``truth = False`` of the report).
 """
 
 from __future__ import annotations
@@ -294,8 +299,8 @@ def _method_attrs(f, path):
 def _examples(inp, k):
     rows_pos = np.arange(min(k, inp.rows.size))
     rows = inp.rows[rows_pos]
-    maps = {name: read_rows(inp.sims["maps"][name], rows) for name in ("T", "Q", "U", "kappa", "E_unlensed")
-            if name in inp.sims["maps"]}
+    maps = {name: inp.maps.read(name, rows) for name in ("T", "Q", "U", "kappa", "E_unlensed")
+            if name in inp.maps.fields}
     methods = {}
     for label, f in inp.recs.items():
         pos = inp.positions[label][rows_pos]
@@ -320,8 +325,11 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     -------
     dict
         ``bins``, ``e_bins``, ``meta``, ``cosmology``, ``instrument``, ``theory``, ``truth``,
-        ``groups``, ``methods``, ``examples``, ``snr_last_bin`` and ``window`` (taper, w2).
+        ``groups``, ``methods``, ``examples``, ``snr_last_bin`` and ``window`` (taper, w2); without
+        truth (an observation file), those of :func:`compare`.
     """
+    if inp.sims is None:
+        return compare(cfg, inp, progress)
     geom, sims = inp.geom, inp.sims
     bins = make_bins(geom, cfg["bins"], "Lmin", "Lmax", "evaluate.bins")
     e_bins = make_bins(geom, cfg["e_bins"], "lmin", "lmax", "evaluate.e_bins") if inp.e_labels else None
@@ -372,16 +380,102 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     }
 
 
+def compare(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
+    """An evaluation without truth (an observation file): the methods measured against each other.
+
+    Every kappa map is brought to the footing of the window as in :func:`per_map_spectra`. For each
+    method ``a`` it measures the per-map auto-spectrum and, for every other method ``b``, the
+    cross-spectrum; the group ``'all'`` (the only one: one noise level) holds their means and scatter
+    and the correlation coefficient
+    :math:`r^{ab} = \\langle C^{ab}\\rangle / \\sqrt{\\langle C^{aa}\\rangle \\langle C^{bb}\\rangle}` with its
+    delete-a-group jackknife error. A method's auto-spectrum minus its noise (for the QE, the analytic
+    N0 of ``/theory``) estimates C_L^kk of the sky, to set beside the fiducial one.
+
+    Parameters
+    ----------
+    cfg : dict
+        Resolved ``evaluate`` config (``snr`` and ``e_bins`` are not used).
+    inp : EvaluationInputs
+        Open inputs of an observation file.
+    progress : bool
+
+    Returns
+    -------
+    dict
+        The keys of :func:`evaluate`, with ``truth`` and ``e_bins`` None, ``cosmology`` the fiducial one,
+        and per method ``per_map`` {``auto``, ``cross_<b>``} (n, nb) and ``groups['all']``
+        {``auto_mean``, ``auto_std``, ``cross_<b>_mean``, ``cross_<b>_std``, ``rho_<b>``, ``rho_<b>_err``} (nb,).
+    """
+    from tqdm.auto import tqdm
+
+    geom, labels = inp.geom, list(inp.recs)
+    bins = make_bins(geom, cfg["bins"], "Lmin", "Lmax", "evaluate.bins")
+    edges, n, nb = bins["edges"], inp.rows.size, len(bins["L"])
+    taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
+    powers = rec_window_powers(inp, taper)
+    theory = theory_curves(cfg["theory"], inp, bins, progress)
+    spectra = {(a, b): np.empty((n, nb)) for i, a in enumerate(labels) for b in labels[i:]}
+    with tqdm(total=n, desc="compare", unit="map", disable=not progress) as bar:
+        for start in range(0, n, BATCH):
+            sel = slice(start, min(start + BATCH, n))
+            rows, fk = inp.rows[sel], {}
+            for label, f in inp.recs.items():
+                maps = _finite(read_rows(f["maps/kappa"], inp.positions[label][sel]), inp.rec_paths[label], "kappa",
+                               rows).astype(np.float64)
+                power = 2 - powers[label]
+                fk[label] = geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
+            for a, b in spectra:
+                spectra[a, b][sel] = _spectra(geom, fk[a], fk[b], edges, w4)
+            bar.update(len(rows))
+    jk = metrics.jackknife_groups(n, cfg["jackknife"])
+    means = {k: v.mean(axis=0) for k, v in spectra.items()}
+    replicates = {k: metrics.delete_group_means(v, jk) for k, v in spectra.items()}
+    methods = {}
+    for a in labels:
+        auto = spectra[a, a]
+        per_map, stats = {"auto": auto}, {"auto_mean": means[a, a], "auto_std": np.std(auto, axis=0, ddof=1)}
+        for b in labels:
+            if b == a:
+                continue
+            key = (a, b) if (a, b) in spectra else (b, a)
+            per_map[f"cross_{b}"] = spectra[key]
+            stats[f"cross_{b}_mean"] = means[key]
+            stats[f"cross_{b}_std"] = np.std(spectra[key], axis=0, ddof=1)
+            stats[f"rho_{b}"] = metrics.cross_correlation(means[key], means[a, a], means[b, b])
+            stats[f"rho_{b}_err"] = metrics.jackknife_error(metrics.cross_correlation(
+                replicates[key], replicates[a, a], replicates[b, b]))
+        methods[a] = {"attrs": _method_attrs(inp.recs[a], inp.rec_paths[a]), "per_map": per_map,
+                      "groups": {"all": stats}}
+    fiducial = compute_spectra({})
+    inst = inp.maps
+    instrument = {"noise_p_uk_arcmin": np.array([inst.instrument.noise_p_uk_arcmin]),
+                  "beam_fwhm_arcmin": inst.instrument.beam_fwhm_arcmin}
+    if inst.noise_t_uk_arcmin is not None:
+        instrument["noise_t_uk_arcmin"] = np.array([inst.noise_t_uk_arcmin])
+    return {
+        "bins": bins, "e_bins": None, "snr_last_bin": nb - 1,
+        "window": {"apodize_arcmin": taper, "window_w2": w2, "window_w4": w4},
+        "meta": {"index": inp.rows, "cosmology_index": inp.cosmology_index, "noise_index": inp.noise_index},
+        "cosmology": {"params": {p: np.array([fiducial.params[p]]) for p in PARAM_NAMES if p in fiducial.params},
+                      "clkk": bin_theory(geom, fiducial.clkk, edges)[None]},
+        "instrument": instrument, "theory": theory, "truth": None,
+        "groups": {"all": {"index": np.arange(n), "cosmology_index": -1, "noise_index": -1}},
+        "methods": methods, "examples": _examples(inp, cfg["examples"]),
+    }
+
+
 def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
                  progress: bool = True) -> Path:
-    """Evaluate reconstructions of a simulation file against its truth.
+    """Evaluate reconstructions of a simulation file against its truth (or, of an observation file, against
+    each other: :func:`compare`).
 
     Parameters
     ----------
     config : dict
         The ``evaluate:`` section of a config (merged over :data:`SCHEMA`).
     inputs : dict
-        ``sims``: simulation file of ``deepcmb simulate`` (the truth); ``recs``: label
+        ``sims``: simulation file of ``deepcmb simulate`` (the truth), or observation file
+        (:mod:`deepcmb.io.observations`, no truth); ``recs``: label
         (``[A-Za-z0-9_]+``, e.g. ``'nn'``, ``'qe_eb'``) -> reconstruction file made from ``sims``. The
         rows common to all of them are evaluated.
     out : str or Path
@@ -407,7 +501,8 @@ def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrit
                                   "recs": {k: str(v) for k, v in inp.rec_paths.items()}}, "evaluate")
         attrs.update(format=FORMAT, format_version=FORMAT_VERSION, sims_file=str(inp.sims_path),
                      methods=list(inp.recs), n_maps=int(inp.rows.size), shape=np.array(inp.geom.shape),
-                     pixel_arcmin=inp.geom.pixel_arcmin, periodic=inp.periodic, snr_Lmax=cfg["snr"]["Lmax"],
+                     pixel_arcmin=inp.geom.pixel_arcmin, periodic=inp.periodic, truth=inp.sims is not None,
+                     snr_Lmax=cfg["snr"]["Lmax"],
                      jackknife=cfg["jackknife"], **ev["window"])
         ev["attrs"] = attrs
     out.mkdir(exist_ok=True)

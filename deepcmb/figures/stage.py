@@ -175,6 +175,7 @@ def run_figures(config: dict | None, inputs: dict, out: str | Path, *, overwrite
     with atomic_folder(out) as tmp:
         index = {}
         with Report(report) as rep, (Chains(chains) if chains is not None else nullcontext()) as ch:
+            rep.require_truth("drawing figures")
             if ch is not None:
                 check_same_bins(rep, ch)
             for job in track(plan_figures(rep, ch), "figures", "figure", enabled=progress, log=log):

@@ -4,6 +4,7 @@
 module                            file                        written by
 ================================  ==========================  ==========================================
 :mod:`deepcmb.io.sims`            simulation file (HDF5)      ``deepcmb simulate``
+:mod:`deepcmb.io.observations`    observation file (HDF5)     code outside deepcmb (your own maps)
 :mod:`deepcmb.io.reconstruction`  reconstruction file (HDF5)  ``deepcmb reconstruct`` (qe and nn)
 :mod:`deepcmb.io.report`          ``report.h5``,              ``deepcmb evaluate``
                                   ``summary.json``
@@ -13,5 +14,6 @@ module                            file                        written by
 
 :mod:`deepcmb.fields` is the table of the maps these files hold (units, description, how each
 transforms under rotations and reflections, observed or truth); :mod:`deepcmb.io.files` holds what
-every output shares (atomic writes, output checks, JSON).
+every output shares (atomic writes, output checks, JSON); :func:`deepcmb.io.maps.open_maps` opens a
+simulation or an observation file behind one interface, for the stages that take either.
 """

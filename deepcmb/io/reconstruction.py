@@ -5,21 +5,23 @@ Every reconstruction method writes the same layout, so the evaluation treats the
 (``format = 'deepcmb.reconstruction'``, ``format_version = 1``)::
 
     /              attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
-                          config (JSON), method ('nn' | 'qe'), sims_file (absolute path),
-                          sims_created, sims_git_revision (copied from the simulation file) and
-                          sims_config_sha256 (SHA-256 of its config attribute), so that a mismatched
-                          truth file can be refused; n_maps, shape (ny, nx), pixel_arcmin,
+                          config (JSON), method ('nn' | 'qe'), sims_file (absolute path of the
+                          simulation or observation file reconstructed), sims_created,
+                          sims_git_revision (copied from a simulation file; empty for an observation
+                          file) and sims_config_sha256 (SHA-256 of a simulation file's config attribute,
+                          of an observation file's attributes and data), so that a mismatched input
+                          file can be refused; n_maps, shape (ny, nx), pixel_arcmin,
                           plus the method's own attributes (below)
     /maps/kappa    (n, ny, nx) float32, chunks (1, ny, nx): reconstructed convergence (dimensionless)
     /maps/<NAME>   further maps of the same shape, e.g. E_unlensed (µK) from the network's second head
-    /meta/index    (n,) int64: row of each map in the simulation file
+    /meta/index    (n,) int64: row of each map in the simulation (or observation) file
     /meta/<NAME>   further per-map arrays (n, ...), e.g. noise_index
 
 A quadratic-estimator file (``method = 'qe'``) also has the root attributes estimator (canonical
 label), estimators (the single estimators it combines), lmin, lmax (CMB multipoles of the filters),
 Lmin, Lmax (lensing multipoles kept), wiener, response, mv_covariance, apodize_arcmin (cosine-taper
 width of the window applied to the maps, 0: none), window_w2, window_w4 (its moments, windowed maps
-only) and mean_field, and the analytic N0 of each noise level of the simulation file
+only) and mean_field, and the analytic N0 of each noise level of the simulation file (the one level of an observation file)
 (:func:`read_n0`)::
 
     /n0/edges        (nbin + 1,) float64   L bin edges
@@ -37,7 +39,6 @@ The file is written to ``OUT.tmp`` and renamed when complete, so a file under th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ from ..errors import InputError
 from ..provenance import provenance_attrs
 from ..fields import units as field_units
 from .files import check_output_file, open_checked, temporary_name
-from .sims import open_sims
+from .maps import open_maps
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -62,21 +63,19 @@ METHODS = ("nn", "qe")
 
 
 def sims_identity(sims_path: str | Path) -> dict:
-    """What identifies a simulation file, whatever its path.
+    """What identifies a simulation or observation file, whatever its path.
 
     Returns
     -------
     dict
-        ``path`` (absolute), ``created``, ``git_revision``, ``config_sha256`` (of its config JSON),
-        ``shape``, ``pixel_arcmin``, ``n_maps``.
+        ``path`` (absolute), ``created``, ``git_revision``, ``config_sha256`` (of a simulation file's
+        config JSON; of an observation file's attributes and data,
+        :meth:`deepcmb.io.observations.Observations.identity`), ``shape``, ``pixel_arcmin``, ``n_maps``.
     """
     path = Path(sims_path).resolve()
-    with open_sims(path) as f:
-        a = f.attrs
-        return {"path": str(path), "created": str(a.get("created", "")), "git_revision": str(a.get("git_revision", "")),
-                "config_sha256": hashlib.sha256(str(a.get("config", "")).encode()).hexdigest(),
-                "shape": [int(n) for n in a["shape"]], "pixel_arcmin": float(a["pixel_arcmin"]),
-                "n_maps": int(a["n_maps"])}
+    with open_maps(path) as m:
+        return {"path": str(path), **m.identity(), "shape": list(m.shape), "pixel_arcmin": m.pixel_arcmin,
+                "n_maps": m.n_maps}
 
 
 def same_sims(identity: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
@@ -97,7 +96,7 @@ class ReconstructionWriter:
     fields : sequence of str
         Names of the maps written (must include ``'kappa'``).
     sims_path : str or Path
-        The simulation file the maps were reconstructed from.
+        The simulation or observation file the maps were reconstructed from.
     method : {'nn', 'qe'}
     config : dict
         The resolved config of the stage (stored as JSON with the provenance).
@@ -218,7 +217,7 @@ def write_reconstruction(out: str | Path, kappa: np.ndarray, extra_maps: Mapping
     extra_maps : dict, optional
         Name -> ``(n, ny, nx)`` maps, e.g. ``{'E_unlensed': e}`` (µK) or ``{'phi': phi}`` (rad²).
     sims_path : str or Path
-        Simulation file the maps come from.
+        Simulation or observation file the maps come from.
     method : {'nn', 'qe'}
     config : dict
         Resolved config of the stage (provenance).
@@ -252,8 +251,9 @@ def open_reconstruction(path: str | Path, sims_path: str | Path | None = None) -
     ----------
     path : str or Path
     sims_path : str or Path, optional
-        When given, the simulation file must be the one the reconstruction was made from: same
-        ``created`` time stamp, git revision and config (the path may differ, e.g. after a copy).
+        When given, the simulation (or observation) file must be the one the reconstruction was made
+        from: same ``created`` time stamp, git revision and config, or content for an observation file
+        (:func:`sims_identity`; the path may differ, e.g. after a copy).
 
     Returns
     -------

@@ -9,7 +9,7 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
     /                 attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
                              config (JSON), sims_file (absolute path), methods (labels), n_maps,
                              apodize_arcmin, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
-                             snr_Lmax, jackknife
+                             truth (False for the report of an observation file, below), snr_Lmax, jackknife
     /bins/edges (nb+1,), /bins/L (nb,) mode-weighted centres, /bins/n_modes (nb,) Fourier modes per
         map (l and -l counted separately; independent modes = n_modes / 2)
     /e_bins/edges, /e_bins/L, /e_bins/n_modes (nbe...)     only when a method has an E map
@@ -38,6 +38,15 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
     /examples/<FIELD> (k, ny, nx): the sims' Q, U, T, kappa, E_unlensed (those present), unwindowed
     /examples/<label>/kappa, /examples/<label>/E_unlensed (k, ny, nx)
 
+Without truth (``truth = False``: the input was an observation file, :func:`deepcmb.evaluation.stage.compare`)
+the report keeps /bins, /meta (all zeros: one noise level), /instrument (its one level), /theory,
+/examples, and /cosmology for the fiducial cosmology only (the filters'; one row), has no /truth and
+no /e_bins, and every method has the one group 'all' with other members::
+
+    /methods/<label>/per_map/auto (n, nb), per_map/cross_<b> (n, nb) for every other method b
+    /methods/<label>/groups/all/  auto_mean, auto_std, and for every other method b cross_<b>_mean,
+        cross_<b>_std, rho_<b> = cross_<b>_mean / sqrt(auto_mean auto_mean of b), rho_<b>_err (nb,)
+
 Definitions (:mod:`deepcmb.evaluation.metrics`): rho = cross_mean / sqrt(auto_mean truth_mean);
 n_eff = clkk_theory (1/rho^2 - 1); transfer = cross_mean / truth_mean; snr_per_bin^2 =
 (n_modes / 2) rho^4; snr_cumulative = sqrt(cumsum snr_per_bin^2) over the bins whose upper edge is at
@@ -58,6 +67,9 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
                           "E_rho2_err" (= 2 |E_rho| E_rho_err)}}}
     theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
                           "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
+    truth                false without truth (an observation file): results then hold, per method,
+                          {"all": {"n_maps", "auto_mean", "rho": {b: [...]}, "rho_err": {b: [...]}}},
+                          and there is no cosmology_dependence
     cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
                           "n_maps"}}}: per cosmology, pooled over noise levels, the inverse-variance
                           weighted mean over bins below snr.Lmax of auto_mean_c / auto_mean_all, with
@@ -133,7 +145,8 @@ def _datasets(parent, name, arrays):
 
 def summary(ev: dict) -> dict:
     """The ``summary.json`` content of an evaluation (a JSON-ready dict, NaN as None)."""
-    a = ev["attrs"]
+    if ev["truth"] is None:
+        return _comparison_summary(ev)
     last = ev["snr_last_bin"]
     results = {}
     for label, m in ev["methods"].items():
@@ -147,8 +160,33 @@ def summary(ev: dict) -> dict:
                 r["E_rho2"] = s["E_rho"] ** 2
                 r["E_rho2_err"] = 2 * np.abs(s["E_rho"]) * s["E_rho_err"]
             results[label][name] = r
-    levels = range(len(ev["instrument"]["noise_p_uk_arcmin"]))
     theory = {"clkk": {name: g["clkk_theory"] for name, g in ev["groups"].items()}}
+    out = _common_summary(ev, results, theory)
+    out["cosmology_dependence"] = {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
+                                   for label, m in ev["methods"].items()}
+    if ev["e_bins"] is not None:
+        out["e_bins"] = dict(ev["e_bins"])
+    return plain(out)
+
+
+def _comparison_summary(ev: dict) -> dict:
+    """The ``summary.json`` content of an evaluation without truth."""
+    results = {}
+    for label, m in ev["methods"].items():
+        s = m["groups"]["all"]
+        others = [b for b in ev["methods"] if b != label]
+        results[label] = {"all": {"n_maps": len(ev["meta"]["index"]), "auto_mean": s["auto_mean"],
+                                  "rho": {b: s[f"rho_{b}"] for b in others},
+                                  "rho_err": {b: s[f"rho_{b}_err"] for b in others}}}
+    out = _common_summary(ev, results, {"clkk": {"all": ev["cosmology"]["clkk"][0]}})
+    out["truth"] = False
+    return plain(out)
+
+
+def _common_summary(ev: dict, results: dict, theory: dict) -> dict:
+    """The keys of ``summary.json`` shared with and without truth."""
+    a = ev["attrs"]
+    levels = range(len(ev["instrument"]["noise_p_uk_arcmin"]))
     for est, n0 in ev["theory"]["n0"].items():
         theory[f"n0_{est}"] = {f"noise{j}": n0[j] for j in levels}
     if ev["theory"]["n_iterative"] is not None:
@@ -156,7 +194,7 @@ def summary(ev: dict) -> dict:
     params = ev["cosmology"]["params"]
     n_cosmo = len(ev["cosmology"]["clkk"])
     cosmo_idx = ev["meta"]["cosmology_index"]
-    out = {
+    return {
         "sims_file": a["sims_file"], "created": a["created"], "git_revision": a["git_revision"],
         "methods": list(ev["methods"]), "n_maps": len(ev["meta"]["index"]),
         "bins": dict(ev["bins"]),
@@ -164,12 +202,7 @@ def summary(ev: dict) -> dict:
         "cosmologies": [{"index": c, "params": {p: v[c] for p, v in params.items()},
                          "n_maps": int(np.sum(cosmo_idx == c))} for c in range(n_cosmo)],
         "results": results, "theory": theory,
-        "cosmology_dependence": {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
-                                 for label, m in ev["methods"].items()},
     }
-    if ev["e_bins"] is not None:
-        out["e_bins"] = dict(ev["e_bins"])
-    return plain(out)
 
 
 def write_summary(path: str | Path, ev: dict) -> None:
@@ -197,6 +230,9 @@ class Report(H5View):
     methods : list of str
         Labels of the evaluated reconstructions, in the report's order (the root attribute
         ``methods``, else the members of ``/methods``).
+    has_truth : bool
+        Whether the methods were evaluated against a truth (root attribute ``truth``; False for an
+        observation file, whose report lacks the truth-based datasets).
 
     Raises
     ------
@@ -211,9 +247,16 @@ class Report(H5View):
                 raise InputError(f"{self.path}: no /methods in the report")
             names = self._f.attrs["methods"] if "methods" in self._f.attrs else self.keys("methods")
             self.methods = [text(m) for m in np.atleast_1d(names)]
+            self.has_truth = bool(self._f.attrs.get("truth", True))
         except InputError:
             self.close()
             raise
+
+    def require_truth(self, what: str) -> None:
+        """Refuse a report without truth (of an observation file) for ``what`` needs the truth."""
+        if not self.has_truth:
+            raise InputError(f"{self.path}: evaluated without truth (an observation file); {what} needs a "
+                             "report against simulations")
 
     def geometry(self) -> FlatSkyGeometry:
         """Geometry of the evaluated maps (root attributes ``shape`` and ``pixel_arcmin``)."""

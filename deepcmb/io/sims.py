@@ -49,6 +49,7 @@ always whole.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,7 @@ import h5py
 import numpy as np
 
 from ..cosmology import PARAM_NAMES, CMBSpectra
+from ..errors import InputError
 from ..fields import FIELDS
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
@@ -64,6 +66,8 @@ from ..sample import Instrument
 from .files import atomic_path, open_checked
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from ..simulate import SimPlan
 
 FORMAT = "deepcmb.sims"
@@ -161,3 +165,86 @@ def read_instruments(f: h5py.File) -> list[Instrument]:
     beam = float(inst.attrs["beam_fwhm_arcmin"])
     return [Instrument(beam, float(t), float(p))
             for t, p in zip(inst["noise_t_uk_arcmin"][...], inst["noise_p_uk_arcmin"][...])]
+
+
+class SimsMaps:
+    """The maps of a simulation file behind the interface of
+    :class:`~deepcmb.io.observations.Observations` (a context manager), for the stages that take
+    either file (:func:`deepcmb.io.maps.open_maps`).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Attributes
+    ----------
+    path : Path
+    kind : str
+        ``'simulations'``.
+    file : h5py.File
+        The open file (for what only a simulation file has: truth, cosmology, meta).
+    n_maps : int
+    pixel_arcmin : float
+    geom : FlatSkyGeometry
+        The maps' geometry; its ``(ny, nx)`` is also the attribute ``shape``.
+    periodic : bool
+    fields : list of str
+        The stored maps (``/maps`` members).
+    weights : list
+        Empty: simulations have no mask or weight map.
+    masked : bool
+        False.
+    noise_index : ndarray of int64, shape (n_maps,)
+        Noise level of each map (``/meta/noise_index``).
+    """
+
+    kind = "simulations"
+    masked = False
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open_sims(self.path)
+        try:
+            a = self.file.attrs
+            self.geom = geometry(self.file)
+            self.shape, self.pixel_arcmin = self.geom.shape, self.geom.pixel_arcmin
+            self.n_maps, self.periodic = int(a["n_maps"]), bool(a["periodic"])
+            self.fields, self.weights = list(self.file["maps"].keys()), []
+            self.noise_index = self.file["meta/noise_index"][...]
+        except KeyError as exc:
+            self.file.close()
+            raise InputError(f"{self.path}: not a complete simulation file ({exc.args[0] if exc.args else exc})") \
+                from None
+
+    def instruments(self) -> list[Instrument]:
+        """One :class:`~deepcmb.sample.Instrument` per noise level (:func:`read_instruments`)."""
+        return read_instruments(self.file)
+
+    def read(self, name: str, rows: ArrayLike) -> np.ndarray:
+        """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)`` (one chunk read per map)."""
+        if name not in self.fields:
+            raise InputError(f"{self.path}: no map {name!r} (the file has {', '.join(self.fields)})")
+        rows = np.asarray(rows, np.int64)
+        d = self.file["maps"][name]
+        out = np.empty((rows.size,) + self.shape, np.float32)
+        for k, r in enumerate(rows):
+            d.read_direct(out, np.s_[r], np.s_[k])
+        return out
+
+    def identity(self) -> dict:
+        """``created``, ``git_revision`` and ``config_sha256`` (SHA-256 of the config attribute): what
+        identifies the simulations, whatever the file's path."""
+        a = self.file.attrs
+        return {"created": str(a.get("created", "")), "git_revision": str(a.get("git_revision", "")),
+                "config_sha256": hashlib.sha256(str(a.get("config", "")).encode()).hexdigest()}
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

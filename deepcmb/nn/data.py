@@ -23,7 +23,7 @@ from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
 from ..fields import EB_INPUTS
 from ..io.reconstruction import estimator_settings, open_reconstruction
-from ..io.sims import open_sims, read_instruments
+from ..io.maps import open_maps
 from .augment import allowed_transforms, transform_maps
 
 if TYPE_CHECKING:
@@ -139,28 +139,33 @@ def read_qe_file(path: str | Path, sims_path: str | Path) -> QEFile:
 
 
 class MapSource:
-    """Read named maps of given rows from a simulation file (and, for ``kappa_qe``, a QE file).
+    """Read named maps of given rows from a simulation or observation file (and, for ``kappa_qe``, a QE file).
 
     Parameters
     ----------
     sims_path : str or Path
+        Simulation file, or observation file (:mod:`deepcmb.io.observations`), opened with
+        :func:`deepcmb.io.maps.open_maps`.
     qe_path : str or Path, optional
         Reconstruction file (``method = 'qe'``) made from ``sims_path``; provides ``kappa_qe``. Read
         by :func:`read_qe_file` into :attr:`qe` (a :class:`QEFile`, or None).
+    method : str, optional
+        The reconstruction method reading the maps (:func:`~deepcmb.io.maps.open_maps` refuses masked
+        observations for it).
 
     Notes
     -----
     Files are opened lazily in the process that reads them, so the object can be sent to workers.
     """
 
-    def __init__(self, sims_path, qe_path=None):
+    def __init__(self, sims_path, qe_path=None, method=None):
         self.sims_path = Path(sims_path)
-        with open_sims(self.sims_path) as f:
-            self.shape = tuple(int(n) for n in f.attrs["shape"])
-            self.pixel_arcmin = float(f.attrs["pixel_arcmin"])
-            self.n_maps = int(f.attrs["n_maps"])
-            self.fields = list(f["maps"].keys())
-            self.instruments = read_instruments(f)
+        with open_maps(self.sims_path, method) as f:
+            self.shape = tuple(f.shape)
+            self.pixel_arcmin = f.pixel_arcmin
+            self.n_maps = f.n_maps
+            self.fields = list(f.fields)
+            self.instruments = f.instruments()
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
         self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None
@@ -188,7 +193,7 @@ class MapSource:
 
     def _open(self):
         if self._files is None:
-            self._files = {"sims": h5py.File(self.sims_path, "r")}
+            self._files = {"sims": open_maps(self.sims_path)}
             if self.qe is not None:
                 self._files["qe"] = h5py.File(self.qe.path, "r")
         return self._files
@@ -207,7 +212,7 @@ class MapSource:
                                  f"{rows[pos < 0][:5].tolist()}")
             d, rows = files["qe"]["maps/kappa"], pos
         else:
-            d = files["sims"]["maps"][name]
+            return files["sims"].read(name, rows)
         out = np.empty((rows.size,) + self.shape, np.float32)
         for k, r in enumerate(rows):
             d.read_direct(out, np.s_[r], np.s_[k])

@@ -1,4 +1,5 @@
-"""Reconstruction with a trained network: simulation file -> kappa (and E) maps in physical units.
+"""Reconstruction with a trained network: simulation or observation file -> kappa (and E) maps in physical
+units.
 
 :func:`load_network` loads a model in Keras safe mode (no code from the file is executed) and
 returns it with its description; :func:`check_compatible` refuses data the network was not trained
@@ -220,7 +221,7 @@ def select_rows(source: MapSource, split: str, model_path: str | Path, spec: dic
 
 def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
                        progress: bool = True) -> Path:
-    """Apply a trained network to a simulation file and write the reconstruction.
+    """Apply a trained network to a simulation or observation file and write the reconstruction.
 
     Parameters
     ----------
@@ -232,9 +233,10 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
         ``symmetrize`` (average the prediction over the 8 symmetries of the grid,
         :func:`predict_symmetrized`; 8 network passes).
     inputs : dict
-        ``sims``: simulation file (observed maps of the model's input channels); ``model`` (optional):
-        run folder, ``.keras`` file or shipped network's name (:func:`deepcmb.shipped.network`, default
-        :data:`deepcmb.shipped.DEFAULT_NETWORK`); ``qe`` (optional): QE
+        ``sims``: simulation file, or observation file (:mod:`deepcmb.io.observations`; one with a
+        non-trivial mask or ``ivar_p`` is refused), holding the observed maps of the model's input
+        channels; ``model`` (optional): run folder, ``.keras`` file or shipped network's name
+        (:func:`deepcmb.shipped.network`, default :data:`deepcmb.shipped.DEFAULT_NETWORK`); ``qe`` (optional): QE
         reconstruction of ``sims`` (for a model with a ``kappa_qe`` input).
     out : str or Path
         Output HDF5 file in the layout of :mod:`deepcmb.io.reconstruction` (``method = 'nn'``).
@@ -254,7 +256,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     check_output_file(out, overwrite)
     model_path = network(model_path)
     model, spec = load_network(model_path)
-    source = MapSource(data, qe)
+    source = MapSource(data, qe, method="nn")
     rows = select_rows(source, split, model_path, spec)
     check_compatible(spec, source, rows, any_shape=any_shape)
     trained_shape = list(spec["shape"])

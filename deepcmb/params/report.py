@@ -112,6 +112,7 @@ def read_report(path: str | Path, methods: Sequence[str] | None = None) -> Repor
     path = Path(path)
     checked = {"dtype": float, "finite": True}
     with Report(path) as rep:
+        rep.require_truth("the parameter fit")
         geom = rep.geometry()
         edges = rep.edges(ndim=1, **checked)
         nb = edges.size - 1

@@ -1,14 +1,18 @@
-"""The ``deepcmb reconstruct --method qe`` stage: a simulation file -> quadratic-estimator kappa maps.
+"""The ``deepcmb reconstruct --method qe`` stage: a simulation or observation file -> quadratic-estimator
+kappa maps.
 
-Reads the observed maps of a simulation file in batches, reconstructs kappa with one
-:class:`~deepcmb.qe.QuadraticEstimator` per noise level of the file (filters and N0 follow that
-level's beam and noise), and writes the reconstruction layout of :mod:`deepcmb.io.reconstruction`
-with the analytic N0 of each level (``/n0``).
+Reads the observed maps of a simulation file, or of an observation file
+(:mod:`deepcmb.io.observations`: maps deepcmb did not simulate, with their beam and noise level), in
+batches, reconstructs kappa with one :class:`~deepcmb.qe.QuadraticEstimator` per noise level of the
+file (filters and N0 follow that level's beam and noise; an observation file has one level), and
+writes the reconstruction layout of :mod:`deepcmb.io.reconstruction` with the analytic N0 of each
+level (``/n0``). An observation file whose mask or inverse-variance map is not trivial is refused.
 
-The filters use the fiducial (Planck 2018) spectra, as a QE on data would. Curved-sky patches are
-not periodic: they are apodised with a cosine window and a mean field is subtracted, estimated for
-each map from maps of the same file and noise level in the other half of the file (odd rows for
-even rows and vice versa), so no map enters its own mean field.
+The filters use the fiducial (Planck 2018) spectra, as a QE on data would. Non-periodic maps (curved-sky
+patches, and observation files with ``periodic = false``) are apodised with a cosine window (default
+taper :func:`~deepcmb.qe.default_taper`) and a mean field is subtracted, estimated for each map from
+maps of the same file and noise level in the other half of the file (odd rows for even rows and vice
+versa), so no map enters its own mean field.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..config import Bool, Int, Number, OneOf, Str, resolve
 from ..cosmology import compute_spectra
 from ..errors import InputError
 from ..io.files import check_output_file
-from ..io.sims import geometry, open_sims, read_instruments
+from ..io.maps import open_maps
 from ..io.reconstruction import ReconstructionWriter
 from ..binning import bin_centres, linear_bins
 from ..progress import Progress
@@ -49,21 +53,22 @@ SCHEMA = {
 """Settings of the quadratic-estimator stage, with their defaults (``run.qe`` of a preset)."""
 
 
-def _mean_fields(f, qe, rows, need, window, n_max):
+def _mean_fields(source, qe, rows, need, window, n_max):
     """Mean-field maps for even and odd rows: each from up to ``n_max`` maps of the other parity."""
     out = {}
     for parity in (0, 1):
         use = rows[rows % 2 != parity][:n_max]
         if use.size == 0:
-            raise InputError("qe mean field: needs maps of both parities at every noise level")
-        maps = {k: f["maps"][k][np.sort(use)] for k in need}
+            raise InputError(f"{source.path}: the qe mean field of non-periodic maps needs maps of both parities "
+                             "(at least two maps) at every noise level")
+        maps = {k: source.read(k, np.sort(use)) for k in need}
         out[parity] = qe.mean_field(maps, window=window)
     return out
 
 
 def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
                        progress: bool = True) -> Path:
-    """Reconstruct kappa from every map of a simulation file with a quadratic estimator.
+    """Reconstruct kappa from every map of a simulation or observation file with a quadratic estimator.
 
     Parameters
     ----------
@@ -78,7 +83,8 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         reconstructed at once); ``precision`` (arithmetic of the map estimate: the stored maps are
         float32, single is twice as fast).
     inputs : dict
-        ``sims``: simulation file of ``deepcmb simulate``.
+        ``sims``: simulation file of ``deepcmb simulate``, or observation file
+        (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters).
     out : str or Path
         Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
@@ -98,19 +104,20 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
     lmin, lmax, Lmin, Lmax = (cfg[k] for k in ("lmin", "lmax", "Lmin", "Lmax"))
     config = {"method": "qe", **{k: v for k, v in cfg.items() if k != "batch_size"}, "estimator": label,
               "data": str(data)}
-    with open_sims(data) as f:
-        geom = geometry(f)
+    with open_maps(data, method="qe") as f:
+        geom = f.geom
         need = fields_needed(names)
-        missing = [k for k in need if k not in f["maps"]]
+        missing = [k for k in need if k not in f.fields]
         if missing:
+            hint = "add them to simulation.fields" if f.kind == "simulations" else "the observation file has none"
             raise InputError(f"{data}: the {label} estimator needs maps {', '.join(need)}; "
-                             f"missing {', '.join(missing)} (add them to simulation.fields)")
-        periodic = bool(f.attrs["periodic"])
+                             f"missing {', '.join(missing)} ({hint})")
+        periodic = f.periodic
         taper = default_taper(periodic) if cfg["apodize_arcmin"] is None else float(cfg["apodize_arcmin"])
         window = cosine_window(geom, taper) if taper > 0 else None
         spectra = compute_spectra({})
-        levels = f["meta/noise_index"][...]
-        instruments = read_instruments(f)
+        levels = f.noise_index
+        instruments = f.instruments()
         qes = {lev: QuadraticEstimator(geom, spectra, instruments[lev], label, lmin=lmin, lmax=lmax, Lmin=Lmin,
                                        Lmax=Lmax, precision=cfg["precision"]) for lev in np.unique(levels)}
         mean_fields = {}
@@ -118,7 +125,7 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
             for lev, qe in qes.items():
                 mean_fields[lev] = _mean_fields(f, qe, np.flatnonzero(levels == lev), need, window,
                                                 cfg["mean_field_maps"])
-        n = int(f.attrs["n_maps"])
+        n = f.n_maps
         edges = linear_bins(max(Lmin, geom.ell_fundamental), Lmax, 2.0 * geom.ell_fundamental)
         attrs = {"estimator": label, "estimators": list(qes[levels[0]].names), "lmin": lmin, "lmax": lmax,
                  "Lmin": Lmin, "Lmax": Lmax, "wiener": cfg["wiener"], "response": "gradient",
@@ -132,7 +139,7 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
             with Progress(n, f"QE {label}", "map", enabled=progress, log=log) as bar:
                 for start in range(0, n, batch_size):
                     stop = min(start + batch_size, n)
-                    maps = {k: f["maps"][k][start:stop] for k in need}
+                    maps = {k: f.read(k, np.arange(start, stop)) for k in need}
                     kappa = np.empty((stop - start,) + geom.shape)
                     phi = np.empty_like(kappa)
                     rows = np.arange(start, stop)
