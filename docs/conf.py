@@ -17,7 +17,7 @@ author = "the deepcmb authors"
 copyright = "the deepcmb authors, MIT licence"
 version = release = deepcmb.__version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "config_schema"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "config_schema", "notebook_cells"]
 
 # Files written by the pipeline and pulled in with ``.. include::``; they are not pages of their own.
 exclude_patterns = ["_build", "_ext", "results/*"]

@@ -149,6 +149,8 @@ class Standardize(keras.layers.Layer):
     noise_p_uk_arcmin : list of float, optional
         Polarization noise levels of the training maps, µK-arcmin.
 
+    Notes
+    -----
     The last three are metadata, checked when the model is applied to data
     (:func:`deepcmb.nn.reconstruct.check_compatible`).
     """
