@@ -207,6 +207,14 @@ def model_card(cfg: dict, spec: dict, identity: dict, history_best: list, steps:
     Returns
     -------
     dict
+        ``format``, ``format_version``; ``inputs`` (the maps the network file takes, e.g. Q, U),
+        ``channels`` (what its convolutions read, e.g. E, B), ``outputs``, ``shape`` (ny, nx),
+        ``pixel_arcmin``, ``beam_fwhm_arcmin``, ``noise_p_uk_arcmin`` (training noise levels, µK-arcmin),
+        ``normalization`` (name -> mean, std in physical units); ``trained_on`` and ``qe_input`` (identity
+        of the training files), ``best_epoch``, ``best_val_loss``, ``optimizer_steps``, ``config`` (the
+        resolved training config) and ``provenance`` (git revision, versions). A shipped network's card
+        also has ``training`` (epochs, seconds, samples/s) and may have ``measured`` (the evaluation
+        summary of its test maps; ``benchmarks/ship_network.py``).
     """
     return {
         "format": CARD_FORMAT, "format_version": 1,
