@@ -67,7 +67,7 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
                           "E_rho2_err" (= 2 |E_rho| E_rho_err)}}}
     theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
                           "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
-    truth                false without truth (an observation file): results then hold, per method,
+    truth                true; false without truth (an observation file): results then hold, per method,
                           {"all": {"n_maps", "auto_mean", "rho": {b: [...]}, "rho_err": {b: [...]}}},
                           and there is no cosmology_dependence
     cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
@@ -162,6 +162,7 @@ def summary(ev: dict) -> dict:
             results[label][name] = r
     theory = {"clkk": {name: g["clkk_theory"] for name, g in ev["groups"].items()}}
     out = _common_summary(ev, results, theory)
+    out["truth"] = True
     out["cosmology_dependence"] = {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
                                    for label, m in ev["methods"].items()}
     if ev["e_bins"] is not None:
