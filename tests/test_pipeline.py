@@ -238,12 +238,8 @@ def test_shipped_presets_resolve():
         names = [s.name for s in stages]
         assert names[0] == "simulate_train" and "simulate_test" in names
         assert names[-1] == ("figures" if name == "quick" else "results")
-        # a network that reads the QE kappa (the quick one) needs the QE of its training maps before
-        # training; the bench and paper networks read E, B or Q, U alone and need none
-        if name == "quick":
-            assert names.index("reconstruct_qe_train") < names.index("train")
-        else:
-            assert "reconstruct_qe_train" not in names
+        # the shipped presets' networks read E, B or Q, U alone: no QE of the training maps
+        assert "reconstruct_qe_train" not in names
         assert names.index("train") < names.index("reconstruct_nn")
         for s in stages:
             assert set(s.inputs) <= set(names[:names.index(s.name)]), s.name
