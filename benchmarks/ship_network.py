@@ -33,10 +33,9 @@ import numpy as np
 
 def rebuild_with_split(run: Path, model, spec, card):
     """The network of ``run`` rebuilt to take Q, U (its E/B split as a layer), with the same weights."""
-    from deepcmb.io.sims import read_instruments
+    from deepcmb.io.sims import open_sims, read_instruments
     from deepcmb.nn.data import MapSource
     from deepcmb.nn.model import build_resunet
-    from deepcmb.io.sims import open_sims
 
     sims = card["trained_on"]["path"]
     with open_sims(sims) as f:
@@ -74,8 +73,8 @@ def main(argv=None) -> None:
     p.add_argument("--sims-config", type=Path, help="the training simulation preset (copied as sims.yaml)")
     args = p.parse_args(argv)
 
-    from deepcmb.nn.reconstruct import load_network
     from deepcmb.nn.model import model_spec
+    from deepcmb.nn.reconstruct import load_network
     from deepcmb.nn.rundir import save_model
 
     model, spec = load_network(args.run)

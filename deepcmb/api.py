@@ -258,14 +258,10 @@ class Network:
         dict of str to ndarray, shape (n, ny, nx)
             One entry per head (``kappa``, ``E_unlensed``), physical units.
         """
-        from .nn.reconstruct import at_shape, predict_symmetrized
+        from .nn.reconstruct import at_shape, check_instrument, predict_symmetrized
 
         s = self.spec
-        if s["pixel_arcmin"] is not None and not np.isclose(s["pixel_arcmin"], maps.pixel_arcmin, rtol=1e-6):
-            raise InputError(f"pixels of {maps.pixel_arcmin} arcmin, the network was trained on {s['pixel_arcmin']}")
-        beams = {i.beam_fwhm_arcmin for i in maps.instruments}
-        if s["beam_fwhm_arcmin"] is not None and not all(np.isclose(b, s["beam_fwhm_arcmin"], rtol=1e-3) for b in beams):
-            raise InputError(f"beam {sorted(beams)} arcmin, the network was trained on {s['beam_fwhm_arcmin']}")
+        check_instrument(s, maps.pixel_arcmin, maps.instruments, "maps")
         x = np.stack([maps[name] for name in s["inputs"]], axis=-1).astype(np.float32)
         model = self.model if x.shape[1:3] == tuple(s["shape"]) else at_shape(self.model, x.shape[1:3])
         parts = {h: [] for h in s["outputs"]}

@@ -198,6 +198,19 @@ def open_checked(path: str | Path, fmt: str, what: str) -> h5py.File:
     return f
 
 
+def read_rows(d: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``d[rows]`` as float32 ``(len(rows), ...)`` for any integer ``rows`` (unsorted, repeated), one chunk
+    read per row: the way every map file is read (one chunk holds one map)."""
+    out = np.empty((rows.size,) + d.shape[1:], np.float32)
+    if d.dtype == np.float32:
+        for k, r in enumerate(rows):
+            d.read_direct(out, np.s_[r], np.s_[k])
+    else:
+        for k, r in enumerate(rows):
+            out[k] = d[r]
+    return out
+
+
 def text(value: Any) -> Any:
     """An HDF5 string attribute (bytes or str) as str; other values unchanged."""
     return value.decode() if isinstance(value, bytes) else value

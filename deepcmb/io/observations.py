@@ -75,7 +75,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import FlatSkyGeometry
 from ..sample import Instrument
-from .files import atomic_path, check_output_file, open_checked, text
+from .files import atomic_path, check_output_file, open_checked, read_rows, text
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -318,10 +318,10 @@ class Observations:
             d = self._f[name]
             if d.ndim == 2:
                 return np.broadcast_to(d[...].astype(np.float32), (rows.size,) + self.shape).copy()
-            return _read_rows(d, rows)
+            return read_rows(d, rows)
         if name not in self.fields:
             raise InputError(f"{self.path}: no map {name!r} (the file has {', '.join(self.fields + self.weights)})")
-        out = _read_rows(self._f["maps"][name], rows)
+        out = read_rows(self._f["maps"][name], rows)
         bad = ~np.all(np.isfinite(out), axis=(1, 2))
         if bad.any():
             raise InputError(f"{self.path}: /maps/{name} holds NaN or infinite values (map {rows[bad][0]})")
@@ -353,18 +353,6 @@ class Observations:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def _read_rows(d: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """``d[rows]`` as float32 for any integer ``rows`` (one chunk read per map)."""
-    out = np.empty((rows.size,) + d.shape[1:], np.float32)
-    if rows.size and d.dtype == np.float32:
-        for k, r in enumerate(rows):
-            d.read_direct(out, np.s_[r], np.s_[k])
-    else:
-        for k, r in enumerate(rows):
-            out[k] = d[r]
-    return out
 
 
 def open_observations(path: str | Path) -> Observations:

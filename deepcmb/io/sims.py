@@ -63,7 +63,7 @@ from ..fields import FIELDS
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
-from .files import atomic_path, open_checked
+from .files import atomic_path, open_checked, read_rows
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -224,12 +224,7 @@ class SimsMaps:
         """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)`` (one chunk read per map)."""
         if name not in self.fields:
             raise InputError(f"{self.path}: no map {name!r} (the file has {', '.join(self.fields)})")
-        rows = np.asarray(rows, np.int64)
-        d = self.file["maps"][name]
-        out = np.empty((rows.size,) + self.shape, np.float32)
-        for k, r in enumerate(rows):
-            d.read_direct(out, np.s_[r], np.s_[k])
-        return out
+        return read_rows(self.file["maps"][name], np.asarray(rows, np.int64))
 
     def identity(self) -> dict:
         """``created``, ``git_revision`` and ``config_sha256`` (SHA-256 of the config attribute): what

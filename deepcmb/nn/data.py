@@ -22,8 +22,9 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
 from ..fields import EB_INPUTS
-from ..io.reconstruction import estimator_settings, open_reconstruction
+from ..io.files import read_rows
 from ..io.maps import open_maps
+from ..io.reconstruction import estimator_settings, open_reconstruction
 from .augment import allowed_transforms, transform_maps
 
 if TYPE_CHECKING:
@@ -210,13 +211,8 @@ class MapSource:
             if np.any(pos < 0):
                 raise InputError(f"{self.qe.path}: no QE reconstruction of sims rows "
                                  f"{rows[pos < 0][:5].tolist()}")
-            d, rows = files["qe"]["maps/kappa"], pos
-        else:
-            return files["sims"].read(name, rows)
-        out = np.empty((rows.size,) + self.shape, np.float32)
-        for k, r in enumerate(rows):
-            d.read_direct(out, np.s_[r], np.s_[k])
-        return out
+            return read_rows(files["qe"]["maps/kappa"], pos)
+        return files["sims"].read(name, rows)
 
     def close(self) -> None:
         if self._files:

@@ -28,6 +28,8 @@ from .settings import RECONSTRUCT_SCHEMA
 if TYPE_CHECKING:
     import keras
 
+    from ..sample import Instrument
+
     from .data import MapSource
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,19 @@ def predict_symmetrized(model: keras.Model, x: np.ndarray, inputs: Sequence[str]
     return {h: v / len(ks) for h, v in total.items()}
 
 
+def check_instrument(spec: dict, pixel_arcmin: float, instruments: Sequence[Instrument], where: str) -> None:
+    """Refuse maps of another pixel size (relative 1e-6) or beam (relative 1e-3) than the network was trained
+    on, when the network records them; ``where`` names the maps in the message."""
+    pix = spec["pixel_arcmin"]
+    if pix is not None and not np.isclose(pix, pixel_arcmin, rtol=1e-6):
+        raise InputError(f"{where}: pixels of {pixel_arcmin} arcmin, the model was trained on {pix} arcmin")
+    beam = spec["beam_fwhm_arcmin"]
+    beams = {i.beam_fwhm_arcmin for i in instruments}
+    if beam is not None and not all(np.isclose(b, beam, rtol=1e-3) for b in beams):
+        raise InputError(f"{where}: maps of beam {', '.join(f'{b:g}' for b in sorted(beams))} arcmin "
+                         f"FWHM, the model was trained on {beam:g} arcmin")
+
+
 def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: int = 32,
                      any_shape: bool = False) -> None:
     """Refuse data the network cannot be applied to, with a message saying why.
@@ -169,15 +184,7 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
         raise InputError(f"{source.sims_path}: maps are {source.shape[0]} x {source.shape[1]} pixels, the model "
                          f"was trained on {spec['shape'][0]} x {spec['shape'][1]} (--any-shape applies the "
                          "fully convolutional network to maps of another size)")
-    pix = spec["pixel_arcmin"]
-    if pix is not None and not np.isclose(pix, source.pixel_arcmin, rtol=1e-6):
-        raise InputError(f"{source.sims_path}: pixels of {source.pixel_arcmin} arcmin, the model was trained on "
-                         f"{pix} arcmin")
-    beam = spec["beam_fwhm_arcmin"]
-    beams = {i.beam_fwhm_arcmin for i in source.instruments}
-    if beam is not None and not all(np.isclose(b, beam, rtol=1e-3) for b in beams):
-        raise InputError(f"{source.sims_path}: maps of beam {', '.join(f'{b:g}' for b in sorted(beams))} arcmin "
-                         f"FWHM, the model was trained on {beam:g} arcmin")
+    check_instrument(spec, source.pixel_arcmin, source.instruments, str(source.sims_path))
     sample = rows[:n_check]
     for name in spec["channels"]:
         m = source.read(name, sample)
