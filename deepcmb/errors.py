@@ -27,3 +27,7 @@ class OutputExistsError(DeepCMBError):
 
 class BackendError(DeepCMBError):
     """Keras or the Keras backend it is set to (``KERAS_BACKEND``) cannot be imported."""
+
+
+class ConvergenceError(DeepCMBError):
+    """An iterative solver did not reach its tolerance within its iteration limit."""

@@ -1,0 +1,1 @@
+"""Iterative (maximum-a-posteriori) lensing reconstruction on the flat sky."""
