@@ -152,14 +152,24 @@ def _check_files_exist(inputs: dict) -> None:
 def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> None:
     stage = stages[0] if len(stages) == 1 else next(s for s in stages if s.method == args.method)
     given = {flag: v for flag, v in vars(args).items() if flag.startswith("leaf:")}
-    foreign = [flag[5:] for flag in given if not any(s is stage for s, _, _ in flags[flag[5:]])]
-    foreign += [i.flag for s in stages if s is not stage for i in s.inputs
-                if i not in stage.inputs and getattr(args, i.name, None) is not None]
+    owners: dict[str, list[str]] = {}  # a given option of other methods only -> those methods
+    for flag in given:
+        if not any(s is stage for s, _, _ in flags[flag[5:]]):
+            owners[flag[5:]] = [s.method for s, _, _ in flags[flag[5:]]]
+    for s in stages:
+        for i in s.inputs:
+            if s is not stage and i not in stage.inputs and getattr(args, i.name, None) is not None:
+                owners.setdefault(i.flag, []).append(s.method)
+        for o in s.options:
+            if s is not stage and o not in stage.options and getattr(args, o, None) is not None:
+                owners.setdefault(f"--{o}", []).append(s.method)
     if stage.section is None and getattr(args, "config", None) is not None:
-        foreign.append("--config")
-    if foreign:
-        others = "/".join(s.method for s in stages if s is not stage)
-        raise ConfigError(f"{', '.join(dict.fromkeys(foreign))} apply to --method {others} only")
+        owners["--config"] = [s.method for s in stages if s.section is not None]
+    if owners:
+        by_methods: dict[str, list[str]] = {}
+        for flag, methods in owners.items():
+            by_methods.setdefault("/".join(dict.fromkeys(methods)), []).append(flag)
+        raise ConfigError("; ".join(f"{', '.join(fl)} apply to --method {m} only" for m, fl in by_methods.items()))
     config = _section(args.config, stage.section) if getattr(args, "config", None) is not None else {}
     if getattr(args, "set", None):
         if stage.section is None:

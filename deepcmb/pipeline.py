@@ -12,6 +12,7 @@ package)::
     reconstruct_qe_train  OUT/rec_qe_train.h5  QE of the training maps (only for a kappa_qe input)
     train            OUT/train/                the network's run folder (run.train)
     reconstruct_qe_<E>  OUT/rec_qe_<e>.h5      each quadratic estimator of run.qe_estimators
+    reconstruct_map  OUT/rec_map.h5            the iterative MAP estimator (only with run.map)
     reconstruct_nn   OUT/rec_nn.h5             the trained network on the test maps
     reconstruct_<M>  OUT/rec_<M>.h5            each model of run.models (e.g. the shipped pretrained one)
     evaluate         OUT/eval/                 report.h5, summary.json
@@ -64,6 +65,8 @@ RUN_SCHEMA = {
     "qe_estimators": ListOf(Str(), ["EB", "MV_POL"], doc="quadratic estimators evaluated"),
     "qe_input": Str("MV_POL", doc="estimator whose kappa feeds a network with a kappa_qe input"),
     "qe": Free({}, doc="settings of every QE reconstruction (deepcmb.qe.stage.SCHEMA but estimator)"),
+    "map": Free(None, doc="settings of the MAP reconstruction of the test maps (deepcmb.iterative.settings.SCHEMA; "
+                          "{} for its defaults); null: no MAP"),
     "params": Bool(True, doc="estimate parameters"),
     "symmetrize": Bool(False, doc="average network reconstructions over the 8 grid symmetries"),
     "robustness": Free({}, doc="tag -> further test set (sims preset, or {sims, evaluate, qe, any_shape})"),
@@ -75,13 +78,15 @@ RUN_SCHEMA = {
 root) that are evaluated beside the freshly trained one; ``qe_input`` is the estimator whose kappa
 feeds a network with a ``kappa_qe`` input channel; ``qe`` holds the settings of every QE
 reconstruction (:data:`QE_SETTINGS`: the QE stage's schema, band ``lmin, lmax, Lmin, Lmax``,
-``apodize_arcmin`` ...); ``params: false`` skips parameter estimation;
+``apodize_arcmin`` ...); ``map`` (a mapping, ``{}`` for the defaults) adds the iterative MAP
+reconstruction (:mod:`deepcmb.iterative`, label ``map``) of the main test set, and of each robustness
+set that asks for it; ``params: false`` skips parameter estimation;
 ``symmetrize: true`` averages every network reconstruction over the 8 symmetries of the pixel grid
 (:func:`deepcmb.nn.reconstruct.predict_symmetrized`).
 ``robustness`` maps a tag to a further test set on which every method is evaluated again (with the
 networks trained as configured, not retrained): a sims preset path, or ``{sims: PATH, evaluate:
-{...}, qe: {...}, any_shape: BOOL}`` whose keys override the preset's ``evaluate:`` section and
-``run.qe`` for that set (e.g. the apodisation of non-periodic curved-sky patches); ``any_shape:
+{...}, qe: {...}, map: {...}, any_shape: BOOL}`` whose keys override the preset's ``evaluate:`` section,
+``run.qe`` and ``run.map`` for that set (``map`` given: that set also gets the MAP reconstruction) (e.g. the apodisation of non-periodic curved-sky patches); ``any_shape:
 true`` applies the networks to maps of another size than they were trained on (the fully
 convolutional network rebuilt at the new size, :func:`deepcmb.nn.reconstruct.at_shape`).
 ``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
@@ -191,11 +196,13 @@ def _robustness(entries):
                               "(and not 'test' or 'train')")
         if isinstance(entry, str):
             entry = {"sims": entry}
-        if (not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe", "any_shape"}
+        if (not isinstance(entry, dict) or set(entry) - {"sims", "evaluate", "qe", "map", "any_shape"}
                 or not isinstance(entry.get("sims"), str) or not isinstance(entry.get("any_shape", False), bool)):
             raise ConfigError(f"run.robustness.{tag}: expected a sims preset path or "
-                              "{sims: PATH, evaluate: {...}, qe: {...}, any_shape: true|false}")
-        out[tag] = {"sims": entry["sims"], "any_shape": entry.get("any_shape", False)}
+                              "{sims: PATH, evaluate: {...}, qe: {...}, map: {...}, any_shape: true|false}")
+        out[tag] = {"sims": entry["sims"], "any_shape": entry.get("any_shape", False), "map": entry.get("map")}
+        if out[tag]["map"] is not None and not isinstance(out[tag]["map"], dict):
+            raise ConfigError(f"run.robustness.{tag}.map: expected a mapping (MAP settings, {{}} for the defaults)")
         for key in ("evaluate", "qe"):
             out[tag][key] = entry.get(key) or {}
             if not isinstance(out[tag][key], dict):
@@ -266,6 +273,16 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         return {k: v for k, v in resolve(given, QE_SETTINGS, prefix=f"{where}.").items() if k in given}
 
     qe_opts = qe_settings(run["qe"], "run.qe")
+    map_schema = STAGES["reconstruct_map"].load_schema()
+
+    def map_settings(given: dict | None, where: str) -> dict | None:
+        """The MAP settings a preset gives (checked), as the MAP step's config; None: no MAP."""
+        if given is None:
+            return None
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: expected a mapping (MAP settings, {{}} for the defaults) or null")
+        return {k: v for k, v in resolve(given, map_schema, prefix=f"{where}.").items() if k in given}
+
     add("simulate_train", "simulate", "sims_train.h5", train_sims, {}, [], workers=workers)
     train_inputs = {"sims": o / "sims_train.h5"}
     if qe_input:
@@ -279,14 +296,15 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     models = {}
     for label, model in run["models"].items():
         lab = _label(label)
-        if lab in ("nn", "qe_train") or lab.startswith("qe_"):
-            raise ConfigError(f"run.models.{label}: the labels 'nn' and 'qe_*' are taken")
+        if lab in ("nn", "qe_train", "map") or lab.startswith("qe_"):
+            raise ConfigError(f"run.models.{label}: the labels 'nn', 'map' and 'qe_*' are taken")
         try:
             models[lab] = shipped.network(root / model if (root / model).exists() else model).resolve()
         except InputError as exc:
             raise ConfigError(f"run.models.{label}: {exc}") from None
 
-    def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, any_shape: bool = False) -> None:
+    def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, map_opts: dict | None,
+                 any_shape: bool = False) -> None:
         """Steps of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
         suffix = "" if tag == "test" else f"_{tag}"
         sims = o / folder / ("sims_test.h5" if tag == "test" else "sims.h5")
@@ -298,6 +316,10 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
             recs[lab] = o / folder / f"rec_{lab}.h5"
             add(f"reconstruct_{lab}{suffix}", "reconstruct_qe", recs[lab].relative_to(o), {"estimator": est, **opts},
                 {"sims": sims}, [f"simulate_{tag}"])
+        if map_opts is not None:
+            recs["map"] = o / folder / "rec_map.h5"
+            add(f"reconstruct_map{suffix}", "reconstruct_map", recs["map"].relative_to(o), map_opts, {"sims": sims},
+                [f"simulate_{tag}"], workers=workers)
         nn_cfg = {k: True for k, on in (("any_shape", any_shape), ("symmetrize", run["symmetrize"])) if on}
         recs["nn"] = o / folder / "rec_nn.h5"
         qe_label = "qe_" + _label(run["qe_input"])
@@ -311,11 +333,14 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         add(f"evaluate{suffix}", "evaluate", Path(folder) / "eval", eval_cfg, {"sims": sims, "recs": recs},
             [s.name for s in steps[first:]])
 
-    test_set("test", "", test_sims, sections["evaluate"], qe_opts)
+    test_set("test", "", test_sims, sections["evaluate"], qe_opts, map_settings(run["map"], "run.map"))
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),
                  _merge(sections["evaluate"], entry["evaluate"]),
-                 qe_settings({**run["qe"], **entry["qe"]}, f"run.robustness.{tag}.qe"), entry["any_shape"])
+                 qe_settings({**run["qe"], **entry["qe"]}, f"run.robustness.{tag}.qe"),
+                 None if entry["map"] is None else map_settings({**(run["map"] or {}), **entry["map"]},
+                                                                f"run.robustness.{tag}.map"),
+                 entry["any_shape"])
     report = {"report": o / "eval" / "report.h5"}
     if run["params"]:
         add("params", "params", "params", sections["params"], report, ["evaluate"])

@@ -28,6 +28,18 @@ The targets (measured at the benchmark's low noise level, 1 uK-arcmin, on the ma
 - ``nn_unbiased``: after dividing by the transfer function measured on the maps of the reference
   cosmology alone, the cross-spectrum with the truth over all test maps is unbiased to ``bias_tol``
   (2 %) for bins inside ``[Lmin, Lmax_target]``.
+
+With the iterative MAP estimator among the methods (label ``map``, :mod:`deepcmb.iterative`), measured on
+the same maps:
+
+- ``map_below_qe``: the MAP N_eff is below the measured N_eff of the MV_POL QE in every target bin;
+- ``map_near_iterative``: the MAP N_eff is within ``map_iterative_tol`` (20 %) of the analytic
+  iterative limit for bins below ``Lmax_map_iterative`` (1000): the estimator and the forecast agree;
+- ``nn_near_map``: N_eff(network) / N_eff(MAP) at most ``map_factor`` (1.3) in every bin inside
+  ``[Lmin, Lmax_map]`` (100-900): the network's distance from a measured optimum, the headline of
+  the benchmark;
+- ``nn_near_map_high_noise``: at the high noise level, the inverse-variance mean of that ratio over
+  the target bins at most ``map_factor_high`` (1.05) within two standard errors.
 """
 
 from __future__ import annotations
@@ -53,6 +65,12 @@ SCHEMA = {
     "reference_cosmology": Int(0, min=0, doc="cosmology (index) whose transfer function is the reference"),
     "nn": Str("nn", doc="method label of the network"),
     "qe": Str("qe_mv_pol", doc="method label of the QE compared at high noise"),
+    "map": Str("map", doc="method label of the iterative MAP estimator"),
+    "map_iterative_tol": Number(0.2, min=0, doc="largest |N_MAP / N_iterative - 1| meeting map_near_iterative"),
+    "Lmax_map_iterative": Number(1000.0, gt=0, doc="highest multipole of map_near_iterative"),
+    "map_factor": Number(1.3, gt=0, doc="largest N_eff(network) / N_eff(MAP) meeting nn_near_map"),
+    "Lmax_map": Number(900.0, gt=0, doc="highest multipole of nn_near_map"),
+    "map_factor_high": Number(1.05, gt=0, doc="largest mean N_eff(network) / N_eff(MAP) at the high noise level"),
 }
 """Settings of the results table and its targets (``results:`` of a run preset)."""
 
@@ -179,6 +197,47 @@ def targets(summary: dict, cfg: dict) -> dict:
                                               "ratio": ratio.tolist(), "ratio_err": err.tolist()}
         else:
             out["nn_not_worse_high_noise"] = missing
+    out.update(map_targets(summary, cfg))
+    return out
+
+
+def map_targets(summary: dict, cfg: dict) -> dict:
+    """The targets that compare with the measured MAP (see the module docstring); absent without a MAP method."""
+    mp, nn, qe = cfg["map"], cfg["nn"], cfg["qe"]
+    if mp not in summary["methods"]:
+        return {}
+    missing = {"met": None}
+    out = {k: missing for k in ("map_below_qe", "map_near_iterative", "nn_near_map", "nn_near_map_high_noise")}
+    lo_j, hi_j = _level(summary, cfg["low_noise"]), _level(summary, cfg["high_noise"])
+    if lo_j is not None:
+        t = noise_table(summary, lo_j)
+        n_map = _arr(t["methods"][mp]["n_eff"])
+        sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
+        if qe in t["methods"] and sel.any():
+            ratio, err = neff_ratio(t, mp, qe)
+            out["map_below_qe"] = {"met": bool(np.all(ratio[sel] < 1)), "max_ratio": float(ratio[sel].max()),
+                                   "ratio": ratio.tolist(), "ratio_err": err.tolist()}
+        sel_it = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_map_iterative"])
+        if "n_iterative" in t["theory"] and sel_it.any():
+            ratio = n_map / _arr(t["theory"]["n_iterative"])
+            out["map_near_iterative"] = {"met": bool(np.all(np.abs(ratio[sel_it] - 1) <= cfg["map_iterative_tol"])),
+                                         "max_abs_deviation": float(np.abs(ratio[sel_it] - 1).max()),
+                                         "ratio": ratio.tolist()}
+        sel_nn = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_map"])
+        if nn in t["methods"] and sel_nn.any():
+            ratio, err = neff_ratio(t, nn, mp)
+            out["nn_near_map"] = {"met": bool(np.all(ratio[sel_nn] <= cfg["map_factor"])),
+                                  "max_ratio": float(ratio[sel_nn].max()), "ratio": ratio.tolist(),
+                                  "ratio_err": err.tolist()}
+    if hi_j is not None and nn in summary["methods"]:
+        t = noise_table(summary, hi_j)
+        sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
+        if sel.any():
+            ratio, err = neff_ratio(t, nn, mp)
+            mean, mean_err = mean_ratio(ratio[sel], err[sel])
+            out["nn_near_map_high_noise"] = {"met": bool(mean - cfg["map_factor_high"] <= 2.0 * mean_err),
+                                             "mean_ratio": mean, "mean_ratio_err": mean_err,
+                                             "ratio": ratio.tolist(), "ratio_err": err.tolist()}
     return out
 
 
@@ -208,7 +267,8 @@ def collect(evaluations: Mapping[str, str | Path], cfg: dict) -> dict:
 
 def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[list[str]]]:
     """One row per test set and noise level: rho^2 at ``L_ref`` and the range of N_eff / N0(MV_POL) over the
-    target bins ``[Lmin, Lmax_target]`` of every method (and of the iterative limit).
+    target bins ``[Lmin, Lmax_target]`` of every method (and of the iterative limit); with a MAP method, the
+    range of N_eff / N_eff(MAP) of every other method that is not a QE.
 
     Returns
     -------
@@ -219,6 +279,9 @@ def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[
     methods = list(dict.fromkeys(m for tables in results["sets"].values() for t in tables for m in t["methods"]))
     head = ["test set", "uK'", "maps"] + [f"rho2 {m}" for m in methods] + ["rho2 iter"] \
         + [f"N/N0 {m}" for m in methods] + ["N/N0 iter"]
+    mp = cfg["map"]
+    vs_map = [m for m in methods if m != mp and not m.startswith("qe")] if mp in methods else []
+    head += [f"N {m} / N map" for m in vs_map]
     rows = []
     for tag, tables in results["sets"].items():
         for t in tables:
@@ -239,6 +302,10 @@ def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[
             row.append(rho(t["theory"].get("rho2_iterative")))
             row += [ratio(t["methods"][m]["n_eff"]) if m in t["methods"] else "-" for m in methods]
             row.append(ratio(t["theory"]["n_iterative"]) if "n_iterative" in t["theory"] else "-")
+            for m in vs_map:
+                r = (_arr(t["methods"][m]["n_eff"]) / _arr(t["methods"][mp]["n_eff"]))[sel] \
+                    if m in t["methods"] and mp in t["methods"] else np.array([])
+                row.append(f"{r.min():.2f}-{r.max():.2f}" if r.size and np.all(np.isfinite(r)) else "-")
             rows.append(row)
     return head, rows
 

@@ -162,6 +162,9 @@ STAGES = {s.name: s for s in (
           (MAPS, Input("model", "run folder of `deepcmb train`, a .keras file, or the name of a shipped network "
                                 f"(default: {DEFAULT_NETWORK})", required=False), QE),
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
+    Stage("reconstruct_map", "reconstruct", "deepcmb.iterative.stage", "deepcmb.iterative.settings:SCHEMA",
+          "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS,), "file",
+          section="run.map", config_required=False, flags=True, method="map", options=("workers", "scheduler")),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
           "compare reconstructions with the simulation truth (spectra, rho, noise, S/N), or with each other",
           (Input("sims", "simulation file of `deepcmb simulate` (the truth), or observation file (no truth: "

@@ -110,3 +110,14 @@ def test_set_overrides_a_preset_of_deepcmb_run(tmp_path):
     assert steps["evaluate"].config["jackknife"] == 10 and plain["evaluate"].config["jackknife"] == 20
     assert "params" in plain and "params" not in steps
     assert steps["simulate_train"].key == plain["simulate_train"].key != steps["evaluate"].key
+
+
+def test_options_of_other_methods_are_refused_naming_their_methods(tmp_path, capsys):
+    code = main(["reconstruct", "--method", "qe", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
+                 "--workers", "2", "--max-iterations", "3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "deepcmb reconstruct: error: --max-iterations, --workers apply to --method map only"
+    code = main(["reconstruct", "--method", "nn", "--sims", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o.h5"),
+                 "--lmin", "30", "--symmetrize"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "deepcmb reconstruct: error: --lmin apply to --method qe/map only"

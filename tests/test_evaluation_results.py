@@ -125,3 +125,35 @@ def test_results_figure_rows_keep_their_own_y_range(tmp_path):
 def test_unknown_results_key_is_refused(tmp_path):
     with pytest.raises(ConfigError):
         run_results({"bias_tolerance": 0.1}, {"evaluations": {"test": tmp_path}}, tmp_path / "r")
+
+
+def _with_map(s, map_low, map_high):
+    s["methods"] = s["methods"] + ["map"]
+    s["results"]["map"] = {"noise0": _group(map_low), "noise1": _group(map_high)}
+    return s
+
+
+def test_map_targets_judge_the_network_against_the_measured_map():
+    """N_eff(nn) / N_eff(MAP) <= 1.3 on 100-900; the MAP below the QE and within 20 % of the iterative limit."""
+    s = _with_map(_summary(0.9 * N0, 5 * N0, 5.2 * N0), 0.7 * N0, 5 * N0)
+    t = targets(s, CFG)
+    assert t["map_below_qe"]["met"] and t["map_below_qe"]["max_ratio"] == pytest.approx(0.7 / 1.2)
+    # 0.7 N0 = 1.167 N_iterative: within 20 %
+    assert t["map_near_iterative"]["met"] and t["map_near_iterative"]["max_abs_deviation"] == pytest.approx(1 / 6)
+    assert t["nn_near_map"]["met"] and t["nn_near_map"]["max_ratio"] == pytest.approx(0.9 / 0.7)
+    assert t["nn_near_map_high_noise"]["met"] and t["nn_near_map_high_noise"]["mean_ratio"] == pytest.approx(1.0)
+    worse = 0.9 * N0
+    worse[3] = 1.0 * N0[3]  # bin 600-900: 1.43 x MAP
+    t = targets(_with_map(_summary(worse, 5.5 * N0, 5.2 * N0), 0.7 * N0, 5 * N0), CFG)
+    assert not t["nn_near_map"]["met"] and t["nn_near_map"]["max_ratio"] == pytest.approx(1 / 0.7)
+    assert not t["nn_near_map_high_noise"]["met"] and t["nn_near_map_high_noise"]["mean_ratio"] == pytest.approx(1.1)
+    t = targets(_with_map(_summary(0.9 * N0, 5 * N0, 5.2 * N0), 0.4 * N0, 5 * N0), CFG)
+    assert not t["map_near_iterative"]["met"]  # 0.4 N0 = 0.67 N_iterative: the MAP and the forecast disagree
+    assert "nn_near_map" not in targets(_summary(0.9 * N0, 5 * N0, 5.2 * N0), CFG)
+    head, rows = overview_rows(collect_from(s))
+    assert head[-1] == "N nn / N map" and rows[0][-1] == f"{0.9 / 0.7:.2f}-{0.9 / 0.7:.2f}"
+
+
+def collect_from(summary):
+    return {"config": CFG, "sets": {"test": [noise_table(summary, j) for j in range(2)]},
+            "targets": targets(summary, CFG)}

@@ -39,7 +39,8 @@ TRAIN = {"seed": 3, "data": {"split": [0.9, 0.1, 0.0]},
          "training": {"batch_size": 32, "epochs": 2}}
 PRESET = {
     "run": {"train_sims": "sims/tiny_train.yaml", "test_sims": "sims/tiny_test.yaml", "train": "train/tiny.yaml",
-            "qe_estimators": ["EB", "MV_POL"], "robustness": {"noise2": "sims/tiny_noise.yaml"}, "results": True},
+            "qe_estimators": ["EB", "MV_POL"], "map": {"max_iterations": 4},
+            "robustness": {"noise2": "sims/tiny_noise.yaml"}, "results": True},
     "evaluate": {"bins": {"Lmin": 300, "Lmax": 2000, "width": 300}, "e_bins": {"lmin": 300, "lmax": 3000},
                  "snr": {"Lmax": 2000}, "examples": 2, "jackknife": 8,
                  "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": False}},
@@ -84,7 +85,7 @@ def tiny_run(tmp_path_factory):
 
 
 STAGES = ["simulate_train", "reconstruct_qe_train", "train", "simulate_test", "reconstruct_qe_eb",
-          "reconstruct_qe_mv_pol", "reconstruct_nn", "evaluate", "simulate_noise2", "reconstruct_qe_eb_noise2",
+          "reconstruct_qe_mv_pol", "reconstruct_map", "reconstruct_nn", "evaluate", "simulate_noise2", "reconstruct_qe_eb_noise2",
           "reconstruct_qe_mv_pol_noise2", "reconstruct_nn_noise2", "evaluate_noise2", "params", "figures", "results"]
 
 
@@ -98,6 +99,7 @@ def test_one_line_per_stage_and_every_output(tiny_run):
     assert started == STAGES  # a line when each stage starts, before the one when it ends
     assert "\r" not in first.stderr and "cuda" not in first.stderr.lower()  # records, no bars, no backend start-up
     for name in ("sims_train.h5", "sims_test.h5", "rec_qe_train.h5", "train/model.keras", "rec_nn.h5", "rec_qe_eb.h5",
+                 "rec_map.h5",
                  "rec_qe_mv_pol.h5", "eval/report.h5", "eval/summary.json", "params/chains.h5",
                  "params/summary.json", "figures/index.json", "robust_noise2/sims.h5", "robust_noise2/rec_nn.h5",
                  "robust_noise2/eval/summary.json", "results/results.json", "results/results.rst"):
@@ -120,7 +122,7 @@ def test_the_network_is_evaluated_on_maps_it_never_saw(tiny_run):
 def test_summary_compares_every_method_per_cosmology(tiny_run):
     _, out, _ = tiny_run
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    assert set(summary["methods"]) == {"nn", "qe_eb", "qe_mv_pol"}
+    assert set(summary["methods"]) == {"nn", "qe_eb", "qe_mv_pol", "map"}
     for label in summary["methods"]:
         groups = summary["results"][label]
         assert {"all", "cosmo0_noise0", "cosmo1_noise0", "cosmo2_noise0"} <= set(groups)
@@ -130,7 +132,7 @@ def test_summary_compares_every_method_per_cosmology(tiny_run):
     transfer = np.array(summary["results"]["qe_mv_pol"]["all"]["transfer"], dtype=float)
     assert np.all(np.abs(transfer[:3] - 1) < 0.1), transfer
     params = json.loads((out / "params" / "summary.json").read_text())
-    assert set(params["results"]) == {"nn", "qe_eb", "qe_mv_pol"}
+    assert set(params["results"]) == {"nn", "qe_eb", "qe_mv_pol", "map"}
     assert set(params["results"]["qe_mv_pol"]) == {"cosmo1", "cosmo2"}
 
 
@@ -207,6 +209,17 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     assert stages["evaluate"].config["bins"]["width"] == 300
     assert stages["results"].inputs == ["evaluate", "evaluate_curved"]
     assert stages["reconstruct_nn_curved"].config == stages["reconstruct_nn"].config == {}
+    assert "reconstruct_map_curved" not in stages and stages["reconstruct_map"].config == {"max_iterations": 4}
+    preset["run"]["robustness"] = {"curved": {"sims": "sims/tiny_noise.yaml", "map": {"tol": 0.05}}}
+    _write_root(tmp_path, preset)
+    stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert stages["reconstruct_map_curved"].config == {"max_iterations": 4, "tol": 0.05}
+    assert stages["reconstruct_map_curved"].output == tmp_path / "out" / "robust_curved" / "rec_map.h5"
+    assert "reconstruct_map_curved" in stages["evaluate_curved"].inputs
+    preset["run"]["robustness"] = {"curved": {"sims": "sims/tiny_noise.yaml", "map": {"tol": -1}}}
+    _write_root(tmp_path, preset)
+    with pytest.raises(ConfigError, match="run.robustness.curved.map.tol"):
+        plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
     preset["run"]["robustness"] = {"big": {"sims": "sims/tiny_noise.yaml", "any_shape": True}}
     _write_root(tmp_path, preset)
     stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}

@@ -5,7 +5,7 @@ Every reconstruction method writes the same layout, so the evaluation treats the
 (``format = 'deepcmb.reconstruction'``, ``format_version = 1``)::
 
     /              attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
-                          config (JSON), method ('nn' | 'qe'), sims_file (absolute path of the
+                          config (JSON), method ('nn' | 'qe' | 'map'), sims_file (absolute path of the
                           simulation or observation file reconstructed), sims_created,
                           sims_git_revision (copied from a simulation file; empty for an observation
                           file) and sims_config_sha256 (SHA-256 of a simulation file's config attribute,
@@ -34,6 +34,11 @@ A network file (``method = 'nn'``) has the attributes model (path of the run fol
 file), model_inputs (its input channels), split (the maps reconstructed) and model_shape (the map shape
 it was trained on, which differs from shape under ``--any-shape``).
 
+A MAP file (``method = 'map'``, :mod:`deepcmb.iterative.stage`) has the attributes estimator
+(``'MAP'``), lmin, lmax, Lmin, Lmax, mean_field and start, the maps ``phi``, ``E_delensed`` and
+``B_delensed`` beside ``kappa``, and per map ``/meta/iterations``, ``converged``, ``gradient_ratio``
+and ``cg_iterations``.
+
 The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole.
 """
 
@@ -59,7 +64,7 @@ if TYPE_CHECKING:
 
 FORMAT = "deepcmb.reconstruction"
 FORMAT_VERSION = 1
-METHODS = ("nn", "qe")
+METHODS = ("nn", "qe", "map")
 
 
 def sims_identity(sims_path: str | Path) -> dict:
@@ -97,7 +102,7 @@ class ReconstructionWriter:
         Names of the maps written (must include ``'kappa'``).
     sims_path : str or Path
         The simulation or observation file the maps were reconstructed from.
-    method : {'nn', 'qe'}
+    method : {'nn', 'qe', 'map'}
     config : dict
         The resolved config of the stage (stored as JSON with the provenance).
     attrs : dict, optional
@@ -218,7 +223,7 @@ def write_reconstruction(out: str | Path, kappa: np.ndarray, extra_maps: Mapping
         Name -> ``(n, ny, nx)`` maps, e.g. ``{'E_unlensed': e}`` (µK) or ``{'phi': phi}`` (rad²).
     sims_path : str or Path
         Simulation or observation file the maps come from.
-    method : {'nn', 'qe'}
+    method : {'nn', 'qe', 'map'}
     config : dict
         Resolved config of the stage (provenance).
     meta : dict, optional

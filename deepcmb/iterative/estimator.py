@@ -4,8 +4,8 @@
 L-BFGS (Nocedal & Wright 2006, Alg. 7.4) whose starting inverse curvature is the isotropic
 :math:`(1/C^{\\phi\\phi}_L + 1/N^{(0)}_L)^{-1}`, with :math:`N^{(0)}` the analytic noise of the
 minimum-variance polarization QE (EE + EB) on the same band; the first point is that QE's
-Wiener-filtered estimate. A step that does not raise :math:`\\mathcal{J}` is halved (at most a few
-times). The iterations stop when the gradient, measured in the starting metric, has fallen below
+Wiener-filtered estimate. A step that does not raise :math:`\\mathcal{J}` (or whose Wiener filter does not converge) is halved
+(at most a few times). The iterations stop when the gradient, measured in the starting metric, has fallen below
 ``tol`` times its value at the QE start, or after ``max_iterations``.
 
 References
@@ -22,23 +22,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..config import resolve
+from ..errors import ConfigError, ConvergenceError, InputError
 from ..geometry import FlatSkyGeometry, interp_spectrum
-from ..qe import BAND, QuadraticEstimator
+from ..qe import QuadraticEstimator
 from ..sample import Instrument
 from .operators import PolarizationModel
 from .posterior import LensingPosterior
-
-DEFAULTS = {"lmin": BAND["lmin"], "lmax": BAND["lmax"], "Lmin": BAND["Lmin"], "Lmax": BAND["Lmax"],
-            "lmax_cmb": None, "max_iterations": 12, "tol": 0.01, "cg_tol": 1e-5, "history": 8,
-            "nufft_epsilon": 1e-7}
-"""Default settings of :class:`MapEstimator` (the ``run.map`` section of a preset): data band ``lmin,
-lmax`` and output band ``Lmin, Lmax`` as the QE's (:data:`deepcmb.qe.BAND`); ``lmax_cmb`` the band
-limit of the unlensed E (null: the Nyquist multipole, as simulated); ``max_iterations`` and ``tol``
-(relative gradient) stop the quasi-Newton steps; ``cg_tol`` the Wiener filter's relative residual;
-``history`` the L-BFGS memory; ``nufft_epsilon`` the lensing NUFFTs' accuracy."""
+from .settings import ESTIMATOR_SCHEMA
 
 _MAX_HALVINGS = 4
+_PROBE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -91,16 +85,16 @@ class MapEstimator:
     instrument : Instrument-like
         ``beam_fwhm_arcmin`` and ``noise_p_uk_arcmin`` (> 0) of the maps.
     settings : mapping, optional
-        Over :data:`DEFAULTS`.
+        Over :data:`~deepcmb.iterative.settings.ESTIMATOR_SCHEMA`: the data band ``lmin, lmax`` and output
+        band ``Lmin, Lmax`` (default: the QE's, :data:`deepcmb.qe.BAND`), ``lmax_cmb`` (band limit of the
+        unlensed E), ``max_iterations`` and ``tol`` (relative gradient) stop the steps, ``cg_tol`` (each
+        Wiener filter's relative residual), ``history`` (L-BFGS memory), ``nufft_epsilon``.
     nthreads : int
         Threads for the NUFFTs and FFTs.
     """
 
     def __init__(self, geom: FlatSkyGeometry, spectra, instrument, settings: Mapping | None = None, nthreads: int = 1):
-        unknown = set(settings or {}) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"map: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
-        cfg = {**DEFAULTS, **(settings or {})}
+        cfg = resolve(dict(settings or {}), ESTIMATOR_SCHEMA, "map.")
         self.geom, self.settings, self.nthreads = geom, cfg, nthreads
         instrument = instrument if isinstance(instrument, Instrument) else Instrument(**instrument)
         if instrument.noise_p_uk_arcmin <= 0:
@@ -136,7 +130,7 @@ class MapEstimator:
             raise InputError(f"map: expected Q, U maps of shape {self.geom.shape}, got {q.shape}, {u.shape}")
         cfg = self.settings
         pol = q + 1j * u
-        post = LensingPosterior(self.model, pol, self.clpp_grid, cfg["cg_tol"])
+        post = LensingPosterior(self.model, pol, self.clpp_grid, cfg["cg_tol"], cfg["cg_max_iterations"])
         phi = self.start(pol)
         point = post.evaluate(phi)
         first = point.value
@@ -148,11 +142,21 @@ class MapEstimator:
         while ratio >= cfg["tol"] and it < cfg["max_iterations"]:
             direction = self._direction(post, point.gradient, memory)
             step, trial = 1.0, None
+            if not memory:  # no curvature learnt yet: a Newton step along the direction, its curvature
+                probe = post.evaluate(phi + _PROBE * direction)  # measured by a short finite difference
+                cg_total += probe.cg_iterations
+                curv = post.inner(direction, point.gradient - probe.gradient) / _PROBE
+                if curv > 0:
+                    step = min(1.0, post.inner(point.gradient, direction) / curv)
             for _ in range(_MAX_HALVINGS + 1):
-                trial = post.evaluate(phi + step * direction)
-                cg_total += trial.cg_iterations
-                if trial.value > point.value:
-                    break
+                try:
+                    trial = post.evaluate(phi + step * direction)
+                except ConvergenceError:  # a step so long that the deflection is unlike the data's
+                    cg_total += cfg["cg_max_iterations"]
+                else:
+                    cg_total += trial.cg_iterations
+                    if trial.value > point.value:
+                        break
                 step *= 0.5
             else:
                 break  # no ascent along the direction: converged as far as this objective can tell
@@ -183,7 +187,60 @@ class MapEstimator:
             q = q - a * y
             alphas.append((rho, a))
         r = q / self.curvature
+        if memory:  # the scaling of the starting curvature learnt from the last step (Nocedal & Wright Eq. 7.20)
+            s, y = memory[-1]
+            r = r * post.inner(s, y) / post.inner(y, y / self.curvature)
         for (s, y), (rho, a) in zip(memory, reversed(alphas)):
             b = rho * post.inner(y, r)
             r = r + (a - b) * s
         return np.where(self.phi_band, r, 0.0)
+
+
+def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spectra, instrument,
+                    settings: Mapping | None = None, nthreads: int = 1) -> dict:
+    """MAP-reconstruct the lensing of flat-sky polarization maps.
+
+    Parameters
+    ----------
+    geom : FlatSkyGeometry
+        Periodic patch.
+    maps : mapping
+        ``'Q', 'U'`` -> observed maps in µK, each ``(ny, nx)`` or ``(N, ny, nx)``.
+    spectra : CMBSpectra
+        Fiducial spectra (priors of E and phi; the QE start).
+    instrument : Instrument-like
+        Beam FWHM (arcmin) and polarization noise (µK-arcmin, > 0).
+    settings : mapping, optional
+        Over :data:`~deepcmb.iterative.settings.ESTIMATOR_SCHEMA` (see :class:`MapEstimator`).
+    nthreads : int
+        Threads for the NUFFTs and FFTs.
+
+    Returns
+    -------
+    dict
+        ``kappa``, ``phi``, ``E_delensed``, ``B_delensed``: maps of the input's shape (see :class:`MapResult`);
+        ``iterations``, ``converged``, ``gradient_ratio``, ``cg_iterations``: per map (scalars for one map).
+
+    Examples
+    --------
+    >>> out = reconstruct_map(geom, {"Q": q, "U": u}, spectra, Instrument(1.0, 0.71, 1.0))
+    >>> out["kappa"].shape == q.shape
+    True
+    """
+    if "Q" not in maps or "U" not in maps:
+        raise InputError(f"map: needs maps 'Q' and 'U', got {', '.join(maps) or 'none'}")
+    q, u = np.asarray(maps["Q"], dtype=float), np.asarray(maps["U"], dtype=float)
+    single = q.ndim == 2
+    q, u = (q[None], u[None]) if single else (q, u)
+    if q.shape != u.shape or q.ndim != 3:
+        raise InputError(f"map: Q and U must be (ny, nx) or (N, ny, nx) of one shape, got {q.shape}, {u.shape}")
+    est = MapEstimator(geom, spectra, instrument, settings, nthreads=nthreads)
+    results = [est.estimate(qi, ui) for qi, ui in zip(q, u)]
+    out = {"kappa": np.stack([r.kappa for r in results]), "phi": np.stack([r.phi for r in results]),
+           "E_delensed": np.stack([r.e_delensed for r in results]),
+           "B_delensed": np.stack([r.b_delensed for r in results]),
+           "iterations": np.array([r.iterations for r in results]),
+           "converged": np.array([r.converged for r in results]),
+           "gradient_ratio": np.array([r.gradient_ratio for r in results]),
+           "cg_iterations": np.array([r.cg_iterations for r in results])}
+    return {k: v[0] for k, v in out.items()} if single else out

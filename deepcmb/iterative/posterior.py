@@ -78,10 +78,14 @@ class LensingPosterior:
         :math:`C^{\\phi\\phi}` on the rfft grid (sr); modes where it is zero are not estimated.
     cg_tol : float
         Relative residual of the Wiener filter.
+    cg_max_iterations : int
+        Conjugate-gradient iterations at most (:class:`~deepcmb.errors.ConvergenceError` beyond).
     """
 
-    def __init__(self, model: PolarizationModel, pol: np.ndarray, clpp_grid: np.ndarray, cg_tol: float):
+    def __init__(self, model: PolarizationModel, pol: np.ndarray, clpp_grid: np.ndarray, cg_tol: float,
+                 cg_max_iterations: int = 1000):
         self.model, self.pol, self.cg_tol = model, np.asarray(pol, dtype=complex), cg_tol
+        self.cg_max_iterations = cg_max_iterations
         geom = model.geom
         self.band = clpp_grid > 0
         self.inv_clpp = np.divide(1.0, clpp_grid, out=np.zeros_like(clpp_grid), where=self.band)
@@ -107,12 +111,17 @@ class LensingPosterior:
     def evaluate(self, phi_fourier: np.ndarray, gradient: bool = True) -> PosteriorPoint:
         """Wiener-filter E at ``phi_fourier`` (rfft modes, rad²) and return the objective and its gradient.
 
-        The previous call's E starts the conjugate gradients.
+        The last converged call's E starts the conjugate gradients.
+
+        Raises
+        ------
+        ConvergenceError
+            If the Wiener filter does not converge (a deflection field far from the data's).
         """
         m, geom = self.model, self.geom
         phi_fourier = np.where(self.band, phi_fourier, 0.0)
         m.set_phi(phi_fourier)
-        cg = wiener_filter_e(m, self.pol, x0=self._e_start, tol=self.cg_tol)
+        cg = wiener_filter_e(m, self.pol, x0=self._e_start, tol=self.cg_tol, maxiter=self.cg_max_iterations)
         self._e_start = cg.x
         grid = m.pol_grid(cg.x)
         resid = self.pol - m.beam(m.lensing.forward(grid))
