@@ -29,20 +29,19 @@ from pathlib import Path
 
 import yaml
 
-from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, override, set_value
+from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, option_name, override, set_value
 from .errors import ConfigError, DeepCMBError, InputError
 from .progress import INTERVAL_S
 from .stages import Stage, commands
 
 OPTIONS = {
-    "workers": {"type": int, "help": "local worker processes (default: one per core)"},
+    "workers": {"type": int, "help": "local worker processes (default: one per core this process may use)"},
     "scheduler": {"help": "Dask distributed scheduler address (tcp://host:port)"},
+    "scheduler_file": {"metavar": "FILE", "help": "Dask scheduler file (dask scheduler --scheduler-file FILE)"},
+    "shard": {"metavar": "K/N", "help": "make only the K-th of N shares of the work (e.g. one task of an array job) "
+                                        "into OUT.partial/; a call without --shard then assembles OUT"},
 }
 """Execution options a stage may take besides its config (they do not change its output)."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace(".", "-").replace("_", "-")
 
 
 def _value(text: str, leaf):
@@ -86,7 +85,7 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
     for s in stages:
         if s.flags:
             for name, leaf in leaves(s.load_schema()):
-                flags.setdefault(_flag(name), []).append((s, name, leaf))
+                flags.setdefault(option_name(name), []).append((s, name, leaf))
     for flag, uses in flags.items():
         leaf = uses[0][2]
         defaults = [(s, lf.default) for s, _, lf in uses]
@@ -105,7 +104,7 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
         else:
             p.add_argument(flag, metavar=flag[2:].upper().replace("-", "_"), **kw)
     for name in dict.fromkeys(o for s in stages for o in s.options):
-        p.add_argument(f"--{name}", default=None, **OPTIONS[name])
+        p.add_argument(option_name(name), dest=name, default=None, **OPTIONS[name])
     if any(s.section is not None for s in stages):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one value of the config (a dotted key inside its section, a YAML value), "
@@ -162,7 +161,7 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
                 owners.setdefault(i.flag, []).append(s.method)
         for o in s.options:
             if s is not stage and o not in stage.options and getattr(args, o, None) is not None:
-                owners.setdefault(f"--{o}", []).append(s.method)
+                owners.setdefault(option_name(o), []).append(s.method)
     if stage.section is None and getattr(args, "config", None) is not None:
         owners["--config"] = [s.method for s in stages if s.section is not None]
     if owners:
@@ -186,7 +185,8 @@ def _run_stage(stages: list[Stage], flags: dict, args: argparse.Namespace) -> No
     options = {o: getattr(args, o) for o in stage.options if getattr(args, o) is not None}
     out = Path(stage.run(config, inputs, args.out, overwrite=args.overwrite, progress=not args.quiet, **options))
     if out.is_dir():
-        print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+        names = sorted(p.name for p in out.iterdir())
+        print(f"wrote {out}/: " + (", ".join(names) if len(names) <= 12 else f"{len(names)} files"))
     else:
         print(f"wrote {out}")
 
@@ -209,6 +209,14 @@ def _add_run(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one value of the preset (e.g. --set evaluate.jackknife=10, --set run.params=false); "
                         "repeat for several")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="run only this stage (e.g. --only reconstruct_map); repeat for several; the stages it reads "
+                        "must be finished")
+    p.add_argument("--from", dest="start", default=None, metavar="STAGE", help="start at this stage")
+    p.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run nothing: print the deepcmb command of each selected stage (their configs written to "
+                        "RUN_DIR/commands/), a chain of jobs ready for a batch scheduler")
     p.set_defaults(func=_run_pipeline)
 
 
@@ -216,7 +224,7 @@ def _run_pipeline(args: argparse.Namespace) -> None:
     from .pipeline import run_pipeline
 
     run_pipeline(args.preset, out=args.out, root=args.root, workers=args.workers, verbose=args.verbose,
-                 overrides=args.set)
+                 overrides=args.set, only=args.only, start=args.start, until=args.until, dry_run=args.dry_run)
 
 
 LOG_FORMAT = ("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")

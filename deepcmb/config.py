@@ -351,6 +351,12 @@ def set_value(config: dict, key: str, value: Any, where: str) -> None:
     node[last] = value
 
 
+def option_name(dotted: str) -> str:
+    """The command-line option of a schema leaf: ``'qe.lmin'`` -> ``'--qe-lmin'``, ``'batch_size'`` ->
+    ``'--batch-size'``."""
+    return "--" + dotted.replace(".", "-").replace("_", "-")
+
+
 def leaves(schema: dict, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
     """Yield ``(dotted_name, Leaf)`` for every leaf of a schema in order (retired keys left out)."""
     for key, spec in schema.items():

@@ -23,8 +23,8 @@ package)::
     results          OUT/results/              results.json, results.rst: every evaluation in one
                                                table, with the benchmark targets (run.results)
 
-Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config
-and of the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
+Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config,
+deepcmb's version and the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
 re-used; a changed config re-runs that stage and every stage after it. An interrupted stage that
 resumes (:attr:`deepcmb.stages.Stage.resumes`: simulate, train) continues where it stopped; the others
 start again. ``pipeline.json`` is written atomically (:func:`deepcmb.io.files.write_json`).
@@ -44,8 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Bool, Free, ListOf, Str, load_yaml, override, resolve
-from . import shipped
+from . import __version__, shipped
+from .config import Bool, Free, ListOf, Str, load_yaml, option_name, override, resolve
 from .errors import ConfigError, InputError
 from .io.files import write_json
 from .progress import bars
@@ -160,8 +160,8 @@ class Step:
     options : dict
         Execution options (e.g. ``workers``), which do not change the output.
     key : str
-        SHA-256 of its name, config, identity and the keys of the steps it reads (set by
-        :func:`plan_stages`).
+        SHA-256 of its name, config, identity, deepcmb's version and the keys of the steps it reads (set
+        by :func:`plan_stages`): an output of another version is not re-used.
     """
 
     def __init__(self, name, stage, output, config, files, inputs, identity=None, options=None):
@@ -176,9 +176,13 @@ class Step:
 
 
 def _key(step, keys):
-    text = config_json({"stage": step.name, "config": {**step.identity, **step.config},
+    text = config_json({"stage": step.name, "config": {**step.identity, **step.config}, "deepcmb": __version__,
                         "inputs": [keys[i] for i in step.inputs]})
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _by_name(steps, name):
+    return next(s for s in steps if s.name == name)
 
 
 def _label(name):
@@ -358,6 +362,78 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
     return steps
 
 
+def select_steps(steps: Sequence[Step], only: Sequence[str] = (), start: str | None = None,
+                 until: str | None = None) -> list[Step]:
+    """The steps of a run that ``--only``, ``--from`` and ``--until`` select, in run order.
+
+    Parameters
+    ----------
+    steps : sequence of Step
+        The whole run (:func:`plan_stages`).
+    only : sequence of str
+        Step names to run (all when empty).
+    start, until : str, optional
+        First and last step run (inclusive).
+
+    Raises
+    ------
+    ConfigError
+        For a name that is not a step of the run (the message lists them).
+    """
+    names = [s.name for s in steps]
+    for flag, given in (("--only", list(only)), ("--from", [start] if start else []),
+                        ("--until", [until] if until else [])):
+        unknown = [g for g in given if g not in names]
+        if unknown:
+            raise ConfigError(f"{flag} {', '.join(unknown)}: not a stage of this run; its stages: {', '.join(names)}")
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(names) - 1
+    return [s for i, s in enumerate(steps) if first <= i <= last and (not only or s.name in only)]
+
+
+def stage_command(step: Step, folder: str | Path) -> str:
+    """The shell command that runs one step as its own ``deepcmb`` command.
+
+    The step's config is written to ``folder/<step>.yaml`` under the stage's section (a stage without a
+    section gets its settings as options), so the printed commands, run in order, do what ``deepcmb run``
+    does; each can go into a job of its own (e.g. one job per line of a SLURM chain).
+
+    Returns
+    -------
+    str
+        The command, quoted for a POSIX shell.
+    """
+    import shlex
+
+    import yaml
+
+    s = step.stage
+    args = ["deepcmb", s.command] + (["--method", s.method] if s.method else [])
+    for i in s.inputs:
+        value = step.files.get(i.name)
+        if isinstance(value, dict):
+            for label, path in value.items():
+                args += [i.flag, f"{label}={path}"]
+        elif value is not None:
+            args += [i.flag, str(value)]
+    args += ["--out", str(step.output)]
+    if s.section is None:
+        for name, value in step.config.items():
+            args += [option_name(name)] if value is True else [option_name(name), str(value)]
+    elif step.config or s.config_required:
+        nested = json.loads(config_json(step.config))
+        for key in reversed([k for k in s.section.split(".") if k]):
+            nested = {key: nested}
+        path = Path(folder) / f"{step.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(nested, sort_keys=False))
+        args += ["--config", str(path)]
+    for name, value in step.options.items():
+        if value is not None:
+            args += [option_name(name), str(value)]
+    return shlex.join(args)
+
+
 def _echo(line: str) -> None:
     """Print a line now (stdout may be a pipe, where the stages' records on stderr would overtake it)."""
     print(line, flush=True)
@@ -365,7 +441,8 @@ def _echo(line: str) -> None:
 
 def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str | Path | None = None,
                  workers: int | None = None, verbose: bool = False, echo: Callable[[str], Any] = _echo,
-                 overrides: Sequence[str] = ()) -> Path:
+                 overrides: Sequence[str] = (), only: Sequence[str] = (), start: str | None = None,
+                 until: str | None = None, dry_run: bool = False) -> Path:
     """Run (or resume) every stage of a preset.
 
     Parameters
@@ -385,6 +462,12 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
         Receives a line when each stage starts and one when it ends (default: printed on stdout).
     overrides : sequence of str
         ``SECTION.KEY=VALUE`` assignments applied to the preset (``--set``).
+    only, start, until
+        Run only these steps, or from ``start`` to ``until`` (:func:`select_steps`); a selected step whose
+        inputs are not finished in the run folder is refused.
+    dry_run : bool
+        Run nothing: write each selected step's config under ``OUT/commands/`` and echo the equivalent
+        ``deepcmb`` command of each (:func:`stage_command`).
 
     Returns
     -------
@@ -395,8 +478,21 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     out = Path(out) if out is not None else default_out(preset_file, root)
     out.mkdir(parents=True, exist_ok=True)
     steps = plan_stages(preset_file, root, out, workers=workers, overrides=overrides)
+    chosen = select_steps(steps, only, start, until)
+    if dry_run:
+        for s in chosen:
+            echo(stage_command(s, out / "commands"))
+        return out
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    picked = {s.name for s in chosen}
+    for s in chosen:
+        missing = [i for i in s.inputs if i not in picked and not (record.get(i, {}).get("key") == _by_name(steps, i).key
+                                                                  and record[i].get("finished"))]
+        if missing:
+            raise ConfigError(f"{s.name} reads the output of {', '.join(missing)}, not finished in {out} under this "
+                              "config: run it first, or select it too")
+    steps = chosen
     total = time.perf_counter()
     width = max(len(s.name) for s in steps)
     for i, s in enumerate(steps, 1):

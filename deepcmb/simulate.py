@@ -10,7 +10,6 @@ interruption skips the units already saved, and because every sample's randomnes
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 from . import cosmology
 from .config import Bool, Free, Int, ListOf, Number, OneOf, REQUIRED, resolve
 from .errors import ConfigError, InputError
-from .executor import open_executor, run_tasks
+from .executor import default_workers, open_executor, run_tasks
 from .geometry import FlatSkyGeometry
 from .io.files import atomic_path, check_output_file
 from .io.sims import assignment, write_sims
@@ -303,22 +302,48 @@ def _load_unit(partial, unit_id):
     return maps, meta
 
 
-def _prepare_output(out, cfg, overwrite):
-    """Check the output path; return the folder of partial results (created, or reused on resume)."""
+def _prepare_output(out, cfg, overwrite, shared=False):
+    """Check the output path; return the folder of partial results (created, or reused on resume).
+
+    ``shared``: the folder is shared by the shards of one simulation, which never delete it: units of
+    another config (or ``overwrite``) are refused instead."""
     partial = _partial_dir(check_output_file(out, overwrite))
     stamp = partial / "config.json"
     text = config_json(cfg)
-    if partial.exists():
-        if not stamp.exists() or stamp.read_text() != text or overwrite:
-            shutil.rmtree(partial)
+    stale = partial.exists() and (stamp.exists() and stamp.read_text() != text or overwrite)
+    if shared and stale:
+        raise InputError(f"{partial}: holds units of another config (or --overwrite was given); the shards of a "
+                         "simulation share it, so remove it yourself first")
+    if stale or partial.exists() and not stamp.exists() and not shared:
+        shutil.rmtree(partial)
     partial.mkdir(exist_ok=True)
     if not stamp.exists():
-        stamp.write_text(text)
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(text)
     return partial
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``'K/N'`` -> ``(K, N)`` with ``1 <= K <= N`` (shard K of N).
+
+    Raises
+    ------
+    ConfigError
+        For anything else.
+    """
+    k, sep, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = 0
+    if not sep or not 1 <= k <= n:
+        raise ConfigError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return k, n
+
+
 def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, overwrite: bool = False,
-                 progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Path:
+                 progress: bool = True, workers: int | None = None, scheduler: str | None = None,
+                 scheduler_file: str | None = None, shard: str | None = None) -> Path:
     """Run the simulate stage.
 
     Parameters
@@ -334,36 +359,52 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     progress : bool
         Show the progress (maps done, ETA) on stderr (:mod:`deepcmb.progress`).
     workers : int, optional
-        Local worker processes (default: one per core).
-    scheduler : str, optional
-        Dask scheduler address; overrides ``workers``.
+        Local worker processes (default: one per core this process may use,
+        :func:`~deepcmb.executor.default_workers`; one for curved-sky patches, whose transforms use
+        every core).
+    scheduler, scheduler_file : str, optional
+        Dask scheduler address, or scheduler file; overrides ``workers``.
+    shard : str, optional
+        ``'K/N'``: make only the K-th of N interleaved shares of the work units, into the partial folder
+        ``OUT.partial/`` that the N shards share (e.g. the tasks of an array job), and write no file; a
+        call without ``shard`` then makes whatever is missing and assembles ``OUT``, the same file as a
+        single run's (every map depends only on the seed and its index).
 
     Returns
     -------
     Path
-        The written file.
+        The written file; with ``shard``, the partial folder.
     """
     if inputs:
         raise ConfigError(f"simulate: reads no input file, got {', '.join(inputs)}")
-    workers = Int(min=1).check("--workers", workers if workers is not None else os.cpu_count() or 1)
+    k_n = parse_shard(shard) if shard is not None else None
     cfg = resolve(config, SCHEMA)
+    if workers is None:
+        workers = 1 if cfg["geometry"]["kind"] == "curved" else default_workers()
+    workers = Int(min=1).check("--workers", workers)
     plan = plan_from_config(cfg)
     out = Path(out)
-    partial = _prepare_output(out, cfg, overwrite)
+    partial = _prepare_output(out, cfg, overwrite, shared=k_n is not None)
     cc = cfg["cosmology"]
-    todo = [u for u in plan.units if not _unit_path(partial, u[0]).exists()]
-    n_done = sum(u[2] - u[1] for u in plan.units) - sum(u[2] - u[1] for u in todo)
-    with open_executor(workers, scheduler) as ex:
+    mine = plan.units if k_n is None else [u for i, u in enumerate(plan.units) if i % k_n[1] == k_n[0] - 1]
+    todo = [u for u in mine if not _unit_path(partial, u[0]).exists()]
+    n_mine = sum(u[2] - u[1] for u in mine)
+    n_done = n_mine - sum(u[2] - u[1] for u in todo)
+    with open_executor(workers, scheduler, scheduler_file) as ex:
         cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
-        spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
-                                       max_in_flight=max(2 * workers, 2)),
+        spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks))),
                              "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False, log=log))
         spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
         tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
-        with Progress(plan.n_maps, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
-            for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks, max_in_flight=max(2 * workers, 2)):
+        with Progress(n_mine, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
+            for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks):
                 _save_unit(partial, unit_id, maps, meta)
                 bar.update(len(next(iter(maps.values()))))
+    if k_n is not None:
+        left = sum(not _unit_path(partial, u[0]).exists() for u in plan.units)
+        log.info("shard %d/%d done; %d of %d units still missing in %s%s", *k_n, left, len(plan.units), partial,
+                 "" if left else "; run the command without --shard to assemble the file")
+        return partial
     write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
     shutil.rmtree(partial)
     return out

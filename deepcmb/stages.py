@@ -150,7 +150,7 @@ QE = Input("qe", "QE reconstruction of --sims (for a network with a kappa_qe inp
 STAGES = {s.name: s for s in (
     Stage("simulate", "simulate", "deepcmb.simulate", "deepcmb.simulate:SCHEMA",
           "simulate lensed CMB maps with their truth into HDF5", (), "file", resumes=True,
-          options=("workers", "scheduler")),
+          options=("workers", "scheduler", "scheduler_file", "shard")),
     Stage("train", "train", "deepcmb.nn.train", "deepcmb.nn.settings:SCHEMA",
           "train the ResUNet on a simulation file", (SIMS, QE), "folder", resumes=True, finished="model.keras",
           keras=True),
@@ -164,7 +164,7 @@ STAGES = {s.name: s for s in (
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("reconstruct_map", "reconstruct", "deepcmb.iterative.stage", "deepcmb.iterative.settings:SCHEMA",
           "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS,), "file",
-          section="run.map", config_required=False, flags=True, method="map", options=("workers", "scheduler")),
+          section="run.map", config_required=False, flags=True, method="map", options=("workers", "scheduler", "scheduler_file")),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
           "compare reconstructions with the simulation truth (spectra, rho, noise, S/N), or with each other",
           (Input("sims", "simulation file of `deepcmb simulate` (the truth), or observation file (no truth: "

@@ -256,3 +256,57 @@ def test_shipped_presets_resolve():
         assert names.index("train") < names.index("reconstruct_nn")
         for s in stages:
             assert set(s.inputs) <= set(names[:names.index(s.name)]), s.name
+
+
+def test_dry_run_prints_commands_that_do_what_the_run_did(tiny_run, tmp_path):
+    """``--dry-run``: one ``deepcmb`` command per selected stage, configs under RUN_DIR/commands; run in order
+    in another folder they write the same maps as ``deepcmb run`` did."""
+    import shlex
+
+    from deepcmb.pipeline import run_pipeline
+
+    root, out, _ = tiny_run
+    lines = []
+    other = tmp_path / "chain"
+    run_pipeline("tiny", out=other, root=root, echo=lines.append, dry_run=True,
+                 only=["simulate_test", "reconstruct_qe_mv_pol", "reconstruct_map"])
+    assert [shlex.split(c)[1:3] for c in lines] == [["simulate", "--out"], ["reconstruct", "--method"],
+                                                   ["reconstruct", "--method"]]
+    assert (other / "commands" / "simulate_test.yaml").exists() and not (other / "sims_test.h5").exists()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for command in lines:
+        args = shlex.split(command)
+        done = subprocess.run([sys.executable, "-m", "deepcmb.cli", *args[1:], "--quiet"], capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("sims_test.h5", "rec_qe_mv_pol.h5", "rec_map.h5"):
+        with h5py.File(out / name) as a, h5py.File(other / name) as b:
+            for field in a["maps"]:
+                np.testing.assert_array_equal(a["maps"][field][:], b["maps"][field][:])
+
+
+def test_only_from_until_select_stages_and_refuse_unfinished_inputs(tiny_run, tmp_path):
+    from deepcmb.pipeline import run_pipeline, select_steps
+
+    root, out, _ = tiny_run
+    steps = plan_stages(*find_preset("tiny", root), out)
+    names = [s.name for s in select_steps(steps, start="reconstruct_qe_eb", until="reconstruct_map")]
+    assert names == ["reconstruct_qe_eb", "reconstruct_qe_mv_pol", "reconstruct_map"]
+    assert [s.name for s in select_steps(steps, only=["evaluate", "figures"])] == ["evaluate", "figures"]
+    with pytest.raises(ConfigError, match="--only evaluat: not a stage of this run; its stages: simulate_train"):
+        select_steps(steps, only=["evaluat"])
+    lines = []
+    run_pipeline("tiny", out=out, root=root, echo=lines.append, only=["reconstruct_map"])
+    assert len(lines) == 2 and "re-used" in lines[0]
+    with pytest.raises(ConfigError, match="evaluate reads the output of reconstruct_qe_eb"):
+        run_pipeline("tiny", out=tmp_path / "empty", root=root, echo=lines.append, only=["evaluate"])
+
+
+def test_the_stage_key_holds_the_version(tmp_path, monkeypatch):
+    import deepcmb.pipeline as pipeline
+
+    _write_root(tmp_path)
+    keys = {s.name: s.key for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    monkeypatch.setattr(pipeline, "__version__", "9.9.9")
+    other = {s.name: s.key for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert all(keys[n] != other[n] for n in keys)

@@ -209,3 +209,38 @@ def test_curved_sky_patches_stage(tmp_path):
         k = f["maps/kappa"][...]
         assert np.all(np.isfinite(k)) and 0.005 < k.std() < 0.1
         assert not np.allclose(k[:12], k[48:])  # a new realisation, not a copy
+
+
+def test_shards_fill_one_partial_folder_and_a_plain_call_assembles_the_same_file(tmp_path, capsys):
+    """``--shard K/N`` (an array job): each shard makes its share of the units and writes no file; a plain call
+    then assembles the file a single run writes; a shard never deletes the shared folder."""
+    cfg = _write(tmp_path, SMALL)
+    single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
+    assert main(["simulate", "--config", str(cfg), "--out", str(single), "--workers", "1", "--quiet"]) == 0
+    partial = tmp_path / "sharded.h5.partial"
+    for k in (2, 1):  # 5 units of 8 maps: shard 1/2 makes units 0, 2, 4 and 2/2 units 1, 3
+        assert main(["simulate", "--config", str(cfg), "--out", str(sharded), "--shard", f"{k}/2", "--quiet",
+                     "--workers", "1"]) == 0
+        assert not sharded.exists()
+    assert sorted(p.name for p in partial.glob("unit_*.npz")) == [f"unit_{i:07d}.npz" for i in range(5)]
+    capsys.readouterr()
+    assert main(["simulate", "--config", str(cfg), "--out", str(sharded), "--workers", "1", "--quiet"]) == 0
+    a, b = _maps(single), _maps(sharded)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    with h5py.File(single) as f, h5py.File(sharded) as g:
+        for name in f["meta"]:
+            np.testing.assert_array_equal(f["meta"][name][...], g["meta"][name][...])
+        assert {k: str(v) for k, v in f.attrs.items() if k != "created"} == \
+            {k: str(v) for k, v in g.attrs.items() if k != "created"}
+    assert not partial.exists()
+    other = _write(tmp_path, {**SMALL, "seed": 12}, "other.yaml")
+    assert main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "x.h5"), "--shard", "1/3",
+                 "--quiet", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["simulate", "--config", str(other), "--out", str(tmp_path / "x.h5"), "--shard", "2/3",
+                 "--quiet", "--workers", "1"]) == 2
+    assert "holds units of another config" in capsys.readouterr().err
+    assert (tmp_path / "x.h5.partial" / "unit_0000000.npz").exists()
+    assert main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "y.h5"), "--shard", "0/3"]) == 2
+    assert "--shard 0/3: expected K/N" in capsys.readouterr().err

@@ -23,7 +23,6 @@ reconstruction layout of :mod:`deepcmb.io.reconstruction` with ``method = 'map'`
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import numpy as np
 from ..config import Int, resolve
 from ..cosmology import compute_spectra
 from ..errors import InputError
-from ..executor import open_executor, run_tasks
+from ..executor import default_workers, open_executor, run_tasks
 from ..io.files import check_output_file
 from ..io.maps import open_maps
 from ..io.reconstruction import ReconstructionWriter
@@ -85,7 +84,8 @@ def reconstruct_task(key: int, geom, spectra, instrument, settings: dict, q: np.
 
 
 def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
-                        progress: bool = True, workers: int | None = None, scheduler: str | None = None) -> Path:
+                        progress: bool = True, workers: int | None = None, scheduler: str | None = None,
+                        scheduler_file: str | None = None) -> Path:
     """MAP-reconstruct kappa from every map of a simulation or observation file.
 
     Parameters
@@ -102,9 +102,10 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
     progress : bool
         Show a progress bar.
     workers : int, optional
-        Local worker processes (default: one per core).
-    scheduler : str, optional
-        Dask scheduler address; overrides ``workers``.
+        Local worker processes (default: one per core this process may use,
+        :func:`~deepcmb.executor.default_workers`).
+    scheduler, scheduler_file : str, optional
+        Dask scheduler address, or scheduler file; overrides ``workers``.
 
     Returns
     -------
@@ -112,7 +113,7 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         The written file.
     """
     cfg = resolve(config, SCHEMA)
-    workers = Int(min=1).check("--workers", workers if workers is not None else os.cpu_count() or 1)
+    workers = Int(min=1).check("--workers", workers if workers is not None else default_workers())
     settings = {k: cfg[k] for k in ESTIMATOR_SCHEMA}
     data = inputs["sims"]
     check_output_file(out, overwrite)
@@ -149,9 +150,9 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                     positions[k] = sel
                     yield (k, geom, spectra, instruments[lev], settings, f.read("Q", sel), f.read("U", sel))
 
-            with open_executor(workers, scheduler) as ex, \
+            with open_executor(workers, scheduler, scheduler_file) as ex, \
                     Progress(n, "MAP", "map", enabled=progress, log=log) as bar:
-                for k, maps, block in run_tasks(ex, reconstruct_task, work(), max_in_flight=max(2 * workers, 2)):
+                for k, maps, block in run_tasks(ex, reconstruct_task, work()):
                     sel = positions.pop(k)
                     for i, row in enumerate(sel):
                         writer.write(int(row), {name: m[i:i + 1] for name, m in maps.items()})
