@@ -123,15 +123,21 @@ class MapEstimator:
         est = self.qe.estimate({"Q": pol.real, "U": pol.imag})
         return self.geom.map2fourier(est["phi"]) * self.start_filter
 
-    def estimate(self, q: np.ndarray, u: np.ndarray) -> MapResult:
-        """MAP reconstruction of one pair of Q, U maps (µK, shape ``geom.shape``)."""
+    def estimate(self, q: np.ndarray, u: np.ndarray, ivar: np.ndarray | None = None) -> MapResult:
+        """MAP reconstruction of one pair of Q, U maps (µK, shape ``geom.shape``).
+
+        ``ivar``: the inverse noise variance of each of Q and U per pixel (µK⁻², zero where masked) instead
+        of the instrument's white noise; the iterations then start from phi = 0 (the QE start assumes white
+        noise), and the mean field such weights induce is not subtracted (the objective is the joint one).
+        """
         q, u = np.asarray(q, dtype=float), np.asarray(u, dtype=float)
         if q.shape != self.geom.shape or u.shape != self.geom.shape:
             raise InputError(f"map: expected Q, U maps of shape {self.geom.shape}, got {q.shape}, {u.shape}")
         cfg = self.settings
         pol = q + 1j * u
+        self.model.set_noise(ivar)
         post = LensingPosterior(self.model, pol, self.clpp_grid, cfg["cg_tol"], cfg["cg_max_iterations"])
-        phi = self.start(pol)
+        phi = self.start(pol) if ivar is None else np.zeros(self.geom.fourier_shape(), dtype=complex)
         point = post.evaluate(phi)
         first = point.value
         cg_total = point.cg_iterations

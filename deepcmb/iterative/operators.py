@@ -14,7 +14,9 @@ band-limited Fourier series of :math:`Q + iU` at the deflected positions
 :math:`\\mathcal{B}` the beam (a convolution) and :math:`\\sigma = \\Delta_P / \\Delta_{\\rm pix}` the
 noise per pixel. Only data modes :math:`l_{\\min} \\le |\\mathbf{l}| \\le l_{\\max}` are used: the inverse
 noise is :math:`N^{-1} = \\mathcal{P}_{\\rm data} / \\sigma^2` with :math:`\\mathcal{P}_{\\rm data}` the
-projection on that band (infinite noise outside it).
+projection on that band (infinite noise outside it); with a map of inverse noise variance
+:math:`w(\\mathbf{x})` (zero where masked) it is :math:`N^{-1} = \\mathcal{P}_{\\rm data}\\, w\\,
+\\mathcal{P}_{\\rm data}`, no longer diagonal in Fourier space.
 
 Vectors are real maps with the plain pixel-sum inner product :math:`\\langle a, b\\rangle =
 \\sum_\\mathbf{x} a(\\mathbf{x}) b(\\mathbf{x})` (complex maps: :math:`{\\rm Re} \\sum \\bar a b`), so every
@@ -36,6 +38,7 @@ import ducc0
 import numpy as np
 
 from ..flatsky import deflection, gaussian_beam
+from ..errors import InputError
 from ..geometry import interp_spectrum
 
 if TYPE_CHECKING:
@@ -123,10 +126,14 @@ class PolarizationModel:
         NUFFT accuracy.
     nthreads : int
         Threads for ducc0.
+    ivar : ndarray, shape ``geom.shape``, optional
+        Inverse noise variance of each of Q and U per pixel (µK⁻², zero where masked), instead of the
+        white noise of ``noise_p_uk_arcmin`` (see :meth:`set_noise`).
     """
 
     def __init__(self, geom: FlatSkyGeometry, cl_ee: np.ndarray, beam_fwhm_arcmin: float, noise_p_uk_arcmin: float,
-                 lmin: float, lmax: float, lmax_cmb: float | None, epsilon: float, nthreads: int = 1):
+                 lmin: float, lmax: float, lmax_cmb: float | None, epsilon: float, nthreads: int = 1,
+                 ivar: np.ndarray | None = None):
         self.geom, self.epsilon, self.nthreads = geom, epsilon, nthreads
         self.n_pix = int(np.prod(geom.shape))
         self.sigma2 = (noise_p_uk_arcmin / geom.pixel_arcmin) ** 2
@@ -136,13 +143,23 @@ class PolarizationModel:
         self.e_band = (ell > 0) & (ell < lmax_cmb) & (cl > 0)
         self._inv_prior = np.where(self.e_band, geom.pixel_rad**2 / np.where(self.e_band, cl, 1.0), 0.0)
         self._beam = gaussian_beam(beam_fwhm_arcmin, ell)
-        self._leg_filter = self._beam * ((ell >= lmin) & (ell <= lmax)) / self.sigma2
-        self._noise_filter = self._beam * self._leg_filter
-        self._data_filter = ((ell >= lmin) & (ell <= lmax)) / self.sigma2
+        self._band = ((ell >= lmin) & (ell <= lmax)).astype(float)
         self._spin2 = np.exp(2j * np.arctan2(*geom.lxly(real=False)[::-1]))
-        total = self._inv_prior + self._noise_filter
-        self._precond = np.divide(1.0, total, out=np.zeros_like(total), where=self.e_band)
         self.lensing: Lensing | None = None
+        self.set_noise(ivar)
+
+    def set_noise(self, ivar: np.ndarray | None) -> None:
+        """Use white noise (``ivar`` None: the pixel variance of ``noise_p_uk_arcmin``) or a map of inverse
+        noise variance (µK⁻² per pixel, zero where masked; the preconditioner then uses its mean)."""
+        if ivar is not None:
+            ivar = np.asarray(ivar, dtype=float)
+            if ivar.shape != self.geom.shape or not np.all(np.isfinite(ivar)) or ivar.min() < 0 or ivar.max() == 0:
+                raise InputError(f"map: the inverse-variance map must be finite, >= 0, not all zero, of shape "
+                                 f"{self.geom.shape}")
+        self.ivar = ivar
+        weight = 1.0 / self.sigma2 if ivar is None else float(ivar.mean())
+        total = self._inv_prior + self._beam**2 * self._band * weight
+        self._precond = np.divide(1.0, total, out=np.zeros_like(total), where=self.e_band)
 
     # -- lensing --------------------------------------------------------------------------------------
     def set_phi(self, phi_fourier: np.ndarray) -> None:
@@ -187,21 +204,28 @@ class PolarizationModel:
         grid = self.lensing.adjoint(self.beam(pol) if beam else pol)
         return hermitian_part(grid * np.conj(self._spin2)) * self.e_band / self.n_pix
 
+    def _weighted(self, pol: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Fourier kernel ``after`` of the pixel weights (or 1 / sigma^2) times Fourier kernel ``before`` of
+        ``pol``: the noise operators, with the data band inside the kernels."""
+        if self.ivar is None:
+            return self._filter(pol, before * after / self.sigma2)
+        return self._filter(self.ivar * self._filter(pol, before), after)
+
     def inverse_noise(self, pol: np.ndarray) -> np.ndarray:
-        """:math:`N^{-1}` of complex ``Q + iU`` map(s): the data band's modes over the pixel variance."""
-        return self._filter(pol, self._data_filter)
+        """:math:`N^{-1}` of complex ``Q + iU`` map(s): band projection, pixel weights, band projection."""
+        return self._weighted(pol, self._band, self._band)
 
     def residual_leg(self, pol: np.ndarray) -> np.ndarray:
         """:math:`\\mathcal{B}^\\dagger N^{-1}` of complex ``Q + iU`` map(s)."""
-        return self._filter(pol, self._leg_filter)
+        return self._weighted(pol, self._band, self._beam * self._band)
 
     def inverse_prior(self, e: np.ndarray) -> np.ndarray:
         """:math:`C_E^{-1} e` in the pixel metric (``Delta^2 / C_l``, Delta the pixel side in radians)."""
         return self._inv_prior * e
 
     def noise_weight(self, pol: np.ndarray) -> np.ndarray:
-        """:math:`\\mathcal{B}^\\dagger N^{-1} \\mathcal{B}` of ``Q + iU`` map(s) (the whole data leg in one filter)."""
-        return self._filter(pol, self._noise_filter)
+        """:math:`\\mathcal{B}^\\dagger N^{-1} \\mathcal{B}` of ``Q + iU`` map(s) (for white noise one filter)."""
+        return self._weighted(pol, self._beam * self._band, self._beam * self._band)
 
     def normal(self, e: np.ndarray) -> np.ndarray:
         """The Wiener-filter operator :math:`(C_E^{-1} + A^\\dagger N^{-1} A)\\, e`."""
@@ -209,5 +233,6 @@ class PolarizationModel:
         return self._inv_prior * e + self.adjoint(self.noise_weight(lensed), beam=False)
 
     def precondition(self, e: np.ndarray) -> np.ndarray:
-        """Fourier-diagonal approximate inverse of :meth:`normal`: :math:`(C_E^{-1} + B_l^2/\\sigma^2)^{-1}`."""
+        """Fourier-diagonal approximate inverse of :meth:`normal`: :math:`(C_E^{-1} + B_l^2 \\bar w)^{-1}`, with
+        :math:`\\bar w` the mean inverse pixel variance (:math:`1/\\sigma^2` for white noise)."""
         return self._precond * e
