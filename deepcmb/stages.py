@@ -164,7 +164,8 @@ STAGES = {s.name: s for s in (
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("reconstruct_map", "reconstruct", "deepcmb.iterative.stage", "deepcmb.iterative.settings:SCHEMA",
           "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS,), "file",
-          section="run.map", config_required=False, flags=True, method="map", options=("workers", "scheduler", "scheduler_file")),
+          section="run.map", config_required=False, flags=True, method="map", resumes=True,
+          options=("workers", "scheduler", "scheduler_file")),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
           "compare reconstructions with the simulation truth (spectra, rho, noise, S/N), or with each other",
           (Input("sims", "simulation file of `deepcmb simulate` (the truth), or observation file (no truth: "

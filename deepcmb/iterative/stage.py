@@ -4,7 +4,9 @@ Reads the Q, U maps of a periodic simulation file (or of an observation file wit
 no mask and white noise), reconstructs each with a :class:`~deepcmb.iterative.MapEstimator` of its
 noise level (fiducial spectra, the level's beam and noise), in tasks of ``maps_per_task`` maps run
 inline, in local worker processes (``--workers``) or on a Dask cluster (``--scheduler``), and writes the
-reconstruction layout of :mod:`deepcmb.io.reconstruction` with ``method = 'map'``:
+reconstruction layout of :mod:`deepcmb.io.reconstruction` with ``method = 'map'``. Each finished task
+is saved in ``OUT.partial/`` (:mod:`deepcmb.io.partial`), so an interrupted run, re-run with the same
+command, continues where it stopped; the file is assembled when every task is done:
 
 ``/maps/kappa``, ``/maps/phi``
     The MAP convergence and potential (a posterior mode: filtered like a Wiener filter, not unbiased).
@@ -33,7 +35,9 @@ from ..errors import InputError
 from ..executor import default_workers, open_executor, run_tasks
 from ..io.files import check_output_file
 from ..io.maps import open_maps
-from ..io.reconstruction import ReconstructionWriter
+from ..io.partial import PartialFolder
+from ..io.reconstruction import ReconstructionWriter, sims_identity
+from ..provenance import config_json
 from ..progress import Progress
 from .estimator import MapEstimator
 from .settings import ESTIMATOR_SCHEMA, SCHEMA
@@ -53,6 +57,10 @@ def _estimator(geom, spectra, instrument, settings):
         _ESTIMATORS.clear()
         _ESTIMATORS[key] = MapEstimator(geom, spectra, instrument, settings)
     return _ESTIMATORS[key]
+
+
+def _task_name(k: int) -> str:
+    return f"task_{k:07d}"
 
 
 def reconstruct_task(key: int, geom, spectra, instrument, settings: dict, q: np.ndarray, u: np.ndarray) -> tuple:
@@ -140,28 +148,35 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         attrs = {"estimator": "MAP", "lmin": settings["lmin"], "lmax": settings["lmax"], "Lmin": settings["Lmin"],
                  "Lmax": settings["Lmax"], "mean_field": "none (joint MAP: the log-determinant term is neglected)",
                  "start": "Wiener-filtered MV_POL QE"}
+        partial = PartialFolder(out, config_json({"settings": settings, "maps_per_task": cfg["maps_per_task"],
+                                                  "sims": sims_identity(data)}), fresh=overwrite)
+        todo = [k for k in range(len(tasks)) if not partial.has(_task_name(k))]
+        done = n - sum(len(tasks[k][0]) for k in todo)
+
+        def work():
+            for k in todo:
+                sel, lev = tasks[k]
+                yield (k, geom, spectra, instruments[lev], settings, f.read("Q", sel), f.read("U", sel))
+
+        with open_executor(workers, scheduler, scheduler_file) as ex, \
+                Progress(n, "MAP", "map", enabled=progress, initial=done, log=log) as bar:
+            for k, maps, block in run_tasks(ex, reconstruct_task, work()):
+                partial.save(_task_name(k), {**{f"map_{name}": m for name, m in maps.items()},
+                                             **{f"stat_{name}": v for name, v in block.items()}})
+                bar.update(len(tasks[k][0]))
+        stats = {k: np.zeros(n, dtype=t) for k, t in _STATS.items()}
         with ReconstructionWriter(out, np.arange(n), _FIELDS, data, "map", config, attrs=attrs, units=_UNITS,
                                   overwrite=overwrite) as writer:
-            stats = {k: np.zeros(n, dtype=t) for k, t in _STATS.items()}
-            positions = {}
-
-            def work():
-                for k, (sel, lev) in enumerate(tasks):
-                    positions[k] = sel
-                    yield (k, geom, spectra, instruments[lev], settings, f.read("Q", sel), f.read("U", sel))
-
-            with open_executor(workers, scheduler, scheduler_file) as ex, \
-                    Progress(n, "MAP", "map", enabled=progress, log=log) as bar:
-                for k, maps, block in run_tasks(ex, reconstruct_task, work()):
-                    sel = positions.pop(k)
-                    for i, row in enumerate(sel):
-                        writer.write(int(row), {name: m[i:i + 1] for name, m in maps.items()})
-                    for name, values in block.items():
-                        stats[name][sel] = values
-                    bar.update(len(sel))
+            for k, (sel, _) in enumerate(tasks):
+                unit = partial.load(_task_name(k))
+                for i, row in enumerate(sel):
+                    writer.write(int(row), {name: unit[f"map_{name}"][i:i + 1] for name in _FIELDS})
+                for name in _STATS:
+                    stats[name][sel] = unit[f"stat_{name}"]
             writer.write_meta("noise_index", levels)
             for name, values in stats.items():
                 writer.write_meta(name, values)
+    partial.remove()
     not_converged = int(np.sum(~stats["converged"]))
     if not_converged:
         log.warning("map: %d of %d maps stopped at max_iterations=%d before the gradient fell below tol=%g "
