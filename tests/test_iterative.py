@@ -311,11 +311,11 @@ def test_stage_resumes_after_an_interruption(small_sims, tmp_path, monkeypatch):
 
     cfg = {"max_iterations": 2, "maps_per_task": 2}
     whole = stage.run_reconstruct_map(cfg, {"sims": small_sims}, tmp_path / "whole.h5", progress=False, workers=1)
-    real, calls = stage.reconstruct_task, []
+    real, calls, kill = stage.reconstruct_task, [], [True]
 
     def dies_on_the_fourth(key, *args):
         calls.append(key)
-        if len(calls) == 4:
+        if len(calls) == 4 and kill.pop():
             raise RuntimeError("killed")
         return real(key, *args)
 
