@@ -315,7 +315,7 @@ def test_stage_resumes_after_an_interruption(small_sims, tmp_path, monkeypatch):
 
     def dies_on_the_fourth(key, *args):
         calls.append(key)
-        if len(calls) == 4 and kill.pop():
+        if len(calls) == 4 and kill and kill.pop():
             raise RuntimeError("killed")
         return real(key, *args)
 
