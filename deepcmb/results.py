@@ -5,8 +5,9 @@ Reads the ``summary.json`` of the main evaluation and of each robustness evaluat
 
     results.json   per test set and noise level: bins, rho^2 and N_eff (with errors) of every method,
                    the analytic MV_POL N0, the iterative limit (as N and as rho^2 = C / (C + N)), the
-                   transfer function of every method; and ``targets``: each target of the benchmark with
-                   the measured figure and whether it is met
+                   transfer function of every method, the delensing A_lens^res of every method (when the
+                   evaluation measured it); and ``targets``: each target of the benchmark with the
+                   measured figure and whether it is met
     results.rst    the same as reStructuredText tables (``evaluate/bench.sh`` copies them to
                    ``docs/results/PRESET.rst``, which the documentation's benchmark page includes)
     neff_ratio.png N_eff / N0(MV_POL) of every method per test set and noise level
@@ -95,7 +96,9 @@ def noise_table(summary: dict, j: int) -> dict:
         ``noise_p_uk_arcmin``, ``n_maps``, ``edges``, ``L``; ``methods``: label -> ``rho2``,
         ``rho2_err``, ``n_eff``, ``n_eff_err``, ``transfer``, ``transfer_err``; ``theory``: ``clkk``,
         ``n0_mv_pol``, ``n_iterative``, ``rho2_iterative``, ``rho2_n0_mv_pol`` (lists, one value per
-        bin; theory entries the evaluation did not compute are absent).
+        bin; theory entries the evaluation did not compute are absent); ``delensing``: ``{'lmin', 'lmax'}``
+        (the B-mode multipoles summed) and per method ``A_res``, ``A_res_err``, ``spurious_flag``, or
+        ``{'skipped': why}`` (see :mod:`deepcmb.io.report`).
     """
     group = f"noise{j}"
     out = {"noise_p_uk_arcmin": float(summary["noise_p_uk_arcmin"][j]), "edges": summary["bins"]["edges"],
@@ -105,6 +108,8 @@ def noise_table(summary: dict, j: int) -> dict:
         out["n_maps"] = r["n_maps"]
         out["methods"][label] = {k: r[k] for k in ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer",
                                                    "transfer_err")}
+    delensing = summary.get("delensing", {"skipped": "the summary predates the delensing metric"})
+    out["delensing"] = _delensing_table(delensing, group)
     theory = summary["theory"]
     clkk = _arr(theory["clkk"][group])
     out["theory"]["clkk"] = clkk.tolist()
@@ -113,6 +118,18 @@ def noise_table(summary: dict, j: int) -> dict:
             n = _arr(theory[key][group])
             out["theory"][name] = n.tolist()
             out["theory"]["rho2_" + name.replace("n_", "")] = (clkk / (clkk + n)).tolist()
+    return out
+
+
+def _delensing_table(delensing: dict, group: str) -> dict:
+    """A_lens^res of every method in one group of a summary's ``delensing`` entry (or why it is absent)."""
+    if "skipped" in delensing:
+        return {"skipped": delensing["skipped"]}
+    edges = delensing["bins"]["edges"]
+    out = {"lmin": edges[0], "lmax": edges[-1], "methods": {}}
+    for label, groups in delensing["results"].items():
+        r = groups[group]
+        out["methods"][label] = {k: r[k] for k in ("A_res", "A_res_err", "spurious_flag")}
     return out
 
 
@@ -314,9 +331,10 @@ def render_rst(results: dict, title_level: str = "~") -> str:
     """reStructuredText of :func:`collect`'s results: an overview, then one table per test set and noise level.
 
     The overview (:func:`overview_rows`) gives rho^2 in the bin holding L = 400 and the range of
-    N_eff / N0(MV_POL) over the target bins. Each detailed table lists, per L bin, rho^2 of every method
-    and of the iterative limit, then N_eff of every method, the analytic MV_POL N0 and the iterative N,
-    in units of 1e-8 (kappa power, sr).
+    N_eff / N0(MV_POL) over the target bins; the delensing table (when an evaluation measured it) gives
+    A_lens^res of every method with its jackknife error per test set and noise level. Each detailed table
+    lists, per L bin, rho^2 of every method and of the iterative limit, then N_eff of every method, the
+    analytic MV_POL N0 and the iterative N, in units of 1e-8 (kappa power, sr).
     """
     cfg = results["config"]
     title = "Overview"
@@ -325,6 +343,7 @@ def render_rst(results: dict, title_level: str = "~") -> str:
              f"rho^2 in the bin holding L = 400; N/N0: the range of N_eff / N0(MV_POL analytic) over the bins in "
              f"{cfg['Lmin']:g} <= L <= {cfg['Lmax_target']:g}:", ""]
     lines += _grid(head, rows) + [""]
+    lines += _delensing_rst(results, title_level)
     for tag, tables in results["sets"].items():
         for t in tables:
             methods = list(t["methods"])
@@ -350,6 +369,33 @@ def render_rst(results: dict, title_level: str = "~") -> str:
         status = "n/a" if t["met"] is None else ("met" if t["met"] else "not met")
         lines.append(f"- {name}: {status}" + (f" ({figs})" if figs else ""))
     return "\n".join(lines) + "\n"
+
+
+def _delensing_rst(results: dict, title_level: str) -> list[str]:
+    """The delensing table of :func:`render_rst` (no lines when no evaluation measured it)."""
+    tables = [(tag, t) for tag, ts in results["sets"].items() for t in ts if "methods" in t["delensing"]]
+    if not tables:
+        return []
+    methods = list(dict.fromkeys(m for _, t in tables for m in t["delensing"]["methods"]))
+    rows = []
+    for tag, t in tables:
+        d = t["delensing"]["methods"]
+
+        def cell(m: str) -> str:
+            if m not in d or d[m]["A_res"] is None:
+                return "-"
+            err = f" +- {d[m]['A_res_err']:.3f}" if d[m]["A_res_err"] is not None else ""
+            return f"{d[m]['A_res']:.3f}{err}" + (" (!)" if d[m]["spurious_flag"] else "")
+
+        rows.append([tag, f"{t['noise_p_uk_arcmin']:g}", f"{t['delensing']['lmin']:g}-{t['delensing']['lmax']:g}"]
+                    + [cell(m) for m in methods])
+    title = "Delensing"
+    return [title, title_level * len(title), "",
+            "A_lens^res: the lensing-B power left after subtracting each method's lensing-B template (the "
+            "Wiener-filtered E of the data remapped by the method's phi), over the lensing-B power, summed over "
+            "the B-mode bins in l (1: nothing removed). (!): the template correlates with the noise B of the data "
+            "beyond n_sigma jackknife errors below l_cut (see deepcmb.io.report).", "",
+            *_grid(["test set", "uK'", "l"] + [f"A_res {m}" for m in methods], rows), ""]
 
 
 def _grid(head, rows):

@@ -120,7 +120,7 @@ def make_report(path, methods=("nn", "qe_eb"), e_methods=("nn",), n_levels=2, n_
         "theory": {"n0": {est: np.stack([n0_model(L, j, est) for j in range(n_levels)]) for est in estimators},
                    "n_iterative": np.stack([0.4 * n0_model(L, j) for j in range(n_levels)]) if iterative else None},
         "truth": {"kappa_auto": truth, "E_auto": e_truth if e_methods else None},
-        "groups": groups, "methods": {},
+        "groups": groups, "methods": {}, "delensing": {"skipped": "the simulation file has no Q_lensed, U_lensed"},
     }
     for label in methods:
         t, scale, est = METHODS[label]

@@ -27,7 +27,7 @@ N_QE = SIGMA_QE**2 * GEOM.pixel_rad**2
 QE_ROWS = np.arange(40)[::-1]  # the QE reconstructs rows 39 .. 0 (an unsorted index)
 FAST = {"theory": {"iterative": False}, "jackknife": 8, "examples": 3}
 SUMMARY_KEYS = {"sims_file", "created", "git_revision", "methods", "n_maps", "bins", "e_bins", "noise_p_uk_arcmin",
-                "cosmologies", "results", "theory", "cosmology_dependence", "truth"}
+                "cosmologies", "results", "theory", "cosmology_dependence", "truth", "delensing"}
 RESULT_KEYS = {"n_maps", "rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err", "snr_cumulative",
                "snr_cumulative_err"}
 
@@ -139,6 +139,8 @@ def test_summary_json(files, evaluated):
     s = json.loads((evaluated / "summary.json").read_text())
     assert set(s) == SUMMARY_KEYS
     assert s["truth"] is True
+    assert s["delensing"] == {"skipped": "the simulation file has no Q_lensed, U_lensed (add them to "
+                                         "simulation.fields)"}
     assert s["methods"] == ["nn", "qe_eb"] and s["sims_file"] == str(files["sims"].resolve()) and s["n_maps"] == 40
     nb = len(s["bins"]["L"])
     assert len(s["bins"]["edges"]) == nb + 1 and s["noise_p_uk_arcmin"] == [1.0, 5.0]

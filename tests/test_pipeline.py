@@ -29,7 +29,8 @@ TRAIN_SIMS = {"seed": 11, "n_maps": 384, "geometry": GEOMETRY, "cosmology": {"sa
 TEST_SIMS = {"seed": 12, "n_maps": 240, "geometry": GEOMETRY,
              "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}, {"Alens": 0.5}]},
              "instrument": INSTRUMENT,
-             "simulation": {"fields": ["T", "Q", "U", "E_unlensed", "kappa"], "block_size": 40}}
+             "simulation": {"fields": ["T", "Q", "U", "Q_lensed", "U_lensed", "E_unlensed", "kappa"],
+                            "block_size": 40}}
 NOISE_SIMS = {"seed": 13, "n_maps": 60, "geometry": GEOMETRY,
               "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}]},
               "instrument": {"beam_fwhm_arcmin": 1.0, "noise_p_uk_arcmin": [2.0]},
@@ -163,6 +164,11 @@ def test_summary_has_every_key_the_readme_documents(tiny_run):
                 "snr_cumulative", "snr_cumulative_err", "E_rho2", "E_rho2_err"):
         assert key in group, key
     assert {"cosmo0", "cosmo1", "cosmo2"} <= set(summary["cosmology_dependence"]["nn"])
+    # the test maps carry the noise-free lensed Q, U: every method's delensing template is measured
+    delensing = summary["delensing"]["results"]
+    assert set(delensing) == set(summary["methods"]) and "A_res" in delensing["map"]["noise0"]
+    robust = json.loads((out / "robust_noise2" / "eval" / "summary.json").read_text())
+    assert "Q_lensed" in robust["delensing"]["skipped"]
 
 
 def test_rerun_reuses_every_stage_and_a_changed_config_reruns_what_follows(tiny_run, tmp_path):

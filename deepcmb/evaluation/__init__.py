@@ -8,7 +8,8 @@ SCHEMA
     The ``evaluate:`` config section with its defaults.
 metrics
     Pure figures of merit from binned per-map spectra: cross-correlation coefficient, effective
-    noise, transfer function, S/N, jackknife errors, cosmology dependence.
+    noise, transfer function, S/N, jackknife errors, cosmology dependence, and the residual lensing-B
+    power of a delensing template (templates: :mod:`deepcmb.delensing`).
 
 Layout, writers and reader of the outputs: :mod:`deepcmb.io.report`. Theory curves (analytic QE N0,
 iterative limit): :mod:`deepcmb.evaluation.theory`. The results table of several evaluations (the

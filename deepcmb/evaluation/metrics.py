@@ -16,6 +16,15 @@ lensing multipole ``L`` (spectra in sr, convergence dimensionless):
   :math:`[\\partial \\ln(A C + N)/\\partial A]^2 = [C/(C+N)]^2`), accumulated as
   :math:`\\sqrt{\\sum_{b' \\le b} (S/N)_{b'}^2}`.
 
+Delensing (:func:`delensing_metrics`; bins ``b`` of the B-mode multipole, spectra in µK² sr, see
+:mod:`deepcmb.delensing`): the residual lensing-B power left by a template :math:`T`,
+:math:`r_b = C^{(B-T)(B-T)}_b / C^{BB}_b` with :math:`B` the true lensing B; its sum over the bins
+:math:`A^{\\rm res}_{\\rm lens} = \\sum_b C^{(B-T)(B-T)}_b / \\sum_b C^{BB}_b` (1: nothing removed,
+0: everything); and the spurious correlation :math:`s_b = C^{Tn}_b / C^{TB}_b` of the template with
+the beam-deconvolved noise B of the data, :math:`n = B^{\\rm obs} / B_\\ell - B`, relative to its
+correlation with the lensing B (zero in expectation for a template whose lensing field does not depend
+on the data's B noise).
+
 Errors come from a delete-a-group jackknife over groups of maps: with :math:`\\theta_k` a statistic
 recomputed without group :math:`k` of :math:`K`,
 :math:`\\sigma^2 = \\frac{K-1}{K} \\sum_k (\\theta_k - \\bar\\theta)^2`.
@@ -278,3 +287,62 @@ def cosmology_amplitude(auto_c: np.ndarray, clkk_c: np.ndarray, auto_all: np.nda
     w = 1.0 / sigma[use] ** 2
     return {"amplitude": float(np.sum(w * ratio[use]) / w.sum()), "amplitude_err": float(1.0 / np.sqrt(w.sum())),
             "theory_amplitude": float(np.sum(w * expected[use]) / w.sum()), "n_maps": n_c}
+
+
+def delensing_statistics(lens: np.ndarray, resid: np.ndarray, t_noise: np.ndarray,
+                         t_lens: np.ndarray) -> dict[str, np.ndarray]:
+    """Residual ratio, :math:`A^{\\rm res}_{\\rm lens}` and spurious correlation from mean band powers.
+
+    Parameters
+    ----------
+    lens, resid, t_noise, t_lens : ndarray, shape (..., nbin)
+        Mean :math:`C^{BB}` of the true lensing B, :math:`C^{BB}` of the residual
+        :math:`B^{\\rm lens} - B^{\\rm temp}`, and the cross-spectra of the template with the noise B
+        of the data and with the true lensing B (µK² sr).
+
+    Returns
+    -------
+    dict of ndarray
+        ``BB_res_ratio`` (..., nbin) = resid / lens; ``A_res`` (...) = sum of resid over the bins /
+        sum of lens; ``spurious`` (..., nbin) = t_noise / t_lens.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"BB_res_ratio": resid / lens, "A_res": resid.sum(axis=-1) / lens.sum(axis=-1),
+                "spurious": t_noise / t_lens}
+
+
+def delensing_metrics(lens: np.ndarray, resid: np.ndarray, t_noise: np.ndarray, t_lens: np.ndarray,
+                      checked: np.ndarray, n_sigma: float, n_groups: int) -> dict[str, np.ndarray]:
+    """Every delensing figure of merit of a set of maps, with jackknife errors and the spurious-correlation flag.
+
+    Parameters
+    ----------
+    lens, resid, t_noise, t_lens : ndarray, shape (n, nbin)
+        Per-map binned :math:`C^{BB}` of the true lensing B, of the residual, and the cross-spectra of
+        the template with the data's noise B and with the true lensing B (µK² sr); see
+        :func:`delensing_statistics`.
+    checked : ndarray of bool, shape (nbin,)
+        Bins tested for a spurious correlation (those below the cut).
+    n_sigma : float
+        A bin is flagged when :math:`|{\\rm spurious}| > n_\\sigma\\, \\sigma_{\\rm jackknife}`.
+    n_groups : int
+        Jackknife groups.
+
+    Returns
+    -------
+    dict
+        ``BB_lens_mean``, ``BB_res_mean``, ``BB_res_ratio``, ``BB_res_ratio_err``, ``spurious``,
+        ``spurious_err`` (nbin,); ``A_res``, ``A_res_err`` (scalars); ``spurious_flag`` (bool scalar:
+        some checked bin is flagged; False when the errors are undefined, for one map).
+    """
+    per_map = {"lens": lens, "resid": resid, "t_noise": t_noise, "t_lens": t_lens}
+    groups = jackknife_groups(len(lens), n_groups)
+    stats = delensing_statistics(**{k: np.mean(v, axis=0) for k, v in per_map.items()})
+    reps = delensing_statistics(**{k: delete_group_means(v, groups) for k, v in per_map.items()})
+    out = {"BB_lens_mean": np.mean(lens, axis=0), "BB_res_mean": np.mean(resid, axis=0)}
+    for name, value in stats.items():
+        out[name], out[f"{name}_err"] = value, jackknife_error(reps[name])
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(out["spurious"]) > n_sigma * out["spurious_err"]
+    out["spurious_flag"] = bool(np.any(beyond & np.asarray(checked, dtype=bool)))
+    return out

@@ -14,6 +14,11 @@ maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle
 each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
 layout of the outputs is documented in :mod:`deepcmb.io.report`.
 
+When the simulation file holds the noise-free lensed Stokes maps (``Q_lensed``, ``U_lensed``) of a
+periodic patch, it also measures how much lensing B power a template built from each method's kappa
+removes (:func:`per_map_delensing`, physics in :mod:`deepcmb.delensing`, figures of merit in
+:func:`deepcmb.evaluation.metrics.delensing_metrics`); otherwise the report says why it was skipped.
+
 An observation file (:mod:`deepcmb.io.observations`) has no truth: :func:`compare` then measures the
 auto-spectrum of every reconstruction and the cross-spectrum of every pair of methods, with their
 correlation coefficient, on the same bins and window, beside the analytic QE N0 of the file's
@@ -30,7 +35,10 @@ import numpy as np
 
 from ..config import Bool, Int, ListOf, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
+from ..delensing import lensing_b_template, phi_from_kappa, wiener_e_filter
 from ..errors import ConfigError, InputError
+from ..flatsky import gaussian_beam
+from ..geometry import interp_spectrum
 from ..io.files import check_output_folder
 from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
@@ -67,6 +75,17 @@ SCHEMA = {
                                              "carries"),
                "iterative": Bool(True, doc="compute the iterative limit (about 10 s per noise level)"),
                "qe_lmin": Retired(_BAND_FROM_FILES), "qe_lmax": Retired(_BAND_FROM_FILES)},
+    "delensing": {
+        "enabled": Bool(True, doc="measure the lensing B power each method's template removes (needs Q_lensed, "
+                                  "U_lensed in the simulation file)"),
+        "lmin": Number(200.0, min=0, doc="lowest multipole of the B-mode bins of the delensing metric"),
+        "lmax": Number(2000.0, doc="highest multipole of the B-mode bins of the delensing metric"),
+        "width": Number(200.0, gt=0, keep_int=True, doc="bin width of the B-mode bins, multipoles"),
+        "l_cut": Number(300.0, min=0, doc="B-mode bins starting below this multipole are checked for a spurious "
+                                          "template-noise correlation"),
+        "n_sigma": Number(3.0, gt=0, doc="a spurious correlation beyond this many jackknife errors is flagged"),
+        "epsilon": Number(1e-8, gt=2e-13, lt=0.1, doc="relative accuracy of the NUFFT remapping of the templates"),
+    },
     "examples": Int(4, min=0, doc="maps copied into the report for figures"),
     "jackknife": Int(20, min=2, doc="groups of the jackknife errors"),
 }
@@ -75,7 +94,9 @@ SCHEMA = {
 ``theory.qe_estimators`` are the QE whose analytic N0 the report carries: read from the ``/n0`` of a
 QE reconstruction of that estimator among the inputs, else computed on the CMB band of the QE
 reconstructions evaluated (which must agree; without any, :data:`deepcmb.qe.BAND`), which is also
-the band of the iterative limit (:func:`theory_curves`).
+the band of the iterative limit (:func:`theory_curves`) and of the Wiener-filtered E of the delensing
+templates (:func:`per_map_delensing`). ``delensing.lmin, lmax, width`` are the B-mode bins of the
+delensing metric, over all of which :math:`A^{\\rm res}_{\\rm lens}` is summed.
 """
 
 BATCH = 128
@@ -262,6 +283,137 @@ def theory_curves(th: dict, inp: EvaluationInputs, bins: dict, progress: bool = 
     return {"n0": n0, "n_iterative": n_iterative}
 
 
+def delensing_skipped(cfg: dict, inp: EvaluationInputs) -> str | None:
+    """Why the delensing metric is not measured on these inputs, in words; None when it is.
+
+    Parameters
+    ----------
+    cfg : dict
+        Resolved ``evaluate.delensing`` section.
+    inp : EvaluationInputs
+    """
+    if not cfg["enabled"]:
+        return "evaluate.delensing.enabled is false"
+    if inp.sims is None:
+        return "an observation file has no truth (no lensed sky to measure the residual against)"
+    missing = [name for name in ("Q", "U", "Q_lensed", "U_lensed") if name not in inp.maps.fields]
+    if missing:
+        return f"the simulation file has no {', '.join(missing)} (add them to simulation.fields)"
+    if not inp.periodic:
+        return "the patch is not periodic (the templates' remapping and the E/B split need a periodic patch)"
+    return None
+
+
+def kappa_wiener_filters(inp: EvaluationInputs, clpp: np.ndarray) -> dict[str, np.ndarray | None]:
+    """The filter applied to each method's kappa before it lenses a delensing template.
+
+    A QE reconstruction written unbiased (its ``wiener`` attribute false) is Wiener-filtered,
+    :math:`W_\\mathbf{L} = C^{\\kappa\\kappa}_L / (C^{\\kappa\\kappa}_L + N^{(0)}_\\mathbf{L})`, with the
+    fiducial :math:`C^{\\kappa\\kappa}_L = L^4 C^{\\phi\\phi}_L / 4` and the file's own N0 of each noise
+    level (:func:`deepcmb.io.reconstruction.read_n0`), as a delensing analysis of its output would; the
+    other methods (a network, a MAP, a Wiener-filtered QE) are Wiener-like already and used as they are.
+
+    Parameters
+    ----------
+    inp : EvaluationInputs
+    clpp : ndarray, shape (lmax + 1,)
+        Fiducial :math:`C^{\\phi\\phi}_L`.
+
+    Returns
+    -------
+    dict
+        Label -> ``(n_levels, ny, nx // 2 + 1)`` filter on the rfft grid (zero where N0 is infinite, outside
+        the QE's L band, or undefined, at a level without maps), or None.
+    """
+    L = inp.geom.ell()
+    clkk = 0.25 * L**4 * interp_spectrum(clpp, L)
+    out = {}
+    for label, f in inp.recs.items():
+        if str(f.attrs["method"]) != "qe" or bool(f.attrs.get("wiener", False)):
+            out[label] = None
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            filt = clkk / (clkk + read_n0(f)["kappa_2d"])
+        out[label] = np.where(np.isfinite(filt), filt, 0.0)
+    return out
+
+
+def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, float], epsilon: float,
+                      progress: bool = True) -> tuple[np.ndarray, dict, dict]:
+    """Binned B-mode spectra of the delensing metric for every evaluated map (see :mod:`deepcmb.delensing`).
+
+    For a map at noise level j: the Wiener-filtered E of its observed Q, U,
+    :math:`E^{\\rm WF} = F_\\ell E^{\\rm obs}` (:func:`~deepcmb.delensing.wiener_e_filter` with the fiducial
+    lensed :math:`C^{EE}`, the beam and noise of level j, on the CMB band ``band``); the true lensing B,
+    those of its ``Q_lensed, U_lensed`` (the simulated unlensed B is zero: scalar spectra); the
+    beam-deconvolved noise B of the data, :math:`n = B^{\\rm obs} / B_\\ell - B^{\\rm lens}`; and for each
+    method the template :math:`T` (:func:`~deepcmb.delensing.lensing_b_template`) lensed by
+    :math:`\\hat\\phi = 2 \\hat\\kappa / L^2` of its kappa (after :func:`kappa_wiener_filters`).
+
+    Parameters
+    ----------
+    inp : EvaluationInputs
+        Inputs for which :func:`delensing_skipped` is None.
+    bins : dict
+        From :func:`make_bins` (``evaluate.delensing``).
+    band : tuple of float
+        ``(lmin, lmax)``: CMB multipoles of :math:`E^{\\rm WF}` (:func:`qe_band`).
+    epsilon : float
+        NUFFT accuracy of the templates.
+    progress : bool
+
+    Returns
+    -------
+    lens : ndarray, shape (n, nb)
+        Per-map :math:`C^{BB}` of the true lensing B (µK² sr).
+    methods : dict
+        Label -> ``{'BB_res', 'TB_noise', 'TB_lens'}`` (n, nb): :math:`C^{(B-T)(B-T)}, C^{Tn}, C^{TB}`
+        (µK² sr).
+    wiener : dict
+        Label -> whether its kappa was Wiener-filtered first (:func:`kappa_wiener_filters`).
+    """
+    geom, n, edges = inp.geom, inp.rows.size, bins["edges"]
+    fiducial, ell = compute_spectra({}), geom.ell()
+    e_filters, inv_beams = [], []
+    in_bins = (ell >= edges[0]) & (ell < edges[-1])
+    for inst in inp.instruments():
+        e_filters.append(wiener_e_filter(geom, fiducial.lensed_cl("EE"), inst.beam_fwhm_arcmin,
+                                         inst.noise_p_uk_arcmin, *band))
+        beam = gaussian_beam(inst.beam_fwhm_arcmin, ell)
+        inv_beams.append(np.where(in_bins, 1.0 / np.where(in_bins, beam, 1.0), 0.0))
+    e_filters, inv_beams = np.stack(e_filters), np.stack(inv_beams)
+    k_filters = kappa_wiener_filters(inp, fiducial.clpp)
+    lens = np.empty((n, len(bins["L"])))
+    methods = {label: {k: np.empty_like(lens) for k in ("BB_res", "TB_noise", "TB_lens")} for label in inp.recs}
+
+    def read(name, rows):
+        return inp.maps.read(name, rows).astype(np.float64)
+
+    with Progress(n, "delensing", "map", enabled=progress, log=log) as bar:
+        for start in range(0, n, BATCH):
+            sel = slice(start, min(start + BATCH, n))
+            rows, levels = inp.rows[sel], inp.noise_index[sel]
+            e_obs, b_obs = geom.qu2eb(read("Q", rows), read("U", rows))
+            b_lens = geom.qu2eb(read("Q_lensed", rows), read("U_lensed", rows))[1]
+            e_wf = e_filters[levels] * e_obs
+            noise = b_obs * inv_beams[levels] - b_lens
+            lens[sel] = binned_fourier_power(geom, b_lens, b_lens, edges)
+            for label, f in inp.recs.items():
+                kappa = _finite(read_rows(f["maps/kappa"], inp.positions[label][sel]), inp.rec_paths[label], "kappa",
+                                rows)
+                fk = geom.map2fourier(kappa.astype(np.float64))
+                if k_filters[label] is not None:
+                    fk = fk * k_filters[label][levels]
+                phi = phi_from_kappa(geom, fk)
+                template = np.stack([lensing_b_template(geom, e, p, epsilon) for e, p in zip(e_wf, phi)])
+                m, resid = methods[label], b_lens - template
+                m["BB_res"][sel] = binned_fourier_power(geom, resid, resid, edges)
+                m["TB_noise"][sel] = binned_fourier_power(geom, template, noise, edges)
+                m["TB_lens"][sel] = binned_fourier_power(geom, template, b_lens, edges)
+            bar.update(len(rows))
+    return lens, methods, {label: k is not None for label, k in k_filters.items()}
+
+
 def _finite(maps, path, name, rows):
     bad = ~np.all(np.isfinite(maps), axis=(-2, -1))
     if bad.any():
@@ -325,8 +477,12 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     -------
     dict
         ``bins``, ``e_bins``, ``meta``, ``cosmology``, ``instrument``, ``theory``, ``truth``,
-        ``groups``, ``methods``, ``examples``, ``snr_last_bin`` and ``window`` (taper, w2); without
-        truth (an observation file), those of :func:`compare`.
+        ``groups``, ``methods``, ``examples``, ``snr_last_bin``, ``window`` (taper, w2) and
+        ``delensing``: ``{'skipped': reason}`` (:func:`delensing_skipped`) or ``{'bins', 'cmb_band',
+        'l_cut', 'n_sigma'}``, with then ``truth['BB_lens']``, per method the spectra of
+        :func:`per_map_delensing` in ``per_map``, those of :func:`~deepcmb.evaluation.metrics.delensing_metrics`
+        in every group and the attribute ``delensing_wiener``; without truth (an observation file), those
+        of :func:`compare`.
     """
     if inp.sims is None:
         return compare(cfg, inp, progress)
@@ -339,8 +495,21 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
                           f"{bins['edges'][1]:g}")
     taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
     powers = rec_window_powers(inp, taper)
+    dcfg = cfg["delensing"]
+    skipped = delensing_skipped(dcfg, inp)
+    d_bins = make_bins(geom, dcfg, "lmin", "lmax", "evaluate.delensing") if skipped is None else None
     theory = theory_curves(cfg["theory"], inp, bins, progress)
     truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
+    if skipped is None:
+        band = qe_band(inp)
+        truth["BB_lens"], d_maps, wiener = per_map_delensing(inp, d_bins, band, dcfg["epsilon"], progress)
+        for label, spectra in d_maps.items():
+            per_map[label].update(spectra)
+        delensing = {"bins": d_bins, "cmb_band": band, "l_cut": dcfg["l_cut"], "n_sigma": dcfg["n_sigma"]}
+        checked = d_bins["edges"][:-1] < dcfg["l_cut"]
+    else:
+        log.info("delensing metric skipped: %s", skipped)
+        delensing = {"skipped": skipped}
 
     clkk = np.stack([bin_theory(geom, cl, bins["edges"]) for cl in sims["cosmology/cl_kk"][...]])
     clkk_maps = clkk[inp.cosmology_index]
@@ -357,13 +526,19 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
             if label in inp.e_labels:
                 stats[name].update(metrics.e_metrics(pm["E_auto"][i], pm["E_cross"][i], truth["E_auto"][i],
                                                      pm["E_resid"][i], cfg["jackknife"]))
+            if skipped is None:
+                stats[name].update(metrics.delensing_metrics(truth["BB_lens"][i], pm["BB_res"][i], pm["TB_noise"][i],
+                                                             pm["TB_lens"][i], checked, dcfg["n_sigma"],
+                                                             cfg["jackknife"]))
         a = stats["all"]
         dependence = {int(c): metrics.cosmology_amplitude(pm["auto"][inp.cosmology_index == c], clkk[c],
                                                           a["auto_mean"], a["transfer"], a["truth_mean"],
                                                           a["clkk_theory"], keep)
                       for c in np.unique(inp.cosmology_index)}
-        methods[label] = {"attrs": _method_attrs(inp.recs[label], inp.rec_paths[label]), "per_map": pm,
-                          "groups": stats, "cosmology_dependence": dependence}
+        attrs = _method_attrs(inp.recs[label], inp.rec_paths[label])
+        if skipped is None:
+            attrs["delensing_wiener"] = wiener[label]
+        methods[label] = {"attrs": attrs, "per_map": pm, "groups": stats, "cosmology_dependence": dependence}
 
     inst = sims["instrument"]
     return {
@@ -375,7 +550,7 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
         "instrument": {"noise_p_uk_arcmin": inst["noise_p_uk_arcmin"][...],
                        "noise_t_uk_arcmin": inst["noise_t_uk_arcmin"][...],
                        "beam_fwhm_arcmin": float(inst.attrs["beam_fwhm_arcmin"])},
-        "theory": theory, "truth": truth, "groups": groups, "methods": methods,
+        "theory": theory, "truth": truth, "groups": groups, "methods": methods, "delensing": delensing,
         "examples": _examples(inp, cfg["examples"]),
     }
 
@@ -402,7 +577,8 @@ def compare(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     Returns
     -------
     dict
-        The keys of :func:`evaluate`, with ``truth`` and ``e_bins`` None, ``cosmology`` the fiducial one,
+        The keys of :func:`evaluate`, with ``truth`` and ``e_bins`` None, ``delensing`` skipped, ``cosmology``
+        the fiducial one,
         and per method ``per_map`` {``auto``, ``cross_<b>``} (n, nb) and ``groups['all']``
         {``auto_mean``, ``auto_std``, ``cross_<b>_mean``, ``cross_<b>_std``, ``rho_<b>``, ``rho_<b>_err``} (nb,).
     """
@@ -460,7 +636,8 @@ def compare(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
                       "clkk": bin_theory(geom, fiducial.clkk, edges)[None]},
         "instrument": instrument, "theory": theory, "truth": None,
         "groups": {"all": {"index": np.arange(n), "cosmology_index": -1, "noise_index": -1}},
-        "methods": methods, "examples": _examples(inp, cfg["examples"]),
+        "methods": methods, "delensing": {"skipped": delensing_skipped(cfg["delensing"], inp)},
+        "examples": _examples(inp, cfg["examples"]),
     }
 
 

@@ -24,6 +24,8 @@ Figures (file stem: content; PNG size in pixels, ``m`` = number of methods drawn
 ``transfer``    700 x 500               transfer function per method
 ``snr``         700 x 500               cumulative S/N of the lensing amplitude per map
 ``cosmology``   1200 x 500              per-cosmology debiased, transfer-normalised power vs theory
+``delensing``   700 x 500               residual lensing-B power C^BB_res / C^BB_lens per bin of each
+                                        method's template, A_lens^res in the legend
 ``E_spectra``   1200 x 500              E head: rho_l and residual power
 ``posteriors``  700 x 700               corner plot per test cosmology, all methods, truth marked,
                                         values outside the flat prior shaded

@@ -1,4 +1,4 @@
-"""Reconstruction-quality figures of one noise level: rho_L^2, effective noise, transfer, S/N.
+"""Reconstruction-quality figures of one noise level: rho_L^2, effective noise, transfer, S/N, delensing.
 
 Each function draws the statistics group ``noise<level>`` of every method of the report (points
 with jackknife error bars, one colour per method) against the theory stored in the report (lines:
@@ -137,4 +137,28 @@ def plot_snr(report: Report, level: int) -> Figure:
     ax.set_ylabel(r"cumulative $S/N$ of $A_{\rm lens}$ (one map, $\leq L$)")
     ax.set_ylim(bottom=0)
     _finish(ax, report, level)
+    return fig
+
+
+def plot_delensing(report: Report, level: int) -> Figure:
+    """Residual lensing-B power after subtracting each method's template, ``C^BB_res / C^BB_lens`` per bin.
+
+    Points with jackknife errors (``BB_res_ratio`` of the group ``noise<level>``), one colour per method,
+    :math:`A^{\\rm res}_{\\rm lens}` with its error in the legend; the line at one is no delensing.
+    """
+    fig = new_figure("line")
+    ax = fig.add_subplot()
+    L = report.delensing_centres()
+    group = f"noise{level}"
+    for label, colour, dx, ratio, err in _methods(report, level, "BB_res_ratio", "BB_res_ratio_err"):
+        a_res, a_err = report.group(label, group, "A_res"), report.group(label, group, "A_res_err")
+        ax.errorbar(L * dx, ratio, yerr=err, color=colour, label=rf"{label}: $A^{{\rm res}}_{{\rm lens}}$ = "
+                    f"{float(a_res):.3f} $\\pm$ {float(a_err):.3f}", **_POINTS)
+    ax.axhline(1.0, color=THEORY, lw=1.0, label="no delensing")
+    ax.set_ylabel(r"residual lensing $B$: $C_\ell^{BB, \rm res} / C_\ell^{BB, \rm lens}$")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(r"multipole $\ell$")
+    ax.set_title(level_title(report, level))
+    legend_below(ax, ncol=2)
+    ax.grid(alpha=0.3)
     return fig

@@ -3,8 +3,9 @@
 The figures read ``report.h5`` of ``deepcmb evaluate`` and, when given, ``chains.h5`` of ``deepcmb
 params``; they never open the simulations or the reconstructions and recompute nothing but plotting
 arithmetic. Content the inputs lack is skipped (no E head: no ``maps_E``/``E_spectra``; no chains:
-no ``posteriors``; one cosmology: no ``cosmology``; no ``/examples``: no map figures); a dataset a
-drawn figure needs and the report lacks raises :class:`~deepcmb.errors.InputError` naming both.
+no ``posteriors``; one cosmology: no ``cosmology``; no ``/examples``: no map figures; no delensing
+metric: no ``delensing``); a dataset a drawn figure needs and the report lacks raises
+:class:`~deepcmb.errors.InputError` naming both.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def plan_figures(report: Report, chains: Chains | None = None) -> list[FigureJob
     -------
     list of FigureJob
         Stems: ``maps_kappa``, ``maps_E``, then per noise level ``spectra``, ``rho``, ``noise``,
-        ``transfer``, ``snr``, ``cosmology``, ``E_spectra`` (suffix ``_noise<j>`` when the report has
-        several levels), then ``posteriors`` (suffix ``_cosmo<c>`` when there are several test
-        cosmologies).
+        ``transfer``, ``snr``, ``cosmology``, ``delensing``, ``E_spectra`` (suffix ``_noise<j>`` when
+        the report has several levels), then ``posteriors`` (suffix ``_cosmo<c>`` when there are
+        several test cosmologies).
     """
     e_methods = report.e_methods()
     jobs = []
@@ -121,6 +122,13 @@ def _level_jobs(report, level, e_methods):
             f"relative to the mean theory; at most {spectra.MAX_COSMOLOGIES} cosmologies spread in amplitude; "
             "each panel's y range spans the 5-95 % of its points -+ errors, so outliers may be clipped" + where,
             partial(spectra.plot_cosmology, report, level)))
+    if report.delensing_skipped() is None:
+        jobs.append(FigureJob(
+            "delensing" + suffix,
+            "Delensing: residual lensing-B power C^BB_res / C^BB_lens per bin after subtracting each method's "
+            "lensing-B template (the Wiener-filtered E of the data remapped by the method's phi; points, "
+            "jackknife errors), and its sum over the bins A_lens^res; one is no delensing" + where,
+            partial(performance.plot_delensing, report, level)))
     if e_methods:
         jobs.append(FigureJob("E_spectra" + suffix, "Unlensed-E head: cross-correlation rho_l of E_hat with the "
                               "true E, and residual power against the true E power" + where,

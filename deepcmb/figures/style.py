@@ -8,7 +8,8 @@ Sizes (inches at :data:`DPI` = 100, so PNG pixels = 100 x inches):
 ==========  ========================  ======================  ==================================
 kind        inches                    PNG pixels              figures
 ==========  ========================  ======================  ==================================
-``line``    7 x 5                     700 x 500               spectra, rho, noise, transfer, snr
+``line``    7 x 5                     700 x 500               spectra, rho, noise, transfer, snr,
+                                                              delensing
 ``wide``    12 x 5                    1200 x 500              cosmology, E_spectra
 ``maps``    12 x (0.8 + 1.75 rows)    1200 x (80 + 175 rows)  maps_kappa, maps_E
 ``corner``  7 x 7                     700 x 700               posteriors

@@ -20,12 +20,22 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
     /theory/n0_<EST> (n_levels, nb): analytic QE kappa N0 (fiducial spectra) for each
         theory.qe_estimators (canonical labels: EB, MV_POL, ...)
     /theory/n_iterative (n_levels, nb): iterative-limit kappa noise at /bins/L (if theory.iterative)
+    /delensing/edges, /delensing/L, /delensing/n_modes (nbd...): B-mode bins of the delensing metric
+        (evaluate.delensing); attrs cmb_lmin, cmb_lmax (band of the Wiener-filtered E), l_cut, n_sigma.
+        When the metric was not measured, /delensing has no dataset and one attribute, skipped: why
+        (e.g. the simulation file has no Q_lensed, U_lensed)
     /truth/kappa_auto (n, nb): per-map binned C^kk of the true kappa
     /truth/E_auto (n, nbe): per-map unlensed-E power (when a method has an E map)
-    /methods/<label>/            attrs: method, file, and estimator, model, wiener when the file has them
+    /truth/BB_lens (n, nbd): per-map power of the true lensing B (that of Q_lensed, U_lensed), uK^2 sr
+    /methods/<label>/            attrs: method, file, and estimator, model, wiener when the file has them;
+                                 delensing_wiener (with the delensing metric): whether the kappa was
+                                 Wiener-filtered C/(C+N0) before lensing the template (an unbiased QE)
         per_map/auto, per_map/cross (n, nb): kappa_hat x kappa_hat, kappa_hat x kappa
         per_map/E_auto, per_map/E_cross, per_map/E_resid (n, nbe): E_hat x E_hat, E_hat x E,
             (E_hat - E) x (E_hat - E)                         methods with an E map only
+        per_map/BB_res, per_map/TB_noise, per_map/TB_lens (n, nbd): (B - T) x (B - T), T x n, T x B, uK^2 sr,
+            with T the method's lensing-B template, B the true lensing B and n = B_obs / B_l - B the
+            beam-deconvolved noise B of the data (:mod:`deepcmb.delensing`)   with the delensing metric
         groups/<g>/  g = 'all', 'noise<j>' (every cosmology at level j), 'cosmo<c>_noise<j>';
                      attrs cosmology_index (-1: pooled), noise_index (-1: pooled), n_maps
             auto_mean, auto_std, cross_mean, cross_std, truth_mean, truth_std (nb,): std = scatter
@@ -34,14 +44,17 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
             rho, rho_err, rho2, rho2_err, n_eff, n_eff_err, transfer, transfer_err (nb,)
             snr_per_bin, snr_cumulative, snr_cumulative_err (nb,): NaN above snr.Lmax
             E_rho, E_rho_err, E_resid_mean, E_resid_std, E_truth_mean (nbe,)   methods with E
+            BB_lens_mean, BB_res_mean, BB_res_ratio, BB_res_ratio_err, spurious, spurious_err (nbd,);
+                A_res, A_res_err, spurious_flag (scalars)                 with the delensing metric
     /examples/index, /examples/cosmology_index, /examples/noise_index (k,)
     /examples/<FIELD> (k, ny, nx): the sims' Q, U, T, kappa, E_unlensed (those present), unwindowed
     /examples/<label>/kappa, /examples/<label>/E_unlensed (k, ny, nx)
 
 Without truth (``truth = False``: the input was an observation file, :func:`deepcmb.evaluation.stage.compare`)
 the report keeps /bins, /meta (all zeros: one noise level), /instrument (its one level), /theory,
-/examples, and /cosmology for the fiducial cosmology only (the filters'; one row), has no /truth and
-no /e_bins, and every method has the one group 'all' with other members::
+/examples, /delensing (its attribute skipped only), and /cosmology for the fiducial cosmology only
+(the filters'; one row), has no /truth and no /e_bins, and every method has the one group 'all' with
+other members::
 
     /methods/<label>/per_map/auto (n, nb), per_map/cross_<b> (n, nb) for every other method b
     /methods/<label>/groups/all/  auto_mean, auto_std, and for every other method b cross_<b>_mean,
@@ -50,7 +63,11 @@ no /e_bins, and every method has the one group 'all' with other members::
 Definitions (:mod:`deepcmb.evaluation.metrics`): rho = cross_mean / sqrt(auto_mean truth_mean);
 n_eff = clkk_theory (1/rho^2 - 1); transfer = cross_mean / truth_mean; snr_per_bin^2 =
 (n_modes / 2) rho^4; snr_cumulative = sqrt(cumsum snr_per_bin^2) over the bins whose upper edge is at
-most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of maps.
+most snr.Lmax; BB_res_ratio = BB_res_mean / BB_lens_mean; A_res = sum over every bin of /delensing of
+BB_res_mean / the same sum of BB_lens_mean (A_lens^res: 1 = nothing removed); spurious = mean TB_noise /
+mean TB_lens; spurious_flag: some bin whose lower edge is below l_cut has abs(spurious) > n_sigma
+spurious_err (:func:`deepcmb.evaluation.metrics.delensing_metrics`); errors by a delete-a-group
+jackknife over ``jackknife`` groups of maps.
 
 ``summary.json`` (non-finite numbers are ``null``; lists run over the bins of /bins)::
 
@@ -70,6 +87,15 @@ most snr.Lmax; errors by a delete-a-group jackknife over ``jackknife`` groups of
     truth                true; false without truth (an observation file): results then hold, per method,
                           {"all": {"n_maps", "auto_mean", "rho": {b: [...]}, "rho_err": {b: [...]}}},
                           and there is no cosmology_dependence
+    delensing            {"skipped": why} when the metric was not measured (no Q_lensed, U_lensed in the
+                          simulation file, an observation file, a non-periodic patch, or
+                          delensing.enabled false); else {"bins", "cmb_band": [lmin, lmax] of the
+                          Wiener-filtered E, "l_cut", "n_sigma", "wiener_filtered": labels whose kappa was
+                          Wiener-filtered before lensing the template, "results": {label: {group:
+                          {"n_maps", "A_res", "A_res_err", "BB_lens_mean", "BB_res_mean", "BB_res_ratio",
+                          "BB_res_ratio_err", "spurious", "spurious_err", "spurious_flag"}}} (lists over
+                          the bins of "bins" here), "spurious_flagged": ["<label>/<group>", ...] the
+                          groups whose spurious_flag is true}
     cosmology_dependence {label: {"cosmo<c>": {"amplitude", "amplitude_err", "theory_amplitude",
                           "n_maps"}}}: per cosmology, pooled over noise levels, the inverse-variance
                           weighted mean over bins below snr.Lmax of auto_mean_c / auto_mean_all, with
@@ -95,6 +121,8 @@ FORMAT = "deepcmb.evaluation"
 FORMAT_VERSION = 1
 
 _KAPPA_SUMMARY = ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err")
+_DELENSING_SUMMARY = ("A_res", "A_res_err", "BB_lens_mean", "BB_res_mean", "BB_res_ratio", "BB_res_ratio_err",
+                      "spurious", "spurious_err", "spurious_flag")
 
 
 def write_report(path: str | Path, ev: dict) -> None:
@@ -115,6 +143,12 @@ def write_report(path: str | Path, ev: dict) -> None:
         if ev["theory"]["n_iterative"] is not None:
             theory["n_iterative"] = ev["theory"]["n_iterative"]
         _datasets(f, "theory", theory)
+        d = ev["delensing"]
+        if "skipped" in d:
+            f.create_group("delensing").attrs["skipped"] = d["skipped"]
+        else:
+            _datasets(f, "delensing", d["bins"]).attrs.update(
+                cmb_lmin=d["cmb_band"][0], cmb_lmax=d["cmb_band"][1], l_cut=d["l_cut"], n_sigma=d["n_sigma"])
         for label, m in ev["methods"].items():
             g = f.create_group(f"methods/{label}")
             g.attrs.update(m["attrs"])
@@ -163,6 +197,7 @@ def summary(ev: dict) -> dict:
     theory = {"clkk": {name: g["clkk_theory"] for name, g in ev["groups"].items()}}
     out = _common_summary(ev, results, theory)
     out["truth"] = True
+    out["delensing"] = _delensing_summary(ev)
     out["cosmology_dependence"] = {label: {f"cosmo{c}": d for c, d in m["cosmology_dependence"].items()}
                                    for label, m in ev["methods"].items()}
     if ev["e_bins"] is not None:
@@ -181,7 +216,26 @@ def _comparison_summary(ev: dict) -> dict:
                                   "rho_err": {b: s[f"rho_{b}_err"] for b in others}}}
     out = _common_summary(ev, results, {"clkk": {"all": ev["cosmology"]["clkk"][0]}})
     out["truth"] = False
+    out["delensing"] = _delensing_summary(ev)
     return plain(out)
+
+
+def _delensing_summary(ev: dict) -> dict:
+    """The ``delensing`` entry of ``summary.json``: why it was skipped, or its settings and results."""
+    d = ev["delensing"]
+    if "skipped" in d:
+        return {"skipped": d["skipped"]}
+    results, flagged = {}, []
+    for label, m in ev["methods"].items():
+        results[label] = {}
+        for name, s in m["groups"].items():
+            results[label][name] = {"n_maps": len(ev["groups"][name]["index"]),
+                                    **{k: s[k] for k in _DELENSING_SUMMARY}}
+            if s["spurious_flag"]:
+                flagged.append(f"{label}/{name}")
+    return {"bins": dict(d["bins"]), "cmb_band": list(d["cmb_band"]), "l_cut": d["l_cut"], "n_sigma": d["n_sigma"],
+            "wiener_filtered": [label for label, m in ev["methods"].items() if m["attrs"]["delensing_wiener"]],
+            "results": results, "spurious_flagged": flagged}
 
 
 def _common_summary(ev: dict, results: dict, theory: dict) -> dict:
@@ -349,6 +403,19 @@ class Report(H5View):
     def n_iterative(self) -> np.ndarray | None:
         """Iterative-limit kappa noise at each noise level (sr), shape (n_levels, nb); None if not computed."""
         return self.array("theory/n_iterative") if self.has("theory/n_iterative") else None
+
+    def delensing_skipped(self) -> str | None:
+        """Why the report has no delensing metric (``/delensing`` attribute ``skipped``, or a report written
+        before the metric existed); None when it has one."""
+        if self.has("delensing/edges"):
+            return None
+        if self.has("delensing"):
+            return str(text(self._f["delensing"].attrs.get("skipped", "no delensing bins")))
+        return "the report predates the delensing metric"
+
+    def delensing_centres(self, **check: Any) -> np.ndarray:
+        """Mode-weighted centres of the B-mode bins of the delensing metric, shape (nbd,)."""
+        return self.array("delensing/L", **check)
 
     def n_examples(self) -> int:
         """Number of example maps stored (0 when the report has none)."""
