@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import Bool, Int, ListOf, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
-from ..delensing import lensing_b_template, phi_from_kappa, wiener_e_filter
+from ..delensing import gradient_b_template, phi_from_kappa, wiener_e_filter
 from ..errors import ConfigError, InputError
 from ..flatsky import gaussian_beam
 from ..geometry import interp_spectrum
@@ -84,7 +84,6 @@ SCHEMA = {
         "l_cut": Number(300.0, min=0, doc="B-mode bins starting below this multipole are checked for a spurious "
                                           "template-noise correlation"),
         "n_sigma": Number(3.0, gt=0, doc="a spurious correlation beyond this many jackknife errors is flagged"),
-        "epsilon": Number(1e-8, gt=2e-13, lt=0.1, doc="relative accuracy of the NUFFT remapping of the templates"),
     },
     "examples": Int(4, min=0, doc="maps copied into the report for figures"),
     "jackknife": Int(20, min=2, doc="groups of the jackknife errors"),
@@ -338,7 +337,7 @@ def kappa_wiener_filters(inp: EvaluationInputs, clpp: np.ndarray) -> dict[str, n
     return out
 
 
-def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, float], epsilon: float,
+def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, float],
                       progress: bool = True) -> tuple[np.ndarray, dict, dict]:
     """Binned B-mode spectra of the delensing metric for every evaluated map (see :mod:`deepcmb.delensing`).
 
@@ -347,7 +346,7 @@ def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, floa
     lensed :math:`C^{EE}`, the beam and noise of level j, on the CMB band ``band``); the true lensing B,
     those of its ``Q_lensed, U_lensed`` (the simulated unlensed B is zero: scalar spectra); the
     beam-deconvolved noise B of the data, :math:`n = B^{\\rm obs} / B_\\ell - B^{\\rm lens}`; and for each
-    method the template :math:`T` (:func:`~deepcmb.delensing.lensing_b_template`) lensed by
+    method the first-order template :math:`T` (:func:`~deepcmb.delensing.gradient_b_template`) lensed by
     :math:`\\hat\\phi = 2 \\hat\\kappa / L^2` of its kappa (after :func:`kappa_wiener_filters`).
 
     Parameters
@@ -358,8 +357,6 @@ def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, floa
         From :func:`make_bins` (``evaluate.delensing``).
     band : tuple of float
         ``(lmin, lmax)``: CMB multipoles of :math:`E^{\\rm WF}` (:func:`qe_band`).
-    epsilon : float
-        NUFFT accuracy of the templates.
     progress : bool
 
     Returns
@@ -405,7 +402,7 @@ def per_map_delensing(inp: EvaluationInputs, bins: dict, band: tuple[float, floa
                 if k_filters[label] is not None:
                     fk = fk * k_filters[label][levels]
                 phi = phi_from_kappa(geom, fk)
-                template = np.stack([lensing_b_template(geom, e, p, epsilon) for e, p in zip(e_wf, phi)])
+                template = gradient_b_template(geom, e_wf, phi)
                 m, resid = methods[label], b_lens - template
                 m["BB_res"][sel] = binned_fourier_power(geom, resid, resid, edges)
                 m["TB_noise"][sel] = binned_fourier_power(geom, template, noise, edges)
@@ -502,7 +499,7 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
     if skipped is None:
         band = qe_band(inp)
-        truth["BB_lens"], d_maps, wiener = per_map_delensing(inp, d_bins, band, dcfg["epsilon"], progress)
+        truth["BB_lens"], d_maps, wiener = per_map_delensing(inp, d_bins, band, progress)
         for label, spectra in d_maps.items():
             per_map[label].update(spectra)
         delensing = {"bins": d_bins, "cmb_band": band, "l_cut": dcfg["l_cut"], "n_sigma": dcfg["n_sigma"]}
