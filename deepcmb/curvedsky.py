@@ -51,7 +51,7 @@ import numpy as np
 
 from . import flatsky
 from .errors import ConfigError
-from .sample import FIELDS, sample_rng
+from .sample import FIELDS, add_noise, sample_rng
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from .cosmology import CMBSpectra
     from .geometry import FlatSkyGeometry
     from .sample import Instrument
+    from .survey import Survey
 
 _OBSERVED = ("T", "Q", "U")
 _LENSED = ("T_lensed", "Q_lensed", "U_lensed")
@@ -398,7 +399,8 @@ def patch_pointing(geom: FlatSkyGeometry, centres: ArrayLike) -> tuple[np.ndarra
 
 def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_seed: int, index: int,
                             geom: FlatSkyGeometry, centres: ArrayLike, lmax: int, fields: Sequence[str] = FIELDS,
-                            include_b: bool = False, epsilon: float = 1e-7, nthreads: int = 0) -> dict[str, np.ndarray]:
+                            include_b: bool = False, epsilon: float = 1e-7, nthreads: int = 0,
+                            survey: Survey | None = None) -> dict[str, np.ndarray]:
     """Simulate one full-sky lensed realisation and cut it into gnomonic flat-sky patches.
 
     Parameters
@@ -409,7 +411,8 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
         Gaussian beam (applied in harmonic space) and white noise (drawn per patch pixel).
     root_seed, index : int
         Seed of the run and index of the full-sky realisation (:func:`deepcmb.sample.sample_rng`
-        streams ``'cmb'``, ``'bmodes'``, ``'phi'`` and ``'noise'``).
+        streams ``'cmb'``, ``'bmodes'``, ``'phi'``, ``'noise'``, and the survey's ``'mask'`` and
+        ``'depth'``).
     geom : FlatSkyGeometry
         Geometry of every patch.
     centres : array_like, shape (npatch, 2)
@@ -419,13 +422,17 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
         Nyquist multipole ``geom.ell_nyquist``, as :func:`~deepcmb.sample.simulate_flat` does;
         the cost of the lensing grows as ``lmax^3``.
     fields : sequence of str
-        Names from :data:`~deepcmb.sample.FIELDS` to return; only what they need is computed.
+        Names from :data:`~deepcmb.sample.FIELDS` to return (and the survey's ``mask`` and ``ivar_p``,
+        if it has them); only what they need is computed.
     include_b : bool
         Draw unlensed B modes from ``spectra`` (zero for scalar-only spectra).
     epsilon : float
         Accuracy of the lensing and of the evaluation at the pixel centres.
     nthreads : int
         Threads (0: all cores).
+    survey : Survey, optional
+        A mask and a noise map per patch (:mod:`deepcmb.survey`; patches are never periodic, so
+        ``survey.periodic`` and ``survey.pad`` do not apply). Default: no mask, white noise.
 
     Returns
     -------
@@ -433,17 +440,20 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
         Field name -> ``float64`` array of shape ``(npatch,) + geom.shape``, units as in
         :data:`~deepcmb.sample.FIELDS`; Q and U in the patch convention of this module. ``E/B``
         unlensed maps are spin-0 syntheses of the E/B coefficients; ``kappa`` has
-        :math:`\\kappa_{LM} = L(L+1)\\phi_{LM}/2`. The white noise of the observed maps comes from
-        one stream, drawn T, Q, U per patch in the order of ``centres``.
+        :math:`\\kappa_{LM} = L(L+1)\\phi_{LM}/2`. The noise of the observed maps comes from one
+        stream, drawn T, Q, U per patch in the order of ``centres`` (white, or following the patch's
+        ``ivar_p``, :func:`deepcmb.sample.add_noise`); the masks and noise maps come from the
+        ``'mask'`` and ``'depth'`` streams, patch after patch.
 
     Notes
     -----
     Every map is an exact sample of the band-limited sky at the pixel centres, so its spectrum has
     no pixel window; the maps are not periodic (see the module notes).
     """
-    unknown = set(fields) - set(FIELDS)
+    names = FIELDS + (() if survey is None else survey.maps)
+    unknown = set(fields) - set(names)
     if unknown:
-        raise ConfigError(f"simulation.fields: unknown field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
+        raise ConfigError(f"simulation.fields: unknown field(s) {sorted(unknown)}; known: {', '.join(names)}")
     lmax = int(lmax)
     if not 2 <= lmax <= spectra.lmax:
         raise ConfigError(f"simulation.lmax: must be between 2 and the spectra's lmax {spectra.lmax}, got {lmax}")
@@ -466,6 +476,15 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
     plm = gaussian_alm(spectra.clpp, white_alm(lmax, sample_rng(root_seed, index, "phi")))
 
     out = {}
+    npatch = theta.shape[0]
+    if survey is not None:
+        on_patch = survey.on(geom, periodic=False)
+        if "mask" in want:
+            rng = sample_rng(root_seed, index, "mask")
+            out["mask"] = np.stack([on_patch.mask(rng) for _ in range(npatch)])
+        if "ivar_p" in names and want & {"ivar_p", *_OBSERVED}:
+            rng = sample_rng(root_seed, index, "depth")
+            out["ivar_p"] = np.stack([on_patch.ivar_p(instrument.noise_p_uk_arcmin, rng) for _ in range(npatch)])
     if "T_unlensed" in want:
         out["T_unlensed"] = spin0(tlm)
     if "E_unlensed" in want:
@@ -487,7 +506,7 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
             out["Q_lensed"], out["U_lensed"] = spin2(elm_len, blm_len)
         if want & set(_OBSERVED):
             beam = flatsky.gaussian_beam(instrument.beam_fwhm_arcmin, np.arange(lmax + 1, dtype=float))
-            noise = _white_noise_patches(geom, instrument, theta.shape[0], sample_rng(root_seed, index, "noise"))
+            noise = _noise_patches(geom, instrument, sample_rng(root_seed, index, "noise"), out.get("ivar_p"), npatch)
             if "T" in want:
                 out["T"] = spin0(scale_alm(tlm_len, beam)) + noise["T"]
             if want & {"Q", "U"}:
@@ -496,12 +515,12 @@ def simulate_curved_patches(spectra: CMBSpectra, instrument: Instrument, root_se
     return {name: out[name] for name in fields}
 
 
-def _white_noise_patches(geom, instrument, npatch, rng):
-    """White noise of the instrument on ``npatch`` patches, drawn T, Q, U per patch in patch order."""
-    depths = {"T": instrument.noise_t_uk_arcmin, "Q": instrument.noise_p_uk_arcmin,
-              "U": instrument.noise_p_uk_arcmin}
+def _noise_patches(geom, instrument, rng, ivar_p, npatch):
+    """Noise of the instrument on ``npatch`` patches, drawn T, Q, U per patch in patch order: white, or
+    following ``ivar_p`` (``(npatch, ny, nx)``, :func:`deepcmb.sample.add_noise`)."""
     noise = {name: np.empty((npatch,) + geom.shape) for name in _OBSERVED}
     for p in range(npatch):
+        maps = add_noise(geom, np.zeros((3,) + geom.shape), instrument, rng, None if ivar_p is None else ivar_p[p])
         for name in _OBSERVED:
-            noise[name][p] = flatsky.white_noise_map(geom, depths[name], rng)
+            noise[name][p] = maps[name]
     return noise

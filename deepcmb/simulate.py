@@ -28,6 +28,7 @@ from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
 from .progress import Progress, track
+from .survey import SCHEMA as SURVEY_SCHEMA, Survey
 
 if TYPE_CHECKING:
     from .cosmology import CMBSpectra
@@ -39,7 +40,8 @@ SCHEMA = {
     "n_maps": Int(256, min=1, doc="number of maps written"),
     "geometry": {
         "kind": OneOf("flat", "flat", "curved",
-                      doc="flat: periodic flat-sky boxes; curved: gnomonic patches of full-sky maps"),
+                      doc="flat: flat-sky periodic boxes (or cut from them, survey.periodic); curved: gnomonic "
+                          "patches of full-sky maps"),
         "shape": ListOf(Int(min=4), [128, 128], min_len=2, max_len=2, doc="map size (ny, nx), pixels, both even"),
         "pixel_arcmin": Number(2.34375, gt=0, doc="pixel side, arcmin"),
     },
@@ -74,6 +76,7 @@ SCHEMA = {
         "nufft_epsilon": Number(1e-6, gt=2e-13, lt=1e-2, doc="relative accuracy of the lensing NUFFT"),
         "block_size": Int(32, min=1, doc="flat-sky maps made per task"),
     },
+    "survey": SURVEY_SCHEMA,
 }
 """Config schema with defaults. See ``sims/quick.yaml`` for a commented example."""
 
@@ -150,6 +153,8 @@ class SimPlan:
         Full parameter sets.
     instruments : list of Instrument
         One per noise level.
+    survey : Survey
+        Mask, noise map and periodicity of the maps.
     units : list of tuple
         ``(unit_id, first_sample, stop_sample, seed_index)``; a unit is made by one task.
     """
@@ -158,6 +163,7 @@ class SimPlan:
     geom: FlatSkyGeometry
     cosmologies: list
     instruments: list
+    survey: Survey
     units: list
 
     @property
@@ -171,6 +177,16 @@ class SimPlan:
     @property
     def fields(self) -> tuple[str, ...]:
         return tuple(self.config["simulation"]["fields"])
+
+    @property
+    def periodic(self) -> bool:
+        """Whether the maps are periodic (flat maps that are their whole box)."""
+        return self.kind == "flat" and self.survey.periodic
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """Everything a unit makes per map: the fields, then the survey's ``mask`` and ``ivar_p``."""
+        return self.fields + self.survey.maps
 
     def assignment(self, seed_index: int | np.ndarray) -> tuple[int | np.ndarray, int | np.ndarray]:
         """``(cosmology_index, noise_index)`` of a flat sample or a full-sky realisation."""
@@ -189,13 +205,15 @@ def plan_from_config(cfg: dict) -> SimPlan:
         if len(noise_t) != len(noise_p):
             raise ConfigError("instrument.noise_t_uk_arcmin: needs one entry per noise_p_uk_arcmin level")
     instruments = [Instrument(inst["beam_fwhm_arcmin"], t, p) for t, p in zip(noise_t, noise_p)]
+    survey = Survey.from_config(cfg["survey"])
+    survey.check(geom, noise_p)
     cosmologies = sample_cosmologies(cfg["cosmology"], cfg["seed"])
     if g["kind"] == "flat":
         block = cfg["simulation"]["block_size"]
         units = [(u, s, min(s + block, n_maps), None) for u, s in enumerate(range(0, n_maps, block))]
     else:
         units = _curved_units(cfg, geom)
-    return SimPlan(cfg, geom, cosmologies, instruments, units)
+    return SimPlan(cfg, geom, cosmologies, instruments, survey, units)
 
 
 def _curved_units(cfg, geom):
@@ -227,7 +245,8 @@ def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMB
     Returns
     -------
     tuple
-        ``(unit_id, maps, meta)``: ``maps`` maps field -> float32 array ``(stop - start, ny, nx)``;
+        ``(unit_id, maps, meta)``: ``maps`` maps field (and survey map, ``plan.products``) -> float32 array
+        ``(stop - start, ny, nx)``;
         ``meta`` maps ``cosmology_index``, ``noise_index``, ``seed_index`` (and ``patch_centre``
         for curved patches) to per-sample arrays.
     """
@@ -235,7 +254,7 @@ def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMB
     cfg = plan.config
     sim = cfg["simulation"]
     if plan.kind == "flat":
-        maps = {f: np.empty((stop - start,) + plan.geom.shape, np.float32) for f in plan.fields}
+        maps = {f: np.empty((stop - start,) + plan.geom.shape, np.float32) for f in plan.products}
         meta = {k: np.empty(stop - start, np.int64) for k in ("cosmology_index", "noise_index", "seed_index")}
         simulators = {}
         for k, i in enumerate(range(start, stop)):
@@ -243,9 +262,10 @@ def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMB
             if (ci, ni) not in simulators:
                 simulators[ci, ni] = FlatSimulator(plan.geom, spectra_by_index[ci], plan.instruments[ni],
                                                    lmax_cmb=sim["lmax_cmb"], lmax_phi=sim["lmax_phi"],
-                                                   include_b=sim["include_b"], epsilon=sim["nufft_epsilon"])
-            sample = simulators[ci, ni].sample(cfg["seed"], i, fields=plan.fields)
-            for f in plan.fields:
+                                                   include_b=sim["include_b"], epsilon=sim["nufft_epsilon"],
+                                                   survey=plan.survey)
+            sample = simulators[ci, ni].sample(cfg["seed"], i, fields=plan.products)
+            for f in plan.products:
                 maps[f][k] = sample[f]
             meta["cosmology_index"][k], meta["noise_index"][k], meta["seed_index"][k] = ci, ni, i
         return unit_id, maps, meta
@@ -255,10 +275,10 @@ def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMB
     centres = patch_centres(c["patch_nside"], c["max_abs_lat_deg"])[: stop - start]
     ci, ni = plan.assignment(seed_index)
     patches = simulate_curved_patches(spectra_by_index[ci], plan.instruments[ni], cfg["seed"], seed_index,
-                                      plan.geom, centres, lmax=c["lmax"], fields=plan.fields,
-                                      include_b=sim["include_b"], epsilon=sim["nufft_epsilon"])
+                                      plan.geom, centres, lmax=c["lmax"], fields=plan.products,
+                                      include_b=sim["include_b"], epsilon=sim["nufft_epsilon"], survey=plan.survey)
     n = stop - start
-    maps = {f: patches[f].astype(np.float32) for f in plan.fields}
+    maps = {f: patches[f].astype(np.float32) for f in plan.products}
     meta = {"cosmology_index": np.full(n, ci, np.int64), "noise_index": np.full(n, ni, np.int64),
             "seed_index": np.full(n, seed_index, np.int64), "patch_centre": np.asarray(centres, float)}
     return unit_id, maps, meta

@@ -5,10 +5,18 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``), readable with h5py
 
     /                      attrs: format, format_version, deepcmb_version, git_revision, software, stage,
                                   created (UTC ISO 8601), config (the full resolved config, JSON),
-                                  seed, kind ('flat' | 'curved'), periodic (bool),
+                                  seed, kind ('flat' | 'curved'), periodic (bool: flat maps that are
+                                  their whole periodic box; false for curved patches and for flat maps
+                                  cut from larger boxes, survey.periodic),
                                   shape (ny, nx), pixel_arcmin, n_maps, fields
     /maps/<FIELD>          (n_maps, ny, nx) float32, chunks (1, ny, nx); attrs: units, description
                            (the fields of :data:`deepcmb.fields.FIELDS` chosen by simulation.fields)
+    /mask                  (n_maps, ny, nx) float32 in [0, 1], chunks (1, ny, nx), only with survey.mask:
+                           the map's mask, 1 where observed, 0 in holes and on the edge, smooth in between
+    /ivar_p                (n_maps, ny, nx) float32 > 0, chunks (1, ny, nx), only with survey.noise: the
+                           map's inverse noise variance of each of Q and U per pixel, 1/µK²
+                           (both have attrs units, description, min and max over all maps; same meaning
+                           as in the observation file, :mod:`deepcmb.io.observations`)
     /meta/cosmology_index  (n_maps,) int64   row of /cosmology/params used by the map
     /meta/noise_index      (n_maps,) int64   row of /instrument/* used by the map
                                              (both follow :func:`assignment` of seed_index)
@@ -29,7 +37,8 @@ Layout (``format = 'deepcmb.sims'``, ``format_version = 1``), readable with h5py
 Fields (``simulation.fields`` chooses which are stored; :data:`deepcmb.sample.FIELDS`):
 
 ================  ======  ==================================================================
-``T, Q, U``       µK      observed: lensed, beam-convolved, plus white noise
+``T, Q, U``       µK      observed: lensed, beam-convolved, plus noise (white, or drawn from
+                          ``/ivar_p``: :mod:`deepcmb.survey`)
 ``T_lensed`` etc  µK      lensed sky (T, Q, U), no beam, no noise
 ``T_unlensed``    µK      unlensed temperature
 ``E_unlensed``    µK      unlensed E (and ``B_unlensed``) as scalar maps
@@ -37,6 +46,10 @@ Fields (``simulation.fields`` chooses which are stored; :data:`deepcmb.sample.FI
 ``phi``           rad²    lensing potential
 ``kappa``         1       convergence, kappa = -lap(phi)/2 (flat sky: kappa_l = l^2 phi_l / 2)
 ================  ======  ==================================================================
+
+The observed maps are not multiplied by ``/mask``: every pixel holds sky plus noise, holes and edge
+included, and a method weighs the data with the mask (e.g. an inverse variance ``mask * ivar_p``), as
+it does for an observation file.
 
 Conventions: x runs along the last array axis, y along the first; pixel ``(iy, ix)`` sits at
 ``(iy, ix) * pixel``. Polarization follows Hu & Okamoto (2002):
@@ -63,6 +76,7 @@ from ..fields import FIELDS
 from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
+from ..survey import SURVEY_MAPS
 from .files import atomic_path, open_checked, read_rows
 
 if TYPE_CHECKING:
@@ -72,6 +86,10 @@ if TYPE_CHECKING:
 
 FORMAT = "deepcmb.sims"
 FORMAT_VERSION = 1
+_SURVEY_ATTRS = {
+    "mask": {"units": "1", "description": "mask: 1 where observed, 0 in holes and on the edge, smooth in between"},
+    "ivar_p": {"units": "1/uK^2", "description": "inverse noise variance of each of Q and U per pixel"},
+}
 
 
 def write_sims(out: Path, plan: SimPlan, spectra: Sequence[CMBSpectra],
@@ -86,30 +104,40 @@ def write_sims(out: Path, plan: SimPlan, spectra: Sequence[CMBSpectra],
     spectra : list of CMBSpectra
         One per cosmology, in order.
     units : iterable of ``(unit, maps, meta)``
-        Every unit of ``plan.units`` with its maps (field -> array ``(n, ny, nx)``) and meta arrays.
+        Every unit of ``plan.units`` with its maps (field or survey map, ``plan.products`` -> array
+        ``(n, ny, nx)``) and meta arrays.
     """
     n, (ny, nx) = plan.n_maps, plan.geom.shape
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             attrs = provenance_attrs(plan.config, "simulate")
             attrs.update(format=FORMAT, format_version=FORMAT_VERSION, seed=plan.config["seed"], kind=plan.kind,
-                         periodic=plan.kind == "flat", shape=np.array(plan.geom.shape),
+                         periodic=plan.periodic, shape=np.array(plan.geom.shape),
                          pixel_arcmin=plan.geom.pixel_arcmin, n_maps=n, fields=list(plan.fields))
             f.attrs.update(attrs)
             maps = f.create_group("maps")
             for name in plan.fields:
                 d = maps.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
                 d.attrs.update(units=FIELDS[name].units, description=FIELDS[name].description)
+            for name in plan.survey.maps:
+                d = f.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
+                d.attrs.update(_SURVEY_ATTRS[name])
             meta = f.create_group("meta")
             for name in ("cosmology_index", "noise_index", "seed_index"):
                 meta.create_dataset(name, (n,), dtype="i8")
             if plan.kind == "curved":
                 meta.create_dataset("patch_centre", (n, 2), dtype="f8").attrs["units"] = "deg (lon, lat)"
+            bounds = {name: (np.inf, -np.inf) for name in plan.survey.maps}
             for (_, start, stop, _), unit_maps, unit_meta in units:
                 for name in plan.fields:
                     maps[name][start:stop] = unit_maps[name]
+                for name, (lo, hi) in bounds.items():
+                    f[name][start:stop] = unit_maps[name]
+                    bounds[name] = min(lo, float(unit_maps[name].min())), max(hi, float(unit_maps[name].max()))
                 for name, values in unit_meta.items():
                     meta[name][start:stop] = values
+            for name, (lo, hi) in bounds.items():
+                f[name].attrs.update(min=lo, max=hi)
             _write_cosmology(f, plan, spectra)
             inst = f.create_group("instrument")
             inst.attrs["beam_fwhm_arcmin"] = plan.instruments[0].beam_fwhm_arcmin
@@ -190,16 +218,16 @@ class SimsMaps:
     periodic : bool
     fields : list of str
         The stored maps (``/maps`` members).
-    weights : list
-        Empty: simulations have no mask or weight map.
+    weights : list of str
+        The survey's ``'mask'`` and ``'ivar_p'`` the file has (``/mask``, ``/ivar_p``).
     masked : bool
-        False.
+        Whether the mask is not all ones or ``ivar_p`` is not constant (from the ``min`` and ``max``
+        attributes of the datasets): as for an observation file, the methods refuse such files.
     noise_index : ndarray of int64, shape (n_maps,)
         Noise level of each map (``/meta/noise_index``).
     """
 
     kind = "simulations"
-    masked = False
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -209,7 +237,11 @@ class SimsMaps:
             self.geom = geometry(self.file)
             self.shape, self.pixel_arcmin = self.geom.shape, self.geom.pixel_arcmin
             self.n_maps, self.periodic = int(a["n_maps"]), bool(a["periodic"])
-            self.fields, self.weights = list(self.file["maps"].keys()), []
+            self.fields = list(self.file["maps"].keys())
+            self.weights = [name for name in SURVEY_MAPS if name in self.file]
+            lo, hi = ({name: float(self.file[name].attrs[key]) for name in self.weights} for key in ("min", "max"))
+            self.masked = ("mask" in lo and (lo["mask"], hi["mask"]) != (1.0, 1.0)
+                           or "ivar_p" in lo and lo["ivar_p"] != hi["ivar_p"])
             self.noise_index = self.file["meta/noise_index"][...]
         except KeyError as exc:
             self.file.close()
@@ -221,9 +253,12 @@ class SimsMaps:
         return read_instruments(self.file)
 
     def read(self, name: str, rows: ArrayLike) -> np.ndarray:
-        """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)`` (one chunk read per map)."""
+        """Maps ``name`` (a field, ``'mask'`` or ``'ivar_p'``) at ``rows`` as float32 ``(len(rows), ny, nx)``
+        (one chunk read per map)."""
+        if name in self.weights:
+            return read_rows(self.file[name], np.asarray(rows, np.int64))
         if name not in self.fields:
-            raise InputError(f"{self.path}: no map {name!r} (the file has {', '.join(self.fields)})")
+            raise InputError(f"{self.path}: no map {name!r} (the file has {', '.join(self.fields + self.weights)})")
         return read_rows(self.file["maps"][name], np.asarray(rows, np.int64))
 
     def identity(self) -> dict:

@@ -49,7 +49,8 @@ class FreshBatches(keras.utils.PyDataset):
     Parameters
     ----------
     sims_path : str or Path
-        Training simulation file (flat-sky, periodic); fresh maps follow its config.
+        Training simulation file (flat-sky, periodic, without a mask or noise map); fresh maps follow its
+        config.
     inputs, outputs : list of str
         The network's input maps (stored fields such as ``Q``, ``U``, or ``kappa_qe``: the maps a network
         file takes, :func:`deepcmb.fields.stored_fields`) and output heads.
@@ -81,9 +82,9 @@ class FreshBatches(keras.utils.PyDataset):
         self.root_seed = fresh_root_seed(seed)
         self.endless, self.offset, self.error = True, 0, None
         with open_sims(sims_path) as f:
-            if not bool(f.attrs["periodic"]):
-                raise ConfigError(f"data.on_the_fly: {sims_path} holds curved-sky patches; fresh maps are "
-                                  "made for flat periodic simulation files only")
+            if not bool(f.attrs["periodic"]) or "mask" in f or "ivar_p" in f:
+                raise ConfigError(f"data.on_the_fly: {sims_path} holds non-periodic patches or masked maps; fresh "
+                                  "maps are made for flat periodic simulation files without a mask or noise map only")
             config = json.loads(f.attrs["config"])
             self.geom = geometry(f)
             self.spectra = [read_spectra(f, c) for c in range(f["cosmology/cl_kk"].shape[0])]
