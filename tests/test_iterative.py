@@ -239,7 +239,7 @@ def test_stage_refuses_what_it_cannot_reconstruct(small_sims, tmp_path):
     mask[0] = 0
     obs = write_observations(tmp_path / "masked.h5", q, q, pixel_arcmin=2.34375, beam_fwhm_arcmin=1.0,
                              noise_p_uk_arcmin=1.0, mask=mask)
-    with pytest.raises(InputError, match="masked observations"):
+    with pytest.raises(InputError, match="masked maps"):
         run_reconstruct_map({}, {"sims": obs}, tmp_path / "r.h5", progress=False, workers=1)
     with pytest.raises(ConfigError, match="cg_tol"):
         run_reconstruct_map({"cg_tol": 2}, {"sims": small_sims}, tmp_path / "r.h5", progress=False, workers=1)

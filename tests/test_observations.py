@@ -173,7 +173,7 @@ def test_masked_observations_are_refused_by_both_methods(sky, tmp_path, capsys):
     capsys.readouterr()
     assert _qe(masked, tmp_path / "rec.h5") == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "masked observations" in err and "not supported yet by method qe" in err
+    assert "\n" not in err and "masked maps" in err and "not supported yet by method qe" in err
     assert main(["reconstruct", "--method", "nn", "--sims", str(masked), "--out", str(tmp_path / "nn.h5"),
                  "--quiet"]) == 2
     assert "not supported yet by method nn" in capsys.readouterr().err

@@ -69,6 +69,6 @@ def open_maps(path: str | Path, method: str | None = None) -> sims.SimsMaps | ob
     maps = reader(path)
     if method is not None and maps.masked:
         maps.close()
-        raise InputError(f"{path}: masked observations (a mask not all ones or a non-constant ivar_p) are not "
+        raise InputError(f"{path}: masked maps (a mask not all ones or a non-constant ivar_p) are not "
                          f"supported yet by method {method}")
     return maps
