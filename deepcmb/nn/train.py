@@ -288,8 +288,9 @@ def compile_model(model: keras.Model, training: dict, stats: dict, sims_path: st
 
 def _fourier_loss(sims_path, qe=None):
     """The kappa loss weighted by ``1 / (C^kk + N0)``: fiducial C^kk, the N0 of the estimator of the QE
-    file ``qe`` (default MV_POL with the stage defaults) at each noise level of the training file."""
-    settings = {"estimator": "MV_POL"} if qe is None else qe.estimator()
+    file ``qe`` (default, and for a ``kappa_qe`` channel read from another method's reconstruction, such as
+    the MAP's: MV_POL with the stage defaults) at each noise level of the training file."""
+    settings = qe.estimator() if qe is not None and qe.identity["method"] == "qe" else {"estimator": "MV_POL"}
     with open_sims(sims_path) as f:
         geom = geometry(f)
         instruments = read_instruments(f)
