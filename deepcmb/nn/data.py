@@ -178,6 +178,17 @@ class MapSource:
             pos[index] = np.arange(index.size)
             self._qe_pos = pos
         self._files = None
+        self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load(self, names: Iterable[str], rows: ArrayLike) -> int:
+        """Read maps ``names`` at ``rows`` into memory: later :meth:`read` calls of those rows take them from
+        there (a training's in-memory option). Returns the bytes held."""
+        rows = np.unique(np.asarray(rows, np.int64))
+        pos = np.full(self.n_maps, -1, np.int64)
+        pos[rows] = np.arange(rows.size)
+        for name in names:
+            self._memory[name] = (self.read(name, rows), pos)
+        return sum(a.nbytes for a, _ in self._memory.values())
 
     def available(self) -> list[str]:
         """Names this source can read."""
@@ -201,8 +212,12 @@ class MapSource:
 
     def read(self, name: str, rows: ArrayLike) -> np.ndarray:
         """Maps ``name`` at ``rows`` as float32 ``(len(rows), ny, nx)``."""
-        files = self._open()
         rows = np.asarray(rows, np.int64)
+        if name in self._memory:
+            maps, pos = self._memory[name]
+            if np.all(pos[rows] >= 0):
+                return maps[pos[rows]]
+        files = self._open()
         if name in EB_INPUTS:
             eb = self.geom.qu2eb_maps(self.read("Q", rows), self.read("U", rows))
             return eb[EB_INPUTS.index(name)].astype(np.float32)

@@ -46,6 +46,8 @@ SCHEMA = {
         "max_maps": Int(None, min=1, doc="use at most this many maps of the file (null: all)"),
         "stats_maps": Int(4096, min=1, doc="training maps used for the channel statistics"),
         "workers": Int(1, min=1, doc="threads preparing batches"),
+        "in_memory": Bool(False, doc="read the training and validation maps into memory once (4 bytes a pixel "
+                                     "per channel), instead of from the file at every batch"),
         "on_the_fly": Bool(False, doc="train on fresh simulations of the file's configuration"),
         "noise_curriculum": Free([], doc="[{epochs, noise_p_uk_arcmin}]: noise levels of the first epochs "
                                          "(on_the_fly only)"),

@@ -133,6 +133,10 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
                      state["learning_rate"])
     kw = dict(workers=dcfg["workers"], use_multiprocessing=False)
     takes = stored_fields(mcfg["inputs"])
+    if dcfg["in_memory"] and not dcfg["on_the_fly"]:
+        held = source.load(takes + list(mcfg["outputs"]), np.concatenate([splits["train"], splits["validation"]]))
+        if progress:
+            log.info("training and validation maps in memory: %.2f GiB", held / 2**30)
     if dcfg["on_the_fly"]:
         steps = tcfg["steps_per_epoch"] or max(len(splits["train"]) // tcfg["batch_size"], 1)
         train_ds = FreshBatches(data, takes, mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
