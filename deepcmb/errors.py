@@ -25,6 +25,11 @@ class OutputExistsError(DeepCMBError):
     """The output path exists and ``overwrite`` was not requested."""
 
 
+class OutputError(DeepCMBError):
+    """An output cannot be written: the disk is full, a file size limit or quota is reached, the folder is
+    read-only or not writable. The message names the file; nothing is left under its final name."""
+
+
 class BackendError(DeepCMBError):
     """Keras or the Keras backend it is set to (``KERAS_BACKEND``) cannot be imported."""
 

@@ -4,7 +4,9 @@ Work is split into units (a block of flat-sky samples, or one full-sky realisati
 Each finished unit is saved atomically under ``OUT.partial/``; when all are there they are assembled
 into ``OUT`` (written under a temporary name, then renamed). Re-running the same command after an
 interruption skips the units already saved, and because every sample's randomness derives from
-``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers.
+``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers. A
+run that fails or is interrupted before its first unit is saved leaves no ``OUT.partial/`` behind. A
+disk without room for the units still to make and the file is refused before any work.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .config import Bool, Free, Int, ListOf, Number, OneOf, REQUIRED, resolve
 from .errors import ConfigError, InputError
 from .executor import open_executor, run_tasks
 from .geometry import FlatSkyGeometry
-from .io.files import atomic_path, check_output_file
+from .io.files import atomic_path, check_free_space, check_output_file
 from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
@@ -350,21 +352,30 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     plan = plan_from_config(cfg)
     out = Path(out)
     partial = _prepare_output(out, cfg, overwrite)
-    cc = cfg["cosmology"]
-    todo = [u for u in plan.units if not _unit_path(partial, u[0]).exists()]
-    n_done = sum(u[2] - u[1] for u in plan.units) - sum(u[2] - u[1] for u in todo)
-    with open_executor(workers, scheduler) as ex:
-        cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
-        spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
-                                       max_in_flight=max(2 * workers, 2)),
-                             "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False, log=log))
-        spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
-        tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
-        with Progress(plan.n_maps, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
-            for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks, max_in_flight=max(2 * workers, 2)):
-                _save_unit(partial, unit_id, maps, meta)
-                bar.update(len(next(iter(maps.values()))))
-    write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
+    try:
+        cc = cfg["cosmology"]
+        todo = [u for u in plan.units if not _unit_path(partial, u[0]).exists()]
+        n_done = sum(u[2] - u[1] for u in plan.units) - sum(u[2] - u[1] for u in todo)
+        map_bytes = 4 * plan.geom.shape[0] * plan.geom.shape[1] * len(plan.fields)
+        # the units still to make, and the file, which is assembled before the units are removed
+        check_free_space(out, map_bytes * (plan.n_maps + sum(u[2] - u[1] for u in todo)))
+        with open_executor(workers, scheduler) as ex:
+            cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
+            spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks)),
+                                           max_in_flight=max(2 * workers, 2)),
+                                 "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False,
+                                 log=log))
+            spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
+            tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
+            with Progress(plan.n_maps, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
+                for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks, max_in_flight=max(2 * workers, 2)):
+                    _save_unit(partial, unit_id, maps, meta)
+                    bar.update(len(next(iter(maps.values()))))
+        write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
+    except BaseException:
+        if not any(partial.glob("unit_*.npz")):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(partial)
     return out
 

@@ -31,7 +31,7 @@ import numpy as np
 from ..config import Bool, Int, ListOf, Number, Retired, resolve
 from ..cosmology import PARAM_NAMES, compute_spectra
 from ..errors import ConfigError, InputError
-from ..io.files import check_output_folder
+from ..io.files import atomic_files, check_output_folder
 from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from ..progress import Progress
@@ -505,7 +505,7 @@ def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrit
                      snr_Lmax=cfg["snr"]["Lmax"],
                      jackknife=cfg["jackknife"], **ev["window"])
         ev["attrs"] = attrs
-    out.mkdir(exist_ok=True)
-    write_report(out / "report.h5", ev)
-    write_summary(out / "summary.json", ev)
+    with atomic_files(out) as tmp:
+        write_report(tmp / "report.h5", ev)
+        write_summary(tmp / "summary.json", ev)
     return out

@@ -17,7 +17,8 @@ Layout of a run folder ``RUN_DIR``::
 
 Every JSON file of the folder is written by :func:`deepcmb.io.files.write_json` (keys sorted), every
 model by :func:`save_model`; both write a temporary file and rename it, so a file under its final name
-is whole.
+is whole. A run that stops (an error, a full disk, SIGTERM) before its first checkpoint leaves nothing
+behind (:meth:`RunDir.discard`): it had nothing to resume from.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import keras
 
 from ..errors import InputError, OutputExistsError
-from ..io.files import atomic_path, check_parent_writable
+from ..io.files import atomic_path, check_parent_writable, writing
 from ..provenance import provenance_attrs
 
 CARD_FORMAT = "deepcmb.nn.model"
@@ -50,6 +51,7 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(path)
         self.ckpt = self.path / "checkpoints"
+        self.created = False
 
     def __truediv__(self, name):
         return self.path / name
@@ -120,11 +122,26 @@ class RunDir:
                 if state is not None and state.get("finished"):
                     raise OutputExistsError(f"{p}: training already finished (use --overwrite to train again)")
                 return state
-        p.mkdir(exist_ok=True)
-        self.ckpt.mkdir(exist_ok=True)
-        if not os.access(p, os.W_OK):
+        if p.exists() and not os.access(p, os.W_OK):
             raise InputError(f"{p}: folder is not writable")
+        with writing(p):
+            self.created = not p.exists()
+            p.mkdir(exist_ok=True)
+            self.ckpt.mkdir(exist_ok=True)
         return None
+
+    def discard(self) -> None:
+        """Remove what a run that saved no checkpoint wrote: the folder if :meth:`prepare` made it, else
+        its contents (an empty folder, or the files of an earlier run of the same identity that saved
+        no checkpoint either)."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     def read_state(self) -> dict | None:
         """The state saved with the last checkpoint, or None if there is no complete checkpoint."""
@@ -144,21 +161,25 @@ class RunDir:
         else:
             with path.open() as f:
                 fields = next(csv.reader(f))
-        with path.open("a", newline="") as f:
+        with writing(path), path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
 
     def truncate_history(self, epochs: int) -> None:
-        """Keep the history rows of the first ``epochs`` epochs (a resumed run rewrites the rest)."""
+        """Keep the history rows of the first ``epochs`` epochs (a resumed run rewrites the rest; a row
+        cut short by a full disk goes too)."""
         path = self.history
         if not path.exists():
             return
         with path.open() as f:
             rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= epochs]
-        with path.open("w", newline="") as f:
+        if not rows:
+            path.unlink()
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= epochs]
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             csv.writer(f).writerows(keep)
 
 
