@@ -30,6 +30,10 @@ class OutputError(DeepCMBError):
     read-only or not writable. The message names the file; nothing is left under its final name."""
 
 
+class OutputLockedError(DeepCMBError):
+    """Another command is writing the same output (its lock file, :mod:`deepcmb.io.lock`, names it)."""
+
+
 class BackendError(DeepCMBError):
     """Keras or the Keras backend it is set to (``KERAS_BACKEND``) cannot be imported."""
 

@@ -133,8 +133,13 @@ class Stage:
         return getattr(importlib.import_module(self.module), f"run_{self.name}")
 
     def run(self, config: dict | None, inputs: dict, out: str | Path, **kwargs: Any) -> Path:
-        """Call ``run_<name>(config, inputs, out, **kwargs)``."""
-        return self.function(config, inputs, out, **kwargs)
+        """Call ``run_<name>(config, inputs, out, **kwargs)`` holding the lock of ``out``
+        (:func:`deepcmb.io.lock.output_lock`: one writer per output; another command's lock raises
+        :class:`~deepcmb.errors.OutputLockedError`)."""
+        from .io.lock import output_lock
+
+        with output_lock(out):
+            return self.function(config, inputs, out, **kwargs)
 
     def is_finished(self, out: str | Path) -> bool:
         """Whether ``out`` holds a finished output of this stage (for a stage that resumes)."""
