@@ -10,7 +10,8 @@ Layout of a run folder ``RUN_DIR``::
     history.csv          one row per epoch: losses (total and per head, in physical units), validation
                          losses, learning rate, time and samples/s
     checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
-                                        of the schedule (epoch, learning rate, plateau counters)
+                                        of the schedule (epoch, learning rate, plateau counters) and of
+                                        the layers' random generators (dropout masks, :func:`random_state`)
     checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)
     model.keras          the final network for inference (best epoch, no optimizer)
     model.json           what the network expects and how it was trained (see :func:`~deepcmb.nn.rundir.model_card`)
@@ -30,6 +31,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from ..errors import InputError, OutputExistsError
 from ..io.files import atomic_path, check_parent_writable, writing
@@ -207,6 +209,44 @@ def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -
             clone = keras.Model.from_config(model.get_config())
             clone.set_weights(model.get_weights())
             clone.save(tmp)
+
+
+def random_state(model: keras.Model) -> dict:
+    """The state of the random generators of a model's layers (each Dropout's seed generator), which a
+    ``.keras`` file does not hold: what a checkpoint needs besides the weights and the optimizer for a
+    resumed run to draw the same dropout masks as an uninterrupted one.
+
+    Returns
+    -------
+    dict
+        Layer name -> list of generator states (each ``[seed, counter]``), for the layers that have any.
+    """
+    out = {}
+    for layer in model.layers:
+        weights = {id(v) for v in layer.weights}
+        states = [np.asarray(v).tolist() for v in layer.variables if id(v) not in weights]
+        if states:
+            out[layer.name] = states
+    return out
+
+
+def set_random_state(model: keras.Model, state: dict, where: Path) -> None:
+    """Restore the :func:`random_state` saved with a checkpoint into the model loaded from it.
+
+    Raises
+    ------
+    InputError
+        The saved state does not match the model's generators (``where`` names the checkpoint).
+    """
+    for layer in model.layers:
+        weights = {id(v) for v in layer.weights}
+        variables = [v for v in layer.variables if id(v) not in weights]
+        saved = state.get(layer.name, [])
+        if len(saved) != len(variables):
+            raise InputError(f"{where}: random state of layer {layer.name} does not match the checkpoint's model; "
+                             "use --overwrite to start again")
+        for v, value in zip(variables, saved):
+            v.assign(np.asarray(value, dtype=v.dtype))
 
 
 def model_card(cfg: dict, spec: dict, identity: dict, history_best: list, steps: int) -> dict:

@@ -35,7 +35,7 @@ from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
 from .model import build_resunet, check_map_shape, model_spec
 from .onthefly import FreshBatches
-from .rundir import RunDir, model_card, save_model
+from .rundir import RunDir, model_card, save_model, set_random_state
 from .settings import resolve_config
 
 __all__ = ["TrainingDiverged", "compile_model", "initial_network", "monitor_key", "run_train"]
@@ -142,6 +142,8 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
             raise InputError(f"{run.last}: checkpoint and {run.last_state.name} disagree (interrupted while "
                              "saving?); use --overwrite to start again")
         model.optimizer.learning_rate = state["learning_rate"]
+        if "random_state" in state:  # absent from the checkpoints of an older deepcmb
+            set_random_state(model, state["random_state"], run.last_state)
         initial_epoch = state["epoch"]
         run.truncate_history(initial_epoch)
         if progress:
