@@ -13,7 +13,10 @@ built from its schema only when it runs, so the command starts without importing
 Status lines and the periodic progress of long stages are log records of the ``deepcmb`` loggers,
 shown on stderr with a timestamp (:mod:`deepcmb.progress`); stdout holds the result (``wrote OUT``,
 or ``deepcmb run``'s lines per stage). Errors a user can cause print one line ``deepcmb <stage>:
-error: <message>`` and exit with code 2, without a traceback.
+error: <message>`` and exit with code 2, without a traceback; so does a second command on an output
+that another one is writing (:mod:`deepcmb.io.lock`). SIGTERM and SIGINT print one line ``deepcmb
+<stage>: interrupted (SIGTERM); re-run the same command to resume`` and exit with code 143 or 130
+(:mod:`deepcmb.interrupts`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +35,7 @@ import yaml
 
 from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, option_name, override, set_value
 from .errors import ConfigError, DeepCMBError, InputError
+from .interrupts import Interrupted, interruptible
 from .progress import INTERVAL_S
 from .stages import Stage, commands
 
@@ -276,14 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     # the point where deepcmb silences it; unbuffered, it is silenced while CAMB runs.
     os.environ.setdefault("GFORTRAN_UNBUFFERED_PRECONNECTED", "y")
     try:
-        with _logging():
+        with _logging(), interruptible():
             args.func(args)
     except DeepCMBError as exc:
         print(f"deepcmb {args.stage}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"deepcmb {args.stage}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C before the handlers were in place
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        resumes = args.stage == "run" or any(s.resumes for s in commands()[args.stage])
+        print(f"deepcmb {args.stage}: interrupted ({stop.name}); re-run the same command to "
+              f"{'resume' if resumes else 'start it again'}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

@@ -247,12 +247,16 @@ def compute_spectra(params: dict, lmax: int = 5000, lens_potential_accuracy: int
             pass  # a corrupt cache entry is recomputed and overwritten below
     spectra = _run_camb(full, int(lmax), int(lens_potential_accuracy))
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # written under a name of this process (workers share the cache), then renamed: a cache entry is
         # always whole (the physics layer does not import deepcmb.io, whose atomic writes are for outputs)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp, gradient=spectra.gradient)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, unlensed=spectra.unlensed, lensed=spectra.lensed, clpp=spectra.clpp,
+                     gradient=spectra.gradient)
+            os.replace(tmp, path)
+        except OSError:  # a full disk or a read-only cache folder: the spectra are not cached, that is all
+            tmp.unlink(missing_ok=True)
     return spectra
 
 

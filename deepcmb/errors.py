@@ -25,6 +25,15 @@ class OutputExistsError(DeepCMBError):
     """The output path exists and ``overwrite`` was not requested."""
 
 
+class OutputError(DeepCMBError):
+    """An output cannot be written: the disk is full, a file size limit or quota is reached, the folder is
+    read-only or not writable. The message names the file; nothing is left under its final name."""
+
+
+class OutputLockedError(DeepCMBError):
+    """Another command is writing the same output (its lock file, :mod:`deepcmb.io.lock`, names it)."""
+
+
 class BackendError(DeepCMBError):
     """Keras or the Keras backend it is set to (``KERAS_BACKEND``) cannot be imported."""
 

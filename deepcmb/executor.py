@@ -3,13 +3,25 @@
 All three expose the same two calls, ``submit(fn, *args)`` returning a future and
 :func:`as_completed`, so a stage is written once. Results do not depend on the executor: every task
 derives its randomness from its own arguments.
+
+Local workers end with their parent, however it ends: when the stage stops on an error or an interruption
+(SIGTERM, SIGINT) the workers are killed at once instead of finishing their tasks, whose results the
+stage would not keep; and each worker watches its parent (:func:`watch_parent`), so that the workers and
+the resource tracker of :mod:`multiprocessing` do not outlive a parent killed with SIGKILL. Workers ignore
+SIGINT and SIGTERM: a Ctrl-C to the process group, or a batch system's SIGTERM to every process of a job,
+is handled by the parent alone.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -74,10 +86,74 @@ def open_executor(workers: int = 1, scheduler: str | None = None,
         finally:
             client.close()
     elif workers > 1:
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=watch_parent, initargs=(os.getpid(),))
+        try:
             yield pool
+        except BaseException:
+            _kill_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         yield _InlineExecutor()
+
+
+PARENT_POLL_S = 1.0
+"""How often a worker without ``prctl`` (not Linux) checks that its parent lives, seconds."""
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Initializer of a local worker process: end it when its parent dies; leave SIGINT and SIGTERM to the
+    parent.
+
+    On Linux the kernel sends the worker SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere a daemon thread checks every :data:`PARENT_POLL_S` seconds that the parent is still
+    there and ends the worker otherwise.
+
+    Parameters
+    ----------
+    parent_pid : int
+        Process id of the parent (the process that made the pool).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the call
+                os._exit(1)
+            return
+    threading.Thread(target=_poll_parent, args=(parent_pid,), daemon=True, name="deepcmb-watch-parent").start()
+
+
+def _poll_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Kill the worker processes of a pool now (their tasks are abandoned), cancel the pending ones, and
+    let the pool's manager thread end.
+
+    A worker killed while it sends a result leaves half a message in the result pipe, which the pool's
+    manager thread would wait for forever, and the interpreter with it at exit. Once no worker is left,
+    closing this process's end of that pipe turns the wait into an end of file, which the pool handles
+    as a worker that died. The pool has no public handle on its workers or its pipe, hence the private
+    attributes (those of Python 3.8 to 3.13).
+    """
+    processes = list((pool._processes or {}).values())
+    results = pool._result_queue
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+    for p in processes:
+        p.join()
+    if results is not None:
+        results._writer.close()
 
 
 def as_completed(futures: Iterable[Any]) -> Iterator[Any]:

@@ -27,7 +27,9 @@ Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256
 deepcmb's version and the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
 re-used; a changed config re-runs that stage and every stage after it. An interrupted stage that
 resumes (:attr:`deepcmb.stages.Stage.resumes`: simulate, train) continues where it stopped; the others
-start again. ``pipeline.json`` is written atomically (:func:`deepcmb.io.files.write_json`).
+start again. ``deepcmb run`` holds the lock of its run folder (``OUT.lock`` beside it,
+:mod:`deepcmb.io.lock`) while it runs, so a second run on the same folder stops at once, and
+``pipeline.json`` is written atomically (:func:`deepcmb.io.files.write_json`) under that lock.
 
 On stdout, a line when each stage starts and one when it ends (``done in``, or ``re-used``); in
 between, a long stage logs its progress (maps done and total, training epochs with their loss,
@@ -48,6 +50,7 @@ from . import __version__, shipped
 from .config import Bool, Free, ListOf, Str, load_yaml, option_name, override, resolve
 from .errors import ConfigError, InputError
 from .io.files import write_json
+from .io.lock import output_lock
 from .progress import bars
 from .provenance import config_json
 from .qe.stage import SCHEMA as QE_SCHEMA
@@ -476,9 +479,16 @@ def run_pipeline(preset: str = "quick", out: str | Path | None = None, root: str
     """
     preset_file, root = find_preset(preset, root)
     out = Path(out) if out is not None else default_out(preset_file, root)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _run_steps(preset_file, root, out, workers, verbose, echo, overrides, only, start, until, dry_run)
+
+
+def _run_steps(preset_file, root, out, workers, verbose, echo, overrides, only, start, until, dry_run):
+    """The body of :func:`run_pipeline`, under the lock of the run folder."""
     steps = plan_stages(preset_file, root, out, workers=workers, overrides=overrides)
     chosen = select_steps(steps, only, start, until)
+    out.mkdir(exist_ok=True)
     if dry_run:
         for s in chosen:
             echo(stage_command(s, out / "commands"))

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from .config import Int, Number, Str, resolve
-from .io.files import atomic_path, check_output_folder, write_json
+from .io.files import atomic_files, check_output_folder, write_json
 
 SCHEMA = {
     "low_noise": Number(1.0, min=0, doc="polarization noise of the low-noise targets, uK-arcmin"),
@@ -436,10 +436,8 @@ def run_results(config: dict | None, inputs: dict, out: str | Path, *, overwrite
     cfg = resolve(config, SCHEMA, prefix="results.")
     out = check_output_folder(out, overwrite, holds=lambda d: (d / "results.json").exists(), what="results")
     res = collect(inputs["evaluations"], cfg)
-    out.mkdir(exist_ok=True)
-    write_json(out / "results.json", res)
-    with atomic_path(out / "results.rst") as tmp:
-        tmp.write_text(render_rst(res))
-    with atomic_path(out / "neff_ratio.png", prefix="tmp_") as tmp:
-        plot_results(res).savefig(tmp)
+    with atomic_files(out) as tmp:
+        write_json(tmp / "results.json", res)
+        (tmp / "results.rst").write_text(render_rst(res))
+        plot_results(res).savefig(tmp / "neff_ratio.png")
     return out

@@ -4,7 +4,9 @@ Work is split into units (a block of flat-sky samples, or one full-sky realisati
 Each finished unit is saved atomically under ``OUT.partial/``; when all are there they are assembled
 into ``OUT`` (written under a temporary name, then renamed). Re-running the same command after an
 interruption skips the units already saved, and because every sample's randomness derives from
-``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers.
+``(seed, index)`` only, the result is the same as an uninterrupted run with any number of workers. A
+run that fails or is interrupted before its first unit is saved leaves no ``OUT.partial/`` behind. A
+disk without room for the units still to make and the file is refused before any work.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import numpy as np
 
 from . import cosmology
 from .config import Bool, Free, Int, ListOf, Number, OneOf, REQUIRED, resolve
-from .errors import ConfigError, InputError
+from .errors import ConfigError
 from .executor import default_workers, open_executor, run_tasks
 from .geometry import FlatSkyGeometry
-from .io.files import atomic_path, check_output_file
+from .io.files import check_free_space, check_output_file
+from .io.partial import PartialFolder
 from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
@@ -298,49 +301,15 @@ def _compute_spectra_task(params, lmax, accuracy):
 
 # -- the stage ------------------------------------------------------------------------------------
 
-def _partial_dir(out):
-    return out.with_name(out.name + ".partial")
+def _unit_name(unit_id: int) -> str:
+    return f"unit_{unit_id:07d}"
 
 
-def _unit_path(partial, unit_id):
-    return partial / f"unit_{unit_id:07d}.npz"
-
-
-def _save_unit(partial, unit_id, maps, meta):
-    with atomic_path(_unit_path(partial, unit_id), prefix="tmp_") as tmp:  # np.savez keeps a .npz name
-        np.savez(tmp, **{f"map_{k}": v for k, v in maps.items()}, **{f"meta_{k}": v for k, v in meta.items()})
-
-
-def _load_unit(partial, unit_id):
-    path = _unit_path(partial, unit_id)
-    try:
-        with np.load(path) as f:
-            maps = {k[4:]: f[k] for k in f.files if k.startswith("map_")}
-            meta = {k[5:]: f[k] for k in f.files if k.startswith("meta_")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: unreadable partial result ({exc}); delete it and re-run") from None
-    return maps, meta
-
-
-def _prepare_output(out, cfg, overwrite, shared=False):
-    """Check the output path; return the folder of partial results (created, or reused on resume).
-
-    ``shared``: the folder is shared by the shards of one simulation, which never delete it: units of
-    another config (or ``overwrite``) are refused instead."""
-    partial = _partial_dir(check_output_file(out, overwrite))
-    stamp = partial / "config.json"
-    text = config_json(cfg)
-    stale = partial.exists() and (stamp.exists() and stamp.read_text() != text or overwrite)
-    if shared and stale:
-        raise InputError(f"{partial}: holds units of another config (or --overwrite was given); the shards of a "
-                         "simulation share it, so remove it yourself first")
-    if stale or partial.exists() and not stamp.exists() and not shared:
-        shutil.rmtree(partial)
-    partial.mkdir(exist_ok=True)
-    if not stamp.exists():
-        with atomic_path(stamp) as tmp:
-            tmp.write_text(text)
-    return partial
+def _load_unit(partial: PartialFolder, unit_id: int) -> tuple[dict, dict]:
+    """The maps and metadata of a saved unit."""
+    arrays = partial.load(_unit_name(unit_id))
+    return ({k[4:]: v for k, v in arrays.items() if k.startswith("map_")},
+            {k[5:]: v for k, v in arrays.items() if k.startswith("meta_")})
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -404,29 +373,40 @@ def run_simulate(config: dict | None, inputs: dict | None, out: str | Path, *, o
     workers = Int(min=1).check("--workers", workers)
     plan = plan_from_config(cfg)
     out = Path(out)
-    partial = _prepare_output(out, cfg, overwrite, shared=k_n is not None)
-    cc = cfg["cosmology"]
-    mine = plan.units if k_n is None else [u for i, u in enumerate(plan.units) if i % k_n[1] == k_n[0] - 1]
-    todo = [u for u in mine if not _unit_path(partial, u[0]).exists()]
-    n_mine = sum(u[2] - u[1] for u in mine)
-    n_done = n_mine - sum(u[2] - u[1] for u in todo)
-    with open_executor(workers, scheduler, scheduler_file) as ex:
-        cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
-        spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks))),
-                             "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False, log=log))
-        spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
-        tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
-        with Progress(n_mine, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
-            for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks):
-                _save_unit(partial, unit_id, maps, meta)
-                bar.update(len(next(iter(maps.values()))))
-    if k_n is not None:
-        left = sum(not _unit_path(partial, u[0]).exists() for u in plan.units)
-        log.info("shard %d/%d done; %d of %d units still missing in %s%s", *k_n, left, len(plan.units), partial,
-                 "" if left else "; run the command without --shard to assemble the file")
-        return partial
-    write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
-    shutil.rmtree(partial)
+    partial = PartialFolder(check_output_file(out, overwrite), config_json(cfg), fresh=overwrite,
+                            shared=k_n is not None)
+    try:
+        cc = cfg["cosmology"]
+        mine = plan.units if k_n is None else [u for i, u in enumerate(plan.units) if i % k_n[1] == k_n[0] - 1]
+        todo = [u for u in mine if not partial.has(_unit_name(u[0]))]
+        n_mine = sum(u[2] - u[1] for u in mine)
+        n_done = n_mine - sum(u[2] - u[1] for u in todo)
+        map_bytes = 4 * plan.geom.shape[0] * plan.geom.shape[1] * len(plan.fields)
+        # the units still to make, and the file, which is assembled before the units are removed
+        check_free_space(out, map_bytes * ((0 if k_n else plan.n_maps) + sum(u[2] - u[1] for u in todo)))
+        with open_executor(workers, scheduler, scheduler_file) as ex:
+            cosmo_tasks = [(p, cc["lmax"], cc["lens_potential_accuracy"]) for p in plan.cosmologies]
+            spectra = list(track(run_tasks(ex, _indexed(_compute_spectra_task), list(enumerate(cosmo_tasks))),
+                                 "CAMB", "cosmology", total=len(cosmo_tasks), enabled=progress, leave=False,
+                                 log=log))
+            spectra = [s for _, s in sorted(spectra, key=lambda t: t[0])]
+            tasks = [(plan, u, {i: spectra[i] for i in needed_cosmologies(plan, u)}) for u in todo]
+            with Progress(n_mine, "simulate", "map", enabled=progress, initial=n_done, log=log) as bar:
+                for unit_id, maps, meta in run_tasks(ex, simulate_unit, tasks):
+                    partial.save(_unit_name(unit_id), {**{f"map_{k}": v for k, v in maps.items()},
+                                                       **{f"meta_{k}": v for k, v in meta.items()}})
+                    bar.update(len(next(iter(maps.values()))))
+        if k_n is not None:
+            left = sum(not partial.has(_unit_name(u[0])) for u in plan.units)
+            log.info("shard %d/%d done; %d of %d units still missing in %s%s", *k_n, left, len(plan.units),
+                     partial.path, "" if left else "; run the command without --shard to assemble the file")
+            return partial.path
+        write_sims(out, plan, spectra, ((u, *_load_unit(partial, u[0])) for u in plan.units))
+    except BaseException:
+        if k_n is None and not any(partial.path.glob("*.npz")):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(partial.path, ignore_errors=True)
+        raise
+    partial.remove()
     return out
 
 

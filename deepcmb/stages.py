@@ -133,8 +133,17 @@ class Stage:
         return getattr(importlib.import_module(self.module), f"run_{self.name}")
 
     def run(self, config: dict | None, inputs: dict, out: str | Path, **kwargs: Any) -> Path:
-        """Call ``run_<name>(config, inputs, out, **kwargs)``."""
-        return self.function(config, inputs, out, **kwargs)
+        """Call ``run_<name>(config, inputs, out, **kwargs)`` holding the lock of ``out``
+        (:func:`deepcmb.io.lock.output_lock`: one writer per output; another command's lock raises
+        :class:`~deepcmb.errors.OutputLockedError`); a shard of a simulation (``shard='K/N'``) holds a lock
+        of its own, ``OUT.shard-K-of-N.lock``, so that the shards run side by side."""
+        from .io.lock import output_lock
+
+        target = Path(out)
+        if kwargs.get("shard"):  # the shards of one simulation write one partial folder side by side
+            target = target.with_name(f"{target.name}.shard-{str(kwargs['shard']).replace('/', '-of-')}")
+        with output_lock(target):
+            return self.function(config, inputs, out, **kwargs)
 
     def is_finished(self, out: str | Path) -> bool:
         """Whether ``out`` holds a finished output of this stage (for a stage that resumes)."""

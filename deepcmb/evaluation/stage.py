@@ -39,7 +39,7 @@ from ..delensing import gradient_b_template, phi_from_kappa, wiener_e_filter
 from ..errors import ConfigError, InputError
 from ..flatsky import gaussian_beam
 from ..geometry import interp_spectrum
-from ..io.files import check_output_folder
+from ..io.files import atomic_files, check_output_folder
 from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from ..progress import Progress
@@ -679,7 +679,7 @@ def run_evaluate(config: dict | None, inputs: dict, out: str | Path, *, overwrit
                      snr_Lmax=cfg["snr"]["Lmax"],
                      jackknife=cfg["jackknife"], **ev["window"])
         ev["attrs"] = attrs
-    out.mkdir(exist_ok=True)
-    write_report(out / "report.h5", ev)
-    write_summary(out / "summary.json", ev)
+    with atomic_files(out) as tmp:
+        write_report(tmp / "report.h5", ev)
+        write_summary(tmp / "summary.json", ev)
     return out

@@ -14,6 +14,8 @@ module                            file                        written by
 
 :mod:`deepcmb.fields` is the table of the maps these files hold (units, description, how each
 transforms under rotations and reflections, observed or truth); :mod:`deepcmb.io.files` holds what
-every output shares (atomic writes, output checks, JSON); :func:`deepcmb.io.maps.open_maps` opens a
-simulation or an observation file behind one interface, for the stages that take either.
+every output shares (atomic writes, output checks, write errors, JSON); :mod:`deepcmb.io.lock` the lock
+file ``OUT.lock`` that keeps a second command off an output being written;
+:func:`deepcmb.io.maps.open_maps` opens a simulation or an observation file behind one interface, for
+the stages that take either.
 """

@@ -62,12 +62,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from ..errors import InputError
 from ..provenance import provenance_attrs
-from .files import H5View, atomic_path, text
+from .files import H5View, atomic_h5, text
 from .report import Report
 
 if TYPE_CHECKING:
@@ -116,7 +115,7 @@ def write_chains(path: str | Path, cfg: dict, report: ReportSpectra, plan: Plan,
         one, then for a QE the analytic-N0 one.
     fits : list of deepcmb.params.stage.Fit
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.attrs.update(provenance_attrs(cfg, "params"))
         f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, report_file=str(report.path.resolve()),
                        parameters=list(cfg["sample"]),

@@ -75,7 +75,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import FlatSkyGeometry
 from ..sample import Instrument
-from .files import atomic_path, check_output_file, open_checked, read_rows, text
+from .files import atomic_path, check_output_file, new_h5, open_checked, read_rows, text
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -144,7 +144,7 @@ def write_observations(path: str | Path, Q: ArrayLike, U: ArrayLike, *, pixel_ar
     maps = {name: np.asarray(m, np.float32) for name, m in (("Q", Q), ("U", U), ("T", T)) if m is not None}
     weights = {name: np.asarray(w, np.float32) for name, w in (("mask", mask), ("ivar_p", ivar_p)) if w is not None}
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with new_h5(tmp) as f:
             f.attrs.update(attrs)
             for name, m in maps.items():
                 chunks = (1,) + m.shape[1:] if m.ndim == 3 and m.size else None

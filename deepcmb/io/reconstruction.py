@@ -39,7 +39,9 @@ A MAP file (``method = 'map'``, :mod:`deepcmb.iterative.stage`) has the attribut
 ``B_delensed`` beside ``kappa``, and per map ``/meta/iterations``, ``converged``, ``gradient_ratio``
 and ``cg_iterations``.
 
-The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole.
+The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole; a
+disk without room for the maps is refused before any is computed, and a write that fails (full disk,
+file size limit) stops with one :class:`~deepcmb.errors.OutputError` naming ``OUT``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import numpy as np
 from ..errors import InputError
 from ..provenance import provenance_attrs
 from ..fields import units as field_units
-from .files import check_output_file, open_checked, temporary_name
+from .files import check_free_space, check_output_file, close_h5, create_h5, open_checked, temporary_name, writing
 from .maps import open_maps
 
 if TYPE_CHECKING:
@@ -135,20 +137,27 @@ class ReconstructionWriter:
             raise InputError(f"reconstruction index: rows must lie in [0, {n_sims}) of {path}")
         self.shape, self.n, self.fields = shape, self.index.size, fields
         self._written = np.zeros(self.n, bool)
-        self._f = h5py.File(self.tmp, "w")
+        check_free_space(self.out, 4 * self.n * shape[0] * shape[1] * len(fields))
         a = provenance_attrs(config, "reconstruct")
         a.update(format=FORMAT, format_version=FORMAT_VERSION, method=method, sims_file=path,
                  sims_created=ident["created"], sims_git_revision=ident["git_revision"],
                  sims_config_sha256=ident["config_sha256"], n_maps=self.n, shape=np.array(shape),
                  pixel_arcmin=ident["pixel_arcmin"])
         a.update(attrs or {})
-        self._f.attrs.update(a)
         units = units or {}
-        g = self._f.create_group("maps")
-        for name in fields:
-            d = g.create_dataset(name, (self.n,) + shape, dtype="f4", chunks=(1,) + shape)
-            d.attrs["units"] = units.get(name, field_units(name))
-        self._f.create_group("meta").create_dataset("index", data=self.index)
+        with writing(self.out):
+            self._f = create_h5(self.tmp)
+        try:
+            with writing(self.out):
+                self._f.attrs.update(a)
+                g = self._f.create_group("maps")
+                for name in fields:
+                    d = g.create_dataset(name, (self.n,) + shape, dtype="f4", chunks=(1,) + shape)
+                    d.attrs["units"] = units.get(name, field_units(name))
+                self._f.create_group("meta").create_dataset("index", data=self.index)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, start: int, maps: Mapping[str, np.ndarray]) -> None:
         """Store rows ``start .. start + k - 1`` of every field; ``maps`` maps field -> ``(k, ny, nx)``."""
@@ -162,7 +171,8 @@ class ReconstructionWriter:
             k = m.shape[0]
             if start < 0 or start + k > self.n:
                 raise ValueError(f"rows {start}..{start + k} outside 0..{self.n}")
-            self._f["maps"][name][start:start + k] = m.astype(np.float32)
+            with writing(self.out):
+                self._f["maps"][name][start:start + k] = m.astype(np.float32)
         self._written[start:start + k] = True
 
     def write_meta(self, name: str, values: ArrayLike) -> None:
@@ -170,26 +180,29 @@ class ReconstructionWriter:
         values = np.asarray(values)
         if values.shape[:1] != (self.n,):
             raise ValueError(f"meta {name}: expected {self.n} rows, got shape {values.shape}")
-        self._f["meta"].create_dataset(name, data=values)
+        with writing(self.out):
+            self._f["meta"].create_dataset(name, data=values)
 
     def write_group(self, name: str, datasets: Mapping[str, ArrayLike]) -> None:
         """Store a group ``/<name>`` of datasets that are not per map (e.g. the analytic N0)."""
-        g = self._f.create_group(name)
-        for key, values in datasets.items():
-            g.create_dataset(key, data=np.asarray(values))
+        with writing(self.out):
+            g = self._f.create_group(name)
+            for key, values in datasets.items():
+                g.create_dataset(key, data=np.asarray(values))
 
     def close(self) -> None:
         """Finish the file and move it to its final name (all rows must have been written)."""
         if not self._written.all():
             missing = np.flatnonzero(~self._written)
             raise RuntimeError(f"{self.out}: rows {missing[:5].tolist()}... were never written")
-        self._f.close()
-        os.replace(self.tmp, self.out)
+        with writing(self.out):
+            close_h5(self._f)
+            os.replace(self.tmp, self.out)
 
     def abort(self) -> None:
-        """Drop the temporary file."""
+        """Close and drop the temporary file."""
         try:
-            self._f.close()
+            close_h5(self._f, quiet=True)
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()

@@ -109,12 +109,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from ..errors import InputError
 from ..geometry import FlatSkyGeometry
-from .files import H5View, atomic_path, plain, text, write_json
+from .files import H5View, atomic_h5, plain, text, write_json
 from .sims import geometry
 
 FORMAT = "deepcmb.evaluation"
@@ -130,7 +129,7 @@ def write_report(path: str | Path, ev: dict) -> None:
 
     The file goes to ``PATH.tmp`` and is renamed when complete.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.attrs.update(ev["attrs"])
         for name in ("bins", "e_bins", "meta", "truth"):
             _datasets(f, name, ev[name])

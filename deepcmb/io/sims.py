@@ -77,7 +77,7 @@ from ..geometry import FlatSkyGeometry
 from ..provenance import provenance_attrs
 from ..sample import Instrument
 from ..survey import SURVEY_MAPS
-from .files import atomic_path, open_checked, read_rows
+from .files import atomic_h5, open_checked, read_rows
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -108,41 +108,40 @@ def write_sims(out: Path, plan: SimPlan, spectra: Sequence[CMBSpectra],
         ``(n, ny, nx)``) and meta arrays.
     """
     n, (ny, nx) = plan.n_maps, plan.geom.shape
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            attrs = provenance_attrs(plan.config, "simulate")
-            attrs.update(format=FORMAT, format_version=FORMAT_VERSION, seed=plan.config["seed"], kind=plan.kind,
-                         periodic=plan.periodic, shape=np.array(plan.geom.shape),
-                         pixel_arcmin=plan.geom.pixel_arcmin, n_maps=n, fields=list(plan.fields))
-            f.attrs.update(attrs)
-            maps = f.create_group("maps")
+    with atomic_h5(out) as f:
+        attrs = provenance_attrs(plan.config, "simulate")
+        attrs.update(format=FORMAT, format_version=FORMAT_VERSION, seed=plan.config["seed"], kind=plan.kind,
+                     periodic=plan.periodic, shape=np.array(plan.geom.shape),
+                     pixel_arcmin=plan.geom.pixel_arcmin, n_maps=n, fields=list(plan.fields))
+        f.attrs.update(attrs)
+        maps = f.create_group("maps")
+        for name in plan.fields:
+            d = maps.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
+            d.attrs.update(units=FIELDS[name].units, description=FIELDS[name].description)
+        for name in plan.survey.maps:
+            d = f.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
+            d.attrs.update(_SURVEY_ATTRS[name])
+        meta = f.create_group("meta")
+        for name in ("cosmology_index", "noise_index", "seed_index"):
+            meta.create_dataset(name, (n,), dtype="i8")
+        if plan.kind == "curved":
+            meta.create_dataset("patch_centre", (n, 2), dtype="f8").attrs["units"] = "deg (lon, lat)"
+        bounds = {name: (np.inf, -np.inf) for name in plan.survey.maps}
+        for (_, start, stop, _), unit_maps, unit_meta in units:
             for name in plan.fields:
-                d = maps.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
-                d.attrs.update(units=FIELDS[name].units, description=FIELDS[name].description)
-            for name in plan.survey.maps:
-                d = f.create_dataset(name, (n, ny, nx), dtype="f4", chunks=(1, ny, nx))
-                d.attrs.update(_SURVEY_ATTRS[name])
-            meta = f.create_group("meta")
-            for name in ("cosmology_index", "noise_index", "seed_index"):
-                meta.create_dataset(name, (n,), dtype="i8")
-            if plan.kind == "curved":
-                meta.create_dataset("patch_centre", (n, 2), dtype="f8").attrs["units"] = "deg (lon, lat)"
-            bounds = {name: (np.inf, -np.inf) for name in plan.survey.maps}
-            for (_, start, stop, _), unit_maps, unit_meta in units:
-                for name in plan.fields:
-                    maps[name][start:stop] = unit_maps[name]
-                for name, (lo, hi) in bounds.items():
-                    f[name][start:stop] = unit_maps[name]
-                    bounds[name] = min(lo, float(unit_maps[name].min())), max(hi, float(unit_maps[name].max()))
-                for name, values in unit_meta.items():
-                    meta[name][start:stop] = values
+                maps[name][start:stop] = unit_maps[name]
             for name, (lo, hi) in bounds.items():
-                f[name].attrs.update(min=lo, max=hi)
-            _write_cosmology(f, plan, spectra)
-            inst = f.create_group("instrument")
-            inst.attrs["beam_fwhm_arcmin"] = plan.instruments[0].beam_fwhm_arcmin
-            inst["noise_t_uk_arcmin"] = [i.noise_t_uk_arcmin for i in plan.instruments]
-            inst["noise_p_uk_arcmin"] = [i.noise_p_uk_arcmin for i in plan.instruments]
+                f[name][start:stop] = unit_maps[name]
+                bounds[name] = min(lo, float(unit_maps[name].min())), max(hi, float(unit_maps[name].max()))
+            for name, values in unit_meta.items():
+                meta[name][start:stop] = values
+        for name, (lo, hi) in bounds.items():
+            f[name].attrs.update(min=lo, max=hi)
+        _write_cosmology(f, plan, spectra)
+        inst = f.create_group("instrument")
+        inst.attrs["beam_fwhm_arcmin"] = plan.instruments[0].beam_fwhm_arcmin
+        inst["noise_t_uk_arcmin"] = [i.noise_t_uk_arcmin for i in plan.instruments]
+        inst["noise_p_uk_arcmin"] = [i.noise_p_uk_arcmin for i in plan.instruments]
 
 
 def _write_cosmology(f, plan, spectra):

@@ -2,7 +2,8 @@
 
 :class:`Checkpointer` keeps the run folder (:class:`~deepcmb.nn.rundir.RunDir`) consistent after every
 epoch; :class:`ReduceLR` and :class:`EarlyStop` are Keras' schedules whose counters it saves and a
-resumed run restores, so an interrupted run continues exactly as an uninterrupted one.
+resumed run restores, and it saves the state of the dropout layers' random generators
+(:func:`~deepcmb.nn.rundir.random_state`), so an interrupted run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import DeepCMBError
 from ..io.files import write_json
 from ..progress import Progress, format_duration
-from .rundir import save_model
+from .rundir import random_state, save_model
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Checkpointer(keras.callbacks.Callback):
         state = {"epoch": epoch + 1, "learning_rate": lr, "best": self.best,
                  "optimizer_iterations": int(np.asarray(self.model.optimizer.iterations)),
                  "reduce_lr": self.reduce_lr.state(), "early_stopping": self.early.state(),
+                 "random_state": random_state(self.model),
                  "stopped_early": bool(self.model.stop_training), "finished": False}
         write_json(self.run.last_state, state, sort_keys=True)
 

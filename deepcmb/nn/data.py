@@ -253,7 +253,8 @@ def channel_stats(source: MapSource, names: Iterable[str], rows: np.ndarray,
         s = s2 = 0.0
         count = 0
         for start in range(0, len(rows), batch):
-            m = source.read(name, rows[start:start + batch]).astype(np.float64)
+            with np.errstate(invalid="ignore"):  # signalling NaNs of a damaged file: refused just below
+                m = source.read(name, rows[start:start + batch]).astype(np.float64)
             bad = ~np.isfinite(m)
             if bad.any():
                 row = rows[start + np.argwhere(bad)[0][0]]

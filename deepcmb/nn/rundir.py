@@ -10,14 +10,16 @@ Layout of a run folder ``RUN_DIR``::
     history.csv          one row per epoch: losses (total and per head, in physical units), validation
                          losses, learning rate, time and samples/s
     checkpoints/last.keras, last.json   model + optimizer after the last finished epoch, and the state
-                                        of the schedule (epoch, learning rate, plateau counters)
+                                        of the schedule (epoch, learning rate, plateau counters) and of
+                                        the layers' random generators (dropout masks, :func:`random_state`)
     checkpoints/best.keras              the epoch with the lowest validation loss (training.monitor)
     model.keras          the final network for inference (best epoch, no optimizer)
     model.json           what the network expects and how it was trained (see :func:`~deepcmb.nn.rundir.model_card`)
 
 Every JSON file of the folder is written by :func:`deepcmb.io.files.write_json` (keys sorted), every
 model by :func:`save_model`; both write a temporary file and rename it, so a file under its final name
-is whole.
+is whole. A run that stops (an error, a full disk, SIGTERM) before its first checkpoint leaves nothing
+behind (:meth:`RunDir.discard`): it had nothing to resume from.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from ..errors import InputError, OutputExistsError
-from ..io.files import atomic_path, check_parent_writable
+from ..io.files import atomic_path, check_parent_writable, writing
 from ..provenance import provenance_attrs
 
 CARD_FORMAT = "deepcmb.nn.model"
@@ -50,6 +53,7 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(path)
         self.ckpt = self.path / "checkpoints"
+        self.created = False
 
     def __truediv__(self, name):
         return self.path / name
@@ -120,11 +124,26 @@ class RunDir:
                 if state is not None and state.get("finished"):
                     raise OutputExistsError(f"{p}: training already finished (use --overwrite to train again)")
                 return state
-        p.mkdir(exist_ok=True)
-        self.ckpt.mkdir(exist_ok=True)
-        if not os.access(p, os.W_OK):
+        if p.exists() and not os.access(p, os.W_OK):
             raise InputError(f"{p}: folder is not writable")
+        with writing(p):
+            self.created = not p.exists()
+            p.mkdir(exist_ok=True)
+            self.ckpt.mkdir(exist_ok=True)
         return None
+
+    def discard(self) -> None:
+        """Remove what a run that saved no checkpoint wrote: the folder if :meth:`prepare` made it, else
+        its contents (an empty folder, or the files of an earlier run of the same identity that saved
+        no checkpoint either)."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
     def read_state(self) -> dict | None:
         """The state saved with the last checkpoint, or None if there is no complete checkpoint."""
@@ -144,21 +163,25 @@ class RunDir:
         else:
             with path.open() as f:
                 fields = next(csv.reader(f))
-        with path.open("a", newline="") as f:
+        with writing(path), path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
 
     def truncate_history(self, epochs: int) -> None:
-        """Keep the history rows of the first ``epochs`` epochs (a resumed run rewrites the rest)."""
+        """Keep the history rows of the first ``epochs`` epochs (a resumed run rewrites the rest; a row
+        cut short by a full disk goes too)."""
         path = self.history
         if not path.exists():
             return
         with path.open() as f:
             rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= epochs]
-        with path.open("w", newline="") as f:
+        if not rows:
+            path.unlink()
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= epochs]
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             csv.writer(f).writerows(keep)
 
 
@@ -186,6 +209,44 @@ def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -
             clone = keras.Model.from_config(model.get_config())
             clone.set_weights(model.get_weights())
             clone.save(tmp)
+
+
+def random_state(model: keras.Model) -> dict:
+    """The state of the random generators of a model's layers (each Dropout's seed generator), which a
+    ``.keras`` file does not hold: what a checkpoint needs besides the weights and the optimizer for a
+    resumed run to draw the same dropout masks as an uninterrupted one.
+
+    Returns
+    -------
+    dict
+        Layer name -> list of generator states (each ``[seed, counter]``), for the layers that have any.
+    """
+    out = {}
+    for layer in model.layers:
+        weights = {id(v) for v in layer.weights}
+        states = [np.asarray(v).tolist() for v in layer.variables if id(v) not in weights]
+        if states:
+            out[layer.name] = states
+    return out
+
+
+def set_random_state(model: keras.Model, state: dict, where: Path) -> None:
+    """Restore the :func:`random_state` saved with a checkpoint into the model loaded from it.
+
+    Raises
+    ------
+    InputError
+        The saved state does not match the model's generators (``where`` names the checkpoint).
+    """
+    for layer in model.layers:
+        weights = {id(v) for v in layer.weights}
+        variables = [v for v in layer.variables if id(v) not in weights]
+        saved = state.get(layer.name, [])
+        if len(saved) != len(variables):
+            raise InputError(f"{where}: random state of layer {layer.name} does not match the checkpoint's model; "
+                             "use --overwrite to start again")
+        for v, value in zip(variables, saved):
+            v.assign(np.asarray(value, dtype=v.dtype))
 
 
 def model_card(cfg: dict, spec: dict, identity: dict, history_best: list, steps: int) -> dict:

@@ -24,7 +24,7 @@ import yaml
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
 from ..fields import stored_fields
-from ..io.files import write_json
+from ..io.files import atomic_path, write_json
 from ..io.reconstruction import sims_identity
 from ..io.sims import geometry, open_sims, read_instruments
 from ..provenance import config_json, provenance_attrs
@@ -35,7 +35,7 @@ from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
 from .model import build_resunet, check_map_shape, model_spec
 from .onthefly import FreshBatches
-from .rundir import RunDir, model_card, save_model
+from .rundir import RunDir, model_card, save_model, set_random_state
 from .settings import resolve_config
 
 __all__ = ["TrainingDiverged", "compile_model", "initial_network", "monitor_key", "run_train"]
@@ -74,12 +74,15 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
     ------
     ConfigError, InputError, OutputExistsError
         A bad config, unreadable or unsuitable data, a run folder of another run.
+    OutputError
+        The run folder cannot be written (full disk, read-only); a run stopped before its first
+        checkpoint leaves nothing behind.
     TrainingDiverged
         The training or validation loss stopped being finite.
     """
     cfg = resolve_config(config)
     data, qe = inputs["sims"], inputs.get("qe")
-    mcfg, tcfg, dcfg = cfg["model"], cfg["training"], cfg["data"]
+    mcfg, dcfg = cfg["model"], cfg["data"]
     source = MapSource(data, qe)
     source.require(mcfg["inputs"], "input maps")
     source.require(mcfg["outputs"], "output (truth) maps")
@@ -90,19 +93,32 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
                 "qe": None if source.qe is None else source.qe.identity}
     run = RunDir(out)
     state = run.prepare(identity, overwrite)
+    try:
+        return _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
+    except BaseException:
+        if not run.last_state.exists():  # no checkpoint: nothing to resume from, nothing to keep
+            run.discard()
+        raise
 
+
+def _train(cfg, data, source, splits, identity, run, state, progress, callbacks):
+    """The body of :func:`run_train` once the run folder is prepared (``state``: the checkpoint to resume
+    from, or None)."""
+    mcfg, tcfg, dcfg = cfg["model"], cfg["training"], cfg["data"]
     configure_backend(cfg["seed"], tcfg["deterministic"])
     scope, dist_desc = distribution_scope(tcfg["distribution"], tcfg["batch_size"])
     if state is None:
         stats_rows = splits["train"][: dcfg["stats_maps"]]
         start = None if tcfg["init_from"] is None else initial_network(tcfg["init_from"], mcfg, source)
         stats = start[1]["stats"] if start else channel_stats(source, mcfg["inputs"] + mcfg["outputs"], stats_rows)
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with atomic_path(run / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         write_json(run / "normalization.json", {"maps_used": 0 if start else int(len(stats_rows)),
                                                 "split": f"init_from {tcfg['init_from']}" if start else "train",
                                                 "stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}},
                    sort_keys=True)
-        np.savez(run / "splits.npz", **splits)
+        with atomic_path(run / "splits.npz", prefix="tmp_") as tmp:  # np.savez keeps a .npz name
+            np.savez(tmp, **splits)
         write_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")}, sort_keys=True)
         run.history.unlink(missing_ok=True)
         with scope:
@@ -126,6 +142,8 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
             raise InputError(f"{run.last}: checkpoint and {run.last_state.name} disagree (interrupted while "
                              "saving?); use --overwrite to start again")
         model.optimizer.learning_rate = state["learning_rate"]
+        if "random_state" in state:  # absent from the checkpoints of an older deepcmb
+            set_random_state(model, state["random_state"], run.last_state)
         initial_epoch = state["epoch"]
         run.truncate_history(initial_epoch)
         if progress:

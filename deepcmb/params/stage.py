@@ -20,7 +20,7 @@ import numpy as np
 from ..cosmology import PARAM_NAMES
 from ..errors import ConfigError, InputError
 from ..io.chains import RESERVED, write_chains
-from ..io.files import check_output_file, check_output_folder
+from ..io.files import atomic_files, check_output_file, check_output_folder
 from .calibration import calibrate, calibrate_n0, calibration_design
 from .emulator import build_emulator
 from .likelihood import DERIVED, amplitude_exponents, build_likelihood, derived_amplitude
@@ -270,7 +270,7 @@ def run_params(config: dict | None, inputs: dict, out: str | Path, *, overwrite:
         for c in plan.tests:
             for cal in calibrations[label]:
                 fits.append(_fit(cfg, rep, plan, emulator, spectra, cal, c, progress))
-    out.mkdir(exist_ok=True)
-    write_chains(chains_path, cfg, rep, plan, edges, calibrations, fits)
-    write_summary(summary_path, cfg, rep, plan, edges, emulator, calibrations, fits)
+    with atomic_files(out) as tmp:
+        write_chains(tmp / chains_path.name, cfg, rep, plan, edges, calibrations, fits)
+        write_summary(tmp / summary_path.name, cfg, rep, plan, edges, emulator, calibrations, fits)
     return out
