@@ -87,7 +87,8 @@ def open_executor(workers: int = 1, scheduler: str | None = None,
             client.close()
     elif workers > 1:
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=watch_parent, initargs=(os.getpid(),))
+                                      initializer=start_worker,
+                                      initargs=(os.getpid(), max(default_workers() // workers, 1)))
         try:
             yield pool
         except BaseException:
@@ -101,6 +102,19 @@ def open_executor(workers: int = 1, scheduler: str | None = None,
 
 PARENT_POLL_S = 1.0
 """How often a worker without ``prctl`` (not Linux) checks that its parent lives, seconds."""
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DUCC0_NUM_THREADS")
+"""Environment variables that cap the threads of the libraries a worker runs (CAMB's OpenMP, BLAS, ducc0)."""
+
+
+def start_worker(parent_pid: int, threads: int) -> None:
+    """Initializer of a local worker process: cap its libraries at ``threads`` threads each (the cores
+    this process may use shared among the workers; set before CAMB or numpy's BLAS load in the worker),
+    then :func:`watch_parent`."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    watch_parent(parent_pid)
 
 
 def watch_parent(parent_pid: int) -> None:

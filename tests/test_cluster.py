@@ -108,3 +108,19 @@ def test_default_workers_follow_the_cpu_affinity():
     if done is not None:
         assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
     assert default_workers() == len(os.sched_getaffinity(0))
+
+
+def _thread_caps():
+    from deepcmb.executor import THREAD_VARIABLES
+
+    return {name: os.environ.get(name) for name in THREAD_VARIABLES}
+
+
+def test_local_workers_share_the_cores_among_their_libraries():
+    """Each local worker caps CAMB's OpenMP, BLAS and ducc0 at its share of the cores."""
+    from deepcmb.executor import run_tasks
+
+    with open_executor(2) as pool:
+        caps = list(run_tasks(pool, _thread_caps, [()] * 2))
+    share = str(max(default_workers() // 2, 1))
+    assert all(set(c.values()) == {share} for c in caps), caps
