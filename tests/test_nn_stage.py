@@ -447,3 +447,19 @@ def test_in_memory_training_is_the_same_training(trained, sims, tmp_path):
     assert held == 2 * 2 * 32 * 32 * 4
     np.testing.assert_array_equal(source.read("Q", [1, 3]), MapSource(sims).read("Q", [1, 3]))
     np.testing.assert_array_equal(source.read("Q", [0, 1]), MapSource(sims).read("Q", [0, 1]))  # row 0 not held
+
+
+def test_a_kappa_input_of_another_estimator_is_refused(sims, tmp_path):
+    """A network trained with an EB QE channel refuses an MV_POL QE file (or a MAP file), naming both."""
+    from deepcmb.nn.data import read_qe_file
+    from deepcmb.nn.reconstruct import check_kappa_input
+    from deepcmb.qe.stage import run_reconstruct_qe
+
+    eb = run_reconstruct_qe({"estimator": "EB"}, {"sims": sims}, tmp_path / "eb.h5", progress=False)
+    mv = run_reconstruct_qe({"estimator": "MV_POL"}, {"sims": sims}, tmp_path / "mv.h5", progress=False)
+    spec = {"card": {"qe_input": read_qe_file(eb, sims).identity}}
+    check_kappa_input(spec, MapSource(sims, eb))
+    with pytest.raises(InputError, match="a qe MV_POL .* reconstruction; the network's kappa_qe input was trained "
+                                         "on a qe EB"):
+        check_kappa_input(spec, MapSource(sims, mv))
+    check_kappa_input({"card": {"qe_input": {"path": "old card"}}}, MapSource(sims, mv))  # older cards: unchecked

@@ -133,8 +133,10 @@ def read_qe_file(path: str | Path, sims_path: str | Path) -> QEFile:
             settings = estimator_settings(g)
         except KeyError:  # a reconstruction written without the QE stage's attributes
             settings = None
+        band = {k: float(a[k]) for k in ("lmin", "lmax", "Lmin", "Lmax") if k in a}
         return QEFile(path=path, index=index,
-                      identity={"path": str(path.resolve()), "created": str(a["created"]), "method": str(a["method"])},
+                      identity={"path": str(path.resolve()), "created": str(a["created"]), "method": str(a["method"]),
+                                "estimator": str(a["estimator"]) if "estimator" in a else None, **band},
                       settings=settings, wiener=bool(a["wiener"]) if "wiener" in a else None,
                       apodize_arcmin=float(a["apodize_arcmin"]) if "apodize_arcmin" in a else None)
 

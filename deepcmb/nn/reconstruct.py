@@ -199,6 +199,27 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
                              "level or sky?)")
 
 
+KAPPA_INPUT_KEYS = ("method", "estimator", "lmin", "lmax", "Lmin", "Lmax")
+"""What a ``kappa_qe`` input file must share with the one the network was trained with."""
+
+
+def check_kappa_input(spec: dict, source: MapSource) -> None:
+    """Refuse a ``kappa_qe`` file made by another method, estimator or band than the network's training file
+    (recorded in its card as ``qe_input``; cards without those keys are not checked)."""
+    trained = ((spec.get("card") or {}).get("qe_input")) or {}
+    if source.qe is None or not {"method", "estimator"} <= set(trained):
+        return
+    given = source.qe.identity
+
+    def describe(d: dict) -> str:
+        band = f"CMB {d.get('lmin', 0):g}-{d.get('lmax', 0):g}, L {d.get('Lmin', 0):g}-{d.get('Lmax', 0):g}"
+        return f"{d.get('method')} {d.get('estimator')} ({band})"
+
+    if any(given.get(k) != trained.get(k) for k in KAPPA_INPUT_KEYS):
+        raise InputError(f"{source.qe.path}: a {describe(given)} reconstruction; the network's kappa_qe input was "
+                         f"trained on a {describe(trained)} one: give a reconstruction made the same way")
+
+
 def untrained_noise(spec: dict, source: MapSource) -> list[float]:
     """Polarization noise levels of ``source`` (µK-arcmin) outside the range of the model's training levels
     (empty when the model does not record them). The network still applies; the output records them."""
@@ -266,6 +287,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     source = MapSource(data, qe, method="nn")
     rows = select_rows(source, split, model_path, spec)
     check_compatible(spec, source, rows, any_shape=any_shape)
+    check_kappa_input(spec, source)
     trained_shape = list(spec["shape"])
     if tuple(source.shape) != tuple(spec["shape"]):
         model = at_shape(model, source.shape)
