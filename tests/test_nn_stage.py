@@ -463,3 +463,26 @@ def test_a_kappa_input_of_another_estimator_is_refused(sims, tmp_path):
                                          "on a qe EB"):
         check_kappa_input(spec, MapSource(sims, mv))
     check_kappa_input({"card": {"qe_input": {"path": "old card"}}}, MapSource(sims, mv))  # older cards: unchecked
+
+
+def test_mixed_precision_training_keeps_the_ends_in_float32(sims, tmp_path):
+    """training.precision = mixed_bfloat16: convolutions compute in bfloat16, the E/B split, normalisation and
+    heads in float32; the loss falls like the float32 run's and the network reconstructs in physical units."""
+    cfg = json.loads(json.dumps(TRAIN))
+    cfg["training"]["precision"] = "mixed_bfloat16"
+    run = tmp_path / "mixed"
+    assert main(["train", "--config", _yaml(tmp_path / "t.yaml", cfg), "--data", str(sims), "--out", str(run),
+                 "--quiet"]) == 0
+    model, spec = load_network(run)
+    dtypes = {layer.name: layer.compute_dtype for layer in model.layers}
+    assert dtypes["standardize"] == "float32" and dtypes["kappa"] == "float32" and dtypes["kappa_head"] == "float32"
+    assert "bfloat16" in {d for name, d in dtypes.items() if name.startswith("conv")} or \
+        "bfloat16" in set(dtypes.values())
+    losses = [float(r["loss"]) for r in _history(run)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    out = tmp_path / "rec.h5"
+    assert main(["reconstruct", "--method", "nn", "--sims", str(sims), "--model", str(run), "--out", str(out),
+                 "--quiet"]) == 0
+    with h5py.File(out) as f:
+        kappa = f["maps/kappa"][...]
+    assert kappa.dtype == np.float32 and np.all(np.isfinite(kappa)) and 0 < kappa.std() < 1

@@ -159,13 +159,14 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     takes = stored_fields(cfg["inputs"])
     inp = x = keras.Input(shape=(shape[0], shape[1], len(takes)), name="maps")
     if takes != list(cfg["inputs"]):
-        x = StokesToEB(takes, cfg["inputs"], name="eb_split")(x)
+        x = StokesToEB(takes, cfg["inputs"], name="eb_split", dtype="float32")(x)
     beams = {i.beam_fwhm_arcmin for i in instruments}
     if len(beams) > 1:
         raise ConfigError(f"training maps of several beams {sorted(beams)}: a network is trained for one beam")
     x = Standardize(cfg["inputs"], [m for m, _ in mean_std], [s for _, s in mean_std], pixel_arcmin,
                     beam_fwhm_arcmin=beams.pop() if beams else None,
-                    noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None, name="standardize")(x)
+                    noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None, name="standardize",
+                    dtype="float32")(x)
     x = b.unit(x, f[0], stride=cfg["stem_stride"])
     skips = []
     for level in range(depth):
@@ -184,9 +185,9 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
         x = b.upsample(x, f[0])
     outputs = {}
     for head in cfg["outputs"]:
-        y = layers.Conv2D(1, 1, name=f"{head}_head")(x)
+        y = layers.Conv2D(1, 1, name=f"{head}_head", dtype="float32")(x)  # heads in float32 (mixed precision)
         mean, std = stats.get(head, (0.0, 1.0))
-        outputs[head] = Destandardize(mean, std, name=head)(y)
+        outputs[head] = Destandardize(mean, std, name=head, dtype="float32")(y)
     return keras.Model(inp, outputs, name=name)
 
 

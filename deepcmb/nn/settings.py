@@ -74,6 +74,9 @@ SCHEMA = {
                            "min_delta": Number(0.0, doc="improvement that counts")},
         "monitor": Str("loss", doc="validation loss followed: 'loss' (the weighted total) or a head"),
         "jit_compile": OneOf("auto", "auto", True, False, doc="XLA compilation of the step"),
+        "precision": OneOf("float32", "float32", "mixed_bfloat16", "mixed_float16",
+                           doc="arithmetic of the convolutions (mixed: bfloat16 or float16 compute, float32 "
+                               "weights; the E/B split, normalisation and heads stay float32)"),
         "deterministic": Bool(True, doc="deterministic kernels (bit-identical runs on one machine)"),
         "distribution": OneOf("auto", "auto", "none", "data_parallel", doc="data parallelism over devices"),
     },

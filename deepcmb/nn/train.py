@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -121,7 +122,7 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
             np.savez(tmp, **splits)
         write_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")}, sort_keys=True)
         run.history.unlink(missing_ok=True)
-        with scope:
+        with scope, dtype_policy(tcfg["precision"]):
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
                                   instruments=source.instruments)
             if start:
@@ -319,6 +320,18 @@ def _fourier_loss(sims_path, qe=None):
     spectra = compute_spectra({})
     qes = [QuadraticEstimator(geom, spectra, inst, **settings) for inst in instruments]
     return FourierWeightedMSE(inverse_variance_weights(geom, qes[0].clkk_grid, [q.n0_kappa for q in qes]))
+
+
+@contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the Keras dtype policy ``name`` (``training.precision``), restoring the previous one
+    after; a built network keeps its layers' policies (a resumed run reads them from the checkpoint)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _load_checkpoint(path):
