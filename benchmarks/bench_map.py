@@ -81,17 +81,11 @@ def main(argv=None):
             print("  ".join(rows[-1]), flush=True)
     print("target: at most 2 s per 64 x 64 map to convergence (one core)")
     if args.rst:
-        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-        def line(cells):
-            return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
+        from deepcmb.results import rst_grid
 
         text = [f"{args.maps} maps per row, median wall time per map on one core of {cpu_name()} "
                 f"(``python benchmarks/bench_map.py --rst {args.rst}``); the QE column is the Wiener-filtered "
-                "MV_POL QE that starts the iterations.", "", rule, line(head), rule.replace("-", "=")]
-        for r in rows:
-            text += [line(r), rule]
+                "MV_POL QE that starts the iterations.", "", *rst_grid(head, rows)]
         args.rst.write_text("\n".join(text) + "\n")
 
 

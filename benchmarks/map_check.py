@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from deepcmb.results import rst_grid
+
 SIMS = {"seed": 77, "geometry": {"kind": "flat", "shape": [64, 64], "pixel_arcmin": 2.34375},
         "instrument": {"beam_fwhm_arcmin": 1.0, "noise_p_uk_arcmin": [1.0, 5.0]},
         "simulation": {"fields": ["Q", "U", "kappa", "E_unlensed"]}}
@@ -48,19 +50,6 @@ def table(summary: dict) -> list[list[str]]:
     return rows
 
 
-def rst(rows: list[list[str]], head: list[str]) -> str:
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells):
-        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
-
-    out = [rule, line(head), rule.replace("-", "=")]
-    for r in rows:
-        out += [line(r), rule]
-    return "\n".join(out) + "\n"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="working folder")
@@ -84,7 +73,7 @@ def main(argv=None):
     summary = json.loads((o / "eval" / "summary.json").read_text())
     head = ["uK-arcmin", "L", "N_MAP / N_QE", "N_MAP / N_iterative"]
     rows = table(summary)
-    text = rst(rows, head)
+    text = "\n".join(rst_grid(head, rows)) + "\n"
     print(text)
     if args.rst:
         args.rst.write_text(f"{args.maps} maps; errors from the evaluation's jackknife "

@@ -181,8 +181,9 @@ def gradient_b_template(geom: FlatSkyGeometry, e_fourier: np.ndarray, phi_fourie
         B modes of the template, µK sr (zero for ``phi = 0``).
     """
     lx, ly = geom.lxly()
-    q, u = geom.eb2qu(e_fourier, np.zeros_like(e_fourier))
-    grad_q = [geom.fourier2map(1j * k * geom.map2fourier(q)) for k in (ly, lx)]
-    grad_u = [geom.fourier2map(1j * k * geom.map2fourier(u)) for k in (ly, lx)]
+    c2, s2 = geom.cos2phi_sin2phi()
+    q_f, u_f = e_fourier * c2, e_fourier * s2  # Q, U modes of a pure-E field (geom.eb2qu with B = 0)
+    grad_q = [geom.fourier2map(1j * k * q_f) for k in (ly, lx)]
+    grad_u = [geom.fourier2map(1j * k * u_f) for k in (ly, lx)]
     d = [geom.fourier2map(1j * k * phi_fourier) for k in (ly, lx)]
     return geom.qu2eb(d[0] * grad_q[0] + d[1] * grad_q[1], d[0] * grad_u[0] + d[1] * grad_u[1])[1]

@@ -342,7 +342,7 @@ def render_rst(results: dict, title_level: str = "~") -> str:
     lines = [title, title_level * len(title), "",
              f"rho^2 in the bin holding L = 400; N/N0: the range of N_eff / N0(MV_POL analytic) over the bins in "
              f"{cfg['Lmin']:g} <= L <= {cfg['Lmax_target']:g}:", ""]
-    lines += _grid(head, rows) + [""]
+    lines += rst_grid(head, rows) + [""]
     lines += _delensing_rst(results, title_level)
     for tag, tables in results["sets"].items():
         for t in tables:
@@ -362,7 +362,7 @@ def render_rst(results: dict, title_level: str = "~") -> str:
                 if key in t["theory"]:
                     head.append(name)
                     cols.append([f"{1e8 * v:.3g}" for v in t["theory"][key]])
-            lines += _grid(head, list(zip(*cols))) + [""]
+            lines += rst_grid(head, list(zip(*cols))) + [""]
     lines += ["Targets (main test set):", ""]
     for name, t in results["targets"].items():
         figs = ", ".join(f"{k} {v:.3g}" for k, v in t.items() if isinstance(v, float))
@@ -395,10 +395,11 @@ def _delensing_rst(results: dict, title_level: str) -> list[str]:
             "Wiener-filtered E of the data remapped by the method's phi), over the lensing-B power, summed over "
             "the B-mode bins in l (1: nothing removed). (!): the template correlates with the noise B of the data "
             "beyond n_sigma jackknife errors below l_cut (see deepcmb.io.report).", "",
-            *_grid(["test set", "uK'", "l"] + [f"A_res {m}" for m in methods], rows), ""]
+            *rst_grid(["test set", "uK'", "l"] + [f"A_res {m}" for m in methods], rows), ""]
 
 
-def _grid(head, rows):
+def rst_grid(head: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of a reStructuredText grid table of ``rows`` under the header ``head``."""
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 

@@ -241,12 +241,21 @@ def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spect
     if q.shape != u.shape or q.ndim != 3:
         raise InputError(f"map: Q and U must be (ny, nx) or (N, ny, nx) of one shape, got {q.shape}, {u.shape}")
     est = MapEstimator(geom, spectra, instrument, settings, nthreads=nthreads)
-    results = [est.estimate(qi, ui) for qi, ui in zip(q, u)]
-    out = {"kappa": np.stack([r.kappa for r in results]), "phi": np.stack([r.phi for r in results]),
-           "E_delensed": np.stack([r.e_delensed for r in results]),
-           "B_delensed": np.stack([r.b_delensed for r in results]),
-           "iterations": np.array([r.iterations for r in results]),
-           "converged": np.array([r.converged for r in results]),
-           "gradient_ratio": np.array([r.gradient_ratio for r in results]),
-           "cg_iterations": np.array([r.cg_iterations for r in results])}
+    maps, stats = stack_results([est.estimate(qi, ui) for qi, ui in zip(q, u)])
+    out = {**maps, **stats}
     return {k: v[0] for k, v in out.items()} if single else out
+
+
+MAPS = {"kappa": "kappa", "phi": "phi", "E_delensed": "e_delensed", "B_delensed": "b_delensed"}
+"""Map written -> attribute of :class:`MapResult`."""
+
+STATS = {"iterations": np.int32, "converged": bool, "gradient_ratio": np.float64, "cg_iterations": np.int64}
+"""Per-map statistic of :class:`MapResult` -> its dtype."""
+
+
+def stack_results(results: list[MapResult]) -> tuple[dict, dict]:
+    """The maps (name of :data:`MAPS` -> ``(k, ny, nx)``) and statistics (:data:`STATS` -> ``(k,)``) of
+    ``k`` results."""
+    maps = {name: np.stack([getattr(r, attr) for r in results]) for name, attr in MAPS.items()}
+    stats = {name: np.array([getattr(r, name) for r in results], dtype=t) for name, t in STATS.items()}
+    return maps, stats

@@ -39,14 +39,13 @@ from ..io.partial import PartialFolder
 from ..io.reconstruction import ReconstructionWriter, sims_identity
 from ..provenance import config_json
 from ..progress import Progress
-from .estimator import MapEstimator
+from .estimator import MAPS, STATS, MapEstimator, stack_results
 from .settings import ESTIMATOR_SCHEMA, SCHEMA
 
 log = logging.getLogger(__name__)
 
-_FIELDS = ("kappa", "phi", "E_delensed", "B_delensed")
+_FIELDS = tuple(MAPS)
 _UNITS = {"E_delensed": "uK", "B_delensed": "uK"}
-_STATS = {"iterations": np.int32, "converged": bool, "gradient_ratio": np.float64, "cg_iterations": np.int64}
 _ESTIMATORS: dict = {}
 
 
@@ -83,11 +82,7 @@ def reconstruct_task(key: int, geom, spectra, instrument, settings: dict, q: np.
         ``key``; field -> ``(k, ny, nx)`` maps of :data:`_FIELDS`; statistic -> ``(k,)``.
     """
     est = _estimator(geom, spectra, instrument, settings)
-    results = [est.estimate(qi, ui) for qi, ui in zip(q, u)]
-    maps = {"kappa": np.stack([r.kappa for r in results]), "phi": np.stack([r.phi for r in results]),
-            "E_delensed": np.stack([r.e_delensed for r in results]),
-            "B_delensed": np.stack([r.b_delensed for r in results])}
-    stats = {k: np.array([getattr(r, k) for r in results], dtype=t) for k, t in _STATS.items()}
+    maps, stats = stack_results([est.estimate(qi, ui) for qi, ui in zip(q, u)])
     return key, maps, stats
 
 
@@ -164,14 +159,14 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                 partial.save(_task_name(k), {**{f"map_{name}": m for name, m in maps.items()},
                                              **{f"stat_{name}": v for name, v in block.items()}})
                 bar.update(len(tasks[k][0]))
-        stats = {k: np.zeros(n, dtype=t) for k, t in _STATS.items()}
+        stats = {k: np.zeros(n, dtype=t) for k, t in STATS.items()}
         with ReconstructionWriter(out, np.arange(n), _FIELDS, data, "map", config, attrs=attrs, units=_UNITS,
                                   overwrite=overwrite) as writer:
             for k, (sel, _) in enumerate(tasks):
                 unit = partial.load(_task_name(k))
                 for i, row in enumerate(sel):
                     writer.write(int(row), {name: unit[f"map_{name}"][i:i + 1] for name in _FIELDS})
-                for name in _STATS:
+                for name in STATS:
                     stats[name][sel] = unit[f"stat_{name}"]
             writer.write_meta("noise_index", levels)
             for name, values in stats.items():
