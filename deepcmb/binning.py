@@ -33,8 +33,9 @@ def _bin_index(geom, edges):
     return idx
 
 
-def _mode_weights(geom):
-    """rfft weights: columns 1 .. nx/2-1 stand for two modes (l and -l), the others for one."""
+def mode_weights(geom: FlatSkyGeometry) -> np.ndarray:
+    """Modes each rfft cell stands for, flattened ``(ny * (nx // 2 + 1),)``: columns 1 .. nx/2-1 stand
+    for two (l and -l), the others for one."""
     nx = geom.shape[1]
     w = np.full(geom.fourier_shape(), 2.0)
     w[:, 0] = 1.0
@@ -48,7 +49,7 @@ def _binned_mean(geom, values, edges):
     idx = _bin_index(geom, edges)
     keep = np.flatnonzero(idx >= 0)
     # sparse, so that a mode only ever meets its own bin (an inf elsewhere cannot turn into 0 * inf)
-    weights = sparse.csr_matrix((_mode_weights(geom)[keep], (np.arange(keep.size), idx[keep])),
+    weights = sparse.csr_matrix((mode_weights(geom)[keep], (np.arange(keep.size), idx[keep])),
                                 shape=(keep.size, len(edges) - 1))
     counts = np.asarray(weights.sum(axis=0)).ravel()
     flat = values.reshape((-1, values.shape[-2] * values.shape[-1]))[:, keep]

@@ -73,6 +73,8 @@ RUN_SCHEMA = {
     "params": Bool(True, doc="estimate parameters"),
     "symmetrize": Bool(False, doc="average network reconstructions over the 8 grid symmetries"),
     "robustness": Free({}, doc="tag -> further test set (sims preset, or {sims, evaluate, qe, any_shape})"),
+    "uncertainty": Free(None, doc="per-map uncertainties: {sims: calibration sims preset, plus deepcmb calibrate "
+                                  "settings}; null: none"),
     "results": Bool(False, doc="gather every evaluation into one table with the benchmark targets"),
 }
 """Schema of the ``run:`` section of ``evaluate/<preset>.yaml``.
@@ -94,6 +96,12 @@ true`` applies the networks to maps of another size than they were trained on (t
 convolutional network rebuilt at the new size, :func:`deepcmb.nn.reconstruct.at_shape`).
 ``results: true`` adds the stage that gathers every evaluation into one table with the benchmark
 targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section).
+``uncertainty: {sims: PATH, ...}`` gives every reconstruction a per-map posterior
+(:mod:`deepcmb.uncertainty`): the calibration maps of the sims preset ``PATH`` (never trained or tested on)
+are reconstructed by every method of the main test set, each method is calibrated on them (``deepcmb
+calibrate``, its other keys: :data:`deepcmb.uncertainty.stage.SCHEMA`), and each reconstruction made with
+the same method and settings, on the test set and on the robustness sets, gets ``--uncertainty``; the
+evaluations then measure coverage.
 """
 
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
@@ -310,6 +318,38 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         except InputError as exc:
             raise ConfigError(f"run.models.{label}: {exc}") from None
 
+    calibrated = {}  # label -> (stage, config of the calibrated reconstruction, its calibration file)
+
+    def reconstructions(tag: str, folder: str, sims: Path, opts: dict, map_opts: dict | None,
+                        any_shape: bool = False) -> dict:
+        """The reconstruction steps of every method on one simulation file (names end in ``_tag``, but the
+        main test set's); a reconstruction made as a calibrated one gets its calibration file."""
+        suffix = "" if tag == "test" else f"_{tag}"
+        recs = {}
+
+        def rec(lab, stage, config, files, inputs, identity=None, **options):
+            recs[lab] = o / folder / f"rec_{lab}.h5"
+            cal = calibrated.get(lab)
+            if cal is not None and cal[:2] == (stage, config):
+                files = {**files, "uncertainty": cal[2]}
+                inputs = inputs + [f"calibrate_{lab}"]
+            add(f"reconstruct_{lab}{suffix}", stage, recs[lab].relative_to(o), config, files, inputs, identity,
+                **options)
+
+        for est in estimators:
+            rec("qe_" + _label(est), "reconstruct_qe", {"estimator": est, **opts}, {"sims": sims}, [f"simulate_{tag}"])
+        if map_opts is not None:
+            rec("map", "reconstruct_map", map_opts, {"sims": sims}, [f"simulate_{tag}"], workers=workers)
+        nn_cfg = {k: True for k, on in (("any_shape", any_shape), ("symmetrize", run["symmetrize"])) if on}
+        qe_label = "qe_" + _label(run["qe_input"])
+        rec("nn", "reconstruct_nn", nn_cfg,
+            {"sims": sims, "model": o / "train", **({"qe": recs[qe_label]} if qe_input else {})},
+            ["train", f"simulate_{tag}"] + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []))
+        for lab, model_path in models.items():
+            rec(lab, "reconstruct_nn", nn_cfg, {"sims": sims, "model": model_path}, [f"simulate_{tag}"],
+                {"model": str(model_path)})
+        return recs
+
     def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, map_opts: dict | None,
                  any_shape: bool = False) -> None:
         """Steps of one test set: simulate, every reconstruction, evaluate (names end in ``_tag``)."""
@@ -317,30 +357,28 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         sims = o / folder / ("sims_test.h5" if tag == "test" else "sims.h5")
         add(f"simulate_{tag}", "simulate", sims.relative_to(o), sims_cfg, {}, [], workers=workers)
         first = len(steps)
-        recs = {}
-        for est in estimators:
-            lab = "qe_" + _label(est)
-            recs[lab] = o / folder / f"rec_{lab}.h5"
-            add(f"reconstruct_{lab}{suffix}", "reconstruct_qe", recs[lab].relative_to(o), {"estimator": est, **opts},
-                {"sims": sims}, [f"simulate_{tag}"])
-        if map_opts is not None:
-            recs["map"] = o / folder / "rec_map.h5"
-            add(f"reconstruct_map{suffix}", "reconstruct_map", recs["map"].relative_to(o), map_opts, {"sims": sims},
-                [f"simulate_{tag}"], workers=workers)
-        nn_cfg = {k: True for k, on in (("any_shape", any_shape), ("symmetrize", run["symmetrize"])) if on}
-        recs["nn"] = o / folder / "rec_nn.h5"
-        qe_label = "qe_" + _label(run["qe_input"])
-        add(f"reconstruct_nn{suffix}", "reconstruct_nn", recs["nn"].relative_to(o), nn_cfg,
-            {"sims": sims, "model": o / "train", **({"qe": recs[qe_label]} if qe_input else {})},
-            ["train", f"simulate_{tag}"] + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []))
-        for lab, model_path in models.items():
-            recs[lab] = o / folder / f"rec_{lab}.h5"
-            add(f"reconstruct_{lab}{suffix}", "reconstruct_nn", recs[lab].relative_to(o), nn_cfg,
-                {"sims": sims, "model": model_path}, [f"simulate_{tag}"], {"model": str(model_path)})
+        recs = reconstructions(tag, folder, sims, opts, map_opts, any_shape)
         add(f"evaluate{suffix}", "evaluate", Path(folder) / "eval", eval_cfg, {"sims": sims, "recs": recs},
             [s.name for s in steps[first:]])
 
-    test_set("test", "", test_sims, sections["evaluate"], qe_opts, map_settings(run["map"], "run.map"))
+    main_map = map_settings(run["map"], "run.map")
+    if run["uncertainty"] is not None:
+        given = run["uncertainty"]
+        if not isinstance(given, dict) or not isinstance(given.get("sims"), str):
+            raise ConfigError("run.uncertainty: expected {sims: calibration sims preset, ...calibrate settings} "
+                              "or null")
+        cal_cfg = {k: v for k, v in given.items() if k != "sims"}
+        resolve(cal_cfg, STAGES["calibrate"].load_schema(), prefix="run.uncertainty.")
+        add("simulate_calibration", "simulate", "calibration/sims.h5", preset(given["sims"], "run.uncertainty.sims"),
+            {}, [], workers=workers)
+        first = len(steps)
+        cal_recs = reconstructions("calibration", "calibration/", o / "calibration" / "sims.h5", qe_opts, main_map)
+        for step in steps[first:]:
+            lab = step.name[len("reconstruct_"):-len("_calibration")]
+            add(f"calibrate_{lab}", "calibrate", f"calibration/calib_{lab}.h5", cal_cfg,
+                {"sims": o / "calibration" / "sims.h5", "rec": cal_recs[lab]}, ["simulate_calibration", step.name])
+            calibrated[lab] = (step.stage.name, step.config, o / "calibration" / f"calib_{lab}.h5")
+    test_set("test", "", test_sims, sections["evaluate"], qe_opts, main_map)
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),
                  _merge(sections["evaluate"], entry["evaluate"]),
@@ -491,6 +529,7 @@ def _run_steps(preset_file, root, out, workers, verbose, echo, overrides, only, 
     out.mkdir(exist_ok=True)
     if dry_run:
         for s in chosen:
+            s.output.parent.mkdir(parents=True, exist_ok=True)  # the printed commands write into it
             echo(stage_command(s, out / "commands"))
         return out
     record_path = out / "pipeline.json"

@@ -6,7 +6,8 @@ Reads the ``summary.json`` of the main evaluation and of each robustness evaluat
     results.json   per test set and noise level: bins, rho^2 and N_eff (with errors) of every method,
                    the analytic MV_POL N0, the iterative limit (as N and as rho^2 = C / (C + N)), the
                    transfer function of every method, the delensing A_lens^res of every method (when the
-                   evaluation measured it); and ``targets``: each target of the benchmark with the
+                   evaluation measured it), the coverage of the per-map uncertainties (methods
+                   reconstructed with --uncertainty); and ``targets``: each target of the benchmark with the
                    measured figure and whether it is met
     results.rst    the same as reStructuredText tables (``evaluate/bench.sh`` copies them to
                    ``docs/results/PRESET.rst``, which the documentation's benchmark page includes)
@@ -41,6 +42,12 @@ the same maps:
   the benchmark;
 - ``nn_near_map_high_noise``: at the high noise level, the inverse-variance mean of that ratio over
   the target bins at most ``map_factor_high`` (1.05) within two standard errors.
+
+With per-map uncertainties (``deepcmb reconstruct --uncertainty``, :mod:`deepcmb.uncertainty`):
+
+- ``uq_coverage``: on the main test set, at every noise level, the low-passed truth lies within the
+  1- and 2-sigma intervals of every such method at the Gaussian rates (0.683, 0.954) to within
+  ``coverage_tol_1sigma`` (0.02) and ``coverage_tol_2sigma`` (0.01), in pixels and in every L bin.
 """
 
 from __future__ import annotations
@@ -72,6 +79,10 @@ SCHEMA = {
     "map_factor": Number(1.3, gt=0, doc="largest N_eff(network) / N_eff(MAP) meeting nn_near_map"),
     "Lmax_map": Number(900.0, gt=0, doc="highest multipole of nn_near_map"),
     "map_factor_high": Number(1.05, gt=0, doc="largest mean N_eff(network) / N_eff(MAP) at the high noise level"),
+    "coverage_tol_1sigma": Number(0.02, min=0, doc="largest |coverage - 0.683| of the 1-sigma intervals meeting "
+                                                   "uq_coverage"),
+    "coverage_tol_2sigma": Number(0.01, min=0, doc="largest |coverage - 0.954| of the 2-sigma intervals meeting "
+                                                   "uq_coverage"),
 }
 """Settings of the results table and its targets (``results:`` of a run preset)."""
 
@@ -98,7 +109,8 @@ def noise_table(summary: dict, j: int) -> dict:
         ``n0_mv_pol``, ``n_iterative``, ``rho2_iterative``, ``rho2_n0_mv_pol`` (lists, one value per
         bin; theory entries the evaluation did not compute are absent); ``delensing``: ``{'lmin', 'lmax'}``
         (the B-mode multipoles summed) and per method ``A_res``, ``A_res_err``, ``spurious_flag``, or
-        ``{'skipped': why}`` (see :mod:`deepcmb.io.report`).
+        ``{'skipped': why}`` (see :mod:`deepcmb.io.report`); ``coverage``: label -> the :data:`COVERAGE`
+        figures of every method reconstructed with per-map uncertainties.
     """
     group = f"noise{j}"
     out = {"noise_p_uk_arcmin": float(summary["noise_p_uk_arcmin"][j]), "edges": summary["bins"]["edges"],
@@ -110,6 +122,8 @@ def noise_table(summary: dict, j: int) -> dict:
                                                    "transfer_err")}
     delensing = summary.get("delensing", {"skipped": "the summary predates the delensing metric"})
     out["delensing"] = _delensing_table(delensing, group)
+    out["coverage"] = {label: {k: summary["results"][label][group][k] for k in COVERAGE}
+                       for label in summary["methods"] if "coverage_1sigma" in summary["results"][label][group]}
     theory = summary["theory"]
     clkk = _arr(theory["clkk"][group])
     out["theory"]["clkk"] = clkk.tolist()
@@ -119,6 +133,11 @@ def noise_table(summary: dict, j: int) -> dict:
             out["theory"][name] = n.tolist()
             out["theory"]["rho2_" + name.replace("n_", "")] = (clkk / (clkk + n)).tolist()
     return out
+
+
+COVERAGE = ("coverage_1sigma", "coverage_1sigma_err", "coverage_2sigma", "coverage_2sigma_err",
+            "mode_coverage_1sigma", "mode_coverage_2sigma", "ood_score_median", "ood_outside")
+"""The coverage figures of a method with per-map uncertainties (:mod:`deepcmb.io.report`) a table carries."""
 
 
 def _delensing_table(delensing: dict, group: str) -> dict:
@@ -215,7 +234,29 @@ def targets(summary: dict, cfg: dict) -> dict:
         else:
             out["nn_not_worse_high_noise"] = missing
     out.update(map_targets(summary, cfg))
+    out["uq_coverage"] = coverage_target(summary, cfg)
     return out
+
+
+def coverage_target(summary: dict, cfg: dict) -> dict:
+    """``uq_coverage``: at every noise level, every method with per-map uncertainties covers the low-passed
+    truth at the Gaussian rates, in pixels and in every L bin with modes below ``uq_lmax``, to within
+    ``coverage_tol_1sigma`` and ``coverage_tol_2sigma``; ``met`` None when no method has them."""
+    from .uncertainty.coverage import NOMINAL
+
+    tol = {1: cfg["coverage_tol_1sigma"], 2: cfg["coverage_tol_2sigma"]}
+    worst = {1: 0.0, 2: 0.0}
+    methods = []
+    for j in range(len(summary["noise_p_uk_arcmin"])):
+        for label, c in noise_table(summary, j)["coverage"].items():
+            methods.append(label)
+            for k in (1, 2):
+                values = [c[f"coverage_{k}sigma"]] + [v for v in c[f"mode_coverage_{k}sigma"] if v is not None]
+                worst[k] = max(worst[k], max(abs(v - NOMINAL[k]) for v in values))
+    if not methods:
+        return {"met": None}
+    return {"met": bool(worst[1] <= tol[1] and worst[2] <= tol[2]), "max_deviation_1sigma": worst[1],
+            "max_deviation_2sigma": worst[2], "methods": sorted(set(methods))}
 
 
 def map_targets(summary: dict, cfg: dict) -> dict:
@@ -285,7 +326,8 @@ def collect(evaluations: Mapping[str, str | Path], cfg: dict) -> dict:
 def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[list[str]]]:
     """One row per test set and noise level: rho^2 at ``L_ref`` and the range of N_eff / N0(MV_POL) over the
     target bins ``[Lmin, Lmax_target]`` of every method (and of the iterative limit); with a MAP method, the
-    range of N_eff / N_eff(MAP) of every other method that is not a QE.
+    range of N_eff / N_eff(MAP) of every other method that is not a QE; for the methods with per-map
+    uncertainties, the pixel coverage of their 1- and 2-sigma intervals.
 
     Returns
     -------
@@ -299,6 +341,8 @@ def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[
     mp = cfg["map"]
     vs_map = [m for m in methods if m != mp and not m.startswith("qe")] if mp in methods else []
     head += [f"N {m} / N map" for m in vs_map]
+    covered = list(dict.fromkeys(m for tables in results["sets"].values() for t in tables for m in t["coverage"]))
+    head += [f"cover {m}" for m in covered]
     rows = []
     for tag, tables in results["sets"].items():
         for t in tables:
@@ -323,6 +367,9 @@ def overview_rows(results: dict, L_ref: float = 400.0) -> tuple[list[str], list[
                 r = (_arr(t["methods"][m]["n_eff"]) / _arr(t["methods"][mp]["n_eff"]))[sel] \
                     if m in t["methods"] and mp in t["methods"] else np.array([])
                 row.append(f"{r.min():.2f}-{r.max():.2f}" if r.size and np.all(np.isfinite(r)) else "-")
+            for m in covered:
+                c = t["coverage"].get(m)
+                row.append(f"{c['coverage_1sigma']:.3f}/{c['coverage_2sigma']:.3f}" if c else "-")
             rows.append(row)
     return head, rows
 
@@ -341,9 +388,11 @@ def render_rst(results: dict, title_level: str = "~") -> str:
     head, rows = overview_rows(results)
     lines = [title, title_level * len(title), "",
              f"rho^2 in the bin holding L = 400; N/N0: the range of N_eff / N0(MV_POL analytic) over the bins in "
-             f"{cfg['Lmin']:g} <= L <= {cfg['Lmax_target']:g}:", ""]
+             f"{cfg['Lmin']:g} <= L <= {cfg['Lmax_target']:g}; cover: the fraction of pixels whose low-passed "
+             "truth lies within 1 / 2 sigma of the posterior mean (Gaussian: 0.683 / 0.954):", ""]
     lines += rst_grid(head, rows) + [""]
     lines += _delensing_rst(results, title_level)
+    lines += _coverage_rst(results, title_level)
     for tag, tables in results["sets"].items():
         for t in tables:
             methods = list(t["methods"])
@@ -396,6 +445,29 @@ def _delensing_rst(results: dict, title_level: str) -> list[str]:
             "the B-mode bins in l (1: nothing removed). (!): the template correlates with the noise B of the data "
             "beyond n_sigma jackknife errors below l_cut (see deepcmb.io.report).", "",
             *rst_grid(["test set", "uK'", "l"] + [f"A_res {m}" for m in methods], rows), ""]
+
+
+def _coverage_rst(results: dict, title_level: str) -> list[str]:
+    """The coverage table of :func:`render_rst` (no lines when no method has per-map uncertainties)."""
+    tables = [(tag, t) for tag, ts in results["sets"].items() for t in ts if t["coverage"]]
+    if not tables:
+        return []
+    methods = list(dict.fromkeys(m for _, t in tables for m in t["coverage"]))
+    rows = []
+    for tag, t in tables:
+        def cell(m: str) -> str:
+            c = t["coverage"].get(m)
+            if c is None:
+                return "-"
+            return f"{c['coverage_1sigma']:.3f} / {c['coverage_2sigma']:.3f} ({100 * c['ood_outside']:.0f} %)"
+
+        rows.append([tag, f"{t['noise_p_uk_arcmin']:g}"] + [cell(m) for m in methods])
+    title = "Coverage of the per-map uncertainties"
+    return [title, title_level * len(title), "",
+            "The fraction of pixels where the true kappa, low-passed to uq_lmax, lies within 1 and 2 posterior "
+            "standard deviations of the posterior mean (Gaussian: 0.683 / 0.954), and in brackets the fraction of "
+            "input maps whose score marks them as unlike the calibration maps (deepcmb.uncertainty).", "",
+            *rst_grid(["test set", "uK'"] + [f"{m} 1 / 2 sigma" for m in methods], rows), ""]
 
 
 def rst_grid(head: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:

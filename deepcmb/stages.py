@@ -155,6 +155,8 @@ SIMS = Input("sims", "simulation file of `deepcmb simulate`", aliases=("--data",
 MAPS = Input("sims", "simulation or observation file (maps deepcmb did not simulate: deepcmb.io.observations)",
              aliases=("--data",))
 QE = Input("qe", "QE reconstruction of --sims (for a network with a kappa_qe input channel)", required=False)
+UQ = Input("uncertainty", "calibration file of `deepcmb calibrate` for this method: adds the per-map posterior "
+                          "(kappa_mean, kappa_sigma) and the input score (ood_score)", required=False)
 
 STAGES = {s.name: s for s in (
     Stage("simulate", "simulate", "deepcmb.simulate", "deepcmb.simulate:SCHEMA",
@@ -164,17 +166,22 @@ STAGES = {s.name: s for s in (
           "train the ResUNet on a simulation file", (SIMS, QE), "folder", resumes=True, finished="model.keras",
           keras=True),
     Stage("reconstruct_qe", "reconstruct", "deepcmb.qe.stage", "deepcmb.qe.stage:SCHEMA",
-          "reconstruct kappa with a flat-sky quadratic estimator", (MAPS,), "file", section="run.qe",
+          "reconstruct kappa with a flat-sky quadratic estimator", (MAPS, UQ), "file", section="run.qe",
           config_required=False, flags=True, method="qe"),
     Stage("reconstruct_nn", "reconstruct", "deepcmb.nn.reconstruct", "deepcmb.nn.settings:RECONSTRUCT_SCHEMA",
           "reconstruct kappa with a trained ResUNet",
           (MAPS, Input("model", "run folder of `deepcmb train`, a .keras file, or the name of a shipped network "
-                                f"(default: {DEFAULT_NETWORK})", required=False), QE),
+                                f"(default: {DEFAULT_NETWORK})", required=False), QE, UQ),
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("reconstruct_map", "reconstruct", "deepcmb.iterative.stage", "deepcmb.iterative.settings:SCHEMA",
-          "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS,), "file",
+          "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS, UQ), "file",
           section="run.map", config_required=False, flags=True, method="map", resumes=True,
           options=("workers", "scheduler", "scheduler_file")),
+    Stage("calibrate", "calibrate", "deepcmb.uncertainty.stage", "deepcmb.uncertainty.stage:SCHEMA",
+          "measure a method's per-map uncertainty on calibration simulations (for reconstruct --uncertainty)",
+          (Input("sims", "calibration simulation file of `deepcmb simulate` (the truth)"),
+           Input("rec", "reconstruction of --sims by the method to calibrate")),
+          "file", section="uncertainty", config_required=False, flags=True),
     Stage("evaluate", "evaluate", "deepcmb.evaluation.stage", "deepcmb.evaluation.stage:SCHEMA",
           "compare reconstructions with the simulation truth (spectra, rho, noise, S/N), or with each other",
           (Input("sims", "simulation file of `deepcmb simulate` (the truth), or observation file (no truth: "

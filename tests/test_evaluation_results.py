@@ -157,3 +157,31 @@ def test_map_targets_judge_the_network_against_the_measured_map():
 def collect_from(summary):
     return {"config": CFG, "sets": {"test": [noise_table(summary, j) for j in range(2)]},
             "targets": targets(summary, CFG)}
+
+
+def _with_coverage(s, c1, c2, bins1=None):
+    """Give the network per-map coverage figures at both noise levels."""
+    for j in (0, 1):
+        s["results"]["nn"][f"noise{j}"].update(
+            coverage_1sigma=c1, coverage_1sigma_err=0.002, coverage_2sigma=c2, coverage_2sigma_err=0.001,
+            mode_coverage_1sigma=list(bins1 if bins1 is not None else [c1] * 4) + [None, None],
+            mode_coverage_2sigma=[c2] * 4 + [None, None], ood_score_median=1.0, ood_outside=0.01)
+    return s
+
+
+def test_coverage_target_judges_pixels_and_every_bin_and_the_table_shows_it(tmp_path):
+    s = _summary(0.9 * N0, 5 * N0, 5.2 * N0)
+    assert targets(s, CFG)["uq_coverage"] == {"met": None}  # no method with uncertainties
+    t = targets(_with_coverage(s, 0.69, 0.95), CFG)["uq_coverage"]
+    assert t["met"] and t["methods"] == ["nn"]
+    assert t["max_deviation_1sigma"] == pytest.approx(0.69 - 0.6827, abs=1e-4)
+    # one bin over-covering by 0.03 fails, though the pixel coverage is right
+    t = targets(_with_coverage(s, 0.69, 0.95, [0.69, 0.715, 0.69, 0.69]), CFG)["uq_coverage"]
+    assert not t["met"] and t["max_deviation_1sigma"] == pytest.approx(0.715 - 0.6827, abs=1e-4)
+    assert not targets(_with_coverage(s, 0.69, 0.93), CFG)["uq_coverage"]["met"]  # 2 sigma off by 0.025
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "summary.json").write_text(json.dumps(_with_coverage(s, 0.69, 0.95)))
+    text = render_rst(collect({"test": tmp_path / "e"}, CFG))
+    assert "Coverage of the per-map uncertainties" in text and "0.690 / 0.950 (1 %)" in text
+    head, rows = overview_rows(collect({"test": tmp_path / "e"}, CFG))
+    assert head[-1] == "cover nn" and rows[0][-1] == "0.690/0.950"

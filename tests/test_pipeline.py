@@ -35,13 +35,16 @@ NOISE_SIMS = {"seed": 13, "n_maps": 60, "geometry": GEOMETRY,
               "cosmology": {"sampling": "list", "list": [{}, {"Alens": 0.8}]},
               "instrument": {"beam_fwhm_arcmin": 1.0, "noise_p_uk_arcmin": [2.0]},
               "simulation": {"fields": ["Q", "U", "E_unlensed", "kappa"], "block_size": 30}}
+CALIB_SIMS = {"seed": 14, "n_maps": 96, "geometry": GEOMETRY, "cosmology": {"sampling": "fiducial"},
+              "instrument": INSTRUMENT, "simulation": {"fields": ["Q", "U", "kappa"], "block_size": 48}}
 TRAIN = {"seed": 3, "data": {"split": [0.9, 0.1, 0.0]},
          "model": {"inputs": ["Q", "U", "kappa_qe"], "filters": [8, 16], "outputs": ["kappa", "E_unlensed"]},
          "training": {"batch_size": 32, "epochs": 2}}
 PRESET = {
     "run": {"train_sims": "sims/tiny_train.yaml", "test_sims": "sims/tiny_test.yaml", "train": "train/tiny.yaml",
             "qe_estimators": ["EB", "MV_POL"], "map": {"max_iterations": 4},
-            "robustness": {"noise2": "sims/tiny_noise.yaml"}, "results": True},
+            "robustness": {"noise2": "sims/tiny_noise.yaml"}, "results": True,
+            "uncertainty": {"sims": "sims/tiny_calib.yaml"}},
     "evaluate": {"bins": {"Lmin": 300, "Lmax": 2000, "width": 300}, "e_bins": {"lmin": 300, "lmax": 3000},
                  "snr": {"Lmax": 2000}, "examples": 2, "jackknife": 8,
                  "theory": {"qe_estimators": ["EB", "MV_POL"], "iterative": False}},
@@ -54,7 +57,7 @@ PRESET = {
 
 def _write_root(root, preset=PRESET):
     for folder, name, content in (("sims", "tiny_train", TRAIN_SIMS), ("sims", "tiny_test", TEST_SIMS),
-                                  ("sims", "tiny_noise", NOISE_SIMS),
+                                  ("sims", "tiny_noise", NOISE_SIMS), ("sims", "tiny_calib", CALIB_SIMS),
                                   ("train", "tiny", TRAIN), ("evaluate", "tiny", preset)):
         (root / folder).mkdir(exist_ok=True)
         (root / folder / f"{name}.yaml").write_text(yaml.safe_dump(content))
@@ -85,7 +88,9 @@ def tiny_run(tmp_path_factory):
     return root, out, first
 
 
-STAGES = ["simulate_train", "reconstruct_qe_train", "train", "simulate_test", "reconstruct_qe_eb",
+STAGES = ["simulate_train", "reconstruct_qe_train", "train", "simulate_calibration", "reconstruct_qe_eb_calibration",
+          "reconstruct_qe_mv_pol_calibration", "reconstruct_map_calibration", "reconstruct_nn_calibration",
+          "calibrate_qe_eb", "calibrate_qe_mv_pol", "calibrate_map", "calibrate_nn", "simulate_test", "reconstruct_qe_eb",
           "reconstruct_qe_mv_pol", "reconstruct_map", "reconstruct_nn", "evaluate", "simulate_noise2", "reconstruct_qe_eb_noise2",
           "reconstruct_qe_mv_pol_noise2", "reconstruct_nn_noise2", "evaluate_noise2", "params", "figures", "results"]
 
@@ -135,6 +140,25 @@ def test_summary_compares_every_method_per_cosmology(tiny_run):
     params = json.loads((out / "params" / "summary.json").read_text())
     assert set(params["results"]) == {"nn", "qe_eb", "qe_mv_pol", "map"}
     assert set(params["results"]["qe_mv_pol"]) == {"cosmo1", "cosmo2"}
+
+
+def test_every_method_gets_a_calibrated_posterior_and_the_table_its_coverage(tiny_run):
+    _, out, _ = tiny_run
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    for label in summary["methods"]:
+        with h5py.File(out / f"rec_{label}.h5") as f:
+            assert f.attrs["uq_calibration"] == str((out / "calibration" / f"calib_{label}.h5").resolve())
+            assert f["maps/kappa_sigma"].shape == f["maps/kappa"].shape
+        r = summary["results"][label]["cosmo0_noise0"]
+        # the calibration's cosmology, 80 maps of 32 x 32 (about 40 modes below uq_lmax each): statistical
+        # error 0.008; calibrated on 96 maps, whose few modes per ring leave sigma uncertain by ~2.5 % (0.012)
+        assert abs(r["coverage_1sigma"] - 0.683) < 0.05 and abs(r["coverage_2sigma"] - 0.954) < 0.025, (label, r)
+        # Alens = 0.5, far from the calibration maps: its inputs score as unlike them more often
+        assert summary["results"][label]["cosmo2_noise0"]["ood_outside"] > r["ood_outside"]
+    noise2 = json.loads((out / "robust_noise2" / "eval" / "summary.json").read_text())
+    assert noise2["results"]["nn"]["all"]["ood_outside"] > 0.9  # calibrated at 1 uK', applied at 2 uK'
+    table = (out / "results" / "results.rst").read_text()
+    assert "Coverage of the per-map uncertainties" in table and "uq_coverage" in table
 
 
 def _documented_summary_keys():
@@ -209,7 +233,14 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     assert stages["simulate_curved"].output == tmp_path / "out" / "robust_curved" / "sims.h5"
     assert stages["reconstruct_qe_eb_curved"].config["apodize_arcmin"] == 20
     assert "apodize_arcmin" not in stages["reconstruct_qe_eb"].config
-    assert stages["reconstruct_nn_curved"].inputs == ["train", "simulate_curved", "reconstruct_qe_mv_pol_curved"]
+    assert stages["reconstruct_nn_curved"].inputs == ["train", "simulate_curved", "reconstruct_qe_mv_pol_curved",
+                                                      "calibrate_nn"]
+    # a reconstruction gets the calibration of its method only when made with the calibrated settings
+    calib = tmp_path / "out" / "calibration"
+    assert stages["reconstruct_nn_curved"].files["uncertainty"] == calib / "calib_nn.h5"
+    assert stages["reconstruct_qe_eb"].files["uncertainty"] == calib / "calib_qe_eb.h5"
+    assert "uncertainty" not in stages["reconstruct_qe_eb_curved"].files
+    assert stages["calibrate_map"].files == {"sims": calib / "sims.h5", "rec": calib / "rec_map.h5"}
     ev = stages["evaluate_curved"].config
     assert ev["apodize_arcmin"] == 20 and ev["bins"] == {"Lmin": 300, "Lmax": 2000, "width": 600}
     assert stages["evaluate"].config["bins"]["width"] == 300
@@ -230,6 +261,7 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     _write_root(tmp_path, preset)
     stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
     assert stages["reconstruct_nn_big"].config == {"any_shape": True} and stages["reconstruct_nn"].config == {}
+    assert "uncertainty" not in stages["reconstruct_nn_big"].files  # calibrated at the training size only
     plain = {name: s.config for name, s in stages.items()}
     preset["run"]["symmetrize"] = True
     _write_root(tmp_path, preset)
@@ -275,9 +307,11 @@ def test_dry_run_prints_commands_that_do_what_the_run_did(tiny_run, tmp_path):
     lines = []
     other = tmp_path / "chain"
     run_pipeline("tiny", out=other, root=root, echo=lines.append, dry_run=True,
-                 only=["simulate_test", "reconstruct_qe_mv_pol", "reconstruct_map"])
-    assert [shlex.split(c)[1:3] for c in lines] == [["simulate", "--out"], ["reconstruct", "--method"],
-                                                   ["reconstruct", "--method"]]
+                 only=["simulate_calibration", "reconstruct_qe_mv_pol_calibration", "reconstruct_map_calibration",
+                       "calibrate_qe_mv_pol", "calibrate_map", "simulate_test", "reconstruct_qe_mv_pol",
+                       "reconstruct_map"])
+    assert [shlex.split(c)[1:3] for c in lines] == [["simulate", "--out"]] + [["reconstruct", "--method"]] * 2 \
+        + [["calibrate", "--sims"]] * 2 + [["simulate", "--out"]] + [["reconstruct", "--method"]] * 2
     assert (other / "commands" / "simulate_test.yaml").exists() and not (other / "sims_test.h5").exists()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     for command in lines:

@@ -346,3 +346,37 @@ def delensing_metrics(lens: np.ndarray, resid: np.ndarray, t_noise: np.ndarray, 
         beyond = np.abs(out["spurious"]) > n_sigma * out["spurious_err"]
     out["spurious_flag"] = bool(np.any(beyond & np.asarray(checked, dtype=bool)))
     return out
+
+
+def coverage_metrics(pixel: np.ndarray, modes: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Coverage of a group of maps' per-map posteriors (:mod:`deepcmb.uncertainty.coverage`).
+
+    Parameters
+    ----------
+    pixel : ndarray, shape (n, 2)
+        Per map, the fraction of pixels within 1 and 2 sigma.
+    modes : ndarray, shape (n, nb, 2)
+        Per map and bin, the fraction of Fourier-mode parts within 1 and 2 sigma (NaN: no mode).
+    scores : ndarray, shape (n,)
+        The inputs' scores (:mod:`deepcmb.uncertainty.ood`).
+    threshold : float
+        The calibration maps' 0.99 quantile of the score.
+
+    Returns
+    -------
+    dict
+        ``coverage_1sigma``, ``coverage_2sigma`` and their ``_err`` (scalars: mean over maps, error of the
+        mean from the map scatter); ``mode_coverage_1sigma``, ``mode_coverage_2sigma`` and their ``_err``
+        (nb,); ``ood_score_median`` and ``ood_outside`` (the fraction of maps above ``threshold``).
+    """
+    from ..uncertainty.coverage import SIGMAS, coverage_error
+
+    out = {}
+    for j, k in enumerate(SIGMAS):
+        out[f"coverage_{k}sigma"] = float(pixel[:, j].mean())
+        out[f"coverage_{k}sigma_err"] = float(coverage_error(pixel[:, j]))
+        out[f"mode_coverage_{k}sigma"] = modes[:, :, j].mean(axis=0)
+        out[f"mode_coverage_{k}sigma_err"] = coverage_error(modes[:, :, j])
+    out["ood_score_median"] = float(np.median(scores))
+    out["ood_outside"] = float(np.mean(scores > threshold))
+    return out

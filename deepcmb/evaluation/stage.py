@@ -241,6 +241,60 @@ def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, wind
     return truth, methods
 
 
+def per_map_coverage(inp: EvaluationInputs, bins: dict, progress: bool = True) -> dict[str, dict]:
+    """Coverage of the per-map posterior of every reconstruction written with ``--uncertainty``.
+
+    For each map: the fraction of pixels where the true kappa low-passed to the file's ``uq_lmax`` lies
+    within 1 and 2 sigma of ``kappa_mean`` (sigma: ``kappa_sigma``), the same fraction over the Fourier
+    modes of each bin of ``bins`` (per-mode sigma from the file's ``/uncertainty``), and the input
+    score ``/meta/ood_score`` (:mod:`deepcmb.uncertainty`). The low-pass is the sharp cut on the maps'
+    Fourier grid also for non-periodic patches, where the posterior (derived for periodic maps) is put
+    to the test.
+
+    Returns
+    -------
+    dict
+        Label -> ``{'pixel_coverage': (n, 2), 'mode_coverage': (n, nb, 2), 'ood_score': (n,)}`` and the
+        attributes ``uq_lmax``, ``ood_threshold``; labels without ``kappa_mean`` are absent.
+    """
+    from ..uncertainty.coverage import SIGMAS, lowpass, mode_coverage, pixel_coverage
+    from ..uncertainty.modes import ModeCalibration
+
+    labels = [label for label, f in inp.recs.items() if "kappa_mean" in f["maps"]]
+    if not labels:
+        return {}
+    geom, n, nb = inp.geom, inp.rows.size, len(bins["L"])
+    out, modes = {}, {}
+    for label in labels:
+        f = inp.recs[label]
+        g = f["uncertainty"]
+        modes[label] = ModeCalibration(edges=g["edges"][...], transfer=g["transfer"][...],
+                                       residual=g["residual"][...], noise_p=g["noise_p"][...],
+                                       n_maps=np.zeros(len(g["noise_p"]), int), lmax=float(f.attrs["uq_lmax"]),
+                                       shape=geom.shape, pixel_arcmin=geom.pixel_arcmin)
+        out[label] = {"pixel_coverage": np.empty((n, len(SIGMAS))), "mode_coverage": np.empty((n, nb, len(SIGMAS))),
+                      "ood_score": read_rows(f["meta/ood_score"], inp.positions[label]),
+                      "uq_lmax": modes[label].lmax, "ood_threshold": float(f.attrs["ood_threshold"])}
+    with Progress(n, "coverage", "map", enabled=progress, log=log) as bar:
+        for start in range(0, n, BATCH):
+            sel = slice(start, min(start + BATCH, n))
+            rows = inp.rows[sel]
+            truth = read_rows(inp.sims["maps/kappa"], rows).astype(np.float64)
+            for label in labels:
+                f, pos, m = inp.recs[label], inp.positions[label][sel], modes[label]
+                mean = read_rows(f["maps/kappa_mean"], pos).astype(np.float64)
+                sigma = read_rows(f["maps/kappa_sigma"], pos).astype(np.float64)
+                level = read_rows(f["meta/uq_level"], pos)
+                out[label]["pixel_coverage"][sel] = pixel_coverage(lowpass(geom, truth, m.lmax), mean, sigma)
+                cover = np.empty((len(rows), nb, len(SIGMAS)))
+                for lev in np.unique(level):
+                    i = level == lev
+                    cover[i] = mode_coverage(geom, truth[i], mean[i], m.mode_variance(geom, int(lev)), bins["edges"])
+                out[label]["mode_coverage"][sel] = cover
+            bar.update(len(rows))
+    return out
+
+
 def qe_band(inp: EvaluationInputs) -> tuple[float, float]:
     """``(lmin, lmax)``: the CMB band of the QE reconstructions among the inputs (they must agree), else
     the default :data:`deepcmb.qe.BAND`."""
@@ -497,6 +551,9 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     d_bins = make_bins(geom, dcfg, "lmin", "lmax", "evaluate.delensing") if skipped is None else None
     theory = theory_curves(cfg["theory"], inp, bins, progress)
     truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
+    coverage = per_map_coverage(inp, bins, progress)
+    for label, c in coverage.items():
+        per_map[label].update({k: c[k] for k in ("pixel_coverage", "mode_coverage", "ood_score")})
     if skipped is None:
         band = qe_band(inp)
         truth["BB_lens"], d_maps, wiener = per_map_delensing(inp, d_bins, band, progress)
@@ -523,6 +580,9 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
             if label in inp.e_labels:
                 stats[name].update(metrics.e_metrics(pm["E_auto"][i], pm["E_cross"][i], truth["E_auto"][i],
                                                      pm["E_resid"][i], cfg["jackknife"]))
+            if label in coverage:
+                stats[name].update(metrics.coverage_metrics(pm["pixel_coverage"][i], pm["mode_coverage"][i],
+                                                            pm["ood_score"][i], coverage[label]["ood_threshold"]))
             if skipped is None:
                 stats[name].update(metrics.delensing_metrics(truth["BB_lens"][i], pm["BB_res"][i], pm["TB_noise"][i],
                                                              pm["TB_lens"][i], checked, dcfg["n_sigma"],
@@ -533,6 +593,8 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
                                                           a["clkk_theory"], keep)
                       for c in np.unique(inp.cosmology_index)}
         attrs = _method_attrs(inp.recs[label], inp.rec_paths[label])
+        if label in coverage:
+            attrs.update(uq_lmax=coverage[label]["uq_lmax"], ood_threshold=coverage[label]["ood_threshold"])
         if skipped is None:
             attrs["delensing_wiener"] = wiener[label]
         methods[label] = {"attrs": attrs, "per_map": pm, "groups": stats, "cosmology_dependence": dependence}

@@ -39,6 +39,19 @@ A MAP file (``method = 'map'``, :mod:`deepcmb.iterative.stage`) has the attribut
 ``B_delensed`` beside ``kappa``, and per map ``/meta/iterations``, ``converged``, ``gradient_ratio``
 and ``cg_iterations``.
 
+A reconstruction made with ``--uncertainty CALIBRATION`` (:mod:`deepcmb.uncertainty.stage`) also has the
+root attributes uq_lmax (L_uq), uq_calibration (path of the calibration file) and ood_threshold, and::
+
+    /maps/kappa_mean   (n, ny, nx) float32: posterior mean of the true kappa low-passed to |L| <= uq_lmax
+    /maps/kappa_sigma  (n, ny, nx) float32: its posterior standard deviation per pixel
+    /meta/ood_score    (n,) float64: how unlike the calibration maps the input is (about 1: alike)
+    /meta/uq_level     (n,) int64: the calibrated noise level each map used
+    /uncertainty/edges (nring + 1,), /uncertainty/transfer, /uncertainty/residual (n_levels, nring),
+    /uncertainty/noise_p (n_levels,): the per-mode posterior (deepcmb.uncertainty.modes)
+
+A network file records the weights it used as model_sha256 (of the ``.keras`` file) and symmetrize.
+Every method writes ``/meta/noise_index``.
+
 The file is written to ``OUT.tmp`` and renamed when complete, so a file under the final name is whole; a
 disk without room for the maps is refused before any is computed, and a write that fails (full disk,
 file size limit) stops with one :class:`~deepcmb.errors.OutputError` naming ``OUT``.

@@ -36,6 +36,11 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
         per_map/BB_res, per_map/TB_noise, per_map/TB_lens (n, nbd): (B - T) x (B - T), T x n, T x B, uK^2 sr,
             with T the method's lensing-B template, B the true lensing B and n = B_obs / B_l - B the
             beam-deconvolved noise B of the data (:mod:`deepcmb.delensing`)   with the delensing metric
+        per_map/pixel_coverage (n, 2), per_map/mode_coverage (n, nb, 2), per_map/ood_score (n,): the
+            fraction of pixels (of Fourier-mode parts per bin) where the true kappa low-passed to uq_lmax
+            lies within 1 and 2 sigma of the posterior mean, and the input's score
+            (:func:`deepcmb.evaluation.stage.per_map_coverage`); methods attrs uq_lmax, ood_threshold
+                                                  reconstructions written with --uncertainty
         groups/<g>/  g = 'all', 'noise<j>' (every cosmology at level j), 'cosmo<c>_noise<j>';
                      attrs cosmology_index (-1: pooled), noise_index (-1: pooled), n_maps
             auto_mean, auto_std, cross_mean, cross_std, truth_mean, truth_std (nb,): std = scatter
@@ -46,6 +51,9 @@ dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of 
             E_rho, E_rho_err, E_resid_mean, E_resid_std, E_truth_mean (nbe,)   methods with E
             BB_lens_mean, BB_res_mean, BB_res_ratio, BB_res_ratio_err, spurious, spurious_err (nbd,);
                 A_res, A_res_err, spurious_flag (scalars)                 with the delensing metric
+            coverage_1sigma, coverage_2sigma and their _err (scalars), mode_coverage_1sigma,
+                mode_coverage_2sigma and their _err (nb,), ood_score_median, ood_outside (scalars)
+                                                  reconstructions written with --uncertainty
     /examples/index, /examples/cosmology_index, /examples/noise_index (k,)
     /examples/<FIELD> (k, ny, nx): the sims' Q, U, T, kappa, E_unlensed (those present), unwindowed
     /examples/<label>/kappa, /examples/<label>/E_unlensed (k, ny, nx)
@@ -80,8 +88,11 @@ jackknife over ``jackknife`` groups of maps.
     cosmologies          [{"index": c, "params": {P: value}, "n_maps": maps evaluated}]
     results              {label: {group: {"n_maps", "rho2", "rho2_err", "n_eff", "n_eff_err",
                           "transfer", "transfer_err", "snr_cumulative" (float: at the last bin below
-                          snr.Lmax), "snr_cumulative_err", and with an E map "E_rho2" and
-                          "E_rho2_err" (= 2 |E_rho| E_rho_err)}}}
+                          snr.Lmax), "snr_cumulative_err", with an E map "E_rho2" and
+                          "E_rho2_err" (= 2 |E_rho| E_rho_err), and for a reconstruction with
+                          --uncertainty "coverage_1sigma", "coverage_1sigma_err", "coverage_2sigma",
+                          "coverage_2sigma_err", "mode_coverage_1sigma", "mode_coverage_2sigma" (lists),
+                          "ood_score_median", "ood_outside"}}}
     theory               {"clkk": {group: [...]}, "n0_<EST>": {"noise<j>": [...]},
                           "n_iterative": {"noise<j>": [...]} (if theory.iterative)}
     truth                true; false without truth (an observation file): results then hold, per method,
@@ -120,6 +131,8 @@ FORMAT = "deepcmb.evaluation"
 FORMAT_VERSION = 1
 
 _KAPPA_SUMMARY = ("rho2", "rho2_err", "n_eff", "n_eff_err", "transfer", "transfer_err")
+_COVERAGE_SUMMARY = ("coverage_1sigma", "coverage_1sigma_err", "coverage_2sigma", "coverage_2sigma_err",
+                     "mode_coverage_1sigma", "mode_coverage_2sigma", "ood_score_median", "ood_outside")
 _DELENSING_SUMMARY = ("A_res", "A_res_err", "BB_lens_mean", "BB_res_mean", "BB_res_ratio", "BB_res_ratio_err",
                       "spurious", "spurious_err", "spurious_flag")
 
@@ -187,6 +200,7 @@ def summary(ev: dict) -> dict:
         for name, s in m["groups"].items():
             r = {"n_maps": len(ev["groups"][name]["index"])}
             r.update({k: s[k] for k in _KAPPA_SUMMARY})
+            r.update({k: s[k] for k in _COVERAGE_SUMMARY if k in s})
             r["snr_cumulative"] = s["snr_cumulative"][last]
             r["snr_cumulative_err"] = s["snr_cumulative_err"][last]
             if "E_rho" in s:

@@ -39,6 +39,7 @@ from ..io.partial import PartialFolder
 from ..io.reconstruction import ReconstructionWriter, sims_identity
 from ..provenance import config_json
 from ..progress import Progress
+from ..uncertainty.stage import Uncertainty
 from .estimator import MAPS, STATS, MapEstimator, stack_results
 from .settings import ESTIMATOR_SCHEMA, SCHEMA
 
@@ -97,7 +98,9 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         Settings over :data:`~deepcmb.iterative.settings.SCHEMA` (``run.map`` of a preset).
     inputs : dict
         ``sims``: simulation file of ``deepcmb simulate`` (periodic flat-sky maps with Q, U), or an
-        observation file with ``periodic = true``, no mask and constant inverse variance.
+        observation file with ``periodic = true``, no mask and constant inverse variance; ``uncertainty``
+        (optional): calibration file of ``deepcmb calibrate`` for these settings, which adds the per-map
+        posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     out : str or Path
         Output reconstruction file (see the module docstring).
     overwrite : bool
@@ -143,6 +146,10 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         attrs = {"estimator": "MAP", "lmin": settings["lmin"], "lmax": settings["lmax"], "Lmin": settings["Lmin"],
                  "Lmax": settings["Lmax"], "mean_field": "none (joint MAP: the log-determinant term is neglected)",
                  "start": "Wiener-filtered MV_POL QE"}
+        uq = None
+        if inputs.get("uncertainty"):
+            uq = Uncertainty(inputs["uncertainty"], "map", attrs, geom, [i.noise_p_uk_arcmin for i in instruments])
+            attrs.update(uq.attrs)
         partial = PartialFolder(out, config_json({"settings": settings, "maps_per_task": cfg["maps_per_task"],
                                                   "sims": sims_identity(data)}), fresh=overwrite)
         todo = [k for k in range(len(tasks)) if not partial.has(_task_name(k))]
@@ -160,17 +167,23 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                                              **{f"stat_{name}": v for name, v in block.items()}})
                 bar.update(len(tasks[k][0]))
         stats = {k: np.zeros(n, dtype=t) for k, t in STATS.items()}
-        with ReconstructionWriter(out, np.arange(n), _FIELDS, data, "map", config, attrs=attrs, units=_UNITS,
+        fields = list(_FIELDS) + (list(uq.fields) if uq else [])
+        with ReconstructionWriter(out, np.arange(n), fields, data, "map", config, attrs=attrs, units=_UNITS,
                                   overwrite=overwrite) as writer:
-            for k, (sel, _) in enumerate(tasks):
+            for k, (sel, lev) in enumerate(tasks):
                 unit = partial.load(_task_name(k))
+                maps = {name: unit[f"map_{name}"] for name in _FIELDS}
+                if uq:
+                    maps.update(uq.maps(maps["kappa"], np.full(len(sel), lev)))
                 for i, row in enumerate(sel):
-                    writer.write(int(row), {name: unit[f"map_{name}"][i:i + 1] for name in _FIELDS})
+                    writer.write(int(row), {name: m[i:i + 1] for name, m in maps.items()})
                 for name in STATS:
                     stats[name][sel] = unit[f"stat_{name}"]
             writer.write_meta("noise_index", levels)
             for name, values in stats.items():
                 writer.write_meta(name, values)
+            if uq:
+                uq.finish(writer, data, np.arange(n), levels)
     partial.remove()
     not_converged = int(np.sum(~stats["converged"]))
     if not_converged:

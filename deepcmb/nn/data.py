@@ -169,6 +169,7 @@ class MapSource:
             self.n_maps = f.n_maps
             self.fields = list(f.fields)
             self.instruments = f.instruments()
+            self.noise_index = f.noise_index
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
         self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None

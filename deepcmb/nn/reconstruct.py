@@ -18,10 +18,12 @@ import numpy as np
 
 from ..config import resolve
 from ..errors import InputError
+from ..io.calibration import file_sha256
 from ..io.files import check_output_file
 from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
 from ..progress import Progress
 from ..shipped import network
+from ..uncertainty.stage import Uncertainty
 from .augment import allowed_transforms, inverse_transform, transform_maps
 from .settings import RECONSTRUCT_SCHEMA
 
@@ -265,7 +267,9 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
         non-trivial mask or ``ivar_p`` is refused), holding the observed maps of the model's input
         channels; ``model`` (optional): run folder, ``.keras`` file or shipped network's name
         (:func:`deepcmb.shipped.network`, default :data:`deepcmb.shipped.DEFAULT_NETWORK`); ``qe`` (optional): QE
-        reconstruction of ``sims`` (for a model with a ``kappa_qe`` input).
+        reconstruction of ``sims`` (for a model with a ``kappa_qe`` input); ``uncertainty`` (optional):
+        calibration file of ``deepcmb calibrate`` for this network, which adds the per-map posterior
+        (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     out : str or Path
         Output HDF5 file in the layout of :mod:`deepcmb.io.reconstruction` (``method = 'nn'``).
     overwrite : bool
@@ -301,11 +305,19 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     if outside:
         log.warning("%s: noise levels %s uK-arcmin lie outside the levels the network was trained on (%s)",
                     source.sims_path, outside, spec["noise_p_uk_arcmin"])
+    model_file = model_path / "model.keras" if model_path.is_dir() else model_path
     attrs = {"model": str(model_path.resolve()), "model_inputs": list(spec["inputs"]), "split": split,
-             "model_shape": trained_shape, "noise_outside_training": outside}
+             "model_shape": trained_shape, "noise_outside_training": outside,
+             "model_sha256": file_sha256(model_file), "symmetrize": symmetrize}
+    levels = source.noise_index[rows]
+    uq = None
+    if inputs.get("uncertainty"):
+        uq = Uncertainty(inputs["uncertainty"], "nn", attrs, source.geom,
+                         [i.noise_p_uk_arcmin for i in source.instruments])
+        attrs.update(uq.attrs)
     try:
-        with ReconstructionWriter(out, rows, spec["outputs"], data, "nn", config, attrs=attrs,
-                                  overwrite=overwrite) as w, \
+        fields = list(spec["outputs"]) + (list(uq.fields) if uq else [])
+        with ReconstructionWriter(out, rows, fields, data, "nn", config, attrs=attrs, overwrite=overwrite) as w, \
                 Progress(len(rows), "reconstruct", "map", enabled=progress, log=log) as bar:
             for i in range(len(batches)):
                 x, _ = batches[i]
@@ -313,8 +325,15 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
                     pred = predict_symmetrized(model, x, spec["inputs"], spec["outputs"])
                 else:
                     pred = {h: np.asarray(p)[..., 0] for h, p in model.predict_on_batch(x).items()}
-                w.write(i * batch_size, {h: pred[h] for h in spec["outputs"]})
+                maps = {h: pred[h] for h in spec["outputs"]}
+                if uq:
+                    start = i * batch_size
+                    maps.update(uq.maps(maps["kappa"], levels[start:start + len(x)]))
+                w.write(i * batch_size, maps)
                 bar.update(len(x))
+            w.write_meta("noise_index", levels)
+            if uq:
+                uq.finish(w, data, rows, levels)
     finally:
         source.close()
     return Path(out)

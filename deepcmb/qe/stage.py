@@ -30,6 +30,7 @@ from ..io.maps import open_maps
 from ..io.reconstruction import ReconstructionWriter
 from ..binning import bin_centres, linear_bins
 from ..progress import Progress
+from ..uncertainty.stage import Uncertainty
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
 from .estimators import parse_estimator
@@ -84,7 +85,9 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         float32, single is twice as fast).
     inputs : dict
         ``sims``: simulation file of ``deepcmb simulate``, or observation file
-        (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters).
+        (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters); ``uncertainty``
+        (optional): calibration file of ``deepcmb calibrate`` for this estimator and settings, which adds
+        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     out : str or Path
         Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
@@ -133,8 +136,13 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
                  "mean_field": "half-split, from the file's own maps" if mean_fields else "none"}
         if window is not None:
             attrs.update(window_w2=window_moment(window, 2), window_w4=window_moment(window, 4))
+        uq = None
+        if inputs.get("uncertainty"):
+            uq = Uncertainty(inputs["uncertainty"], "qe", attrs, geom, [i.noise_p_uk_arcmin for i in instruments])
+            attrs.update(uq.attrs)
         batch_size = cfg["batch_size"]
-        with ReconstructionWriter(out, np.arange(n), ["kappa", "phi"], data, "qe", config, attrs=attrs,
+        fields = ["kappa", "phi"] + (list(uq.fields) if uq else [])
+        with ReconstructionWriter(out, np.arange(n), fields, data, "qe", config, attrs=attrs,
                                   overwrite=overwrite) as writer:
             with Progress(n, f"QE {label}", "map", enabled=progress, log=log) as bar:
                 for start in range(0, n, batch_size):
@@ -152,9 +160,14 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
                             est = qes[lev].estimate({k: v[sel] for k, v in maps.items()}, window=window,
                                                     mean_field=mf, wiener=cfg["wiener"])
                             kappa[sel], phi[sel] = est["kappa"], est["phi"]
-                    writer.write(start, {"kappa": kappa, "phi": phi})
+                    maps = {"kappa": kappa, "phi": phi}
+                    if uq:
+                        maps.update(uq.maps(kappa, levels[start:stop]))
+                    writer.write(start, maps)
                     bar.update(stop - start)
             writer.write_meta("noise_index", levels)
+            if uq:
+                uq.finish(writer, data, np.arange(n), levels)
             writer.write_group("n0", {
                 "edges": edges, "L": bin_centres(geom, edges),
                 "kappa": np.stack([qes[lev].n0_binned(edges) if lev in qes else np.full(len(edges) - 1, np.nan)

@@ -1,0 +1,132 @@
+"""The calibration file of ``deepcmb calibrate``: what a reconstruction method's per-map uncertainty rests on.
+
+Layout (``format = 'deepcmb.calibration'``, ``format_version = 1``)::
+
+    /              attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
+                          config (JSON), method ('nn' | 'qe' | 'map'), identity (JSON: what makes two
+                          reconstructions the same method, :func:`method_identity`), reconstruction
+                          (absolute path of the calibration reconstruction), sims_file (its simulation
+                          file), shape (ny, nx), pixel_arcmin
+    /modes/edges      (nring + 1,) float64   ring edges in |L| (deepcmb.uncertainty.modes.ring_edges)
+    /modes/transfer   (n_levels, nring) float64   regression coefficient a_b
+    /modes/residual   (n_levels, nring) float64   posterior variance R_b of a Fourier mode (sr^2)
+    /modes/noise_p    (n_levels,) float64   polarization noise of each level (uK-arcmin)
+    /modes/n_maps     (n_levels,) int64     calibration maps per level
+                      attrs: lmax (L_uq, the low-pass of the posterior)
+    /ood/edges        (nbin + 1,) float64   multipole bin edges of the input score
+    /ood/mean, /ood/std   (2 nbin,) float64   log EE and BB band powers of the calibration maps
+    /ood/scores       (n,) float64          the calibration maps' own scores
+                      attrs: threshold (their 0.99 quantile)
+
+Written atomically (``OUT.tmp``, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..provenance import provenance_attrs
+from .files import H5View, atomic_h5, text
+
+FORMAT = "deepcmb.calibration"
+FORMAT_VERSION = 1
+
+IDENTITY = {"nn": ("model_sha256", "symmetrize"),
+            "qe": ("estimator", "lmin", "lmax", "Lmin", "Lmax", "wiener", "apodize_arcmin"),
+            "map": ("estimator", "lmin", "lmax", "Lmin", "Lmax")}
+"""Per method, the root attributes of a reconstruction file that must agree for a calibration to apply."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def method_identity(method: str, attrs: dict) -> dict:
+    """What identifies a reconstruction method: ``method`` and its :data:`IDENTITY` attributes, read from a
+    reconstruction file's root attributes (or the ones a stage is about to write) as plain values."""
+    out = {"method": method}
+    for key in IDENTITY[method]:
+        value = text(attrs.get(key))
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def write_calibration(out: str | Path, config: dict, identity: dict, modes, reference, scores: np.ndarray,
+                      reconstruction: str | Path, sims_file: str | Path) -> Path:
+    """Write a calibration file (layout in the module docstring).
+
+    Parameters
+    ----------
+    out : str or Path
+    config : dict
+        The resolved config of the stage.
+    identity : dict
+        :func:`method_identity` of the calibration reconstruction.
+    modes : deepcmb.uncertainty.modes.ModeCalibration
+    reference : deepcmb.uncertainty.ood.Reference
+    scores : ndarray, shape (n,)
+        The calibration maps' scores.
+    reconstruction, sims_file : str or Path
+        The files it was measured on.
+    """
+    with atomic_h5(out) as f:
+        f.attrs.update(provenance_attrs(config, "calibrate"))
+        f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, method=identity["method"],
+                       identity=json.dumps(identity, sort_keys=True), reconstruction=str(Path(reconstruction).resolve()),
+                       sims_file=str(Path(sims_file).resolve()), shape=np.array(modes.shape),
+                       pixel_arcmin=modes.pixel_arcmin)
+        g = f.create_group("modes")
+        g.attrs["lmax"] = modes.lmax
+        for name in ("edges", "transfer", "residual", "noise_p", "n_maps"):
+            g.create_dataset(name, data=getattr(modes, name))
+        g = f.create_group("ood")
+        g.attrs["threshold"] = reference.threshold
+        for name in ("edges", "mean", "std"):
+            g.create_dataset(name, data=getattr(reference, name))
+        g.create_dataset("scores", data=np.asarray(scores, float))
+    return Path(out)
+
+
+def read_calibration(path: str | Path) -> tuple[dict, object, object]:
+    """Read a calibration file.
+
+    Returns
+    -------
+    identity : dict
+        :func:`method_identity` of the method it calibrates.
+    modes : deepcmb.uncertainty.modes.ModeCalibration
+    reference : deepcmb.uncertainty.ood.Reference
+    """
+    from ..uncertainty.modes import ModeCalibration
+    from ..uncertainty.ood import Reference
+
+    with H5View(path, FORMAT, "calibration (deepcmb calibrate)") as f:
+        edges = f.array("modes/edges", dtype=float, ndim=1)
+        nring = edges.size - 1
+        noise_p = f.array("modes/noise_p", dtype=float, ndim=1)
+        modes = ModeCalibration(
+            edges=edges, transfer=f.array("modes/transfer", dtype=float, shape=(noise_p.size, nring), finite=True),
+            residual=f.array("modes/residual", dtype=float, shape=(noise_p.size, nring), finite=True),
+            noise_p=noise_p, n_maps=f.array("modes/n_maps", dtype=np.int64, shape=noise_p.shape),
+            lmax=float(f.attr("lmax", "modes")), shape=tuple(int(s) for s in f.attr("shape")),
+            pixel_arcmin=float(f.attr("pixel_arcmin")))
+        ood_edges = f.array("ood/edges", dtype=float, ndim=1)
+        nbin = 2 * (ood_edges.size - 1)
+        reference = Reference(edges=ood_edges, mean=f.array("ood/mean", dtype=float, shape=(nbin,), finite=True),
+                              std=f.array("ood/std", dtype=float, shape=(nbin,), finite=True),
+                              threshold=float(f.attr("threshold", "ood")))
+        try:
+            identity = json.loads(f.attr("identity"))
+        except json.JSONDecodeError:
+            raise InputError(f"{path}: unreadable identity attribute") from None
+    return identity, modes, reference
