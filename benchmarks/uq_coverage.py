@@ -52,8 +52,8 @@ def reconstruct(method, sims, out, extra=()):
     args = {"qe": ["--method", "qe", "--estimator", "MV_POL"], "nn": ["--method", "nn", "--model", "quick"],
             "map": ["--method", "map", "--workers", "2"]}[method]
     done = deepcmb("reconstruct", *args, "--sims", str(sims), "--out", str(out), *extra, check=False)
-    if done.returncode == 2:
-        return done.stderr.strip().splitlines()[-1]
+    if done.returncode == 2:  # "deepcmb reconstruct: error: PATH: why": keep the why
+        return done.stderr.strip().splitlines()[-1].split(": ", 3)[-1]
     if done.returncode:
         raise SystemExit(done.stderr[-2000:])
     return None
