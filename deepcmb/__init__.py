@@ -4,13 +4,13 @@ The library is organised by stage. Physics and numerics are pure functions on nu
 (:mod:`deepcmb.geometry`, :mod:`deepcmb.flatsky`, :mod:`deepcmb.curvedsky`, :mod:`deepcmb.binning`,
 :mod:`deepcmb.cosmology`); configuration, HDF5 I/O, parallel execution and the command line sit at
 the edges (:mod:`deepcmb.config`, :mod:`deepcmb.io.sims`, :mod:`deepcmb.executor`, :mod:`deepcmb.cli`).
-The notebook API (:mod:`deepcmb.api`: ``simulate``, ``read_maps``, ``qe``, ``load_network``, ``metrics``)
-is importable from here.
+The notebook API (:mod:`deepcmb.api`: ``simulate``, ``read_maps``, ``qe``, ``load_network``, ``metrics``,
+``posterior``) is importable from here.
 """
 
 __version__ = "0.1.0"
 
-_API = ("Maps", "Network", "load_network", "metrics", "qe", "read_maps", "simulate")
+_API = ("Maps", "Network", "load_network", "metrics", "posterior", "qe", "read_maps", "simulate")
 """Names of :mod:`deepcmb.api` available from the top level, imported on first use (``import deepcmb``
 stays light: the command line starts without numpy's heavier neighbours, Keras or CAMB)."""
 

@@ -11,6 +11,7 @@ levels, the cosmology of each map when it is known); the stages (``deepcmb simul
     net = deepcmb.load_network("quick")               # a shipped network by name, or a run folder
     nn = net.predict(sims, symmetrize=True)           # dict: kappa, E_unlensed
     table = deepcmb.metrics(nn["kappa"], sims)        # rho^2, N_eff, transfer per L bin
+    post = deepcmb.posterior(nn["kappa"], sims, net.calibration)  # kappa_mean, kappa_sigma, ood_score
     sims.write_observations("mine.h5")                # the observation file (deepcmb.io.observations)
     mine = deepcmb.read_maps("mine.h5")               # a simulation or observation file, into memory
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .cosmology import CMBSpectra
     from .sample import Instrument
 
-__all__ = ["Maps", "Network", "load_network", "metrics", "qe", "read_maps", "simulate"]
+__all__ = ["Maps", "Network", "load_network", "metrics", "posterior", "qe", "read_maps", "simulate"]
 
 
 @dataclass
@@ -241,6 +242,13 @@ class Network:
                 f"pixels of {s['pixel_arcmin']}', beam {s['beam_fwhm_arcmin']}', "
                 f"noise {s['noise_p_uk_arcmin']} uK-arcmin)")
 
+    @property
+    def calibration(self) -> Path | None:
+        """The calibration file shipped beside the network (``calibration.h5`` in its folder, made by
+        ``deepcmb calibrate`` on maps of its training distribution), for :func:`posterior`; None if absent."""
+        folder = self.path if self.path.is_dir() else self.path.parent
+        return folder / "calibration.h5" if (folder / "calibration.h5").exists() else None
+
     def predict(self, maps: Maps, *, symmetrize: bool = False, batch_size: int = 32) -> dict[str, np.ndarray]:
         """The network's outputs on ``maps``.
 
@@ -286,6 +294,44 @@ def load_network(model: str | Path | None = None) -> Network:
     from .nn.reconstruct import load_network as load
 
     return Network(*load(path), path)
+
+
+def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[str, np.ndarray]:
+    """The calibrated posterior of the convergence low-passed to ``uq_lmax`` (:mod:`deepcmb.uncertainty`) of
+    each map, from its reconstruction ``kappa``.
+
+    Parameters
+    ----------
+    kappa : ndarray, shape (n, ny, nx)
+        A reconstruction of ``maps`` by the method the calibration was made for (the caller vouches for it;
+        ``deepcmb reconstruct --uncertainty`` checks it).
+    maps : Maps
+        The observed maps (``Q``, ``U``: the input score) with their noise levels.
+    calibration : str or Path
+        Calibration file of ``deepcmb calibrate`` (e.g. :attr:`Network.calibration` of a shipped network).
+
+    Returns
+    -------
+    dict
+        ``kappa_mean``, ``kappa_sigma`` (n, ny, nx), ``ood_score`` (n,) and ``ood_threshold`` (float).
+    """
+    from .io.calibration import read_calibration
+
+    _, modes, reference = read_calibration(calibration)
+    geom = maps.geometry
+    try:
+        modes.check_geometry(geom)
+    except ValueError as exc:
+        raise InputError(f"{calibration}: {exc}") from None
+    mean = np.empty(kappa.shape)
+    sigma = np.empty(kappa.shape)
+    for j in np.unique(maps.noise_index):
+        sel = maps.noise_index == j
+        level = modes.level_of(maps.instruments[j].noise_p_uk_arcmin)
+        mean[sel] = modes.posterior_mean(geom, np.asarray(kappa, float)[sel], level)
+        sigma[sel] = modes.pixel_sigma(geom, level)
+    return {"kappa_mean": mean, "kappa_sigma": sigma, "ood_score": reference.score(geom, maps["Q"], maps["U"]),
+            "ood_threshold": reference.threshold}
 
 
 def metrics(kappa: np.ndarray, truth: Maps, *, Lmin: float = 150.0, Lmax: float = 1500.0,

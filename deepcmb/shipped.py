@@ -4,7 +4,8 @@ One source of truth, the repository's top-level folders::
 
     sims/*.yaml, train/*.yaml, evaluate/*.yaml   presets of the stages and of ``deepcmb run``
     data/pretrained/<name>/                      shipped networks (model.keras, model.json: the model
-                                                 card, config.yaml, sims.yaml, history.csv, ...)
+                                                 card, config.yaml, sims.yaml, history.csv, and
+                                                 calibration.h5: its per-map uncertainty, deepcmb calibrate)
 
 A source checkout (an editable install) reads them in place. A wheel or an sdist carries copies of them
 as package data under ``deepcmb/_shipped/``, in the same layout, made by ``setup.py`` when the package

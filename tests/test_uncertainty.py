@@ -154,3 +154,23 @@ def test_a_calibration_of_other_settings_is_refused(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "calibrates another method or settings" in err and "estimator" in err
     assert not (tmp_path / "eb.h5").exists()
+
+
+def test_notebook_posterior_equals_the_stage_and_the_shipped_calibration_is_the_networks(files):
+    import deepcmb
+    from deepcmb import shipped
+    from deepcmb.io.calibration import file_sha256, read_calibration
+
+    d, sims = files
+    maps = deepcmb.read_maps(sims["test"], fields=["Q", "U"])
+    with h5py.File(d / "test_qe.h5") as f:
+        kappa = f["maps/kappa"][...]
+        stored = {k: f["maps"][k][...] for k in ("kappa_mean", "kappa_sigma")}
+        score = f["meta/ood_score"][...]
+    post = deepcmb.posterior(kappa, maps, d / "calib.h5")
+    for k, v in stored.items():
+        np.testing.assert_allclose(post[k], v, rtol=1e-5, atol=1e-6 * np.abs(v).max())
+    np.testing.assert_allclose(post["ood_score"], score, rtol=1e-5)
+    net = shipped.network("quick")
+    identity = read_calibration(net / "calibration.h5")[0]
+    assert identity == {"method": "nn", "model_sha256": file_sha256(net / "model.keras"), "symmetrize": False}
