@@ -281,35 +281,41 @@ def test_a_file_size_limit_gives_one_line_then_the_same_command_resumes(work, tm
     _no_strays(tmp_path, "sims.h5", "rec.h5")
 
 
-def test_sigterm_mid_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
+def test_sigterm_or_sigkill_mid_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
     keras = pytest.importorskip("keras")
     sims = tmp_path / "sims.h5"
     assert main(["simulate", "--config", _yaml(tmp_path / "sims.yaml", TRAIN_SIMS), "--out", str(sims),
                  "--workers", "1", "--quiet"]) == 0
     cfg = _yaml(tmp_path / "train.yaml", TRAIN)
-    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    straight = tmp_path / "straight"
     assert main(["train", "--config", cfg, "--sims", str(sims), "--out", str(straight), "--quiet"]) == 0
 
-    args = ["train", "--config", cfg, "--sims", str(sims), "--out", str(cut), "--quiet"]
-    proc = _start(args)
-    state = cut / "checkpoints" / "last.json"
-    _wait_for(state.exists, "the first checkpoint")
-    os.kill(proc.pid, signal.SIGTERM)
-    code, err = _finish(proc)
-    assert code == 143
-    _one_line(err, "deepcmb train: interrupted (SIGTERM); re-run the same command to resume")
-    saved = json.loads(state.read_text())
-    assert 1 <= saved["epoch"] < 3 and not saved["finished"] and saved["random_state"]
-    assert not (cut / "model.keras").exists() and not lock_path(cut).exists()
-    assert not list(cut.rglob("tmp_*")) and not list(cut.rglob("*.tmp"))
-
-    assert main(args) == 0
-    capsys.readouterr()
-    for name in ("checkpoints/last.keras", "model.keras"):
-        a = keras.saving.load_model(straight / name, safe_mode=True).get_weights()
-        b = keras.saving.load_model(cut / name, safe_mode=True).get_weights()
-        assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b)), name
-    assert (straight / "history.csv").read_text().count("\n") == (cut / "history.csv").read_text().count("\n") == 4
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        cut = tmp_path / signum.name
+        args = ["train", "--config", cfg, "--sims", str(sims), "--out", str(cut), "--quiet"]
+        proc = _start(args)
+        state = cut / "checkpoints" / "last.json"
+        _wait_for(state.exists, "the first checkpoint")
+        os.kill(proc.pid, signum)
+        code, err = _finish(proc)
+        saved = json.loads(state.read_text())
+        assert 1 <= saved["epoch"] < 3 and not saved["finished"] and saved["random_state"]
+        assert not (cut / "model.keras").exists()
+        if signum == signal.SIGTERM:
+            assert code == 143
+            _one_line(err, "deepcmb train: interrupted (SIGTERM); re-run the same command to resume")
+            assert not lock_path(cut).exists()
+            assert not list(cut.rglob("tmp_*")) and not list(cut.rglob("*.tmp"))
+        else:
+            assert code == -signal.SIGKILL  # no handler runs: the lock stays behind, stale
+        assert main(args) == 0
+        capsys.readouterr()
+        assert not lock_path(cut).exists() and not list(cut.rglob("*.tmp"))
+        for name in ("checkpoints/last.keras", "model.keras"):
+            a = keras.saving.load_model(straight / name, safe_mode=True).get_weights()
+            b = keras.saving.load_model(cut / name, safe_mode=True).get_weights()
+            assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b)), (signum.name, name)
+        assert (straight / "history.csv").read_text().count("\n") == (cut / "history.csv").read_text().count("\n") == 4
 
 
 def test_a_corrupted_header_gives_one_line_naming_the_file(work, tmp_path, capsys):
