@@ -302,3 +302,46 @@ def test_windowed_qe_is_compared_with_w2_kappa(files, tmp_path):
     with pytest.raises(ConfigError, match="apodize_arcmin: 15"):
         run_evaluate(dict(FAST, apodize_arcmin=20.0), {"sims": files["sims"], "recs": {"qe_eb": fake}}, tmp_path / "ev2",
                      progress=False)
+
+
+def test_masked_maps_are_evaluated_over_the_observed_region(tmp_path):
+    """On masked maps the window is each map's mask: a reconstruction that is the truth where the mask observes
+    and garbage in the holes and on the edge scores as the truth itself (transfer and rho^2 one); evaluated over
+    the whole patch (apodize_arcmin on an unmasked copy of the file) it does not. A QE made from apodised maps
+    is refused on masked maps."""
+    cfg = {"seed": 3, "n_maps": 24, "geometry": {"shape": list(GEOM.shape), "pixel_arcmin": GEOM.pixel_arcmin},
+           "instrument": {"noise_p_uk_arcmin": [1.0]},
+           "simulation": {"fields": ["Q", "U", "kappa"], "block_size": 8},
+           "survey": {"periodic": False, "mask": {"edge_arcmin": 10.0, "holes_per_deg2": 20.0,
+                                                   "hole_radius_arcmin": 4.0, "hole_apodization_arcmin": 0.0}}}
+    sims = run_simulate(cfg, {}, tmp_path / "masked.h5", progress=False, workers=1)
+    with h5py.File(sims, "r") as f:
+        kappa, mask = f["maps/kappa"][...], f["mask"][...].astype(float)
+    assert np.mean(mask == 0) > 0.15  # holes and edge: a good part of every patch is unobserved
+    garbage = np.where(mask > 0, kappa, 50 * kappa.std() * np.random.default_rng(1).standard_normal(kappa.shape))
+    rec = write_reconstruction(tmp_path / "rec.h5", garbage, sims_path=sims, method="nn", config={})
+    out = run_evaluate(FAST, {"sims": sims, "recs": {"nn": rec}}, tmp_path / "ev", progress=False)
+    with h5py.File(out / "report.h5", "r") as f:
+        assert f.attrs["masked"] and f.attrs["apodize_arcmin"] == 0
+        assert f.attrs["window_w2"] == pytest.approx(np.mean(mask**2), rel=1e-6)
+        g = f["methods/nn/groups/all"]
+        np.testing.assert_allclose(g["transfer"][...], 1.0, rtol=1e-6)
+        np.testing.assert_allclose(g["rho2"][...], 1.0, rtol=1e-6)
+        # the truth's pseudo-spectrum over the mask, divided by w4, estimates C_L^kk
+        ratio = f["truth/kappa_auto"][...].mean(axis=0) / f["cosmology/clkk"][0]
+        assert np.all(np.abs(ratio[1:] - 1) < 0.35), ratio
+    # the same maps without their masks (evaluated over the whole patch with a taper): the garbage counts
+    unmasked = tmp_path / "unmasked.h5"
+    shutil.copy(sims, unmasked)
+    with h5py.File(unmasked, "a") as f:
+        del f["mask"]
+    rec2 = write_reconstruction(tmp_path / "rec2.h5", garbage, sims_path=unmasked, method="nn", config={})
+    out = run_evaluate(dict(FAST, apodize_arcmin=10.0), {"sims": unmasked, "recs": {"nn": rec2}}, tmp_path / "ev2",
+                       progress=False)
+    with h5py.File(out / "report.h5", "r") as f:
+        assert not f.attrs["masked"] and f.attrs["apodize_arcmin"] == 10
+        assert np.all(f["methods/nn/groups/all/rho2"][...] < 0.5)
+    tapered = write_reconstruction(tmp_path / "qe.h5", kappa, sims_path=sims, method="qe", config={},
+                                   attrs={"estimator": "EB", "apodize_arcmin": 15.0})
+    with pytest.raises(ConfigError, match="masked maps are evaluated over their mask"):
+        run_evaluate(FAST, {"sims": sims, "recs": {"qe_eb": tapered}}, tmp_path / "ev3", progress=False)

@@ -4,12 +4,13 @@ For every map evaluated it measures binned spectra of the reconstructed kappa, o
 their cross-spectrum (and the same for the unlensed E map of a network with that head), with
 :mod:`deepcmb.binning` on the bins of ``evaluate.bins``, so the theory binned with
 :func:`~deepcmb.binning.bin_theory` averages over exactly the same Fourier modes. Non-periodic maps
-(curved-sky patches) are apodised with a cosine window W. A quadratic estimator run on windowed maps
+(curved-sky patches) are apodised with a cosine window W, and masked maps are evaluated over their mask
+only (W the mask, per map: :mod:`deepcmb.evaluation.window`). A quadratic estimator run on windowed maps
 returns about :math:`W^2 \\kappa`, so on windowed maps every kappa is brought to that footing: the true
-kappa is multiplied by :math:`W^2`, a reconstruction made from unwindowed maps (a network) by
-:math:`W^2`, one the QE stage made from windowed maps (its ``apodize_arcmin`` attribute, which must
-match) is left as it is, and the kappa spectra are divided by :math:`w_4 = \\langle W^4 \\rangle`; the E
-maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
+kappa is multiplied by :math:`W^2`, a reconstruction made from unwindowed maps (a network, a QE filtered
+with the mask) by :math:`W^2`, one the QE stage made from windowed maps (its ``apodize_arcmin`` attribute,
+which must match) is left as it is, and the kappa spectra are divided by :math:`w_4 = \\langle W^4 \\rangle`;
+the E maps are multiplied by W once and their spectra divided by :math:`w_2 = \\langle W^2 \\rangle`. The figures of merit
 (:mod:`deepcmb.evaluation.metrics`) are then computed for groups of maps (all maps, each noise level,
 each cosmology at each noise level), with theory curves (:mod:`deepcmb.evaluation.theory`); the
 layout of the outputs is documented in :mod:`deepcmb.io.report`.
@@ -44,11 +45,12 @@ from ..io.reconstruction import read_n0
 from ..io.report import FORMAT, FORMAT_VERSION, write_report, write_summary
 from ..progress import Progress
 from ..provenance import provenance_attrs
-from ..qe import BAND, cosine_window, default_taper, window_moment
+from ..qe import BAND
 from ..binning import bin_centres, bin_theory, binned_fourier_power, linear_bins, mode_counts
 from . import metrics
 from .inputs import EvaluationInputs, read_rows
 from .theory import estimator_labels, iterative_kappa_noise, qe_n0
+from .window import Window
 
 if TYPE_CHECKING:
     from ..geometry import FlatSkyGeometry
@@ -68,7 +70,7 @@ SCHEMA = {
                "width": Number(None, gt=0, keep_int=True,
                                doc="bin width of the unlensed-E spectra, multipoles (null: twice the fundamental)")},
     "apodize_arcmin": Number(None, min=0, keep_int=True,
-                             doc="cosine taper of the window on every map, arcmin (null: 0 if periodic, else 60)"),
+                             doc="cosine taper of the window on every map, arcmin (null: 0 if periodic or masked, else 60)"),
     "snr": {"Lmax": Number(2000.0, doc="highest multipole of the cumulative S/N and the cosmology fit")},
     "theory": {"qe_estimators": ListOf(None, ["EB", "MV_POL"],
                                          doc="QE (names, or lists of names to combine) whose analytic N0 the report "
@@ -145,38 +147,29 @@ def make_bins(geom: FlatSkyGeometry, section: dict, lo: str, hi: str, name: str)
     return {"edges": edges, "L": bin_centres(geom, edges), "n_modes": n_modes}
 
 
-def make_window(geom: FlatSkyGeometry, periodic: bool,
-                apodize_arcmin: float | None) -> tuple[float, np.ndarray | None, float, float]:
-    """``(taper_arcmin, window or None, w2, w4)`` of the evaluation (see :data:`SCHEMA`)."""
-    taper = default_taper(periodic) if apodize_arcmin is None else float(apodize_arcmin)
-    if taper == 0:
-        return taper, None, 1.0, 1.0
-    try:
-        window = cosine_window(geom, taper)
-    except ConfigError as exc:
-        raise ConfigError(f"evaluate.apodize_arcmin: {exc}") from None
-    return taper, window, window_moment(window, 2), window_moment(window, 4)
-
-
-def rec_window_powers(inp: EvaluationInputs, taper: float) -> dict[str, int]:
+def rec_window_powers(inp: EvaluationInputs, window: Window) -> dict[str, int]:
     """Power of the window already in each reconstruction: 2 for a QE made from maps apodised with the
-    evaluation's window, 0 for the others; a QE made with another window is refused."""
+    evaluation's taper, 0 for the others; a QE made with another taper, or from apodised masked maps,
+    is refused."""
     powers = {}
     for label, f in inp.recs.items():
         applied = float(f.attrs.get("apodize_arcmin", 0.0))
-        if applied > 0 and not np.isclose(applied, taper):
+        if applied > 0 and window.masked:
+            raise ConfigError(f"{inp.rec_paths[label]}: made from maps apodised with a {applied:g}' taper; masked "
+                              "maps are evaluated over their mask, with reconstructions of the whole patch")
+        if applied > 0 and not np.isclose(applied, window.taper_arcmin):
             raise ConfigError(f"{inp.rec_paths[label]}: made from maps apodised with a {applied:g}' taper; "
-                              f"evaluate it with evaluate.apodize_arcmin: {applied:g} (not {taper:g})")
+                              f"evaluate it with evaluate.apodize_arcmin: {applied:g} (not {window.taper_arcmin:g})")
         powers[label] = 2 if applied > 0 else 0
     return powers
 
 
-def _spectra(geom, fa, fb, edges, w2):
-    return binned_fourier_power(geom, fa, fb, edges) / w2
+def _spectra(geom, fa, fb, edges, w):
+    return binned_fourier_power(geom, fa, fb, edges) / w[:, None]
 
 
-def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, window: np.ndarray | None, w2: float,
-                    progress: bool = True, w4: float = 1.0, powers: dict[str, int] | None = None) -> tuple[dict, dict]:
+def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, window: Window,
+                    progress: bool = True, powers: dict[str, int] | None = None) -> tuple[dict, dict]:
     """Binned spectra of every evaluated map, window-corrected.
 
     Parameters
@@ -184,11 +177,10 @@ def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, wind
     inp : EvaluationInputs
     bins, e_bins : dict
         From :func:`make_bins` (``e_bins`` None when no method has an E map).
-    window : ndarray or None
-        Window of the evaluation: E maps are multiplied by it, kappa maps brought to ``W^2`` (see the
-        module docstring).
-    w2, w4 : float
-        :math:`\\langle W^2\\rangle` dividing the E spectra, :math:`\\langle W^4\\rangle` the kappa spectra.
+    window : Window
+        Window of the evaluation: E maps are multiplied by it, kappa maps brought to ``W^2``, and the
+        spectra divided by each map's :math:`\\langle W^2\\rangle` (E) or :math:`\\langle W^4\\rangle` (kappa)
+        (see the module docstring and :mod:`deepcmb.evaluation.window`).
     progress : bool
     powers : dict, optional
         Label -> power of the window already in that reconstruction (:func:`rec_window_powers`;
@@ -211,14 +203,16 @@ def per_map_spectra(inp: EvaluationInputs, bins: dict, e_bins: dict | None, wind
 
     powers = powers or {}
 
-    def fourier(maps: np.ndarray, power: int = 1) -> np.ndarray:
-        maps = maps.astype(np.float64)
-        return geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
-
     with Progress(n, "evaluate", "map", enabled=progress, log=log) as bar:
         for start in range(0, n, BATCH):
             sel = slice(start, min(start + BATCH, n))
             rows = inp.rows[sel]
+            w, w2, w4 = window.at(rows)
+
+            def fourier(maps: np.ndarray, power: int = 1) -> np.ndarray:
+                maps = maps.astype(np.float64)
+                return geom.map2fourier(maps if w is None or power == 0 else maps * w**power)
+
             f_true = fourier(read_rows(inp.sims["maps/kappa"], rows), 2)
             truth["kappa_auto"][sel] = _spectra(geom, f_true, f_true, edges, w4)
             if do_e:
@@ -354,6 +348,8 @@ def delensing_skipped(cfg: dict, inp: EvaluationInputs) -> str | None:
         return f"the simulation file has no {', '.join(missing)} (add them to simulation.fields)"
     if not inp.periodic:
         return "the patch is not periodic (the templates' remapping and the E/B split need a periodic patch)"
+    if inp.maps.masked:
+        return "the maps are masked (the Wiener filter of the templates is that of full, white-noise maps)"
     return None
 
 
@@ -528,7 +524,7 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     -------
     dict
         ``bins``, ``e_bins``, ``meta``, ``cosmology``, ``instrument``, ``theory``, ``truth``,
-        ``groups``, ``methods``, ``examples``, ``snr_last_bin``, ``window`` (taper, w2) and
+        ``groups``, ``methods``, ``examples``, ``snr_last_bin``, ``window`` (:meth:`Window.summary`) and
         ``delensing``: ``{'skipped': reason}`` (:func:`delensing_skipped`) or ``{'bins', 'cmb_band',
         'l_cut', 'n_sigma'}``, with then ``truth['BB_lens']``, per method the spectra of
         :func:`per_map_delensing` in ``per_map``, those of :func:`~deepcmb.evaluation.metrics.delensing_metrics`
@@ -544,13 +540,13 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     if not keep[0]:
         raise ConfigError(f"evaluate.snr.Lmax: {cfg['snr']['Lmax']:g} is below the first bin's upper edge "
                           f"{bins['edges'][1]:g}")
-    taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
-    powers = rec_window_powers(inp, taper)
+    window = Window(geom, inp.maps, cfg["apodize_arcmin"])
+    powers = rec_window_powers(inp, window)
     dcfg = cfg["delensing"]
     skipped = delensing_skipped(dcfg, inp)
     d_bins = make_bins(geom, dcfg, "lmin", "lmax", "evaluate.delensing") if skipped is None else None
     theory = theory_curves(cfg["theory"], inp, bins, progress)
-    truth, per_map = per_map_spectra(inp, bins, e_bins, window, w2, progress, w4=w4, powers=powers)
+    truth, per_map = per_map_spectra(inp, bins, e_bins, window, progress, powers=powers)
     coverage = per_map_coverage(inp, bins, progress)
     for label, c in coverage.items():
         per_map[label].update({k: c[k] for k in ("pixel_coverage", "mode_coverage", "ood_score")})
@@ -602,7 +598,7 @@ def evaluate(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     inst = sims["instrument"]
     return {
         "bins": bins, "e_bins": e_bins, "snr_last_bin": int(np.flatnonzero(keep)[-1]),
-        "window": {"apodize_arcmin": taper, "window_w2": w2, "window_w4": w4},
+        "window": window.summary(inp.rows),
         "meta": {"index": inp.rows, "cosmology_index": inp.cosmology_index, "noise_index": inp.noise_index},
         "cosmology": {"params": {p: sims["cosmology/params"][p][...] for p in PARAM_NAMES
                                  if p in sims["cosmology/params"]}, "clkk": clkk},
@@ -646,19 +642,20 @@ def compare(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
     geom, labels = inp.geom, list(inp.recs)
     bins = make_bins(geom, cfg["bins"], "Lmin", "Lmax", "evaluate.bins")
     edges, n, nb = bins["edges"], inp.rows.size, len(bins["L"])
-    taper, window, w2, w4 = make_window(geom, inp.periodic, cfg["apodize_arcmin"])
-    powers = rec_window_powers(inp, taper)
+    window = Window(geom, inp.maps, cfg["apodize_arcmin"])
+    powers = rec_window_powers(inp, window)
     theory = theory_curves(cfg["theory"], inp, bins, progress)
     spectra = {(a, b): np.empty((n, nb)) for i, a in enumerate(labels) for b in labels[i:]}
     with tqdm(total=n, desc="compare", unit="map", disable=not progress) as bar:
         for start in range(0, n, BATCH):
             sel = slice(start, min(start + BATCH, n))
             rows, fk = inp.rows[sel], {}
+            w, _, w4 = window.at(rows)
             for label, f in inp.recs.items():
                 maps = _finite(read_rows(f["maps/kappa"], inp.positions[label][sel]), inp.rec_paths[label], "kappa",
                                rows).astype(np.float64)
                 power = 2 - powers[label]
-                fk[label] = geom.map2fourier(maps if window is None or power == 0 else maps * window**power)
+                fk[label] = geom.map2fourier(maps if w is None or power == 0 else maps * w**power)
             for a, b in spectra:
                 spectra[a, b][sel] = _spectra(geom, fk[a], fk[b], edges, w4)
             bar.update(len(rows))
@@ -689,7 +686,7 @@ def compare(cfg: dict, inp: EvaluationInputs, progress: bool = True) -> dict:
         instrument["noise_t_uk_arcmin"] = np.array([inst.noise_t_uk_arcmin])
     return {
         "bins": bins, "e_bins": None, "snr_last_bin": nb - 1,
-        "window": {"apodize_arcmin": taper, "window_w2": w2, "window_w4": w4},
+        "window": window.summary(inp.rows),
         "meta": {"index": inp.rows, "cosmology_index": inp.cosmology_index, "noise_index": inp.noise_index},
         "cosmology": {"params": {p: np.array([fiducial.params[p]]) for p in PARAM_NAMES if p in fiducial.params},
                       "clkk": bin_theory(geom, fiducial.clkk, edges)[None]},

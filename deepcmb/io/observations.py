@@ -207,6 +207,8 @@ class Observations:
         The maps of the file (``'Q'``, ``'U'``, and ``'T'`` when present).
     weights : list of str
         The optional ``'mask'`` and ``'ivar_p'`` present.
+    weight_range : dict
+        ``'mask'``, ``'ivar_p'`` (those present) -> their ``(min, max)``.
     masked : bool
         Whether the mask is not all ones or ``ivar_p`` is not constant (methods refuse such files).
     noise_index : ndarray of int64, shape (N,)
@@ -273,10 +275,9 @@ class Observations:
                                      **({} if noise_t is None else {"noise_t_uk_arcmin": noise_t}))
         self.noise_index = np.zeros(self.n_maps, np.int64)
         self.weights = [name for name in WEIGHTS if name in f]
-        self.masked = False
-        for name in self.weights:
-            lo, hi = self._scan_weight(name)
-            self.masked |= (hi != 1 or lo != 1) if name == "mask" else lo != hi
+        self.weight_range = {name: self._scan_weight(name) for name in self.weights}
+        self.masked = any((hi != 1 or lo != 1) if name == "mask" else lo != hi
+                          for name, (lo, hi) in self.weight_range.items())
 
     def _scan_weight(self, name):
         """Check ``/mask`` or ``/ivar_p``; returns its ``(min, max)``."""

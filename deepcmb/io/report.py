@@ -4,11 +4,12 @@ layout, writers (:func:`write_report`, :func:`write_summary`) and the one reader
 
 ``report.h5`` (``format = 'deepcmb.evaluation'``, ``format_version = 1``); spectra in sr (kappa
 dimensionless) or µK² sr (E); on windowed maps the kappa spectra are those of W² kappa divided by
-``window_w4`` and the E spectra those of W E divided by ``window_w2`` (see :mod:`deepcmb.evaluation.stage`)::
+``window_w4`` and the E spectra those of W E divided by ``window_w2``, per map (the attributes are their
+means; on masked maps W is each map's mask: :mod:`deepcmb.evaluation.window`)::
 
     /                 attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
                              config (JSON), sims_file (absolute path), methods (labels), n_maps,
-                             apodize_arcmin, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
+                             apodize_arcmin, masked, window_w2, window_w4, shape (ny, nx), pixel_arcmin, periodic,
                              truth (False for the report of an observation file, below), snr_Lmax, jackknife
     /bins/edges (nb+1,), /bins/L (nb,) mode-weighted centres, /bins/n_modes (nb,) Fourier modes per
         map (l and -l counted separately; independent modes = n_modes / 2)

@@ -219,6 +219,8 @@ class SimsMaps:
         The stored maps (``/maps`` members).
     weights : list of str
         The survey's ``'mask'`` and ``'ivar_p'`` the file has (``/mask``, ``/ivar_p``).
+    weight_range : dict
+        ``'mask'``, ``'ivar_p'`` (those present) -> their ``(min, max)`` (the datasets' attributes).
     masked : bool
         Whether the mask is not all ones or ``ivar_p`` is not constant (from the ``min`` and ``max``
         attributes of the datasets): as for an observation file, the methods refuse such files.
@@ -238,9 +240,10 @@ class SimsMaps:
             self.n_maps, self.periodic = int(a["n_maps"]), bool(a["periodic"])
             self.fields = list(self.file["maps"].keys())
             self.weights = [name for name in SURVEY_MAPS if name in self.file]
-            lo, hi = ({name: float(self.file[name].attrs[key]) for name in self.weights} for key in ("min", "max"))
-            self.masked = ("mask" in lo and (lo["mask"], hi["mask"]) != (1.0, 1.0)
-                           or "ivar_p" in lo and lo["ivar_p"] != hi["ivar_p"])
+            self.weight_range = {name: (float(self.file[name].attrs["min"]), float(self.file[name].attrs["max"]))
+                                 for name in self.weights}
+            r = self.weight_range
+            self.masked = ("mask" in r and r["mask"] != (1.0, 1.0) or "ivar_p" in r and r["ivar_p"][0] != r["ivar_p"][1])
             self.noise_index = self.file["meta/noise_index"][...]
         except KeyError as exc:
             self.file.close()
