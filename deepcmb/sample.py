@@ -23,6 +23,7 @@ from .survey import box_cut
 
 if TYPE_CHECKING:
     from .cosmology import CMBSpectra
+    from .foregrounds import Foregrounds
     from .geometry import FlatSkyGeometry
     from .survey import Survey
 
@@ -32,7 +33,7 @@ observed (lensed, beam-convolved, noisy), µK; ``*_lensed``: noise-free lensed s
 ``*_unlensed``: the unlensed sky, µK (``E``/``B`` as scalar maps, i.e. inverse Fourier transforms of the
 E/B modes); ``phi``: lensing potential, rad²; ``kappa``: convergence, dimensionless."""
 
-_COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3, "mask": 4, "depth": 5}
+_COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3, "mask": 4, "depth": 5, "sources": 6, "dust": 7}
 
 
 def sample_rng(root_seed: int, index: int, component: str) -> np.random.Generator:
@@ -44,9 +45,10 @@ def sample_rng(root_seed: int, index: int, component: str) -> np.random.Generato
         The run's root seed.
     index : int
         Sample index.
-    component : {'cmb', 'bmodes', 'phi', 'noise', 'mask', 'depth'}
+    component : {'cmb', 'bmodes', 'phi', 'noise', 'mask', 'depth', 'sources', 'dust'}
         Each component has its own stream, so switching one off leaves the others unchanged (``mask``:
-        the holes of the survey mask; ``depth``: the noise map, :mod:`deepcmb.survey`).
+        the holes of the survey mask; ``depth``: the noise map, :mod:`deepcmb.survey`; ``sources``,
+        ``dust``: the foreground residuals, :mod:`deepcmb.foregrounds`).
     """
     ss = np.random.SeedSequence(int(root_seed), spawn_key=(int(index), _COMPONENT[component]))
     return np.random.default_rng(ss)
@@ -87,7 +89,8 @@ class FlatSimulator:
     (:meth:`~deepcmb.survey.Survey.box`): the fields are drawn and lensed exactly on the box, the beam
     is applied there, and the noise is added to the cut map, which then holds lenses larger than
     itself and is not periodic. A survey with a mask or a noise map adds them to the maps
-    (:mod:`deepcmb.survey`).
+    (:mod:`deepcmb.survey`). Foreground residuals (:mod:`deepcmb.foregrounds`) are added to the lensed
+    sky of the observed maps before the beam; the ``*_lensed`` fields stay the CMB's.
 
     Parameters
     ----------
@@ -107,6 +110,8 @@ class FlatSimulator:
         Threads for the NUFFT.
     survey : Survey, optional
         Mask, noise map and periodicity (default: periodic maps, no mask, uniform white noise).
+    foregrounds : Foregrounds, optional
+        Point-source and dust-like residuals in the observed maps (default: none).
 
     Attributes
     ----------
@@ -115,8 +120,9 @@ class FlatSimulator:
     """
 
     def __init__(self, geom, spectra, instrument, lmax_cmb=None, lmax_phi=None, include_b=False,
-                 epsilon=1e-6, nthreads=1, survey=None):
+                 epsilon=1e-6, nthreads=1, survey=None, foregrounds=None):
         self.geom, self.instrument, self.survey = geom, instrument, survey
+        self.foregrounds = foregrounds if foregrounds is not None and foregrounds.any else None
         self.include_b, self.epsilon, self.nthreads = include_b, epsilon, nthreads
         box = self.box = geom if survey is None else survey.box(geom)
         self._cut = box_cut(box.shape, geom.shape)
@@ -177,6 +183,9 @@ class FlatSimulator:
             tqu = np.stack([lensed[0].real, lensed[1].real, lensed[1].imag])
             on_box.update(T_lensed=tqu[0], Q_lensed=tqu[1], U_lensed=tqu[2])
             if wanted & {"T", "Q", "U"}:
+                if self.foregrounds is not None:  # residuals on the sky, observed as the CMB is
+                    tqu = tqu + self.foregrounds.tqu(box, sample_rng(root_seed, index, "sources"),
+                                                     sample_rng(root_seed, index, "dust"))
                 observed = convolve_beam(box, tqu, self.instrument, self._beam)
         out = {name: m[self._cut] for name, m in on_box.items()}
         if "mask" in wanted:
@@ -209,7 +218,7 @@ def _full_grid(rfft_modes, nx):
 def simulate_flat(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument, root_seed: int, index: int,
                   lmax_cmb: float | None = None, lmax_phi: float | None = None, include_b: bool = False,
                   epsilon: float = 1e-6, fields: Sequence[str] = FIELDS, nthreads: int = 1,
-                  survey: Survey | None = None) -> dict[str, np.ndarray]:
+                  survey: Survey | None = None, foregrounds: Foregrounds | None = None) -> dict[str, np.ndarray]:
     """Simulate one flat-sky sample with exact (NUFFT) lensing.
 
     A convenience wrapper: ``FlatSimulator(geom, spectra, instrument, ...).sample(root_seed, index,
@@ -238,6 +247,8 @@ def simulate_flat(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instru
     survey : Survey, optional
         Mask, noise map and periodicity (:class:`FlatSimulator`; default: a periodic map, no mask,
         uniform white noise).
+    foregrounds : Foregrounds, optional
+        Foreground residuals in the observed maps (:class:`FlatSimulator`; default: none).
 
     Returns
     -------
@@ -245,7 +256,8 @@ def simulate_flat(geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instru
         Field name -> ``float64`` map of shape ``geom.shape`` (units in :data:`FIELDS`).
     """
     sim = FlatSimulator(geom, spectra, instrument, lmax_cmb=lmax_cmb, lmax_phi=lmax_phi,
-                        include_b=include_b, epsilon=epsilon, nthreads=nthreads, survey=survey)
+                        include_b=include_b, epsilon=epsilon, nthreads=nthreads, survey=survey,
+                        foregrounds=foregrounds)
     return sim.sample(root_seed, index, fields)
 
 

@@ -31,6 +31,7 @@ from .io.sims import assignment, write_sims
 from .provenance import config_json
 from .sample import FIELDS, FlatSimulator, Instrument
 from .progress import Progress, track
+from .foregrounds import SCHEMA as FOREGROUNDS_SCHEMA, Foregrounds
 from .survey import SCHEMA as SURVEY_SCHEMA, Survey
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ SCHEMA = {
         "block_size": Int(32, min=1, doc="flat-sky maps made per task"),
     },
     "survey": SURVEY_SCHEMA,
+    "foregrounds": FOREGROUNDS_SCHEMA,
 }
 """Config schema with defaults. See ``sims/quick.yaml`` for a commented example."""
 
@@ -158,6 +160,8 @@ class SimPlan:
         One per noise level.
     survey : Survey
         Mask, noise map and periodicity of the maps.
+    foregrounds : Foregrounds
+        Foreground residuals in the observed maps.
     units : list of tuple
         ``(unit_id, first_sample, stop_sample, seed_index)``; a unit is made by one task.
     """
@@ -168,6 +172,7 @@ class SimPlan:
     instruments: list
     survey: Survey
     units: list
+    foregrounds: Foregrounds
 
     @property
     def n_maps(self) -> int:
@@ -210,13 +215,16 @@ def plan_from_config(cfg: dict) -> SimPlan:
     instruments = [Instrument(inst["beam_fwhm_arcmin"], t, p) for t, p in zip(noise_t, noise_p)]
     survey = Survey.from_config(cfg["survey"])
     survey.check(geom, noise_p)
+    foregrounds = Foregrounds.from_config(cfg["foregrounds"])
+    if foregrounds.any and g["kind"] != "flat":
+        raise ConfigError("foregrounds: residuals are simulated on flat maps only (geometry.kind: flat)")
     cosmologies = sample_cosmologies(cfg["cosmology"], cfg["seed"])
     if g["kind"] == "flat":
         block = cfg["simulation"]["block_size"]
         units = [(u, s, min(s + block, n_maps), None) for u, s in enumerate(range(0, n_maps, block))]
     else:
         units = _curved_units(cfg, geom)
-    return SimPlan(cfg, geom, cosmologies, instruments, survey, units)
+    return SimPlan(cfg, geom, cosmologies, instruments, survey, units, foregrounds)
 
 
 def _curved_units(cfg, geom):
@@ -266,7 +274,7 @@ def simulate_unit(plan: SimPlan, unit: tuple, spectra_by_index: Mapping[int, CMB
                 simulators[ci, ni] = FlatSimulator(plan.geom, spectra_by_index[ci], plan.instruments[ni],
                                                    lmax_cmb=sim["lmax_cmb"], lmax_phi=sim["lmax_phi"],
                                                    include_b=sim["include_b"], epsilon=sim["nufft_epsilon"],
-                                                   survey=plan.survey)
+                                                   survey=plan.survey, foregrounds=plan.foregrounds)
             sample = simulators[ci, ni].sample(cfg["seed"], i, fields=plan.products)
             for f in plan.products:
                 maps[f][k] = sample[f]

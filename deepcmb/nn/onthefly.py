@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError
+from ..foregrounds import Foregrounds
 from ..io.sims import assignment, geometry, open_sims, read_instruments, read_spectra
 from ..qe.estimators import fields_needed, parse_estimator
 from ..sample import FlatSimulator
@@ -86,6 +87,9 @@ class FreshBatches(keras.utils.PyDataset):
                 raise ConfigError(f"data.on_the_fly: {sims_path} holds non-periodic patches or masked maps; fresh "
                                   "maps are made for flat periodic simulation files without a mask or noise map only")
             config = json.loads(f.attrs["config"])
+            if Foregrounds.from_config(config.get("foregrounds")).any:
+                raise ConfigError(f"data.on_the_fly: {sims_path} holds foreground residuals; fresh maps are made "
+                                  "without them (train on the file's maps, data.on_the_fly: false)")
             self.geom = geometry(f)
             self.spectra = [read_spectra(f, c) for c in range(f["cosmology/cl_kk"].shape[0])]
             self.instruments = read_instruments(f)
