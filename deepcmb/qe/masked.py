@@ -153,8 +153,8 @@ class MaskedQE:
 
     def __init__(self, geom: FlatSkyGeometry, spectra: CMBSpectra, instrument: Instrument, estimator: str,
                  lmin: float = BAND["lmin"], lmax: float = BAND["lmax"], Lmin: float = BAND["Lmin"],
-                 Lmax: float = BAND["Lmax"], periodic: bool = True, pad: float = 2.0, cg_tol: float = 1e-3,
-                 cg_maxiter: int = 500, precision: str = "double"):
+                 Lmax: float = BAND["Lmax"], *, periodic: bool, pad: float, cg_tol: float, cg_maxiter: int,
+                 precision: str = "double"):
         self.geom = geom
         self.box = geom if periodic else padded_box(geom, pad)
         self.cut = box_cut(self.box.shape, geom.shape)
