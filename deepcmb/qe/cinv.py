@@ -67,6 +67,8 @@ class FilteredPol:
     E, B : ndarray, complex, shape ``geom.fourier_shape()``
         Inverse-variance filtered :math:`\\bar E, \\bar B` (µK⁻¹ sr⁻¹ times the geometry's Fourier
         convention), zero outside ``lmin <= l <= lmax``.
+    sky : ndarray, shape (2, ny, nx)
+        The solution :math:`x`: Wiener-filtered E and B maps (µK) on ``0 < l <= lmax``.
     iterations : int
         Conjugate-gradient iterations.
     residual : float
@@ -75,6 +77,7 @@ class FilteredPol:
 
     E: np.ndarray
     B: np.ndarray
+    sky: np.ndarray
     iterations: int
     residual: float
 
@@ -183,4 +186,4 @@ class CinvFilter:
         result = conjugate_gradient(self.apply, self.precondition, self.rhs(np.asarray(qu, dtype=float)),
                                     tol=self.tol, maxiter=self.maxiter, inner=pixel_inner)
         bar = self._inv_cl * self._fourier(result.x)
-        return FilteredPol(bar[0], bar[1], result.iterations, result.residual)
+        return FilteredPol(bar[0], bar[1], result.x, result.iterations, result.residual)
