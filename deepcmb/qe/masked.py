@@ -228,14 +228,19 @@ class Simulations:
         self.mqe, self.instrument, self.seed = mqe, instrument, int(seed)
         self._sim = FlatSimulator(mqe.box, spectra, instrument)
 
+    def sky(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Beam-convolved lensed Q, U (µK, shape ``(2,) + box.shape``) and kappa (``box.shape``) of simulation
+        ``index`` on the whole periodic grid, before the cut and the noise."""
+        s = self._sim.sample(self.seed, index, ("Q_lensed", "U_lensed", "kappa"))
+        return convolve_beam(self.mqe.box, np.stack([s["Q_lensed"], s["U_lensed"]]), self.instrument), s["kappa"]
+
     def draw(self, index: int, ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Observed ``q, u`` (µK) and true ``kappa`` of simulation ``index``, each of shape ``geom.shape``."""
-        s = self._sim.sample(self.seed, index, ("Q_lensed", "U_lensed", "kappa"))
-        cut = (slice(None),) + self.mqe.cut
-        qu = convolve_beam(self.mqe.box, np.stack([s["Q_lensed"], s["U_lensed"]]), self.instrument)[cut]
+        qu, kappa = self.sky(index)
+        qu = qu[(slice(None),) + self.mqe.cut]
         rms = np.where(ivar > 0, 1.0 / np.sqrt(np.where(ivar > 0, ivar, 1.0)), 0.0)
         qu = qu + sample_rng(self.seed, index, "noise").standard_normal(qu.shape) * rms
-        return qu[0], qu[1], s["kappa"][self.mqe.cut]
+        return qu[0], qu[1], kappa[self.mqe.cut]
 
 
 @dataclass(frozen=True)
