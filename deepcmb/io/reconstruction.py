@@ -33,7 +33,7 @@ only) and mean_field, and the analytic N0 of each noise level of the simulation 
 A QE file of masked maps (a mask not all ones or a non-constant ``ivar_p``, :mod:`deepcmb.qe.masked_stage`)
 also has the root attributes filter (``'cinv'``: the C^-1 filter of :mod:`deepcmb.qe.cinv`),
 response_correction and mean_field (how they were simulated), mask_w2 and mask_w4 (the moments
-:math:`w_n = \langle M^n \rangle` of the file's masks, pixel and map mean, that normalise pseudo-spectra over the
+:math:`w_n = \\langle M^n \\rangle` of the file's masks, pixel and map mean, that normalise pseudo-spectra over the
 observed region), its ``/n0`` is the analytic N0 at the mean inverse noise of the observed pixels, and::
 
     /maps/kappa_mean_field (n, ny, nx) float32: the simulated mean field subtracted from each map (same

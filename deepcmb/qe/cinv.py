@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 
 def pixel_inner(a: np.ndarray, b: np.ndarray) -> float:
-    """Pixel-sum inner product :math:`\\sum_\\mathbf{x} a(\\mathbf{x}) b(\\mathbf{x})` of real maps (no BLAS threads)."""
+    """Pixel-sum inner product :math:`\\sum_\\mathbf{x} a(\\mathbf{x}) b(\\mathbf{x})` of real maps (without
+    the threads of BLAS, which cost more than they save on small maps)."""
     return float(np.sum(a * b))
 
 

@@ -342,9 +342,8 @@ def monte_carlo(mqe: MaskedQE, sims: Simulations, masks: np.ndarray, ivars: np.n
                                           observed_cross(mqe.geom, truths, truths, mask_of, edges))
     with np.errstate(divide="ignore", invalid="ignore"):
         applied = (response > 0) & (response / error >= min_snr)
-    partial = MonteCarlo(mean_fields, np.asarray(edges, dtype=float), response, error, applied,
-                         np.zeros(len(edges) - 1), np.asarray(iterations))
-    r = partial.response_grid(mqe.box)
+    edges = np.asarray(edges, dtype=float)
+    r = on_grid(mqe.box, edges, np.where(applied, response, 1.0))
     residual = np.stack([mqe.to_maps(k / r)["kappa"] for k in estimates]) - truths
     n0 = observed_cross(mqe.geom, residual, residual, mask_of, edges).mean(axis=0)
-    return MonteCarlo(mean_fields, partial.edges, response, error, applied, n0, partial.iterations)
+    return MonteCarlo(mean_fields, edges, response, error, applied, n0, np.asarray(iterations))
