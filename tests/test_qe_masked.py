@@ -190,4 +190,6 @@ def test_stage_refuses_what_masked_maps_do_not_support(masked_sims, tmp_path, ca
     assert "only the polarization estimators" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "w.h5"), "--wiener"]) == 2
     assert "qe.wiener" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in ("uq.h5", "tt.h5", "w.h5"))
+    assert main(base + ["--out", str(tmp_path / "seed.h5"), "--mc-seed", "5"]) == 2  # the file's seed
+    assert "qe.mc_seed" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("uq.h5", "tt.h5", "w.h5", "seed.h5"))

@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +37,10 @@ from ..progress import Progress
 from ..sample import Instrument
 from .masked import MaskedQE, MonteCarlo, Simulations, effective_noise, monte_carlo
 from .quadratic import QuadraticEstimator
+
+if TYPE_CHECKING:
+    from ..io.observations import Observations
+    from ..io.sims import SimsMaps
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +85,22 @@ class _Level:
     instrument: Instrument
 
 
-def run_masked(source, cfg: dict, label: str, data, out, config: dict, *, uncertainty, overwrite: bool,
-               progress: bool):
+def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str | Path, out: str | Path,
+               config: dict, *, uncertainty: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """Reconstruct every map of an open masked file (arguments as :func:`deepcmb.qe.stage.run_reconstruct_qe`,
-    ``cfg`` resolved, ``source`` open); returns the written path."""
+    ``cfg`` resolved, ``source`` open); returns the written path.
+
+    Raises
+    ------
+    InputError
+        With an uncertainty calibration, or without ``/ivar_p`` and without white noise.
+    ConfigError
+        With ``wiener``, a temperature estimator, or ``mc_seed`` equal to the seed of a simulation file (the
+        Monte Carlo maps would repeat its skies).
+    """
+    if source.kind == "simulations" and int(source.file.attrs["seed"]) == cfg["mc_seed"]:
+        raise ConfigError(f"qe.mc_seed: {cfg['mc_seed']} is the seed of {data}; the Monte Carlo maps would repeat "
+                          "its skies, choose another")
     if uncertainty:
         raise InputError(f"{uncertainty}: the calibration of --uncertainty does not cover masked maps "
                          f"({data} has a mask or a noise map)")
@@ -112,8 +130,8 @@ def run_masked(source, cfg: dict, label: str, data, out, config: dict, *, uncert
                          cfg["response_min_snr"], first_index=next_index)
         next_index += cfg["response_maps"] + cfg["mean_field_maps"] * len(first)
         runs[lev] = _Level(rows, mask, ivar, group, mqe, mc, mean)
-        w2.append(np.mean(mask**2))
-        w4.append(np.mean(mask**4))
+        w2.append(np.mean(mask**2, axis=(1, 2)))
+        w4.append(np.mean(mask**4, axis=(1, 2)))
     qe = runs[levels[0]].mqe.qe
     attrs = {"estimator": qe.label, "estimators": list(qe.names), "lmin": cfg["lmin"],
              "lmax": cfg["lmax"], "Lmin": Lmin, "Lmax": Lmax, "wiener": False, "response": "gradient",
@@ -121,7 +139,7 @@ def run_masked(source, cfg: dict, label: str, data, out, config: dict, *, uncert
              "mean_field": f"simulated, {cfg['mean_field_maps']} maps per mask and noise map",
              "response_correction": f"Monte Carlo, {cfg['response_maps']} maps, in the bins with "
                                     f"R/sigma >= {cfg['response_min_snr']:g}",
-             "mask_w2": float(np.mean(w2)), "mask_w4": float(np.mean(w4))}
+             "mask_w2": float(np.mean(np.concatenate(w2))), "mask_w4": float(np.mean(np.concatenate(w4)))}
     iterations = np.zeros(n, np.int64)
     fields = ["kappa", "phi", "kappa_mean_field"]
     with ReconstructionWriter(out, np.arange(n), fields, data, "qe", config, attrs=attrs,

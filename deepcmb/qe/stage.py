@@ -60,7 +60,8 @@ SCHEMA = {
     "response_maps": Int(64, min=2, doc="masked maps: simulations of the Monte Carlo response and N0"),
     "response_min_snr": Number(3.0, min=0, doc="masked maps: the Monte Carlo response is applied in the L bins "
                                                "where it exceeds this many standard errors"),
-    "mc_seed": Int(0, min=0, doc="masked maps: root seed of the mean-field and response simulations"),
+    "mc_seed": Int(0, min=0, doc="masked maps: root seed of the mean-field and response simulations (not the "
+                                 "seed of the simulation file reconstructed)"),
     "batch_size": Int(64, min=1, doc="maps read and reconstructed at once"),
     "precision": OneOf("single", "single", "double", doc="arithmetic of the estimate (the maps are float32)"),
 }
