@@ -41,6 +41,7 @@ MNRAS 431, 609; Planck 2018 results VIII (2020), A&A 641, A8; Hivon et al. (2002
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -289,7 +290,8 @@ class MonteCarlo:
 
 
 def monte_carlo(mqe: MaskedQE, sims: Simulations, masks: np.ndarray, ivars: np.ndarray, n_mean_field: int,
-                n_response: int, edges: np.ndarray, min_snr: float, first_index: int = 0) -> MonteCarlo:
+                n_response: int, edges: np.ndarray, min_snr: float, first_index: int = 0,
+                progress: Callable[[int], object] | None = None) -> MonteCarlo:
     """Simulate the mean field of every mask and the response and N0 over all of them.
 
     Parameters
@@ -309,6 +311,8 @@ def monte_carlo(mqe: MaskedQE, sims: Simulations, masks: np.ndarray, ivars: np.n
     first_index : int
         Index of the first simulation (:class:`Simulations`): the response simulations are
         ``first_index + s``, then ``n_mean_field`` simulations per mask.
+    progress : callable, optional
+        Called with 1 after each simulation (e.g. a progress bar's ``update``).
 
     Returns
     -------
@@ -325,6 +329,8 @@ def monte_carlo(mqe: MaskedQE, sims: Simulations, masks: np.ndarray, ivars: np.n
             kappa, its = mqe.kappa_fourier(q, u, masks[g] * ivars[g])
             total += kappa
             iterations.append(its)
+            if progress:
+                progress(1)
         mean_fields[g] = total / n_mean_field
     estimates, truths = [], []
     for s in range(n_response):
@@ -334,6 +340,8 @@ def monte_carlo(mqe: MaskedQE, sims: Simulations, masks: np.ndarray, ivars: np.n
         estimates.append(kappa - mean_fields[g])
         truths.append(truth)
         iterations.append(its)
+        if progress:
+            progress(1)
     group = np.arange(n_response) % n_masks
     mask_of = masks[group]
     truths = np.stack(truths)

@@ -124,11 +124,12 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
                        periodic=source.periodic, pad=cfg["pad"], cg_tol=cfg["cg_tol"], cg_maxiter=cfg["cg_maxiter"],
                        precision=cfg["precision"])
         sims = Simulations(mqe, spectra, inst, cfg["mc_seed"])
-        log.info("level %d: %d maps, %d masks; simulating %d mean-field and %d response maps", lev, len(rows),
-                 len(first), cfg["mean_field_maps"] * len(first), cfg["response_maps"])
-        mc = monte_carlo(mqe, sims, mask[first], ivar[first], cfg["mean_field_maps"], cfg["response_maps"], edges,
-                         cfg["response_min_snr"], first_index=next_index)
-        next_index += cfg["response_maps"] + cfg["mean_field_maps"] * len(first)
+        n_sims = cfg["response_maps"] + cfg["mean_field_maps"] * len(first)
+        with Progress(n_sims, f"QE level {lev}: Monte Carlo ({len(first)} masks)", "sim", enabled=progress,
+                      log=log) as bar:
+            mc = monte_carlo(mqe, sims, mask[first], ivar[first], cfg["mean_field_maps"], cfg["response_maps"],
+                             edges, cfg["response_min_snr"], first_index=next_index, progress=bar.update)
+        next_index += n_sims
         runs[lev] = _Level(rows, mask, ivar, group, mqe, mc, mean)
         w2.append(np.mean(mask**2, axis=(1, 2)))
         w4.append(np.mean(mask**4, axis=(1, 2)))
