@@ -96,12 +96,14 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         non-periodic curved-sky patches, which also get a mean field subtracted); ``mean_field_maps``
         (maps per mean-field estimate, non-periodic patches only); ``batch_size`` (maps read and
         reconstructed at once); ``precision`` (arithmetic of the map estimate: the stored maps are
-        float32, single is twice as fast).
+        float32, single is twice as fast); for masked files (:mod:`deepcmb.qe.masked_stage`) also ``pad``,
+        ``cg_tol``, ``cg_maxiter`` (the C^-1 filter), ``response_maps``, ``response_min_snr`` and
+        ``mc_seed`` (the Monte Carlo response), ``mean_field_maps`` then counting simulations per mask.
     inputs : dict
         ``sims``: simulation file of ``deepcmb simulate``, or observation file
         (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters); ``uncertainty``
         (optional): calibration file of ``deepcmb calibrate`` for this estimator and settings, which adds
-        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
+        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`); refused for masked files.
     out : str or Path
         Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
