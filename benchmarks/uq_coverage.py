@@ -13,7 +13,8 @@ the calibration's cosmologies and four within the training ranges), ``ood`` (sim
 0.6, 1.4, As 1.7e-9, 2.5e-9, outside them), ``noise2`` (sims/bench_noise.yaml: 2 uK-arcmin, never
 calibrated), ``curved`` (sims/bench_curved.yaml: non-periodic curved-sky patches; the network only, as
 the QE apodises them and the MAP refuses them) and ``masked`` (sims/masked_test.yaml: masks and
-inhomogeneous noise; every method refuses such maps today, recorded as such). Prints and, with ``--rst``,
+inhomogeneous noise; no calibration covers them: the QE refuses ``--uncertainty`` on them and the other
+methods refuse the maps, recorded as such). Prints and, with ``--rst``,
 writes one row per set and method: the fraction of pixels whose low-passed truth lies within 1 and 2
 sigma, the range over the L bins of the per-mode 1-sigma coverage, the median input score and the
 fraction of maps above the threshold. Stages whose output exists are re-used. About 15 minutes on 2

@@ -189,14 +189,18 @@ class Survey:
     def box(self, geom: FlatSkyGeometry) -> FlatSkyGeometry:
         """The periodic box a flat map of geometry ``geom`` is cut from: ``geom`` itself when
         :attr:`periodic`, else each side grown by ``2 ceil((pad - 1) n / 2)`` pixels (same pixel)."""
-        if self.periodic:
-            return geom
-        shape = tuple(n + 2 * int(np.ceil((self.pad - 1.0) * n / 2.0)) for n in geom.shape)
-        return FlatSkyGeometry(shape, geom.pixel_arcmin)
+        return geom if self.periodic else padded_box(geom, self.pad)
 
     def on(self, geom: FlatSkyGeometry, periodic: bool) -> SurveyPatch:
         """The survey's maps on patches of geometry ``geom`` (periodic or not), precomputed once."""
         return SurveyPatch(self, geom, periodic)
+
+
+def padded_box(geom: FlatSkyGeometry, pad: float) -> FlatSkyGeometry:
+    """The periodic grid around a flat map of geometry ``geom``, about ``pad`` times larger per side: each side
+    grown by ``2 ceil((pad - 1) n / 2)`` pixels of the same size (the map is its centre, :func:`box_cut`)."""
+    shape = tuple(n + 2 * int(np.ceil((pad - 1.0) * n / 2.0)) for n in geom.shape)
+    return FlatSkyGeometry(shape, geom.pixel_arcmin)
 
 
 def box_cut(box_shape: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -166,18 +166,20 @@ def test_qe_on_observations_equals_qe_on_the_simulation_in_either_convention(sim
         open_reconstruction(tmp_path / "cosmo.h5", sky["iau"])
 
 
-def test_masked_observations_are_refused_by_both_methods(sky, tmp_path, capsys):
+def test_masked_observations_go_to_the_masked_qe_and_are_refused_by_the_network(sky, tmp_path, capsys):
     mask = np.ones(SHAPE)
     mask[:4] = 0
     masked = write_observations(tmp_path / "masked.h5", sky["q"], sky["u"], mask=mask, **sky["kw"])
+    assert _qe(masked, tmp_path / "rec.h5", "--mean-field-maps", "2", "--response-maps", "4") == 0
+    with open_reconstruction(tmp_path / "rec.h5", masked) as f:
+        assert f.attrs["filter"] == "cinv" and f.attrs["mask_w2"] == pytest.approx(60 / 64)
+        assert np.all(np.isfinite(f["maps/kappa"][...])) and f["maps/kappa_mean_field"].shape == (8,) + SHAPE
     capsys.readouterr()
-    assert _qe(masked, tmp_path / "rec.h5") == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "masked maps" in err and "not supported yet by method qe" in err
     assert main(["reconstruct", "--method", "nn", "--sims", str(masked), "--out", str(tmp_path / "nn.h5"),
                  "--quiet"]) == 2
-    assert "not supported yet by method nn" in capsys.readouterr().err
-    assert not (tmp_path / "rec.h5").exists() and not (tmp_path / "nn.h5").exists()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "masked maps" in err and "not supported yet by method nn" in err
+    assert not (tmp_path / "nn.h5").exists()
     # a constant ivar_p and an all-ones mask are trivial: accepted
     trivial = write_observations(tmp_path / "trivial.h5", sky["q"][:2], sky["u"][:2], mask=np.ones(SHAPE),
                                  ivar_p=np.full(SHAPE, 3.0), **sky["kw"])

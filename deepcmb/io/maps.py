@@ -19,6 +19,9 @@ from ..errors import InputError
 from . import observations, sims
 from .files import text
 
+MASK_AWARE = ("qe",)
+"""Reconstruction methods that take masked maps (a mask not all ones or a non-constant ``ivar_p``)."""
+
 READERS = {sims.FORMAT: sims.SimsMaps, observations.FORMAT: observations.Observations}
 """``format`` attribute -> reader class."""
 
@@ -50,9 +53,9 @@ def open_maps(path: str | Path, method: str | None = None) -> sims.SimsMaps | ob
     ----------
     path : str or Path
     method : str, optional
-        The reconstruction method that will read the maps (``'qe'``, ``'nn'``): an observation file
-        with a mask that is not all ones or an ``ivar_p`` that is not constant is refused, since no
-        method uses them yet.
+        The reconstruction method that will read the maps (``'qe'``, ``'nn'``, ``'map'``): a file with a
+        mask that is not all ones or an ``ivar_p`` that is not constant is refused unless the method is
+        in :data:`MASK_AWARE`.
 
     Returns
     -------
@@ -61,13 +64,14 @@ def open_maps(path: str | Path, method: str | None = None) -> sims.SimsMaps | ob
     Raises
     ------
     InputError
-        For a file of another kind, a malformed file, or a masked one when ``method`` is given.
+        For a file of another kind, a malformed file, or a masked one for a method that does not take
+        masks.
     """
     reader = READERS.get(file_format(path))
     if reader is None:
         raise InputError(f"{path}: not a deepcmb simulation or observation file (format attribute missing or wrong)")
     maps = reader(path)
-    if method is not None and maps.masked:
+    if method is not None and method not in MASK_AWARE and maps.masked:
         maps.close()
         raise InputError(f"{path}: masked maps (a mask not all ones or a non-constant ivar_p) are not "
                          f"supported yet by method {method}")

@@ -49,13 +49,16 @@ points west (right ascension decreasing along the columns, east on the left as o
 is the mirror image of this frame: reverse its last axis (``m[..., ::-1]``) before writing it, or
 declare the other convention (a reflection maps E to E and B to -B).
 
-Masks and weights. ``/mask`` and ``/ivar_p`` are read and checked; the reconstruction methods do
-not use them yet and refuse a file whose mask is not all ones or whose ``ivar_p`` is not constant
-(a constant ``ivar_p`` only restates the white noise; the filters take ``noise_p_uk_arcmin``).
+Masks and weights. ``/mask`` and ``/ivar_p`` are read and checked. A file whose mask is not all ones or
+whose ``ivar_p`` is not constant is reconstructed by the quadratic estimator with the inverse noise
+``mask * ivar_p`` (:mod:`deepcmb.qe.masked_stage`; without ``/ivar_p`` the white noise of
+``noise_p_uk_arcmin``); the network and the MAP estimator refuse it. A constant ``ivar_p`` and an
+all-ones mask only restate the white noise: every method takes such a file, with ``noise_p_uk_arcmin``.
 
-A non-periodic file (``periodic = false``) is apodised by the quadratic estimator with its default
-cosine taper (:func:`deepcmb.qe.default_taper`), and a mean field is subtracted, estimated from the
-file's own maps (see :mod:`deepcmb.qe.stage`).
+A non-periodic file (``periodic = false``) without a mask is apodised by the quadratic estimator with its
+default cosine taper (:func:`deepcmb.qe.default_taper`), and a mean field is subtracted, estimated from the
+file's own maps (see :mod:`deepcmb.qe.stage`); with a mask, the masked estimator embeds it in a larger
+periodic grid instead.
 
 Every malformed file (wrong format or version, a missing or invalid attribute, a dataset of the
 wrong shape, NaN or infinite values, a mask outside [0, 1], a negative ``ivar_p``) is refused with
@@ -210,7 +213,8 @@ class Observations:
     weight_range : dict
         ``'mask'``, ``'ivar_p'`` (those present) -> their ``(min, max)``.
     masked : bool
-        Whether the mask is not all ones or ``ivar_p`` is not constant (methods refuse such files).
+        Whether the mask is not all ones or ``ivar_p`` is not constant (only the quadratic estimator
+        takes such files).
     noise_index : ndarray of int64, shape (N,)
         All zeros: the file has one noise level (as a simulation file's ``/meta/noise_index``).
 

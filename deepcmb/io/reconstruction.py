@@ -30,6 +30,24 @@ only) and mean_field, and the analytic N0 of each noise level of the simulation 
     /n0/kappa_2d     (n_levels, ny, nx // 2 + 1) float64  N0 on the rfft grid (sr; inf outside the band,
                                                           NaN for a level without maps)
 
+A QE file of masked maps (a mask not all ones or a non-constant ``ivar_p``, :mod:`deepcmb.qe.masked_stage`)
+also has the root attributes filter (``'cinv'``: the C^-1 filter of :mod:`deepcmb.qe.cinv`),
+response_correction and mean_field (how they were simulated), mask_w2 and mask_w4 (the moments
+:math:`w_n = \\langle M^n \\rangle` of the file's masks, pixel and map mean, that normalise pseudo-spectra over the
+observed region), its ``/n0`` is the analytic N0 at the mean inverse noise of the observed pixels, and::
+
+    /maps/kappa_mean_field (n, ny, nx) float32: the simulated mean field subtracted from each map (same
+                                                response correction as kappa)
+    /meta/cg_iterations    (n,) int64: conjugate-gradient iterations of each map's C^-1 filter
+    /response/edges        (nbin + 1,) float64   L bin edges (those of /n0)
+    /response/L            (nbin,) float64       mode-weighted bin centres
+    /response/R_mc         (n_levels, nbin) float64   Monte Carlo response over the analytic one (NaN: no maps)
+    /response/R_mc_error   (n_levels, nbin) float64   its standard error
+    /response/applied      (n_levels, nbin) int8      1 where kappa was divided by R_mc (R_mc / error >=
+                                                      response_min_snr), 0 where the analytic response stands
+    /response/n0_mc        (n_levels, nbin) float64   simulated reconstruction noise over the observed region
+                                                      after the correction (sr)
+
 A network file (``method = 'nn'``) has the attributes model (path of the run folder or ``.keras``
 file), model_inputs (its input channels), split (the maps reconstructed) and model_shape (the map shape
 it was trained on, which differs from shape under ``--any-shape``).

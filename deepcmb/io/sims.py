@@ -223,7 +223,8 @@ class SimsMaps:
         ``'mask'``, ``'ivar_p'`` (those present) -> their ``(min, max)`` (the datasets' attributes).
     masked : bool
         Whether the mask is not all ones or ``ivar_p`` is not constant (from the ``min`` and ``max``
-        attributes of the datasets): as for an observation file, the methods refuse such files.
+        attributes of the datasets): as for an observation file, only the quadratic estimator takes
+        such files (:data:`deepcmb.io.maps.MASK_AWARE`).
     noise_index : ndarray of int64, shape (n_maps,)
         Noise level of each map (``/meta/noise_index``).
     """

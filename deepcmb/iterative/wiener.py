@@ -47,13 +47,14 @@ class CGResult:
 
 def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: Callable[[np.ndarray], np.ndarray],
                        b: np.ndarray, x0: np.ndarray | None = None, tol: float = 1e-5,
-                       maxiter: int = 1000) -> CGResult:
+                       maxiter: int = 1000,
+                       inner: Callable[[np.ndarray, np.ndarray], float] | None = None) -> CGResult:
     """Solve ``M x = b`` for a symmetric positive-definite ``M`` by preconditioned conjugate gradients.
 
     Parameters
     ----------
     apply : callable
-        ``x -> M x`` on arrays of the shape of ``b``, self-adjoint in the inner product ``Re vdot(a, b)``.
+        ``x -> M x`` on arrays of the shape of ``b``, self-adjoint in the inner product ``inner``.
     precondition : callable
         ``r -> P r`` with ``P`` symmetric positive definite, approximating ``M^-1``.
     b : ndarray
@@ -65,6 +66,9 @@ def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: 
         recursion) is below ``tol``.
     maxiter : int
         Iterations at most.
+    inner : callable, optional
+        ``(a, b) -> Re <a, b>``, the inner product (default ``Re vdot(a, b)``; e.g. a plain sum of products
+        for small real arrays, which avoids the threads of BLAS).
 
     Returns
     -------
@@ -75,14 +79,17 @@ def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: 
     ConvergenceError
         If the residual is not below ``tol`` after ``maxiter`` iterations.
     """
-    norm_b = float(np.sqrt(np.vdot(b, b).real))
+    if inner is None:
+        def inner(a, c):
+            return float(np.vdot(a, c).real)
+    norm_b = float(np.sqrt(inner(b, b)))
     if norm_b == 0.0:
         return CGResult(np.zeros_like(b), 0, 0.0)
     x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=b.dtype)
     it = 0
     while True:  # a restart from the true residual if the recursion drifted below tol without it
         r = b - apply(x)
-        residual = float(np.sqrt(np.vdot(r, r).real)) / norm_b
+        residual = float(np.sqrt(inner(r, r))) / norm_b
         if residual < tol:
             return CGResult(x, it, residual)
         if it >= maxiter:
@@ -90,14 +97,14 @@ def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: 
                                    f"iterations (wanted < {tol:g})")
         z = precondition(r)
         p = z
-        rz = float(np.vdot(r, z).real)
-        while it < maxiter and np.sqrt(np.vdot(r, r).real) / norm_b >= tol:
+        rz = inner(r, z)
+        while it < maxiter and np.sqrt(inner(r, r)) / norm_b >= tol:
             mp = apply(p)
-            alpha = rz / float(np.vdot(p, mp).real)
+            alpha = rz / inner(p, mp)
             x = x + alpha * p
             r = r - alpha * mp
             z = precondition(r)
-            rz_new = float(np.vdot(r, z).real)
+            rz_new = inner(r, z)
             p = z + (rz_new / rz) * p
             rz = rz_new
             it += 1

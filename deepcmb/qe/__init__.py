@@ -16,6 +16,9 @@ cosine_window, default_taper, window_moment
 iterative_noise
     Theory: lensing noise reached by an iterative (maximum-likelihood-like) polarization estimator.
 
+Masked maps with a noise map: :mod:`deepcmb.qe.cinv` (the C^-1 filter) and :mod:`deepcmb.qe.masked` (the
+estimator with a simulated mean field and a Monte Carlo response), used by the stage for such files.
+
 Every estimator is declared once (:mod:`deepcmb.qe.estimators`); its map estimate, normalisation and
 analytic N0 all follow from that declaration by FFT convolutions (:mod:`deepcmb.qe.engine`), and
 :mod:`deepcmb.qe.direct` evaluates the same declaration without FFTs as a check.

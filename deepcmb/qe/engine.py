@@ -340,7 +340,7 @@ class EstimatePlan:
         self.cdtype = np.complex128 if precision == "double" else np.complex64
         c2, s2 = geom.cos2phi_sin2phi()
         # 1 / (N_pix dx^2) of the inverse transform of the legs is folded into the field coefficients
-        norm = 1.0 / (geom.shape[0] * geom.shape[1] * geom.pixel_rad**2)
+        norm = self._norm = 1.0 / (geom.shape[0] * geom.shape[1] * geom.pixel_rad**2)
         inv_beam = norm * np.where(filters.mask, 1.0 / np.where(filters.mask, filters.beam, 1.0), 0.0)
         # filtered fields from the (T, Q, U) modes: T = F_T T / B; E = F_E (c Q + s U) / B; B = F_B (-s Q + c U) / B
         self._field_coef = {
@@ -393,10 +393,23 @@ class EstimatePlan:
                 tmp = _buffer(self._work, "bar_tmp", shape, self.cdtype)
                 np.multiply(coef[0], tqu[1], out=out)
                 out += np.multiply(coef[1], tqu[2], out=tmp)
+        return self._legs_of(bar, n, name)
+
+    def _legs_of(self, bar, n, name):
+        """Real-space maps of all legs of the filtered fields ``bar`` (field -> ``(N,) + fourier_shape``,
+        with the inverse transform's constant folded in), shape (N, nlegs, ny, nx)."""
+        geom = self.factors.geom
         legs = _buffer(self._work, "legs", (n, self.nlegs) + geom.fourier_shape(), self.cdtype)
         for i, (field, w) in enumerate(self._legs):
             np.multiply(w, bar[field], out=legs[:, i])
         return to_map(geom, legs, self.nthreads, scaled=False, work=self._work, name=name, overwrite=True)
+
+    def _filtered_legs(self, filtered, name):
+        missing = [k for k in self._fields if k not in filtered]
+        if missing:
+            raise ValueError(f"filtered fields: missing {missing}")
+        bar = {k: np.asarray(filtered[k]).astype(self.cdtype) * self._norm for k in self._fields}
+        return self._legs_of(bar, next(iter(bar.values())).shape[0], name)
 
     def __call__(self, tqu_fourier, tqu_fourier2=None):
         """Apply the plan.
@@ -415,12 +428,33 @@ class EstimatePlan:
             :math:`\\sum_{\\alpha j} K_{\\alpha j} \\mathcal{F}[v_{\\alpha j}]`, in a work buffer that
             the next call overwrites (copy it to keep it).
         """
-        geom = self.factors.geom
         la = self._leg_maps(tqu_fourier)
         if tqu_fourier2 is None:
-            lb, pairs = la, self._merged
-        else:
-            lb, pairs = self._leg_maps(tqu_fourier2, name="legmaps2"), self._ordered
+            return self._combine(la, la, self._merged)
+        return self._combine(la, self._leg_maps(tqu_fourier2, name="legmaps2"), self._ordered)
+
+    def filtered(self, fields: dict[str, np.ndarray]) -> np.ndarray:
+        """Apply the plan to fields filtered elsewhere instead of the diagonal filters of the plan.
+
+        Parameters
+        ----------
+        fields : dict
+            ``'T', 'E', 'B'`` (those the estimators read) -> filtered fields :math:`\\bar X(\\mathbf{l})`,
+            complex, shape ``(N,) + fourier_shape``, in the convention of :mod:`deepcmb.geometry`; the
+            diagonal filter of the plan gives :math:`\\bar X = F^X X_{\\rm obs} / B_l` (e.g. a
+            :math:`C^{-1}` filter of masked maps, :mod:`deepcmb.qe.cinv`).
+
+        Returns
+        -------
+        ndarray, complex, shape ``(N,) + fourier_shape``
+            As :meth:`__call__` (a work buffer).
+        """
+        legs = self._filtered_legs(fields, "legmaps")
+        return self._combine(legs, legs, self._merged)
+
+    def _combine(self, la, lb, pairs):
+        """Products of the leg maps ``la``, ``lb`` summed per output, transformed and weighted by the kernels."""
+        geom = self.factors.geom
         n = la.shape[0]
         v = _buffer(self._work, "v", (n, self._kernels.shape[0]) + geom.shape, self.rdtype)
         tmp = _buffer(self._work, "tmp", (n,) + geom.shape, self.rdtype)

@@ -6,7 +6,9 @@ Reads the observed maps of a simulation file, or of an observation file
 batches, reconstructs kappa with one :class:`~deepcmb.qe.QuadraticEstimator` per noise level of the
 file (filters and N0 follow that level's beam and noise; an observation file has one level), and
 writes the reconstruction layout of :mod:`deepcmb.io.reconstruction` with the analytic N0 of each
-level (``/n0``). An observation file whose mask or inverse-variance map is not trivial is refused.
+level (``/n0``). A file whose mask is not all ones or whose ``ivar_p`` is not constant is reconstructed
+by :func:`deepcmb.qe.masked_stage.run_masked` instead (C^-1 filter, simulated mean field, Monte Carlo
+response and N0).
 
 The filters use the fiducial (Planck 2018) spectra, as a QE on data would. Non-periodic maps (curved-sky
 patches, and observation files with ``periodic = false``) are apodised with a cosine window (default
@@ -34,6 +36,7 @@ from ..uncertainty.stage import Uncertainty
 from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
 from .estimators import parse_estimator
+from .masked_stage import run_masked
 from .quadratic import BAND, QuadraticEstimator
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,18 @@ SCHEMA = {
     "wiener": Bool(False, doc="write the Wiener-filtered kappa C/(C+N0) kappa_hat"),
     "apodize_arcmin": Number(None, min=0, keep_int=True, doc="cosine taper width in arcmin (null: 0 for periodic maps, 60 for "
                                               "curved-sky patches)"),
-    "mean_field_maps": Int(64, min=1, doc="maps per mean-field estimate, non-periodic patches only"),
+    "mean_field_maps": Int(64, min=1, doc="maps per mean-field estimate: of the file, for non-periodic patches; "
+                                          "simulated per mask and noise map, for masked maps"),
+    "pad": Number(2.0, gt=1, doc="masked non-periodic maps: side of the periodic grid of the C^-1 filter over "
+                                 "the map's"),
+    "cg_tol": Number(1e-3, gt=0, doc="masked maps: relative residual at which the C^-1 filter's conjugate "
+                                     "gradients stop"),
+    "cg_maxiter": Int(500, min=1, doc="masked maps: conjugate-gradient iterations at most"),
+    "response_maps": Int(64, min=2, doc="masked maps: simulations of the Monte Carlo response and N0"),
+    "response_min_snr": Number(3.0, min=0, doc="masked maps: the Monte Carlo response is applied in the L bins "
+                                               "where it exceeds this many standard errors"),
+    "mc_seed": Int(0, min=0, doc="masked maps: root seed of the mean-field and response simulations (not the "
+                                 "seed of the simulation file reconstructed)"),
     "batch_size": Int(64, min=1, doc="maps read and reconstructed at once"),
     "precision": OneOf("single", "single", "double", doc="arithmetic of the estimate (the maps are float32)"),
 }
@@ -82,12 +96,14 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         non-periodic curved-sky patches, which also get a mean field subtracted); ``mean_field_maps``
         (maps per mean-field estimate, non-periodic patches only); ``batch_size`` (maps read and
         reconstructed at once); ``precision`` (arithmetic of the map estimate: the stored maps are
-        float32, single is twice as fast).
+        float32, single is twice as fast); for masked files (:mod:`deepcmb.qe.masked_stage`) also ``pad``,
+        ``cg_tol``, ``cg_maxiter`` (the C^-1 filter), ``response_maps``, ``response_min_snr`` and
+        ``mc_seed`` (the Monte Carlo response), ``mean_field_maps`` then counting simulations per mask.
     inputs : dict
         ``sims``: simulation file of ``deepcmb simulate``, or observation file
         (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters); ``uncertainty``
         (optional): calibration file of ``deepcmb calibrate`` for this estimator and settings, which adds
-        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
+        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`); refused for masked files.
     out : str or Path
         Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
@@ -108,6 +124,9 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
     config = {"method": "qe", **{k: v for k, v in cfg.items() if k != "batch_size"}, "estimator": label,
               "data": str(data)}
     with open_maps(data, method="qe") as f:
+        if f.masked:
+            return run_masked(f, cfg, label, data, out, config, uncertainty=inputs.get("uncertainty"),
+                              overwrite=overwrite, progress=progress)
         geom = f.geom
         need = fields_needed(names)
         missing = [k for k in need if k not in f.fields]
