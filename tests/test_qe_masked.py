@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from deepcmb.binning import linear_bins
+from deepcmb.binning import binned_fourier_power, linear_bins
 from deepcmb.cli import main
+from deepcmb.evaluation import run_evaluate
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator
 from deepcmb.qe.cinv import CinvFilter, pixel_inner
@@ -172,6 +173,16 @@ def test_stage_writes_the_masked_reconstruction(masked_sims, tmp_path):
         for name in ("R_mc", "R_mc_error", "applied", "n0_mc"):
             assert f[f"response/{name}"].shape == (1, nbin)
         assert np.all(f["response/n0_mc"][...] > 0) and f["n0/kappa"].shape == (1, nbin)
+    # evaluated over the observed region: each map's spectra are those of M^2 kappa over <M^4> of its mask
+    ev = tmp_path / "eval"
+    run_evaluate({"jackknife": 3, "theory": {"iterative": False}}, {"sims": masked_sims, "recs": {"qe_eb": out}}, ev,
+                 progress=False)
+    with h5py.File(ev / "report.h5", "r") as r, h5py.File(out, "r") as f, h5py.File(masked_sims, "r") as s:
+        assert r.attrs["masked"] and r.attrs["apodize_arcmin"] == 0
+        edges, m = r["bins/edges"][...], s["mask"][2].astype(float)
+        fk, ft = (GEOM.map2fourier(m**2 * x) for x in (f["maps/kappa"][2], s["maps/kappa"][2]))
+        expected = binned_fourier_power(GEOM, fk, ft, edges) / np.mean(m**4)
+        np.testing.assert_allclose(r["methods/qe_eb/per_map/cross"][2], expected, rtol=1e-6)
     # the same seeds give the same file
     again = tmp_path / "again.h5"
     assert main(["reconstruct", "--method", "qe", "--sims", str(masked_sims), "--out", str(again),
