@@ -93,12 +93,13 @@ SCHEMA = {
     "shape": ListOf(Int(min=4), [128, 128], min_len=2, max_len=2, doc="patch size (ny, nx), pixels"),
     "pixel_arcmin": Number(2.34375, gt=0, doc="pixel side on the tangent plane, arcmin"),
     "centres": ListOf(ListOf(Number(), min_len=2, max_len=2), None, min_len=1, nullable=True,
-                      doc="patch centres [[lon, lat], ...], degrees (null: the HEALPix tiling patch_nside)"),
+                      doc="patch centres [[lon, lat], ...], degrees (null: the HEALPix tiling patch_nside); "
+                          "on the command line --set 'centres=[[lon, lat], ...]'"),
     "patch_nside": Int(8, min=1, doc="HEALPix nside (a power of two) of the patch centres when centres is null"),
     "max_abs_lat_deg": Number(90.0, min=0, max=90, doc="tiling: keep centres within this |latitude|, degrees"),
     "min_mask_fraction": Number(0.0, min=0, max=1, doc="drop patches whose mean mask is below this"),
-    "pol_convention": OneOf(None, None, *POL_CONVENTIONS,
-                            doc="sign convention of U in the input maps (null: the FITS header's POLCCONV, "
+    "pol_convention": OneOf("header", "header", *POL_CONVENTIONS,
+                            doc="sign convention of U in the input maps (header: the FITS header's POLCCONV, "
                                 "COSMO without one)"),
     "beam_fwhm_arcmin": Number(None, min=0, doc="Gaussian beam FWHM of the input maps, arcmin (required)"),
     "noise_p_uk_arcmin": Number(None, min=0, doc="white noise of each of Q and U, uK-arcmin (null: the median "
@@ -193,15 +194,15 @@ def read_healpix(path: str | Path, n_fields: int | None = 1) -> tuple[np.ndarray
     return np.atleast_2d(np.asarray(maps, dtype=np.float64)), header
 
 
-def header_convention(header: dict, given: str | None, where: str = "pol_convention") -> str:
+def header_convention(header: dict, given: str, where: str = "pol_convention") -> str:
     """The polarization convention of a map: the one given, checked against the header's ``POLCCONV``.
 
     Parameters
     ----------
     header : dict
         FITS keywords of the map.
-    given : {'COSMO', 'IAU'} or None
-        The configured convention (None: the header's, COSMO without one).
+    given : {'header', 'COSMO', 'IAU'}
+        The configured convention (``'header'``: the header's, COSMO without one).
     where : str
         Name of the setting, for the message.
 
@@ -213,9 +214,9 @@ def header_convention(header: dict, given: str | None, where: str = "pol_convent
     stated = str(header.get("POLCCONV", "")).strip().upper() or None
     if stated is not None and stated not in POL_CONVENTIONS:
         raise ConfigError(f"{where}: the maps' header has POLCCONV = {stated!r}, expected COSMO or IAU")
-    if given is not None and stated is not None and given != stated:
+    if given != "header" and stated is not None and given != stated:
         raise ConfigError(f"{where}: {given} given but the maps' header has POLCCONV = {stated}")
-    return given or stated or "COSMO"
+    return (stated or "COSMO") if given == "header" else given
 
 
 # -- sampling -------------------------------------------------------------------------------------
