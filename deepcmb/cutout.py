@@ -11,8 +11,8 @@ Sampling
 The Stokes maps are analysed into harmonic coefficients up to a band limit ``lmax`` by an
 iterative least-squares analysis (``ducc0.sht.pseudo_analysis``: the coefficients whose synthesis on
 the HEALPix grid is closest to the map; exact to ``epsilon`` for a map band-limited to about
-``2 nside``), Q and U together as a spin-2 field. The band-limited map is then evaluated at the
-patch's pixel centres exactly (``ducc0.sht.synthesis_general``, :func:`deepcmb.curvedsky.alm2points`
+``2 nside``, less and less so above), Q and U together as a spin-2 field. The band-limited map is
+then evaluated at the patch's pixel centres exactly (``ducc0.sht.synthesis_general``, :func:`deepcmb.curvedsky.alm2points`
 and :func:`~deepcmb.curvedsky.eb2qu_points`): no interpolation between HEALPix pixels, and no
 second pixel window. The maps keep what the HEALPix map holds: its beam, its noise and the HEALPix
 pixel window of its ``nside`` (Gorski et al. 2005), which is not deconvolved (the root attribute
@@ -121,6 +121,8 @@ class Patches:
     ----------
     maps : dict
         ``'Q'``, ``'U'`` (and ``'T'``) -> float64 ``(npatch, ny, nx)``, µK; Q, U in the patch frame.
+    geom : FlatSkyGeometry
+        Geometry of every patch.
     centres : ndarray, shape (npatch, 2)
         ``(lon, lat)`` of the patch centres, degrees.
     nside : int
@@ -137,12 +139,56 @@ class Patches:
     """
 
     maps: dict[str, np.ndarray]
+    geom: FlatSkyGeometry
     centres: np.ndarray
     nside: int
     lmax: int
     residual: dict[str, float] = field(default_factory=dict)
     mask: np.ndarray | None = None
     ivar_p: np.ndarray | None = None
+
+    def median_depth(self) -> float | None:
+        """Q/U white-noise level of the median ``ivar_p`` over the pixels with data,
+        :math:`\\Delta / \\sqrt{\\mathrm{ivar}_p}` in µK-arcmin (None without ``ivar_p`` or data)."""
+        seen = None if self.ivar_p is None else self.ivar_p[self.ivar_p > 0]
+        return None if seen is None or not seen.size else float(self.geom.pixel_arcmin / np.sqrt(np.median(seen)))
+
+    def write(self, path: str | Path, *, beam_fwhm_arcmin: float, noise_p_uk_arcmin: float,
+              noise_t_uk_arcmin: float | None = None, attrs: dict | None = None, overwrite: bool = False) -> Path:
+        """Write the patches as an observation file (:func:`~deepcmb.io.observations.write_observations`).
+
+        Parameters
+        ----------
+        path : str or Path
+        beam_fwhm_arcmin : float
+            Gaussian beam FWHM of the input maps, arcmin.
+        noise_p_uk_arcmin : float
+            White noise of Q and U, µK-arcmin (e.g. :meth:`median_depth`).
+        noise_t_uk_arcmin : float, optional
+            White noise of T (default ``noise_p_uk_arcmin / sqrt 2``); used only with a T map.
+        attrs : dict, optional
+            More root attributes (provenance).
+        overwrite : bool
+
+        Returns
+        -------
+        Path
+            The file: ``periodic = false``, ``pol_convention = 'COSMO'`` (the patch frame), the centres in
+            ``/patches/lon_deg`` and ``/patches/lat_deg``, and the attributes ``projection``, ``healpix_nside``,
+            ``healpix_pixel_window``, ``lmax`` and ``analysis_residual``.
+        """
+        m = self.maps
+        if noise_t_uk_arcmin is None:
+            noise_t_uk_arcmin = noise_p_uk_arcmin / np.sqrt(2.0)
+        attrs = {"projection": "gnomonic", "healpix_nside": self.nside, "healpix_pixel_window": "kept",
+                 "lmax": self.lmax, "analysis_residual": json.dumps(self.residual, sort_keys=True), **(attrs or {})}
+        return write_observations(path, m["Q"], m["U"], T=m.get("T"), pixel_arcmin=self.geom.pixel_arcmin,
+                                  beam_fwhm_arcmin=beam_fwhm_arcmin, noise_p_uk_arcmin=noise_p_uk_arcmin,
+                                  noise_t_uk_arcmin=noise_t_uk_arcmin if "T" in m else None, periodic=False,
+                                  pol_convention="COSMO", mask=self.mask, ivar_p=self.ivar_p, attrs=attrs,
+                                  datasets={"patches/lon_deg": self.centres[:, 0],
+                                            "patches/lat_deg": self.centres[:, 1]},
+                                  overwrite=overwrite)
 
 
 # -- reading HEALPix files ------------------------------------------------------------------------
@@ -189,8 +235,8 @@ def read_healpix(path: str | Path, n_fields: int | None = 1) -> tuple[np.ndarray
     try:
         maps = hp.read_map(str(path), field=tuple(range(n_fields)), dtype=np.float64)
     except Exception as exc:  # healpy raises ValueError, TypeError or its own errors for a bad map
-        raise InputError(f"{path}: not a HEALPix map ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
-            from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a HEALPix map ({why})") from None
     return np.atleast_2d(np.asarray(maps, dtype=np.float64)), header
 
 
@@ -370,14 +416,14 @@ def cutout(maps: Sequence[np.ndarray] | np.ndarray, geom: FlatSkyGeometry, centr
         maps[bad] = 0.0
     if pol_convention == "IAU":
         maps[-1] *= -1.0
+    log.info("harmonic analysis of nside %d to lmax %d (at most %d iterations per field)", nside, lmax, maxiter)
     residual = {}
     eb, residual["spin2"] = healpix_alm(maps[-2:], 2, lmax, maxiter, epsilon, nthreads)
     tlm = None
     if maps.shape[0] == 3:
         tlm, residual["spin0"] = healpix_alm(maps[:1], 0, lmax, maxiter, epsilon, nthreads)
         tlm = tlm[0]
-    log.info("harmonic analysis of nside %d to lmax %d: relative residual %s", nside, lmax,
-             ", ".join(f"{k} {v:.2g}" for k, v in residual.items()))
+    log.info("harmonic analysis done: relative residual %s", ", ".join(f"{k} {v:.2g}" for k, v in residual.items()))
 
     centres = np.asarray(centres, dtype=float).reshape(-1, 2)
     npatch = centres.shape[0]
@@ -396,7 +442,7 @@ def cutout(maps: Sequence[np.ndarray] | np.ndarray, geom: FlatSkyGeometry, centr
             for w, dest in weights.values():
                 dest[block] = sample_nearest(w, theta, phi)
             bar.update(block.stop - block.start)
-    patches = Patches(out, centres, nside, lmax, residual)
+    patches = Patches(out, geom, centres, nside, lmax, residual)
     if "mask" in weights:
         patches.mask = weights["mask"][1]
     if "ivar_p" in weights:
@@ -491,23 +537,12 @@ def run_cutout(config: dict | None, inputs: dict, out: str | Path, *, overwrite:
                      maxiter=cfg["maxiter"], epsilon=cfg["epsilon"], progress=progress)
     noise_p = cfg["noise_p_uk_arcmin"]
     if noise_p is None:
-        seen = patches.ivar_p[patches.ivar_p > 0]
-        if not seen.size:
+        noise_p = patches.median_depth()
+        if noise_p is None:
             raise InputError(f"{inputs.get('hits') or inputs.get('ivar')}: no pixel of the patches has data (ivar 0)")
-        noise_p = float(geom.pixel_arcmin / np.sqrt(np.median(seen)))
         log.info("noise level from the median inverse variance: %.4g uK-arcmin", noise_p)
-    noise_t = cfg["noise_t_uk_arcmin"] if cfg["noise_t_uk_arcmin"] is not None else noise_p / np.sqrt(2.0)
-    resolved = {**cfg, "pol_convention": convention, "lmax": patches.lmax, "noise_p_uk_arcmin": noise_p,
-                "noise_t_uk_arcmin": noise_t}
-    attrs = {**provenance_attrs(resolved, "cutout"), "projection": "gnomonic", "healpix_nside": patches.nside,
-             "healpix_pixel_window": "kept", "lmax": patches.lmax, "input_pol_convention": convention,
-             "analysis_residual": json.dumps(patches.residual, sort_keys=True),
+    resolved = {**cfg, "pol_convention": convention, "lmax": patches.lmax, "noise_p_uk_arcmin": noise_p}
+    attrs = {**provenance_attrs(resolved, "cutout"), "input_pol_convention": convention,
              "inputs": json.dumps({k: str(v) for k, v in sorted(inputs.items())})}
-    m = patches.maps
-    return write_observations(out, m["Q"], m["U"], T=m.get("T"), pixel_arcmin=geom.pixel_arcmin,
-                              beam_fwhm_arcmin=cfg["beam_fwhm_arcmin"], noise_p_uk_arcmin=noise_p,
-                              noise_t_uk_arcmin=noise_t if "T" in m else None, periodic=False,
-                              pol_convention="COSMO", mask=patches.mask, ivar_p=patches.ivar_p,
-                              attrs=attrs, datasets={"patches/lon_deg": patches.centres[:, 0],
-                                                     "patches/lat_deg": patches.centres[:, 1]},
-                              overwrite=overwrite)
+    return patches.write(out, beam_fwhm_arcmin=cfg["beam_fwhm_arcmin"], noise_p_uk_arcmin=noise_p,
+                         noise_t_uk_arcmin=cfg["noise_t_uk_arcmin"], attrs=attrs, overwrite=overwrite)
