@@ -201,10 +201,11 @@ def main():
     print(e_table)
     if args.rst:
         t = result["times"]
+        timed = {"cutout_s", "qe_s"} <= set(t)
+        took = f"; cutout {t['cutout_s']:.0f} s, QE {t['qe_s']:.0f} s on 2 shared cores" if timed else ""
         head = (f"{result['n_patches']} patches of 128 x 128 at 2.34375' cut from nside {args.nside} maps (lmax "
                 f"{args.lmax}, 1' beam, 1 uK-arcmin); EB QE, 30' taper; ``python benchmarks/cutout_e2e.py OUT --rst "
-                f"docs/results/cutout.rst``" + (f"; cutout {t['cutout_s']:.0f} s, QE {t['qe_s']:.0f} s on 2 shared cores"
-                                                 if {"cutout_s", "qe_s"} <= set(t) else "") + ".")
+                f"docs/results/cutout.rst``{took}.")
         e_head = ("The E modes of the cutout against those of the exact patches (windowed; their noise "
                   "realisations differ, hence the ceiling):")
         args.rst.write_text(head + "\n\n" + table + "\n\n" + e_head + "\n\n" + e_table + "\n")

@@ -12,12 +12,13 @@ The Stokes maps are analysed into harmonic coefficients up to a band limit ``lma
 iterative least-squares analysis (``ducc0.sht.pseudo_analysis``: the coefficients whose synthesis on
 the HEALPix grid is closest to the map; exact to ``epsilon`` for a map band-limited to about
 ``2 nside``, less and less so above), Q and U together as a spin-2 field. The band-limited map is
-then evaluated at the patch's pixel centres exactly (``ducc0.sht.synthesis_general``, :func:`deepcmb.curvedsky.alm2points`
-and :func:`~deepcmb.curvedsky.eb2qu_points`): no interpolation between HEALPix pixels, and no
-second pixel window. The maps keep what the HEALPix map holds: its beam, its noise and the HEALPix
-pixel window of its ``nside`` (Gorski et al. 2005), which is not deconvolved (the root attribute
-``healpix_nside`` records it). The default ``lmax``, ``min(3 nside - 1, pi / pixel)``, stops at the
-patch's Nyquist multipole, like the curved-sky simulations, so that nothing aliases on the patch grid.
+then evaluated at the patch's pixel centres exactly (``ducc0.sht.synthesis_general``,
+:func:`deepcmb.curvedsky.alm2points` and :func:`~deepcmb.curvedsky.eb2qu_points`): no interpolation
+between HEALPix pixels, and no second pixel window. The maps keep what the HEALPix map holds: its
+beam, its noise and the HEALPix pixel window of its ``nside`` (Gorski et al. 2005), which is not
+deconvolved (the root attribute ``healpix_nside`` records it). The default ``lmax``,
+``min(3 nside - 1, pi / pixel)``, stops at the patch's Nyquist multipole, like the curved-sky
+simulations, so that nothing aliases on the patch grid.
 
 The mask, hit-count and inverse-variance maps are not band-limited: each patch pixel takes the value
 of the HEALPix pixel its centre falls in (``healpy.ang2pix``). A hit map becomes an inverse noise
