@@ -392,17 +392,23 @@ def cutout(maps: Sequence[np.ndarray] | np.ndarray, geom: FlatSkyGeometry, centr
     Raises
     ------
     InputError
-        For maps of unequal or invalid sizes.
+        For maps of unequal sizes or sizes that are not those of HEALPix maps.
     ConfigError
         For an ``lmax`` above ``3 nside - 1`` or an unknown convention.
     """
     import healpy as hp
 
-    maps = np.array(maps, dtype=np.float64, ndmin=2)
-    if maps.shape[0] not in (2, 3):
-        raise InputError(f"cutout: expected maps (Q, U) or (T, Q, U), got {maps.shape[0]} map(s)")
-    if not hp.isnpixok(maps.shape[-1]):
-        raise InputError(f"cutout: {maps.shape[-1]} pixels is not the size of a HEALPix map")
+    try:
+        maps = np.array(maps, dtype=np.float64, ndmin=2)  # a copy: UNSEEN and IAU are changed in place
+    except ValueError:
+        raise InputError("cutout: the maps (Q, U) or (T, Q, U) must have one size") from None
+    if maps.ndim != 2 or maps.shape[0] not in (2, 3):
+        raise InputError(f"cutout: expected maps (Q, U) or (T, Q, U) of shape (2 or 3, npix), got {maps.shape}")
+    sources = {name: np.asarray(m) for name, m in (("maps", maps[0]), ("mask", mask), ("ivar_p", ivar))
+               if m is not None}
+    for name, m in sources.items():
+        if m.ndim != 1 or not hp.isnpixok(m.size):
+            raise InputError(f"cutout: {name} of shape {m.shape} is not a HEALPix map")
     if pol_convention not in POL_CONVENTIONS:
         raise ConfigError(f"pol_convention: must be one of {', '.join(POL_CONVENTIONS)}, got {pol_convention!r}")
     nside = hp.npix2nside(maps.shape[-1])
@@ -430,8 +436,7 @@ def cutout(maps: Sequence[np.ndarray] | np.ndarray, geom: FlatSkyGeometry, centr
     npatch = centres.shape[0]
     names = (["T"] if tlm is not None else []) + ["Q", "U"]
     out = {name: np.empty((npatch,) + geom.shape) for name in names}
-    weights = {name: (w, np.empty((npatch,) + geom.shape)) for name, w in (("mask", mask), ("ivar_p", ivar))
-               if w is not None}
+    sampled = {name: np.empty((npatch,) + geom.shape) for name in sources if name != "maps"}
     with Progress(npatch, "cutout", "patch", enabled=progress, log=log) as bar:
         for start in range(0, npatch, BATCH):
             block = slice(start, min(start + BATCH, npatch))
@@ -440,16 +445,14 @@ def cutout(maps: Sequence[np.ndarray] | np.ndarray, geom: FlatSkyGeometry, centr
                                                                       nthreads=nthreads)
             if tlm is not None:
                 out["T"][block] = curvedsky.alm2points(tlm, theta, phi, epsilon=epsilon, nthreads=nthreads)
-            for w, dest in weights.values():
-                dest[block] = sample_nearest(w, theta, phi)
+            for name, dest in sampled.items():
+                dest[block] = sample_nearest(sources[name], theta, phi)
             bar.update(block.stop - block.start)
-    patches = Patches(out, geom, centres, nside, lmax, residual)
-    if "mask" in weights:
-        patches.mask = weights["mask"][1]
-    if "ivar_p" in weights:
-        area_hp = hp.nside2pixarea(hp.npix2nside(np.size(ivar)), degrees=True) * 3600.0
-        patches.ivar_p = weights["ivar_p"][1] * (geom.pixel_arcmin**2 / area_hp)
-    return patches
+    ivar_p = sampled.get("ivar_p")
+    if ivar_p is not None:  # 1/uK^2 per HEALPix pixel -> per patch pixel, at the same depth
+        area_arcmin2 = hp.nside2pixarea(hp.npix2nside(sources["ivar_p"].size), degrees=True) * 3600.0
+        ivar_p *= geom.pixel_arcmin**2 / area_arcmin2
+    return Patches(out, geom, centres, nside, lmax, residual, mask=sampled.get("mask"), ivar_p=ivar_p)
 
 
 def _weight_map(path: str | Path) -> np.ndarray:

@@ -14,6 +14,7 @@ from astropy.io import fits
 from deepcmb import curvedsky
 from deepcmb.cli import main
 from deepcmb.cutout import cutout, hits_to_ivar, mask_fractions
+from deepcmb.errors import InputError
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.io.observations import open_observations
 from deepcmb.io.reconstruction import open_reconstruction
@@ -215,3 +216,26 @@ def test_beam_is_required(files, tmp_path, capsys):
     code = _cli("--maps", files["qu"], "--noise-p-uk-arcmin", 1, "--out", tmp_path / "o.h5")
     assert code == 2 and capsys.readouterr().err.strip() == (
         "deepcmb cutout: error: beam_fwhm_arcmin: required: the Gaussian beam FWHM of the input maps, arcmin (0: none)")
+
+
+def test_the_python_api_refuses_arrays_that_are_not_healpix_maps(sky):
+    q, u = sky["maps"][1], sky["maps"][2]
+    with pytest.raises(InputError, match="must have one size"):
+        cutout([q, u[:-1]], GEOM, CENTRES)
+    with pytest.raises(InputError, match="mask of shape"):
+        cutout([q, u], GEOM, CENTRES, mask=np.ones(1000))
+    with pytest.raises(InputError, match="expected maps"):
+        cutout([q], GEOM, CENTRES)
+
+
+def test_patches_write_an_observation_file_from_python(sky, tmp_path):
+    """The Python API's file: the patches as cut, the noise level of ``median_depth``, the centres."""
+    ivar = hits_to_ivar(np.full(hp.nside2npix(128), 4.0), 10.0)
+    patches = cutout(sky["maps"], GEOM, CENTRES[:2], ivar=ivar, lmax=LMAX)
+    assert patches.median_depth() == pytest.approx(5.0)
+    path = patches.write(tmp_path / "obs.h5", beam_fwhm_arcmin=1.0, noise_p_uk_arcmin=patches.median_depth())
+    with open_observations(path) as f:
+        assert f.fields == ["T", "Q", "U"] and f.noise_t_uk_arcmin == pytest.approx(5.0 / np.sqrt(2.0))
+        np.testing.assert_allclose(f.read("Q", [0, 1]), patches.maps["Q"], rtol=1e-6, atol=1e-6)
+    with h5py.File(path) as h:
+        np.testing.assert_allclose(h["patches/lat_deg"][...], [c[1] for c in CENTRES[:2]])
