@@ -211,7 +211,8 @@ STAGES = {s.name: s for s in (
                                 "repeat for several test sets", labelled=True, option="--eval"),),
           "folder", section="results", config_required=False),
 )}
-"""Stage name -> :class:`Stage`, in the order ``deepcmb run`` runs them."""
+"""Stage name -> :class:`Stage`, in the order ``deepcmb run`` runs them (``cutout``, which turns a user's HEALPix
+maps into an observation file, is not part of a run)."""
 
 
 def commands() -> dict[str, list[Stage]]:
