@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from deepcmb import curvedsky
 from deepcmb.cli import main
-from deepcmb.cutout import cutout, hits_to_ivar, mask_fractions
+from deepcmb.cutout import cutout, hits_to_ivar, mask_fractions, read_healpix
 from deepcmb.errors import InputError
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.io.observations import open_observations
@@ -129,6 +129,14 @@ def test_iau_input_gives_the_same_patches_as_cosmo_input(files, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == ("deepcmb cutout: error: pol_convention: COSMO given but the maps' header has "
                                  "POLCCONV = IAU")
+
+
+def test_nested_files_are_read_in_ring_order(sky, tmp_path):
+    path = tmp_path / "nested.fits"
+    hp.write_map(path, [hp.reorder(m, r2n=True) for m in sky["maps"][1:]], nest=True)
+    maps, header = read_healpix(path, None)
+    assert header["ORDERING"].strip() == "NESTED"
+    np.testing.assert_array_equal(maps, sky["maps"][1:])
 
 
 # -- mask and noise -----------------------------------------------------------------------------------
