@@ -205,7 +205,8 @@ def read_healpix(path: str | Path, n_fields: int | None = 1) -> tuple[np.ndarray
     Returns
     -------
     maps : ndarray, float64, shape (n_fields, npix)
-        Pixel values as stored (``healpy.UNSEEN`` kept).
+        Pixel values as stored (``healpy.UNSEEN`` kept); a partial-sky file (explicit pixel indices)
+        is filled with ``UNSEEN`` where it has no pixels.
     header : dict
         The keywords of the table extension (``POLCCONV``, ``NSIDE``, ``ORDERING``, ...).
 
@@ -227,6 +228,8 @@ def read_healpix(path: str | Path, n_fields: int | None = 1) -> tuple[np.ndarray
     except (OSError, IndexError, ValueError) as exc:
         raise InputError(f"{path}: not a HEALPix FITS map ({exc})") from None
     columns = int(header.get("TFIELDS", 0))
+    if str(header.get("INDXSCHM", "")).strip() == "EXPLICIT":
+        columns -= 1  # the PIXEL column of a partial-sky file, which healpy skips
     if n_fields is None:
         if columns < 2:
             raise InputError(f"{path}: {columns} column(s); the Stokes maps need Q, U or T, Q, U")

@@ -139,6 +139,20 @@ def test_nested_files_are_read_in_ring_order(sky, tmp_path):
     np.testing.assert_array_equal(maps, sky["maps"][1:])
 
 
+def test_partial_sky_files_are_read_as_full_maps_with_unseen_pixels(tmp_path):
+    """A file with explicit pixel indices (PIXEL, Q, U) holds two maps, UNSEEN where it has no pixels."""
+    pix = np.arange(100)
+    cols = [fits.Column(name="PIXEL", format="J", array=pix),
+            *(fits.Column(name=n, format="D", array=np.full(100, v)) for n, v in (("Q", 1.0), ("U", 2.0)))]
+    table = fits.BinTableHDU.from_columns(cols)
+    table.header.update({"PIXTYPE": "HEALPIX", "ORDERING": "RING", "NSIDE": 16, "INDXSCHM": "EXPLICIT"})
+    table.writeto(tmp_path / "partial.fits")
+    maps, _ = read_healpix(tmp_path / "partial.fits", None)
+    assert maps.shape == (2, hp.nside2npix(16))
+    np.testing.assert_array_equal(maps[:, :100], [[1.0] * 100, [2.0] * 100])
+    assert np.all(maps[:, 100:] == hp.UNSEEN)
+
+
 # -- mask and noise -----------------------------------------------------------------------------------
 def test_patches_outside_the_mask_are_dropped_and_hits_give_ivar_in_inverse_uk2(files, tmp_path):
     """With a mask that is 1 north of the equator, ``min_mask_fraction: 0.5`` keeps the three northern
