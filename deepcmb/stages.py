@@ -162,6 +162,14 @@ STAGES = {s.name: s for s in (
     Stage("simulate", "simulate", "deepcmb.simulate", "deepcmb.simulate:SCHEMA",
           "simulate lensed CMB maps with their truth into HDF5", (), "file", resumes=True,
           options=("workers", "scheduler", "scheduler_file", "shard")),
+    Stage("cutout", "cutout", "deepcmb.cutout", "deepcmb.cutout:SCHEMA",
+          "cut gnomonic patches from HEALPix Q/U (T) maps into an observation file",
+          (Input("maps", "HEALPix FITS map with columns (I, Q, U) or (Q, U), uK"),
+           Input("mask", "HEALPix FITS mask in [0, 1]", required=False),
+           Input("hits", "HEALPix FITS hit-count map (with noise_uk_arcmin_per_hit)", required=False),
+           Input("ivar", "HEALPix FITS map of the Q/U inverse noise variance per HEALPix pixel, 1/uK^2",
+                 required=False)),
+          "file", section="cutout", config_required=False, flags=True),
     Stage("train", "train", "deepcmb.nn.train", "deepcmb.nn.settings:SCHEMA",
           "train the ResUNet on a simulation file", (SIMS, QE), "folder", resumes=True, finished="model.keras",
           keras=True),
@@ -203,7 +211,8 @@ STAGES = {s.name: s for s in (
                                 "repeat for several test sets", labelled=True, option="--eval"),),
           "folder", section="results", config_required=False),
 )}
-"""Stage name -> :class:`Stage`, in the order ``deepcmb run`` runs them."""
+"""Stage name -> :class:`Stage`, in the order ``deepcmb run`` runs them (``cutout``, which turns a user's HEALPix
+maps into an observation file, is not part of a run)."""
 
 
 def commands() -> dict[str, list[Stage]]:

@@ -18,6 +18,9 @@ file (``--sims``). Layout (``format = 'deepcmb.observations'``, ``format_version
     /mask               (ny, nx) or (N, ny, nx) float in [0, 1], optional: 0 where there are no data
     /ivar_p             (ny, nx) or (N, ny, nx) float >= 0, optional: inverse noise variance of each of
                         Q and U per pixel, 1/µK²
+    /patches/lon_deg, /patches/lat_deg
+                        (N,) float, optional: centres of patches cut from the sphere, degrees (written
+                        by ``deepcmb cutout``, :mod:`deepcmb.cutout`; not read)
 
 Other root attributes (e.g. a description, the code and version that wrote the file) are ignored by
 the reader (they are part of the file's identity, :meth:`Observations.identity`). All maps of a file
@@ -97,7 +100,8 @@ def write_observations(path: str | Path, Q: ArrayLike, U: ArrayLike, *, pixel_ar
                        beam_fwhm_arcmin: float, noise_p_uk_arcmin: float, periodic: bool = True,
                        pol_convention: str = "COSMO", T: ArrayLike | None = None,
                        noise_t_uk_arcmin: float | None = None, mask: ArrayLike | None = None,
-                       ivar_p: ArrayLike | None = None, overwrite: bool = False) -> Path:
+                       ivar_p: ArrayLike | None = None, attrs: dict | None = None,
+                       datasets: dict[str, ArrayLike] | None = None, overwrite: bool = False) -> Path:
     """Write an observation file (layout in the module docstring).
 
     Parameters
@@ -124,6 +128,10 @@ def write_observations(path: str | Path, Q: ArrayLike, U: ArrayLike, *, pixel_ar
         Values in [0, 1].
     ivar_p : array_like, shape (ny, nx) or (N, ny, nx), optional
         Inverse Q/U noise variance per pixel, 1/µK², non-negative.
+    attrs : dict, optional
+        More root attributes (e.g. provenance); they may not replace those of the layout.
+    datasets : dict, optional
+        More datasets, path -> array (e.g. ``'patches/lon_deg'``), outside ``/maps`` and the weights.
     overwrite : bool
         Replace an existing file.
 
@@ -139,6 +147,7 @@ def write_observations(path: str | Path, Q: ArrayLike, U: ArrayLike, *, pixel_ar
         If ``path`` exists and ``overwrite`` is false.
     """
     path = check_output_file(path, overwrite)
+    extra = dict(attrs or {})
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "pixel_arcmin": float(pixel_arcmin),
              "beam_fwhm_arcmin": float(beam_fwhm_arcmin), "noise_p_uk_arcmin": float(noise_p_uk_arcmin),
              "periodic": bool(periodic), "pol_convention": str(pol_convention)}
@@ -146,14 +155,20 @@ def write_observations(path: str | Path, Q: ArrayLike, U: ArrayLike, *, pixel_ar
         attrs["noise_t_uk_arcmin"] = float(noise_t_uk_arcmin)
     maps = {name: np.asarray(m, np.float32) for name, m in (("Q", Q), ("U", U), ("T", T)) if m is not None}
     weights = {name: np.asarray(w, np.float32) for name, w in (("mask", mask), ("ivar_p", ivar_p)) if w is not None}
+    clash = sorted(set(extra) & set(attrs)) + sorted(k for k in datasets or {}
+                                                     if k.split("/")[0] in ("maps",) + WEIGHTS)
+    if clash:
+        raise ValueError(f"write_observations: attrs or datasets replace the layout's {', '.join(clash)}")
     with atomic_path(path) as tmp:
         with new_h5(tmp) as f:
-            f.attrs.update(attrs)
+            f.attrs.update({**extra, **attrs})
             for name, m in maps.items():
                 chunks = (1,) + m.shape[1:] if m.ndim == 3 and m.size else None
                 f.create_dataset(f"maps/{name}", data=m, chunks=chunks).attrs["units"] = "uK"
             for name, w in weights.items():
                 f.create_dataset(name, data=w)
+            for name, d in (datasets or {}).items():
+                f.create_dataset(name, data=np.asarray(d))
         try:  # the reader's checks, before the file takes its name
             with Observations(tmp) as obs:
                 for name in maps:
