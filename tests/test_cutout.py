@@ -186,7 +186,8 @@ def test_patches_outside_the_mask_are_dropped_and_hits_give_ivar_in_inverse_uk2(
 # -- the estimators read the file ---------------------------------------------------------------------
 def test_qe_runs_on_an_unmasked_cutout_and_refuses_a_masked_one(files, tmp_path, capsys):
     """Uniform hits and no mask: ``reconstruct --method qe`` apodises the patches and writes finite kappa.
-    With a mask that is not all ones it gives the documented one-line refusal."""
+    With a mask that leaves a patch unobserved it gives a one-line error naming that map; without that
+    patch it filters the masked maps."""
     plain, masked = tmp_path / "plain.h5", tmp_path / "masked.h5"
     common = ["--maps", files["qu"], "--hits", files["hits"], "--noise-uk-arcmin-per-hit", 10,
               "--beam-fwhm-arcmin", 1, "--lmax", LMAX, "--set", _centres_option()]
@@ -201,7 +202,17 @@ def test_qe_runs_on_an_unmasked_cutout_and_refuses_a_masked_one(files, tmp_path,
     capsys.readouterr()
     assert main([*map(str, qe), "--sims", str(masked), "--out", str(tmp_path / "rec2.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("deepcmb reconstruct: error:") and "mask" in err[0]
+    assert len(err) == 1 and err[0].startswith("deepcmb reconstruct: error:") and "map 1 has no observed pixel" in err[0]
+    holes = np.ones(hp.nside2npix(NSIDE))  # every patch observed, the first with a 1-degree hole
+    holes[hp.query_disc(NSIDE, hp.ang2vec(*CENTRES[0], lonlat=True), np.radians(0.5))] = 0.0
+    hp.write_map(tmp_path / "holes.fits", holes, dtype=np.float64)
+    partial = tmp_path / "partial.h5"
+    assert _cli(*common, "--mask", tmp_path / "holes.fits", "--out", partial) == 0
+    qe_masked = ["reconstruct", "--method", "qe", "--lmax", 500, "--Lmax", 500, "--mean-field-maps", 2,
+                 "--response-maps", 4, "--mc-seed", 3, "--quiet"]
+    assert main([*map(str, qe_masked), "--sims", str(partial), "--out", str(tmp_path / "rec3.h5")]) == 0
+    with open_reconstruction(tmp_path / "rec3.h5") as r:
+        assert r.attrs["filter"] == "cinv" and np.all(np.isfinite(r["maps/kappa"][...]))
 
 
 # -- errors -------------------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
     for lev in np.unique(levels):
         rows = np.flatnonzero(levels == lev)
         mask, ivar = _weights(source, rows)
+        blind = np.flatnonzero(~np.any(mask * ivar > 0, axis=(1, 2)))
+        if blind.size:
+            raise InputError(f"{source.path}: map {rows[blind[0]]} has no observed pixel (mask x ivar_p is zero "
+                             f"everywhere; {blind.size} such maps): leave such patches out")
         first, group = _groups(mask, ivar)
         inst = instruments[lev]
         mean = Instrument(inst.beam_fwhm_arcmin, inst.noise_t_uk_arcmin,
