@@ -100,8 +100,8 @@ targets (:mod:`deepcmb.results`, configured by the preset's ``results:`` section
 (:mod:`deepcmb.uncertainty`): the calibration maps of the sims preset ``PATH`` (never trained or tested on)
 are reconstructed by every method of the main test set, each method is calibrated on them (``deepcmb
 calibrate``, its other keys: :data:`deepcmb.uncertainty.stage.SCHEMA`), and each reconstruction made with
-the same method and settings, on the test set and on the robustness sets, gets ``--uncertainty``; the
-evaluations then measure coverage.
+the same method and settings on maps of the same shape and pixel, on the test set and on the robustness
+sets, gets ``--uncertainty``; the evaluations then measure coverage.
 """
 
 SECTIONS = ("run", "evaluate", "params", "figures", "results")
@@ -184,6 +184,12 @@ class Step:
         """Run the stage on this step's config and files."""
         return self.stage.run(self.config, self.files, self.output, overwrite=overwrite, progress=progress,
                               **self.options)
+
+
+def _pixels(sims_cfg: dict) -> tuple[tuple[int, ...], float]:
+    """``(shape, pixel_arcmin)`` of the maps a simulation preset makes (a calibration holds for those only)."""
+    g = resolve(sims_cfg.get("geometry"), STAGES["simulate"].load_schema()["geometry"], prefix="geometry.")
+    return tuple(g["shape"]), float(g["pixel_arcmin"])
 
 
 def _key(step, keys):
@@ -318,19 +324,20 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         except InputError as exc:
             raise ConfigError(f"run.models.{label}: {exc}") from None
 
-    calibrated = {}  # label -> (stage, config of the calibrated reconstruction, its calibration file)
+    calibrated = {}  # label -> (stage, config of the calibrated reconstruction, its calibration file, pixels)
 
     def reconstructions(tag: str, folder: str, sims: Path, opts: dict, map_opts: dict | None,
-                        any_shape: bool = False) -> dict:
+                        pixels: tuple, any_shape: bool = False) -> dict:
         """The reconstruction steps of every method on one simulation file (names end in ``_tag``, but the
-        main test set's); a reconstruction made as a calibrated one gets its calibration file."""
+        main test set's); a reconstruction made as a calibrated one, of maps of the calibration maps' shape
+        and pixel (``pixels``, :func:`_pixels`), gets its calibration file."""
         suffix = "" if tag == "test" else f"_{tag}"
         recs = {}
 
         def rec(lab, stage, config, files, inputs, identity=None, **options):
             recs[lab] = o / folder / f"rec_{lab}.h5"
             cal = calibrated.get(lab)
-            if cal is not None and cal[:2] == (stage, config):
+            if cal is not None and cal[:2] == (stage, config) and cal[3] == pixels:
                 files = {**files, "uncertainty": cal[2]}
                 inputs = inputs + [f"calibrate_{lab}"]
             add(f"reconstruct_{lab}{suffix}", stage, recs[lab].relative_to(o), config, files, inputs, identity,
@@ -357,7 +364,7 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         sims = o / folder / ("sims_test.h5" if tag == "test" else "sims.h5")
         add(f"simulate_{tag}", "simulate", sims.relative_to(o), sims_cfg, {}, [], workers=workers)
         first = len(steps)
-        recs = reconstructions(tag, folder, sims, opts, map_opts, any_shape)
+        recs = reconstructions(tag, folder, sims, opts, map_opts, _pixels(sims_cfg), any_shape)
         add(f"evaluate{suffix}", "evaluate", Path(folder) / "eval", eval_cfg, {"sims": sims, "recs": recs},
             [s.name for s in steps[first:]])
 
@@ -369,15 +376,16 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
                               "or null")
         cal_cfg = {k: v for k, v in given.items() if k != "sims"}
         resolve(cal_cfg, STAGES["calibrate"].load_schema(), prefix="run.uncertainty.")
-        add("simulate_calibration", "simulate", "calibration/sims.h5", preset(given["sims"], "run.uncertainty.sims"),
-            {}, [], workers=workers)
+        cal_sims = preset(given["sims"], "run.uncertainty.sims")
+        add("simulate_calibration", "simulate", "calibration/sims.h5", cal_sims, {}, [], workers=workers)
         first = len(steps)
-        cal_recs = reconstructions("calibration", "calibration/", o / "calibration" / "sims.h5", qe_opts, main_map)
+        cal_recs = reconstructions("calibration", "calibration/", o / "calibration" / "sims.h5", qe_opts, main_map,
+                                   _pixels(cal_sims))
         for step in steps[first:]:
             lab = step.name[len("reconstruct_"):-len("_calibration")]
             add(f"calibrate_{lab}", "calibrate", f"calibration/calib_{lab}.h5", cal_cfg,
                 {"sims": o / "calibration" / "sims.h5", "rec": cal_recs[lab]}, ["simulate_calibration", step.name])
-            calibrated[lab] = (step.stage.name, step.config, o / "calibration" / f"calib_{lab}.h5")
+            calibrated[lab] = (step.stage.name, step.config, o / "calibration" / f"calib_{lab}.h5", _pixels(cal_sims))
     test_set("test", "", test_sims, sections["evaluate"], qe_opts, main_map)
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),

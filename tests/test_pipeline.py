@@ -262,6 +262,18 @@ def test_robustness_sets_get_their_own_stages_and_settings(tmp_path):
     stages = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
     assert stages["reconstruct_nn_big"].config == {"any_shape": True} and stages["reconstruct_nn"].config == {}
     assert "uncertainty" not in stages["reconstruct_nn_big"].files  # calibrated at the training size only
+    assert stages["reconstruct_qe_eb_big"].files["uncertainty"] == calib / "calib_qe_eb.h5"
+    # maps of another shape than the calibration maps get no calibration, whatever the method
+    bigger = dict(NOISE_SIMS, geometry=dict(GEOMETRY, shape=[2 * n for n in GEOMETRY["shape"]]))
+    (tmp_path / "sims" / "tiny_big.yaml").write_text(yaml.safe_dump(bigger))
+    preset["run"]["robustness"] = {"big": {"sims": "sims/tiny_big.yaml", "any_shape": True}}
+    _write_root(tmp_path, preset)
+    (tmp_path / "sims" / "tiny_big.yaml").write_text(yaml.safe_dump(bigger))
+    big = {s.name: s for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
+    assert not any("uncertainty" in s.files for name, s in big.items() if name.endswith("_big"))
+    assert big["reconstruct_qe_eb"].files["uncertainty"] == calib / "calib_qe_eb.h5"
+    preset["run"]["robustness"] = {"big": {"sims": "sims/tiny_noise.yaml", "any_shape": True}}
+    _write_root(tmp_path, preset)
     plain = {name: s.config for name, s in stages.items()}
     preset["run"]["symmetrize"] = True
     _write_root(tmp_path, preset)
