@@ -3,6 +3,11 @@
 The maintainers' step that produced the shipped networks; run it from a checkout::
 
     python benchmarks/ship_network.py RUN_DIR data/pretrained/NAME [--eval EVAL_DIR] [--sims-config SIMS.yaml]
+    python benchmarks/ship_network.py RUN_DIR data/pretrained/NAME --eval EVAL_DIR --card-only
+
+(``--card-only``: only the model card's ``measured`` is written, from an evaluation finished after the
+network was shipped; ``model.keras`` is left as it is, so that its SHA-256, which its calibration file
+records, stays the same.)
 
 It writes, in the destination folder:
 
@@ -71,7 +76,18 @@ def main(argv=None) -> None:
     p.add_argument("dest", type=Path, help="data/pretrained/NAME")
     p.add_argument("--eval", type=Path, help="evaluation folder of the run's test maps (its summary.json)")
     p.add_argument("--sims-config", type=Path, help="the training simulation preset (copied as sims.yaml)")
+    p.add_argument("--card-only", action="store_true",
+                   help="only set the shipped model card's measured summary from --eval (model.keras unchanged)")
     args = p.parse_args(argv)
+    if args.card_only:
+        if not args.eval:
+            sys.exit("--card-only needs --eval")
+        card_path = args.dest / "model.json"
+        card = json.loads(card_path.read_text())
+        card["measured"] = json.loads((args.eval / "summary.json").read_text())
+        card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {card_path}")
+        return
 
     from deepcmb.nn.model import model_spec
     from deepcmb.nn.reconstruct import load_network
