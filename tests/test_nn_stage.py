@@ -296,6 +296,25 @@ def test_any_shape_applies_the_same_weights_to_larger_maps(trained, sims, tmp_pa
         at_shape(model, (33, 33))
 
 
+def test_any_shape_rebuilds_the_e_b_split_for_the_new_maps():
+    """A network whose first layer is the E/B split, rebuilt for 2 x 2 tilings of its maps, splits the larger
+    maps (its output is the tiling of its output on the map, and the numpy split of the larger map)."""
+    import keras
+
+    from deepcmb.geometry import FlatSkyGeometry
+    from deepcmb.nn.layers import StokesToEB
+
+    x = keras.Input((16, 16, 2))
+    model = keras.Model(x, StokesToEB(["Q", "U"], ["E", "B"], name="eb_split")(x))
+    qu = np.random.default_rng(0).standard_normal((3, 16, 16, 2)).astype(np.float32)
+    small = np.asarray(model.predict_on_batch(qu))
+    tiled = np.tile(qu, (1, 2, 2, 1))
+    big = np.asarray(at_shape(model, (32, 32)).predict_on_batch(tiled))
+    np.testing.assert_allclose(big, np.tile(small, (1, 2, 2, 1)), atol=1e-5)
+    e, b = FlatSkyGeometry((32, 32), 2.0).qu2eb_maps(tiled[..., 0], tiled[..., 1])
+    np.testing.assert_allclose(big, np.stack([e, b], axis=-1), atol=1e-5)
+
+
 def test_nan_in_a_training_batch_stops_with_its_name(sims, tmp_path, capsys):
     bad = tmp_path / "bad.h5"
     shutil.copy(sims, bad)

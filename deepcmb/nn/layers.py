@@ -103,13 +103,15 @@ class StokesToEB(keras.layers.Layer):
                 any(n not in EB_INPUTS and n not in self.names_in for n in self.names_out):
             raise ValueError(f"StokesToEB: inputs {self.names_in} must hold Q and U, outputs {self.names_out} "
                              "must be E, B or inputs")
-        self._grids = None
-
-    def build(self, shape: tuple) -> None:
-        self._grids = _rotation_grids((int(shape[1]), int(shape[2])))
+        self._grids = {}
 
     def call(self, x: Any) -> Any:
-        c2, s2 = (ops.convert_to_tensor(g, x.dtype) for g in self._grids)
+        # the angles of the grid the layer is called on (not the one it was built or saved for: a network
+        # rebuilt for larger maps, deepcmb.nn.reconstruct.at_shape, keeps this layer's config)
+        shape = (int(x.shape[1]), int(x.shape[2]))
+        if shape not in self._grids:
+            self._grids[shape] = _rotation_grids(shape)
+        c2, s2 = (ops.convert_to_tensor(g, x.dtype) for g in self._grids[shape])
         q, u = x[..., self.names_in.index("Q")], x[..., self.names_in.index("U")]
         zero = ops.zeros_like(q)
         qr, qi = ops.fft2((q, zero))
