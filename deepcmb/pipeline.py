@@ -377,15 +377,16 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         cal_cfg = {k: v for k, v in given.items() if k != "sims"}
         resolve(cal_cfg, STAGES["calibrate"].load_schema(), prefix="run.uncertainty.")
         cal_sims = preset(given["sims"], "run.uncertainty.sims")
+        cal_pixels = _pixels(cal_sims)
         add("simulate_calibration", "simulate", "calibration/sims.h5", cal_sims, {}, [], workers=workers)
         first = len(steps)
         cal_recs = reconstructions("calibration", "calibration/", o / "calibration" / "sims.h5", qe_opts, main_map,
-                                   _pixels(cal_sims))
+                                   cal_pixels)
         for step in steps[first:]:
             lab = step.name[len("reconstruct_"):-len("_calibration")]
             add(f"calibrate_{lab}", "calibrate", f"calibration/calib_{lab}.h5", cal_cfg,
                 {"sims": o / "calibration" / "sims.h5", "rec": cal_recs[lab]}, ["simulate_calibration", step.name])
-            calibrated[lab] = (step.stage.name, step.config, o / "calibration" / f"calib_{lab}.h5", _pixels(cal_sims))
+            calibrated[lab] = (step.stage.name, step.config, o / "calibration" / f"calib_{lab}.h5", cal_pixels)
     test_set("test", "", test_sims, sections["evaluate"], qe_opts, main_map)
     for tag, entry in robustness.items():
         test_set(tag, f"robust_{tag}/", preset(entry["sims"], f"run.robustness.{tag}.sims"),

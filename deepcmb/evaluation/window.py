@@ -75,6 +75,9 @@ class Window:
                 self._taper = cosine_window(geom, self.taper_arcmin)
             except ConfigError as exc:
                 raise ConfigError(f"evaluate.apodize_arcmin: {exc}") from None
+        # the moments of the taper alone: those of every map when there is no mask
+        self._w2, self._w4 = ((1.0, 1.0) if self._taper is None
+                              else (float(np.mean(self._taper**2)), float(np.mean(self._taper**4))))
 
     @property
     def applies(self) -> bool:
@@ -96,14 +99,12 @@ class Window:
             :math:`\\langle W^2 \\rangle`, :math:`\\langle W^4 \\rangle` of each map (pixel means).
         """
         rows = np.asarray(rows, np.int64)
-        window = self._taper
-        if self.masked:
-            mask = self._maps.read("mask", rows).astype(np.float64)
-            window = mask if window is None else mask * window
-        if window is None:
-            return None, np.ones(rows.size), np.ones(rows.size)
-        w = np.broadcast_to(window, (rows.size,) + window.shape[-2:])
-        w2, w4 = (np.mean(w**p, axis=(1, 2)) for p in (2, 4))
+        if not self.masked:
+            return self._taper, np.full(rows.size, self._w2), np.full(rows.size, self._w4)
+        window = self._maps.read("mask", rows).astype(np.float64)
+        if self._taper is not None:
+            window = window * self._taper
+        w2, w4 = (np.mean(window**p, axis=(1, 2)) for p in (2, 4))
         if np.any(w2 == 0):
             raise ConfigError(f"{self._maps.path}: the window of map {rows[np.flatnonzero(w2 == 0)[0]]} is zero "
                               "everywhere (its mask observes nothing)")
@@ -113,8 +114,9 @@ class Window:
         """``apodize_arcmin``, ``masked`` and the mean ``window_w2``, ``window_w4`` over ``rows``: the
         report's window attributes."""
         rows = np.asarray(rows, np.int64)
-        w2, w4 = np.empty(rows.size), np.empty(rows.size)
-        for start in range(0, rows.size, 512):
-            _, w2[start:start + 512], w4[start:start + 512] = self.at(rows[start:start + 512])
-        return {"apodize_arcmin": self.taper_arcmin, "masked": self.masked,
-                "window_w2": float(w2.mean()) if rows.size else 1.0, "window_w4": float(w4.mean()) if rows.size else 1.0}
+        w2, w4 = self._w2, self._w4
+        if self.masked and rows.size:  # each map's mask: read again, in blocks
+            moments = np.concatenate([np.stack(self.at(rows[i:i + 512])[1:], axis=1)
+                                      for i in range(0, rows.size, 512)])
+            w2, w4 = (float(m) for m in moments.mean(axis=0))
+        return {"apodize_arcmin": self.taper_arcmin, "masked": self.masked, "window_w2": w2, "window_w4": w4}
