@@ -10,7 +10,9 @@ components of a spin-2 field; ``'pseudo'`` (B) is a pseudo-scalar that flips sig
 
 Role: ``'observed'`` maps are data (lensed, beam-convolved, noisy, or a fixed linear map of them);
 ``'lensed'`` the noise-free lensed sky; ``'unlensed'`` and ``'lensing'`` the truth a network may be
-trained to recover; ``'reconstruction'`` a map another estimator made from the observed maps.
+trained to recover; ``'reconstruction'`` a map another estimator made from the observed maps; ``'survey'``
+the per-map weights of the observations (mask and noise map, :mod:`deepcmb.survey`, stored beside the maps
+as ``/mask`` and ``/ivar_p``, not by ``simulation.fields``).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class Field:
         One line.
     spin : {'scalar', 'Q', 'U', 'pseudo'}
         How the map transforms under the symmetries of the grid (module docstring).
-    role : {'observed', 'lensed', 'unlensed', 'lensing', 'reconstruction'}
-        Data, noise-free sky, truth, or another estimator's output.
+    role : {'observed', 'lensed', 'unlensed', 'lensing', 'reconstruction', 'survey'}
+        Data, noise-free sky, truth, another estimator's output, or the data's mask and noise map.
     stored : bool
         Whether the simulate stage can store it (``simulation.fields``).
     """
@@ -67,6 +69,10 @@ FIELDS = {f.name: f for f in (
           "observed", stored=False),
     Field("kappa_qe", "1", "quadratic-estimator kappa of the observed maps (a reconstruction file)", "scalar",
           "reconstruction", stored=False),
+    Field("mask", "1", "observation mask in [0, 1]: 1 where observed, 0 in holes and beyond the survey edge",
+          "scalar", "survey", stored=False),
+    Field("ivar_p", "1/uK^2", "inverse noise variance per pixel of each of Q and U", "scalar", "survey",
+          stored=False),
 )}
 """Field name -> :class:`Field`."""
 
@@ -97,3 +103,8 @@ def stored_fields(names: Iterable[str]) -> list[str]:
 def units(name: str) -> str:
     """Units of field ``name`` (``''`` for a name not in the table)."""
     return FIELDS[name].units if name in FIELDS else ""
+
+
+SURVEY_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "survey")
+"""Input channels that describe the data rather than hold it: the mask and the noise map. A network that
+takes ``mask`` multiplies its observed channels by it (:class:`deepcmb.nn.layers.ApplyMask`)."""

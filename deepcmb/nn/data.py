@@ -2,7 +2,9 @@
 
 Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
 Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
-(:mod:`deepcmb.io.reconstruction`), matched row by row through its ``/meta/index``. Channels ``E`` and ``B``
+(:mod:`deepcmb.io.reconstruction`), matched row by row through its ``/meta/index``. Channels ``mask`` and
+``ivar_p`` are the file's ``/mask`` and ``/ivar_p``, or, for a file without them, ones and the white noise
+of each map's level. Channels ``E`` and ``B``
 (:data:`deepcmb.fields.EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps
 are read: for the normalisation statistics and the input checks of a network (whose own file takes ``Q`` and
 ``U`` and splits them in a layer), and to feed networks saved before that layer existed.
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..geometry import FlatSkyGeometry
-from ..fields import EB_INPUTS
+from ..fields import EB_INPUTS, SURVEY_INPUTS
 from ..io.files import read_rows
 from ..io.maps import open_maps
 from ..io.reconstruction import estimator_settings, open_reconstruction
@@ -168,6 +170,7 @@ class MapSource:
             self.pixel_arcmin = f.pixel_arcmin
             self.n_maps = f.n_maps
             self.fields = list(f.fields)
+            self.weights = list(f.weights)
             self.instruments = f.instruments()
             self.noise_index = f.noise_index
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
@@ -196,7 +199,8 @@ class MapSource:
     def available(self) -> list[str]:
         """Names this source can read."""
         derived = list(EB_INPUTS) if {"Q", "U"} <= set(self.fields) else []
-        return self.fields + derived + (["kappa_qe"] if self._qe_pos is not None else [])
+        return (self.fields + derived + list(SURVEY_INPUTS)
+                + (["kappa_qe"] if self._qe_pos is not None else []))
 
     def require(self, names: Iterable[str], what: str) -> None:
         """Raise a clear error unless every name in ``names`` can be read."""
@@ -230,6 +234,9 @@ class MapSource:
                 raise InputError(f"{self.qe.path}: no QE reconstruction of sims rows "
                                  f"{rows[pos < 0][:5].tolist()}")
             return read_rows(files["qe"]["maps/kappa"], pos)
+        if name in SURVEY_INPUTS and name not in self.weights:
+            depth = np.array([i.noise_p_uk_arcmin for i in self.instruments])[self.noise_index[rows]]
+            return uniform_weight(name, self.shape, self.pixel_arcmin, depth, self.sims_path)
         return files["sims"].read(name, rows)
 
     def close(self) -> None:
@@ -240,6 +247,40 @@ class MapSource:
 
     def __getstate__(self):
         return {**self.__dict__, "_files": None}
+
+
+def uniform_weight(name: str, shape: tuple[int, int], pixel_arcmin: float, depth: ArrayLike,
+                   where: str | Path) -> np.ndarray:
+    """The survey input ``name`` of maps stored without it: the mask, all ones, or the noise map of white noise,
+    :math:`\\mathrm{ivar}_P = (\\theta_{pix} / \\Delta_P)^2` (1/µK², :mod:`deepcmb.survey`).
+
+    Parameters
+    ----------
+    name : {'mask', 'ivar_p'}
+    shape : tuple of int
+        ``(ny, nx)`` of the maps.
+    pixel_arcmin : float
+    depth : array_like, shape (n,)
+        Polarization noise level of each map, µK-arcmin.
+    where : str or Path
+        The maps' file, for the message.
+
+    Returns
+    -------
+    ndarray, shape (n, ny, nx), float32
+
+    Raises
+    ------
+    InputError
+        For ``ivar_p`` of noise-free maps (infinite).
+    """
+    depth = np.asarray(depth, np.float64)
+    out = np.ones((depth.size,) + tuple(shape), np.float32)
+    if name == "mask":
+        return out
+    if np.any(depth <= 0):
+        raise InputError(f"{where}: noise-free maps have no noise map (ivar_p) to give a network that takes one")
+    return out * ((pixel_arcmin / depth) ** 2).astype(np.float32)[:, None, None]
 
 
 def channel_stats(source: MapSource, names: Iterable[str], rows: np.ndarray,

@@ -2,6 +2,8 @@
 
 All are written with :mod:`keras.ops` only and run on the tensorflow, jax and torch backends.
 
+- :class:`ApplyMask` multiplies the observed channels (and the noise map) by the mask channel, so that
+  whatever a file holds where there are no data never reaches the convolutions.
 - :class:`StokesToEB` splits the observed Stokes ``Q``, ``U`` into the E and B maps inside the network,
   so that a network file takes Q and U in µK whatever channels its convolutions read.
 - :class:`PeriodicPad2D` wraps a channels-last map around its edges (flat-sky simulations are
@@ -70,6 +72,41 @@ class PeriodicPad2D(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ApplyMask(keras.layers.Layer):
+    """Multiply every channel but the mask by the mask channel: ``(b, ny, nx, C) -> (b, ny, nx, C)``.
+
+    For observed maps :math:`d` this is the masked data :math:`M d` (nothing of a hole's content, a bright
+    source or a zero, reaches the network), for the noise map the weight :math:`M\,\mathrm{ivar}_P` the
+    inverse-variance filter of the quadratic estimator uses (:mod:`deepcmb.qe.cinv`); the mask itself passes
+    unchanged. With the mask's edge taper reaching 0 on the patch border, the masked maps are continuous
+    across it, so the periodic E/B split (:class:`StokesToEB`) and periodic padding that follow see no edge:
+    the split of the masked Q, U is the pseudo-E/B of the apodised data.
+
+    Parameters
+    ----------
+    names : list of str
+        Channels of the input, in order; must hold ``mask``.
+    """
+
+    def __init__(self, names, **kwargs):
+        super().__init__(**kwargs)
+        self.names = [str(n) for n in names]
+        if "mask" not in self.names:
+            raise ValueError(f"ApplyMask: channels {self.names} hold no mask")
+
+    def call(self, x: Any) -> Any:
+        m = self.names.index("mask")
+        weights = [ops.ones_like(x[..., m]) if n == "mask" else x[..., m] for n in self.names]
+        return x * ops.stack(weights, axis=-1)
+
+    def compute_output_shape(self, shape: tuple) -> tuple:
+        return shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "names": self.names}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

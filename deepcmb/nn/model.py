@@ -7,7 +7,7 @@ encoder-decoder with long skip connections and one linear 1 x 1 convolution per 
 
 Layout (``F = filters``, ``D = len(F) - 1`` downsamplings)::
 
-    input (ny, nx, C), physical units [-> StokesToEB] -> Standardize -> stem unit (stride stem_stride) -> F[0]
+    input (ny, nx, C), physical units [-> ApplyMask] [-> StokesToEB] -> Standardize -> stem unit (stride stem_stride) -> F[0]
     encoder, level i < D:   `blocks` residual blocks at F[i] (-> skip i), unit with stride 2 -> F[i+1]
     bottleneck:             `blocks` residual blocks at F[D]
     decoder, level i = D-1..0: upsample x2, unit -> F[i], concatenate skip i, `blocks` residual blocks
@@ -16,7 +16,9 @@ Layout (``F = filters``, ``D = len(F) - 1`` downsamplings)::
 
 The input holds the stored maps of the ``inputs`` channels (:func:`deepcmb.fields.stored_fields`: ``Q`` and
 ``U`` for ``E`` and ``B``); when ``inputs`` has ``E`` or ``B``, a :class:`~deepcmb.nn.layers.StokesToEB` layer
-named ``eb_split`` makes them, so a network file always takes Stokes maps in µK.
+named ``eb_split`` makes them, so a network file always takes Stokes maps in µK. When ``inputs`` has
+``mask`` (a survey network, ``train/survey.yaml``), a :class:`~deepcmb.nn.layers.ApplyMask` layer named
+``apply_mask`` first multiplies the maps and the noise map ``ivar_p`` by it.
 
 A residual block is ``unit(x) -> Dropout -> Conv -> Norm``, added to ``x`` (through a 1 x 1 projection
 when the width changes), then the activation. With ``padding: periodic`` every convolution sees the
@@ -30,11 +32,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 from keras import layers
 
 from ..errors import ConfigError
 from ..fields import stored_fields
-from .layers import Destandardize, PeriodicPad2D, Standardize, StokesToEB
+from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB
 
 if TYPE_CHECKING:
     from ..sample import Instrument
@@ -158,6 +161,8 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     depth = len(f) - 1
     takes = stored_fields(cfg["inputs"])
     inp = x = keras.Input(shape=(shape[0], shape[1], len(takes)), name="maps")
+    if "mask" in takes:
+        x = ApplyMask(takes, name="apply_mask", dtype="float32")(x)
     if takes != list(cfg["inputs"]):
         x = StokesToEB(takes, cfg["inputs"], name="eb_split", dtype="float32")(x)
     beams = {i.beam_fwhm_arcmin for i in instruments}
@@ -189,6 +194,60 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
         mean, std = stats.get(head, (0.0, 1.0))
         outputs[head] = Destandardize(mean, std, name=head, dtype="float32")(y)
     return keras.Model(inp, outputs, name=name)
+
+
+def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
+    """Copy the weights of ``start`` into ``model``, a network of the same layers that reads more input channels.
+
+    Every layer with weights takes those of the layer of the same name in ``start``. Where the two differ only
+    in the input channels of the first convolution (a survey network widened from one without ``mask`` and
+    ``ivar_p``), that kernel gets ``start``'s weights for the channels both read (matched by name through
+    their :class:`~deepcmb.nn.layers.Standardize` layers) and zeros for the new ones: the widened network
+    first computes exactly what ``start`` computes on the shared channels.
+
+    Parameters
+    ----------
+    model, start : keras.Model
+        Networks of :func:`build_resunet`; ``start``'s channels a subset of ``model``'s.
+
+    Returns
+    -------
+    list of str
+        The channels ``model`` reads that ``start`` does not (their kernel slices are zero).
+
+    Raises
+    ------
+    ConfigError
+        If a layer is missing from ``start`` or differs in another way.
+    """
+    new, old = model.get_layer("standardize").names, start.get_layer("standardize").names
+    added = [n for n in new if n not in old]
+    if any(n not in new for n in old):
+        raise ConfigError(f"training.init_from: the network reads {old}, the model section {new}: only channels "
+                          "can be added")
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            given = start.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise ConfigError(f"training.init_from: the network has no layer {layer.name!r}") from None
+        shapes = [w.shape for w in weights], [w.shape for w in given]
+        if shapes[0] == shapes[1]:
+            layer.set_weights(given)
+            continue
+        kernel, was = weights[0], given[0]
+        if not (isinstance(layer, layers.Conv2D) and kernel.shape[2] == len(new) and was.shape[2] == len(old)
+                and kernel.shape[:2] + kernel.shape[3:] == was.shape[:2] + was.shape[3:]
+                and shapes[0][1:] == shapes[1][1:]):
+            raise ConfigError(f"training.init_from: layer {layer.name!r} has weights {shapes[1]} there, "
+                              f"{shapes[0]} here")
+        kernel = np.zeros_like(kernel)
+        for c, name in enumerate(old):
+            kernel[:, :, new.index(name), :] = was[:, :, c, :]
+        layer.set_weights([kernel, *given[1:]])
+    return added
 
 
 def model_spec(model: keras.Model) -> dict:

@@ -13,10 +13,12 @@ from ..config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, reso
 from ..errors import ConfigError
 from ..fields import FIELDS
 
-INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction"))
+INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction", "survey"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
-(:data:`deepcmb.fields.EB_INPUTS`, made from ``Q`` and ``U`` by a layer of the network), and ``kappa_qe`` (a QE
-reconstruction of the same maps, read from a reconstruction file)."""
+(:data:`deepcmb.fields.EB_INPUTS`, made from ``Q`` and ``U`` by a layer of the network), ``kappa_qe`` (a QE
+reconstruction of the same maps, read from a reconstruction file), and the maps' ``mask`` and noise map
+``ivar_p`` (:data:`deepcmb.fields.SURVEY_INPUTS`; 1 and the instrument's white noise for files without
+them)."""
 
 OUTPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("unlensed", "lensing"))
 """Allowed heads: truth maps of the simulation file (unlensed sky, phi, kappa)."""

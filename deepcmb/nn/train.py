@@ -24,7 +24,7 @@ import yaml
 
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
-from ..fields import stored_fields
+from ..fields import SURVEY_INPUTS, stored_fields
 from ..io.files import atomic_path, write_json
 from ..io.reconstruction import sims_identity
 from ..io.sims import geometry, open_sims, read_instruments
@@ -34,7 +34,7 @@ from .backend import configure_backend, distribution_scope
 from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
-from .model import build_resunet, check_map_shape, model_spec
+from .model import build_resunet, check_map_shape, model_spec, transfer_weights
 from .onthefly import FreshBatches
 from .rundir import RunDir, model_card, save_model, set_random_state
 from .settings import resolve_config
@@ -111,11 +111,15 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
     if state is None:
         stats_rows = splits["train"][: dcfg["stats_maps"]]
         start = None if tcfg["init_from"] is None else initial_network(tcfg["init_from"], mcfg, source)
-        stats = start[1]["stats"] if start else channel_stats(source, mcfg["inputs"] + mcfg["outputs"], stats_rows)
+        stats = dict(start[1]["stats"]) if start else {}
+        measured = [n for n in mcfg["inputs"] + mcfg["outputs"] if n not in stats]
+        stats.update(channel_stats(source, measured, stats_rows) if measured else {})
         with atomic_path(run / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        write_json(run / "normalization.json", {"maps_used": 0 if start else int(len(stats_rows)),
-                                                "split": f"init_from {tcfg['init_from']}" if start else "train",
+        write_json(run / "normalization.json", {"maps_used": int(len(stats_rows)) if measured else 0,
+                                                "split": (f"init_from {tcfg['init_from']}" if start else "train")
+                                                + (f"; train for {', '.join(measured)}" if start and measured
+                                                   else ""),
                                                 "stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()}},
                    sort_keys=True)
         with atomic_path(run / "splits.npz", prefix="tmp_") as tmp:  # np.savez keeps a .npz name
@@ -126,11 +130,7 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
                                   instruments=source.instruments)
             if start:
-                try:
-                    model.set_weights(start[0].get_weights())
-                except ValueError:
-                    raise ConfigError(f"training.init_from: {tcfg['init_from']} has other weights than the "
-                                      "network of the model section") from None
+                transfer_weights(model, start[0])
             compile_model(model, tcfg, stats, data, source.qe)
         initial_epoch = 0
     else:
@@ -213,7 +213,9 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
         A shipped network's name, a run folder or a ``.keras`` file (:func:`deepcmb.shipped.network`).
     mcfg : dict
         The resolved ``model`` section: it must describe the same network (the model card's ``model``
-        section, when the network has a card; else the same inputs, heads and weight shapes).
+        section, when the network has a card; else the same inputs, heads and weight shapes), or the same
+        network with the survey inputs ``mask`` and ``ivar_p`` added (:func:`widened`; the weights are then
+        carried over by :func:`~deepcmb.nn.model.transfer_weights`).
     source : MapSource
         The training data: same pixel size and beam as the network's (:func:`~deepcmb.nn.reconstruct.check_compatible`).
 
@@ -236,12 +238,21 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
     card_model = (spec["card"] or {}).get("config", {}).get("model")
     if card_model is not None:
         differ = sorted(k for k in set(card_model) | set(mcfg) if card_model.get(k) != mcfg.get(k))
+        if differ == ["inputs"] and widened(card_model["inputs"], mcfg["inputs"]):
+            differ = []
         if differ:
             raise ConfigError(f"training.init_from: {path} is another network than the model section describes "
                               f"(differs in model.{', model.'.join(differ)}: "
                               + "; ".join(f"{k} {card_model.get(k)!r} there" for k in differ) + ")")
     check_compatible(spec, source, np.arange(source.n_maps))
     return model, spec
+
+
+def widened(before: list[str], after: list[str]) -> bool:
+    """Whether input channels ``after`` are ``before`` (same order) with survey inputs
+    (:data:`deepcmb.fields.SURVEY_INPUTS`) added."""
+    return [n for n in after if n in before] == list(before) and \
+        all(n in SURVEY_INPUTS for n in after if n not in before)
 
 
 def monitor_key(monitor: str, outputs: list) -> str:
