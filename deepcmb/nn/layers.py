@@ -79,7 +79,7 @@ class ApplyMask(keras.layers.Layer):
     """Multiply every channel but the mask by the mask channel: ``(b, ny, nx, C) -> (b, ny, nx, C)``.
 
     For observed maps :math:`d` this is the masked data :math:`M d` (nothing of a hole's content, a bright
-    source or a zero, reaches the network), for the noise map the weight :math:`M\,\mathrm{ivar}_P` the
+    source or a zero, reaches the network), for the noise map the weight :math:`M\\,\\mathrm{ivar}_P` the
     inverse-variance filter of the quadratic estimator uses (:mod:`deepcmb.qe.cinv`); the mask itself passes
     unchanged. With the mask's edge taper reaching 0 on the patch border, the masked maps are continuous
     across it, so the periodic E/B split (:class:`StokesToEB`) and periodic padding that follow see no edge:

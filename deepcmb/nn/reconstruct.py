@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import resolve
 from ..errors import InputError
+from ..fields import SURVEY_INPUTS
 from ..io.calibration import file_sha256
 from ..io.files import check_output_file
 from ..io.reconstruction import ReconstructionWriter, same_sims, sims_identity
@@ -159,6 +160,26 @@ def predict_symmetrized(model: keras.Model, x: np.ndarray, inputs: Sequence[str]
     return {h: v / len(ks) for h, v in total.items()}
 
 
+def mask_aware(spec: dict) -> bool:
+    """Whether a network takes masked maps: it reads both the mask and the noise map
+    (:data:`deepcmb.fields.SURVEY_INPUTS`); others refuse files with a mask or a noise map."""
+    return set(SURVEY_INPUTS) <= set(spec["inputs"])
+
+
+def network_view(source: MapSource, spec: dict, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The channels a network's convolutions read (``spec['channels']``), as its layers make them from the maps
+    of ``rows``: multiplied by the mask for a network that takes one
+    (:class:`~deepcmb.nn.layers.ApplyMask`), then split into E and B. Returns name -> ``(n, ny, nx)``."""
+    from ..fields import EB_INPUTS
+
+    maps = {name: source.read(name, rows).astype(np.float64) for name in spec["inputs"]}
+    if "mask" in maps:
+        maps = {name: m if name == "mask" else m * maps["mask"] for name, m in maps.items()}
+    if any(name in EB_INPUTS for name in spec["channels"]):
+        maps.update(zip(EB_INPUTS, source.geom.qu2eb_maps(maps["Q"], maps["U"])))
+    return {name: maps[name] for name in spec["channels"]}
+
+
 def check_instrument(spec: dict, pixel_arcmin: float, instruments: Sequence[Instrument], where: str) -> None:
     """Refuse maps of another pixel size (relative 1e-6) or beam (relative 1e-3) than the network was trained
     on, when the network records them; ``where`` names the maps in the message."""
@@ -177,9 +198,9 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
     """Refuse data the network cannot be applied to, with a message saying why.
 
     Checks the input maps are present, the map shape (unless ``any_shape``), pixel size and beam match,
-    and the rms of each channel the network reads (after its E/B split) over the first ``n_check`` maps
-    lies within a factor :data:`RMS_TOLERANCE` of the training rms (a different unit, noise level or sky
-    would otherwise pass silently).
+    and the rms of each channel the network reads (after its E/B split; the mask excepted) over the first
+    ``n_check`` maps lies within a factor :data:`RMS_TOLERANCE` of the training rms (a different unit, noise
+    level or sky would otherwise pass silently); for a network that takes a mask, over the pixels where it is 1.
     """
     source.require(spec["inputs"], "the model's input maps")
     if tuple(source.shape) != tuple(spec["shape"]) and not any_shape:
@@ -188,13 +209,17 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
                          "fully convolutional network to maps of another size)")
     check_instrument(spec, source.pixel_arcmin, source.instruments, str(source.sims_path))
     sample = rows[:n_check]
+    seen = network_view(source, spec, sample)
+    observed = seen["mask"] == 1 if "mask" in seen else np.ones((1,), bool)
     for name in spec["channels"]:
-        m = source.read(name, sample)
+        if name == "mask":  # any values in [0, 1] (the file's readers check them)
+            continue
+        m = seen[name]
         if not np.all(np.isfinite(m)):
             raise InputError(f"{source.sims_path}: NaN or inf in map {name!r} "
                              f"(row {sample[np.argwhere(~np.isfinite(m))[0][0]]})")
         mean, std = spec["stats"][name]
-        rms = float(np.sqrt(np.mean((m.astype(np.float64) - mean) ** 2)))
+        rms = float(np.sqrt(np.mean(((m.astype(np.float64) - mean) ** 2)[np.broadcast_to(observed, m.shape)])))
         if not std / RMS_TOLERANCE <= rms <= std * RMS_TOLERANCE:
             raise InputError(f"{source.sims_path}: map {name!r} has rms {rms:.4g} about the training mean, the "
                              f"model was trained on rms {std:.4g}: normalisation mismatch (other units, noise "
@@ -264,7 +289,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
         :func:`predict_symmetrized`; 8 network passes).
     inputs : dict
         ``sims``: simulation file, or observation file (:mod:`deepcmb.io.observations`; one with a
-        non-trivial mask or ``ivar_p`` is refused), holding the observed maps of the model's input
+        non-trivial mask or ``ivar_p`` is refused unless the network takes both, :func:`mask_aware`), holding the observed maps of the model's input
         channels; ``model`` (optional): run folder, ``.keras`` file or shipped network's name
         (:func:`deepcmb.shipped.network`, default :data:`deepcmb.shipped.DEFAULT_NETWORK`); ``qe`` (optional): QE
         reconstruction of ``sims`` (for a model with a ``kappa_qe`` input); ``uncertainty`` (optional):
@@ -288,7 +313,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     check_output_file(out, overwrite)
     model_path = network(model_path)
     model, spec = load_network(model_path)
-    source = MapSource(data, qe, method="nn")
+    source = MapSource(data, qe, method=None if mask_aware(spec) else "nn")
     rows = select_rows(source, split, model_path, spec)
     check_compatible(spec, source, rows, any_shape=any_shape)
     check_kappa_input(spec, source)
