@@ -21,6 +21,8 @@ from deepcmb.nn.onthefly import FreshBatches  # noqa: E402
 from deepcmb.nn.settings import MODEL_SCHEMA, resolve_config  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
 from deepcmb.config import resolve  # noqa: E402
+from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
+from deepcmb.survey import edge_window  # noqa: E402
 from deepcmb.io.reconstruction import open_reconstruction  # noqa: E402
 
 PIXEL = 2.34375
@@ -48,7 +50,8 @@ def _simulate(tmp, name, cfg):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("survey")
-    return {"plain": _simulate(tmp, "plain", BASE), "masked": _simulate(tmp, "masked", {**BASE, "survey": SURVEY})}
+    return {"plain": _simulate(tmp, "plain", BASE), "masked": _simulate(tmp, "masked", {**BASE, "survey": SURVEY}),
+            "cut": _simulate(tmp, "cut", {**BASE, "n_maps": 8, "survey": {"periodic": False}})}
 
 
 def _train(sims, out, inputs, **training):
@@ -69,6 +72,18 @@ def test_files_without_survey_maps_give_ones_and_their_white_noise(files):
     masked = MapSource(files["masked"])  # the file's own maps
     with h5py.File(files["masked"], "r") as f:
         np.testing.assert_array_equal(masked.read("ivar_p", rows), f["ivar_p"][:10])
+
+
+def test_non_periodic_maps_without_a_mask_get_the_edge_taper_when_asked(files):
+    """A network that takes a mask sees non-periodic maps without one through an edge taper (reconstruct's
+    edge_arcmin), so the masked maps vanish on the border as in its training; periodic maps get ones."""
+    rows = np.arange(3)
+    edge = edge_window(FlatSkyGeometry((32, 32), PIXEL), 10.0)
+    np.testing.assert_allclose(MapSource(files["cut"], edge_arcmin=10.0).read("mask", rows),
+                               np.broadcast_to(edge, (3, 32, 32)), rtol=1e-6)
+    assert edge[0].max() < 0.05 and edge[16, 16] == 1.0
+    np.testing.assert_array_equal(MapSource(files["cut"]).read("mask", rows), 1.0)
+    np.testing.assert_array_equal(MapSource(files["plain"], edge_arcmin=10.0).read("mask", rows), 1.0)
 
 
 def test_apply_mask_multiplies_all_but_the_mask():

@@ -253,13 +253,20 @@ def test_a_noise_map_needs_a_noise_level(tmp_path, capsys):
     assert "survey.noise.depth_factor" in capsys.readouterr().err
 
 
-def test_training_on_fresh_maps_refuses_a_masked_file(tmp_path):
-    """Fresh training maps carry no mask: a periodic file with one is refused, not silently unmasked."""
+def test_fresh_training_maps_carry_the_files_mask(tmp_path):
+    """Fresh training maps follow the file's survey: with the file's seed a periodic file's masked maps and
+    masks are remade (a network that takes the mask learns on masks it has never seen; one that does not is
+    trained on the data as they are)."""
     pytest.importorskip("keras")
     from deepcmb.nn.onthefly import FreshBatches
 
     sims = _simulate(tmp_path, dict(SMALL, n_maps=8, survey={"mask": {"holes_per_deg2": 20.0}}), "masked")
     with open_maps(sims) as f:
         assert f.periodic and f.weights == ["mask"] and f.masked
-    with pytest.raises(ConfigError, match="data.on_the_fly: .* masked maps"):
-        FreshBatches(sims, ["Q", "U"], ["kappa"], batch_size=4, steps_per_epoch=1)
+        mask, q = f.read("mask", np.arange(4)), f.read("Q", np.arange(4))
+    fresh = FreshBatches(sims, ["Q", "U", "mask"], ["kappa"], batch_size=4, steps_per_epoch=1)
+    fresh.root_seed = SMALL["seed"]
+    _, maps = fresh.load(0)
+    np.testing.assert_allclose(maps["mask"], mask, atol=1e-6)
+    np.testing.assert_allclose(maps["Q"], q, atol=1e-6 * np.abs(q).max())
+    assert mask.min() == 0

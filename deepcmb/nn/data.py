@@ -3,8 +3,8 @@
 Maps are read batch by batch from the simulate stage's file (one chunk per map), never all at once.
 Channel ``kappa_qe`` comes from a quadratic-estimator reconstruction file of the same simulations
 (:mod:`deepcmb.io.reconstruction`), matched row by row through its ``/meta/index``. Channels ``mask`` and
-``ivar_p`` are the file's ``/mask`` and ``/ivar_p``, or, for a file without them, ones and the white noise
-of each map's level. Channels ``E`` and ``B``
+``ivar_p`` are the file's ``/mask`` and ``/ivar_p``, or, for a file without them, ones (or an edge taper, for
+non-periodic maps, when asked) and the white noise of each map's level. Channels ``E`` and ``B``
 (:data:`deepcmb.fields.EB_INPUTS`) are the flat-sky E/B split of the observed ``Q`` and ``U``, made as the maps
 are read: for the normalisation statistics and the input checks of a network (whose own file takes ``Q`` and
 ``U`` and splits them in a layer), and to feed networks saved before that layer existed.
@@ -27,6 +27,7 @@ from ..fields import EB_INPUTS, SURVEY_INPUTS
 from ..io.files import read_rows
 from ..io.maps import open_maps
 from ..io.reconstruction import estimator_settings, open_reconstruction
+from ..survey import edge_window
 from .augment import allowed_transforms, transform_maps
 
 if TYPE_CHECKING:
@@ -157,15 +158,19 @@ class MapSource:
     method : str, optional
         The reconstruction method reading the maps (:func:`~deepcmb.io.maps.open_maps` refuses masked
         observations for it).
+    edge_arcmin : float
+        The ``mask`` of non-periodic maps stored without one: the survey edge taper of this width
+        (:func:`deepcmb.survey.edge_window`); 0 (and periodic maps): ones.
 
     Notes
     -----
     Files are opened lazily in the process that reads them, so the object can be sent to workers.
     """
 
-    def __init__(self, sims_path, qe_path=None, method=None):
+    def __init__(self, sims_path, qe_path=None, method=None, edge_arcmin=0.0):
         self.sims_path = Path(sims_path)
         with open_maps(self.sims_path, method) as f:
+            self.periodic = bool(f.periodic)
             self.shape = tuple(f.shape)
             self.pixel_arcmin = f.pixel_arcmin
             self.n_maps = f.n_maps
@@ -174,6 +179,7 @@ class MapSource:
             self.instruments = f.instruments()
             self.noise_index = f.noise_index
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
+        self.edge = None if self.periodic or edge_arcmin == 0 else edge_window(self.geom, edge_arcmin)
         self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None
         if self.qe is not None:
@@ -235,6 +241,8 @@ class MapSource:
                                  f"{rows[pos < 0][:5].tolist()}")
             return read_rows(files["qe"]["maps/kappa"], pos)
         if name in SURVEY_INPUTS and name not in self.weights:
+            if name == "mask" and self.edge is not None:
+                return np.broadcast_to(self.edge.astype(np.float32), (len(rows),) + self.shape).copy()
             depth = np.array([i.noise_p_uk_arcmin for i in self.instruments])[self.noise_index[rows]]
             return uniform_weight(name, self.shape, self.pixel_arcmin, depth, self.sims_path)
         return files["sims"].read(name, rows)

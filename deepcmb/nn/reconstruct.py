@@ -286,7 +286,9 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
         needs its run folder); ``any_shape`` (apply the network to periodic maps of another size than it
         was trained on, same pixel size, :func:`at_shape`; the output file records both shapes);
         ``symmetrize`` (average the prediction over the 8 symmetries of the grid,
-        :func:`predict_symmetrized`; 8 network passes).
+        :func:`predict_symmetrized`; 8 network passes); ``edge_arcmin`` (a network that takes a mask, on
+        non-periodic maps stored without one: the mask it is given is a cosine taper of this width along
+        the border, so that the masked maps vanish there, as in its training).
     inputs : dict
         ``sims``: simulation file, or observation file (:mod:`deepcmb.io.observations`; one with a
         non-trivial mask or ``ivar_p`` is refused unless the network takes both, :func:`mask_aware`), holding the observed maps of the model's input
@@ -313,7 +315,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     check_output_file(out, overwrite)
     model_path = network(model_path)
     model, spec = load_network(model_path)
-    source = MapSource(data, qe, method=None if mask_aware(spec) else "nn")
+    source = MapSource(data, qe, method=None if mask_aware(spec) else "nn", edge_arcmin=cfg["edge_arcmin"])
     rows = select_rows(source, split, model_path, spec)
     check_compatible(spec, source, rows, any_shape=any_shape)
     check_kappa_input(spec, source)
@@ -323,7 +325,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     batches = SimsBatches(source, rows, spec["inputs"], [], batch_size, split="prediction")
     config = {"method": "nn", "model": str(model_path.resolve()), "batch_size": batch_size, "split": split,
               "qe": None if qe is None else str(Path(qe).resolve()), "any_shape": any_shape,
-              "symmetrize": symmetrize,
+              "symmetrize": symmetrize, "edge_arcmin": cfg["edge_arcmin"],
               "model_card": {k: v for k, v in (spec["card"] or {}).items() if k != "config"},
               "training_config": (spec["card"] or {}).get("config")}
     outside = untrained_noise(spec, source)

@@ -92,6 +92,9 @@ RECONSTRUCT_SCHEMA = {
     "any_shape": Bool(False, doc="apply the (fully convolutional) network to maps of another size, same pixel"),
     "symmetrize": Bool(False, doc="average the prediction over the 8 rotations and reflections of the grid "
                                   "(8 network passes)"),
+    "edge_arcmin": Number(15.0, min=0, doc="a network that takes a mask, on non-periodic maps without one: width "
+                                           "of the cosine taper along the border given as their mask, arcmin "
+                                           "(0: a mask of ones)"),
 }
 """Settings of ``deepcmb reconstruct --method nn``, with their defaults."""
 
