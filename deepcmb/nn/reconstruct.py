@@ -198,7 +198,7 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
     """Refuse data the network cannot be applied to, with a message saying why.
 
     Checks the input maps are present, the map shape (unless ``any_shape``), pixel size and beam match,
-    and the rms of each channel the network reads (after its E/B split; the mask excepted) over the first
+    and the rms of each channel the network reads (after its E/B split; the mask and noise map excepted) over the first
     ``n_check`` maps lies within a factor :data:`RMS_TOLERANCE` of the training rms (a different unit, noise
     level or sky would otherwise pass silently); for a network that takes a mask, over the pixels where it is 1.
     """
@@ -212,7 +212,7 @@ def check_compatible(spec: dict, source: MapSource, rows: np.ndarray, n_check: i
     seen = network_view(source, spec, sample)
     observed = seen["mask"] == 1 if "mask" in seen else np.ones((1,), bool)
     for name in spec["channels"]:
-        if name == "mask":  # any values in [0, 1] (the file's readers check them)
+        if name in SURVEY_INPUTS:  # a constant noise map or mask is as valid as the training maps' varied ones
             continue
         m = seen[name]
         if not np.all(np.isfinite(m)):
