@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from deepcmb.cli import main as deepcmb
+from deepcmb.io.maps import open_maps
 from deepcmb.results import neff_ratio, noise_table, rst_grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +139,12 @@ def main():
     settings = " ".join([f"--sims-config {args.sims_config.relative_to(ROOT)}"] * (args.sims_config.name != "masked_test.yaml")
                         + [f"--set {s}" for s in args.set] + [f"--qe-option={o}" for o in args.qe_option]
                         + [f"--evaluate-set {s}" for s in args.evaluate_set])
-    note = (f"{args.title}: {args.maps} maps, each with its own mask and noise map; MV_POL QE with the C^-1 filter, "
-            f"{args.mean_field_maps} mean-field simulations per map and the Monte Carlo response; network "
-            f"``{args.model}``, symmetrized. Bias: transfer over all maps / transfer on the Planck 2018 maps - 1. "
+    with open_maps(sims) as f:
+        masked = f.masked
+    qe = (f"MV_POL QE with the C^-1 filter, {args.mean_field_maps} mean-field simulations per map and the Monte "
+          "Carlo response" if masked else f"MV_POL QE ({' '.join(args.qe_option) or 'defaults'})")
+    note = (f"{args.title}: {args.maps} maps{', each with its own mask and noise map' if masked else ''}; {qe}; "
+            f"network ``{args.model}``, symmetrized. Bias: transfer over all maps / transfer on the Planck 2018 maps - 1. "
             f"{verdict} Cost on 2 cores: {cost or 'reconstructions reused'}. ``python benchmarks/survey_network.py "
             f"OUT --maps {args.maps} --mean-field-maps {args.mean_field_maps} {settings}``.")
     print(grid)

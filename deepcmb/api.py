@@ -119,7 +119,7 @@ def read_maps(path: str | Path, fields: Sequence[str] | None = None, rows: Seque
     path : str or Path
         A file of ``deepcmb simulate`` or an observation file (:mod:`deepcmb.io.observations`).
     fields : sequence of str, optional
-        Maps to read (default: all the file has).
+        Maps to read (default: all the file has, its ``mask`` and ``ivar_p`` included).
     rows : sequence of int, optional
         Maps to read (default: all).
 
@@ -134,7 +134,7 @@ def read_maps(path: str | Path, fields: Sequence[str] | None = None, rows: Seque
 
     with open_maps(path) as f:
         rows = np.arange(f.n_maps) if rows is None else np.asarray(rows, np.int64)
-        names = list(f.fields) if fields is None else list(fields)
+        names = list(f.fields) + list(f.weights) if fields is None else list(fields)
         maps = {name: f.read(name, rows) for name in names}
         if f.kind == "simulations":
             n_cosmo = f.file["cosmology/cl_kk"].shape[0]
@@ -249,7 +249,8 @@ class Network:
         folder = self.path if self.path.is_dir() else self.path.parent
         return folder / "calibration.h5" if (folder / "calibration.h5").exists() else None
 
-    def predict(self, maps: Maps, *, symmetrize: bool = False, batch_size: int = 32) -> dict[str, np.ndarray]:
+    def predict(self, maps: Maps, *, symmetrize: bool = False, batch_size: int = 32,
+                edge_arcmin: float | None = None) -> dict[str, np.ndarray]:
         """The network's outputs on ``maps``.
 
         Parameters
@@ -260,6 +261,11 @@ class Network:
         symmetrize : bool
             Average over the 8 symmetries of the grid (:func:`deepcmb.nn.reconstruct.predict_symmetrized`).
         batch_size : int
+        edge_arcmin : float, optional
+            A network that takes a mask (:func:`deepcmb.nn.reconstruct.mask_aware`), on non-periodic maps
+            without one: width of the edge taper given as their mask (default: ``deepcmb reconstruct``'s,
+            :data:`deepcmb.nn.settings.RECONSTRUCT_SCHEMA`). Maps without a noise map get the white noise of
+            their level (:func:`deepcmb.nn.data.uniform_weight`), periodic maps without a mask ones.
 
         Returns
         -------
@@ -270,7 +276,7 @@ class Network:
 
         s = self.spec
         check_instrument(s, maps.pixel_arcmin, maps.instruments, "maps")
-        x = np.stack([maps[name] for name in s["inputs"]], axis=-1).astype(np.float32)
+        x = np.stack([self._input(maps, name, edge_arcmin) for name in s["inputs"]], axis=-1).astype(np.float32)
         model = self.model if x.shape[1:3] == tuple(s["shape"]) else at_shape(self.model, x.shape[1:3])
         parts = {h: [] for h in s["outputs"]}
         for start in range(0, len(x), batch_size):
@@ -282,6 +288,27 @@ class Network:
             for h in s["outputs"]:
                 parts[h].append(pred[h])
         return {h: np.concatenate(v) for h, v in parts.items()}
+
+
+    @staticmethod
+    def _input(maps: Maps, name: str, edge_arcmin: float | None) -> np.ndarray:
+        """Input map ``name``: the maps' own, or a survey input they lack, made as ``deepcmb reconstruct``
+        makes it."""
+        from .config import resolve
+        from .fields import SURVEY_INPUTS
+        from .nn.data import uniform_weight
+        from .nn.settings import RECONSTRUCT_SCHEMA
+        from .survey import edge_window
+
+        if name in maps.maps or name not in SURVEY_INPUTS:
+            return maps[name]
+        geom = maps.geometry
+        if name == "mask" and not maps.periodic:
+            width = resolve(None, RECONSTRUCT_SCHEMA)["edge_arcmin"] if edge_arcmin is None else edge_arcmin
+            if width > 0:
+                return np.broadcast_to(edge_window(geom, width), (len(maps),) + geom.shape)
+        depth = np.array([i.noise_p_uk_arcmin for i in maps.instruments])[maps.noise_index]
+        return uniform_weight(name, geom.shape, maps.pixel_arcmin, depth, "maps")
 
 
 def load_network(model: str | Path | None = None) -> Network:

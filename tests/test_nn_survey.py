@@ -191,3 +191,14 @@ def test_survey_network_reconstructs_masked_maps_others_refuse_them(files, tmp_p
     with pytest.raises(InputError, match="noise-free"):
         from deepcmb.nn.data import uniform_weight
         uniform_weight("ivar_p", (4, 4), PIXEL, [1.0, 0.0], "maps")
+    # the Python API reads the mask and the noise map with the maps and predicts what the stage wrote
+    import deepcmb
+
+    maps = deepcmb.read_maps(files["masked"])
+    assert {"mask", "ivar_p"} <= set(maps.maps)
+    net = deepcmb.load_network(survey)
+    np.testing.assert_allclose(net.predict(maps)["kappa"], kappa, rtol=0, atol=1e-5 * np.abs(kappa).max())
+    with open_reconstruction(tmp_path / "rec_plain.h5") as g:
+        plain_kappa = g["maps/kappa"][...]
+    np.testing.assert_allclose(net.predict(deepcmb.read_maps(files["plain"]))["kappa"], plain_kappa, rtol=0,
+                               atol=1e-5 * np.abs(plain_kappa).max())
