@@ -89,7 +89,8 @@ def main(argv=None):
             err = coverage_error(cover[sel])
             rows.append([tag, f"{level:g}", str(sel.sum()),
                          f"{cover[sel, 0].mean():.3f} +- {err[0]:.3f}", f"{cover[sel, 1].mean():.3f} +- {err[1]:.3f}",
-                         f"{100 * np.mean(old[sel] > THRESHOLD):.1f} %", f"{100 * np.mean(score[sel] > THRESHOLD):.1f} %",
+                         f"{100 * np.mean(old[sel] > THRESHOLD):.1f} %",
+                         f"{100 * np.mean(score[sel] > THRESHOLD):.1f} %",
                          f"{np.median(score[sel]):.2f}"])
     head = ["set", "uK-arcmin", "maps", f"1 sigma ({NOMINAL[1]:.3f})", f"2 sigma ({NOMINAL[2]:.3f})",
             "flagged, pooled", "flagged, per level", "median score"]

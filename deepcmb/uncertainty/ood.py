@@ -21,11 +21,11 @@ about 1 for a map like them, and its threshold :math:`t_k` is the :data:`QUANTIL
 flagged above :data:`THRESHOLD` = 1: a map is flagged when it is unlike the calibration maps of *every*
 level. The calibration maps of each level score above 1 at a rate of at most ``1 - q``, and fresh maps of
 their distribution at about that rate (a few per cent with only about 100 calibration maps per level,
-whose 0.99 quantile is a noisy estimate). Typical maps of a calibrated level score well below 1 (about the median of :math:`S_k` over
-:math:`t_k`: 0.34 and 0.46 for the shipped bench network's calibration maps at 1 and 5 µK-arcmin). One reference
-pooled over several levels (the calibration files of format version 1, read as one level) spans the gap
-between them: maps at an intermediate noise level, on which the per-level posteriors do not hold,
-would lie inside its spread; the per-level reference flags them.
+whose 0.99 quantile is a noisy estimate). Typical maps of a calibrated level score well below 1 (about
+the median of :math:`S_k` over :math:`t_k`: 0.34 and 0.46 for the shipped bench network's calibration
+maps at 1 and 5 µK-arcmin). One reference pooled over several levels (the calibration files of format
+version 1, read as one level) spans the gap between them: maps at an intermediate noise level, on which
+the per-level posteriors do not hold, would lie inside its spread; the per-level reference flags them.
 
 The score reacts to what changes the observed spectra: another noise level or beam, foregrounds, a mask
 or the edges of a non-periodic patch, a strongly different cosmology. It is a function of the input maps
