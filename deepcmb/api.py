@@ -340,9 +340,11 @@ def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[st
     Returns
     -------
     dict
-        ``kappa_mean``, ``kappa_sigma`` (n, ny, nx), ``ood_score`` (n,) and ``ood_threshold`` (float).
+        ``kappa_mean``, ``kappa_sigma`` (n, ny, nx), ``ood_score`` (n,; :mod:`deepcmb.uncertainty.ood`) and
+        ``ood_threshold`` (float, 1: above it a map is unlike the calibration maps of every noise level).
     """
     from .io.calibration import read_calibration
+    from .uncertainty.ood import THRESHOLD
 
     _, modes, reference = read_calibration(calibration)
     geom = maps.geometry
@@ -358,7 +360,7 @@ def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[st
         mean[sel] = modes.posterior_mean(geom, np.asarray(kappa, float)[sel], level)
         sigma[sel] = modes.pixel_sigma(geom, level)
     return {"kappa_mean": mean, "kappa_sigma": sigma, "ood_score": reference.score(geom, maps["Q"], maps["U"]),
-            "ood_threshold": reference.threshold}
+            "ood_threshold": THRESHOLD}
 
 
 def metrics(kappa: np.ndarray, truth: Maps, *, Lmin: float = 150.0, Lmax: float = 1500.0,

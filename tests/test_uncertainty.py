@@ -13,7 +13,7 @@ from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.uncertainty import posterior_samples
 from deepcmb.uncertainty.coverage import NOMINAL, lowpass, mode_coverage, pixel_coverage
 from deepcmb.uncertainty.modes import measure, ring_edges
-from deepcmb.uncertainty.ood import reference
+from deepcmb.uncertainty.ood import THRESHOLD, reference
 
 GEOM = FlatSkyGeometry((64, 64), 2.34375)
 LMAX = 1000.0
@@ -95,10 +95,10 @@ def test_score_flags_another_noise_level():
         return GEOM.eb2qu(GEOM.map2fourier(e), GEOM.map2fourier(b))
 
     ref = reference(GEOM, *qu(1e-6, 300), n_bins=8)
-    same = ref.score(GEOM, *qu(1e-6, 100))
-    noisier = ref.score(GEOM, *qu(4e-6, 100))
-    assert 0.7 < np.median(same) < 1.4 and np.mean(same > ref.threshold) < 0.05
-    assert np.all(noisier > ref.threshold)
+    same = qu(1e-6, 100)
+    assert 0.7 < np.median(ref.level_scores(GEOM, *same)) < 1.4  # S: about 1 for a map like the calibration's
+    assert np.mean(ref.score(GEOM, *same) > THRESHOLD) < 0.05
+    assert np.all(ref.score(GEOM, *qu(4e-6, 100)) > THRESHOLD)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def files(tmp_path_factory):
 def test_reconstruction_carries_the_posterior_and_it_covers_the_truth(files, tmp_path):
     d, sims = files
     with h5py.File(d / "test_qe.h5") as f, h5py.File(sims["test"]) as s:
-        assert f.attrs["uq_lmax"] == LMAX and f.attrs["ood_threshold"] > 0
+        assert f.attrs["uq_lmax"] == LMAX and f.attrs["ood_threshold"] == THRESHOLD == 1.0
         mean, sigma = f["maps/kappa_mean"][...], f["maps/kappa_sigma"][...]
         assert mean.shape == sigma.shape == (160, 64, 64) and np.all(sigma > 0)
         assert f["meta/ood_score"].shape == (160,) and np.all(f["meta/uq_level"][...] == 0)

@@ -360,7 +360,7 @@ def coverage_metrics(pixel: np.ndarray, modes: np.ndarray, scores: np.ndarray, t
     scores : ndarray, shape (n,)
         The inputs' scores (:mod:`deepcmb.uncertainty.ood`).
     threshold : float
-        The calibration maps' 0.99 quantile of the score.
+        The score above which a map is flagged (the reconstruction file's ``ood_threshold``).
 
     Returns
     -------

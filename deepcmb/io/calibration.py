@@ -1,6 +1,6 @@
 """The calibration file of ``deepcmb calibrate``: what a reconstruction method's per-map uncertainty rests on.
 
-Layout (``format = 'deepcmb.calibration'``, ``format_version = 1``)::
+Layout (``format = 'deepcmb.calibration'``, ``format_version = 2``)::
 
     /              attrs: format, format_version, deepcmb_version, git_revision, software, stage, created,
                           config (JSON), method ('nn' | 'qe' | 'map'), identity (JSON: what makes two
@@ -14,9 +14,19 @@ Layout (``format = 'deepcmb.calibration'``, ``format_version = 1``)::
     /modes/n_maps     (n_levels,) int64     calibration maps per level
                       attrs: lmax (L_uq, the low-pass of the posterior)
     /ood/edges        (nbin + 1,) float64   multipole bin edges of the input score
-    /ood/mean, /ood/std   (2 nbin,) float64   log EE and BB band powers of the calibration maps
-    /ood/scores       (n,) float64          the calibration maps' own scores
-                      attrs: threshold (their 0.99 quantile)
+    /ood/mean, /ood/std   (n_levels, 2 nbin) float64   log EE and BB band powers of each level's
+                      calibration maps (deepcmb.uncertainty.ood)
+    /ood/threshold    (n_levels,) float64   t_k: the 0.99 quantile of the scores S_k of level k's maps
+    /ood/noise_p      (n_levels,) float64   polarization noise of each level (uK-arcmin)
+    /ood/n_maps       (n_levels,) int64     calibration maps per level
+    /ood/scores       (n,) float64          the calibration maps' own ood_score, min_k S_k / t_k
+
+The levels of ``/ood`` are those of ``/modes`` (the noise levels of the calibration maps).
+
+Format version 1 (read as well) has one reference pooled over every level: ``/ood/mean`` and ``/ood/std``
+of shape (2 nbin,), its threshold as the attribute ``threshold`` of ``/ood``, no ``/ood/noise_p`` or
+``/ood/n_maps``, and ``/ood/scores`` the unnormalised S. It reads as a reference of one level (noise_p
+NaN, unless the calibration has a single level), whose ``ood_score`` is S / t.
 
 Written atomically (``OUT.tmp``, then renamed).
 """
@@ -34,7 +44,11 @@ from ..provenance import provenance_attrs
 from .files import H5View, atomic_h5, text
 
 FORMAT = "deepcmb.calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version this deepcmb writes; it reads this one and :data:`READ_VERSIONS`."""
+
+READ_VERSIONS = (1, 2)
+"""Format versions this deepcmb reads (1: one input-score reference pooled over the noise levels)."""
 
 IDENTITY = {"nn": ("model_sha256", "symmetrize"),
             "qe": ("estimator", "lmin", "lmax", "Lmin", "Lmax", "wiener", "apodize_arcmin"),
@@ -75,7 +89,7 @@ def write_calibration(out: str | Path, config: dict, identity: dict, modes, refe
     modes : deepcmb.uncertainty.modes.ModeCalibration
     reference : deepcmb.uncertainty.ood.Reference
     scores : ndarray, shape (n,)
-        The calibration maps' scores.
+        The calibration maps' ``ood_score`` (:meth:`~deepcmb.uncertainty.ood.Reference.score`).
     reconstruction, sims_file : str or Path
         The files it was measured on.
     """
@@ -90,9 +104,9 @@ def write_calibration(out: str | Path, config: dict, identity: dict, modes, refe
         for name in ("edges", "transfer", "residual", "noise_p", "n_maps"):
             g.create_dataset(name, data=getattr(modes, name))
         g = f.create_group("ood")
-        g.attrs["threshold"] = reference.threshold
-        for name in ("edges", "mean", "std"):
+        for name in ("edges", "mean", "std", "noise_p", "n_maps"):
             g.create_dataset(name, data=getattr(reference, name))
+        g.create_dataset("threshold", data=reference.thresholds)
         g.create_dataset("scores", data=np.asarray(scores, float))
     return Path(out)
 
@@ -108,7 +122,6 @@ def read_calibration(path: str | Path) -> tuple[dict, object, object]:
     reference : deepcmb.uncertainty.ood.Reference
     """
     from ..uncertainty.modes import ModeCalibration
-    from ..uncertainty.ood import Reference
 
     with H5View(path, FORMAT, "calibration (deepcmb calibrate)") as f:
         edges = f.array("modes/edges", dtype=float, ndim=1)
@@ -120,13 +133,34 @@ def read_calibration(path: str | Path) -> tuple[dict, object, object]:
             noise_p=noise_p, n_maps=f.array("modes/n_maps", dtype=np.int64, shape=noise_p.shape),
             lmax=float(f.attr("lmax", "modes")), shape=tuple(int(s) for s in f.attr("shape")),
             pixel_arcmin=float(f.attr("pixel_arcmin")))
-        ood_edges = f.array("ood/edges", dtype=float, ndim=1)
-        nbin = 2 * (ood_edges.size - 1)
-        reference = Reference(edges=ood_edges, mean=f.array("ood/mean", dtype=float, shape=(nbin,), finite=True),
-                              std=f.array("ood/std", dtype=float, shape=(nbin,), finite=True),
-                              threshold=float(f.attr("threshold", "ood")))
+        version = f.attr("format_version")
+        if not isinstance(version, (int, np.integer)) or int(version) not in READ_VERSIONS:
+            raise InputError(f"{path}: format_version {text(version)!s} is not supported (this deepcmb reads "
+                             f"{', '.join(map(str, READ_VERSIONS))})")
+        reference = _read_reference(f, int(version), modes)
         try:
             identity = json.loads(f.attr("identity"))
         except json.JSONDecodeError:
             raise InputError(f"{path}: unreadable identity attribute") from None
     return identity, modes, reference
+
+
+def _read_reference(f: H5View, version: int, modes):
+    """The input-score reference of an open calibration file of format ``version``; a version-1 file's pooled
+    reference is one level of all the calibration maps, at the calibration's noise level if it has one, else
+    NaN."""
+    from ..uncertainty.ood import Reference
+
+    edges = f.array("ood/edges", dtype=float, ndim=1)
+    nbin = 2 * (edges.size - 1)
+    if version == 1:
+        return Reference(edges=edges, mean=f.array("ood/mean", dtype=float, shape=(nbin,), finite=True)[None],
+                         std=f.array("ood/std", dtype=float, shape=(nbin,), finite=True)[None],
+                         thresholds=np.array([float(f.attr("threshold", "ood"))]),
+                         noise_p=modes.noise_p if modes.noise_p.size == 1 else np.array([np.nan]),
+                         n_maps=np.array([modes.n_maps.sum()], np.int64))
+    levels = f.array("ood/noise_p", dtype=float, ndim=1)
+    return Reference(edges=edges, mean=f.array("ood/mean", dtype=float, shape=(levels.size, nbin), finite=True),
+                     std=f.array("ood/std", dtype=float, shape=(levels.size, nbin), finite=True),
+                     thresholds=f.array("ood/threshold", dtype=float, shape=levels.shape, finite=True),
+                     noise_p=levels, n_maps=f.array("ood/n_maps", dtype=np.int64, shape=levels.shape))

@@ -62,7 +62,8 @@ root attributes uq_lmax (L_uq), uq_calibration (path of the calibration file) an
 
     /maps/kappa_mean   (n, ny, nx) float32: posterior mean of the true kappa low-passed to |L| <= uq_lmax
     /maps/kappa_sigma  (n, ny, nx) float32: its posterior standard deviation per pixel
-    /meta/ood_score    (n,) float64: how unlike the calibration maps the input is (about 1: alike)
+    /meta/ood_score    (n,) float64: how unlike the calibration maps the input is (deepcmb.uncertainty.ood;
+                       above ood_threshold = 1: unlike those of every noise level)
     /meta/uq_level     (n,) int64: the calibrated noise level each map used
     /uncertainty/edges (nring + 1,), /uncertainty/transfer, /uncertainty/residual (n_levels, nring),
     /uncertainty/noise_p (n_levels,): the per-mode posterior (deepcmb.uncertainty.modes)

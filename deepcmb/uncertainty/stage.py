@@ -6,8 +6,9 @@ The calibration maps are simulations with their truth that neither trained the n
 maps, reconstructed exactly as the maps it will be applied to. :class:`Uncertainty` adds to a
 reconstruction file, for each map: the posterior mean ``/maps/kappa_mean`` and standard deviation
 ``/maps/kappa_sigma`` of the true convergence low-passed to :math:`|L| \\le L_{\\rm uq}` (root attribute
-``uq_lmax``), the input's score ``/meta/ood_score`` (:mod:`~deepcmb.uncertainty.ood`; the root attribute
-``ood_threshold`` is the calibration maps' 0.99 quantile), the calibrated noise level it used
+``uq_lmax``), the input's score ``/meta/ood_score`` (:mod:`~deepcmb.uncertainty.ood`: against the
+calibration maps of each noise level, normalised by that level's 0.99 quantile; the root attribute
+``ood_threshold`` is 1, above which a map is unlike those of every level), the calibrated noise level it used
 ``/meta/uq_level``, and the per-mode posterior in the group ``/uncertainty`` (``edges``, ``transfer``,
 ``residual``, ``noise_p``: :mod:`~deepcmb.uncertainty.modes`), from which :func:`posterior_samples` draws. The cost is two FFTs per map.
 """
@@ -27,7 +28,7 @@ from ..io.maps import open_maps
 from ..io.reconstruction import open_reconstruction
 from ..progress import Progress
 from .modes import measure
-from .ood import QUANTILE, reference
+from .ood import QUANTILE, THRESHOLD, reference
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ FIELDS = ("kappa_mean", "kappa_sigma")
 
 def run_calibrate(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
                   progress: bool = True) -> Path:
-    """Measure a method's per-mode transfer and residual, and the band powers of its inputs, on calibration maps.
+    """Measure a method's per-mode transfer and residual, and the band powers of its inputs, on calibration maps,
+    per noise level of the maps.
 
     Parameters
     ----------
@@ -87,7 +89,10 @@ def run_calibrate(config: dict | None, inputs: dict, out: str | Path, *, overwri
             modes = measure(geom, kappa_hat, truth, levels, noise_p, cfg["uq_lmax"])
             bar.update(1)
             q, u = m.read("Q", rows), m.read("U", rows)
-            ref = reference(geom, q, u, cfg["ood_bins"])
+            try:
+                ref = reference(geom, q, u, cfg["ood_bins"], levels, noise_p)
+            except ValueError as exc:
+                raise InputError(f"{sims}: {exc}") from None
             scores = ref.score(geom, q, u)
             bar.update(1)
     return write_calibration(out, cfg, method_identity(method, attrs), modes, ref, scores, rec, sims)
@@ -139,9 +144,9 @@ class Uncertainty:
 
     @property
     def attrs(self) -> dict:
-        """Root attributes of the reconstruction file: ``uq_lmax``, ``uq_calibration``, ``ood_threshold``."""
-        return {"uq_lmax": self.modes.lmax, "uq_calibration": str(self.path.resolve()),
-                "ood_threshold": self.reference.threshold}
+        """Root attributes of the reconstruction file: ``uq_lmax``, ``uq_calibration``, ``ood_threshold``
+        (:data:`~deepcmb.uncertainty.ood.THRESHOLD`)."""
+        return {"uq_lmax": self.modes.lmax, "uq_calibration": str(self.path.resolve()), "ood_threshold": THRESHOLD}
 
     def maps(self, kappa: np.ndarray, levels: np.ndarray) -> dict:
         """``kappa_mean`` and ``kappa_sigma`` of reconstructions ``kappa`` ``(n, ny, nx)`` whose maps have
@@ -168,11 +173,11 @@ class Uncertainty:
         m = self.modes
         writer.write_group("uncertainty", {"edges": m.edges, "transfer": m.transfer, "residual": m.residual,
                                            "noise_p": m.noise_p})
-        outside = int(np.sum(scores > self.reference.threshold))
+        outside = int(np.sum(scores > THRESHOLD))
         if outside > WARN_FACTOR * (1 - QUANTILE) * len(rows):
-            log.warning("%d of %d input maps score above the calibration maps' %g quantile (ood_score > %.3g): "
-                        "unlike the maps the uncertainty was calibrated on", outside, len(rows), QUANTILE,
-                        self.reference.threshold)
+            log.warning("%d of %d input maps score above the %g quantile of the calibration maps of every noise "
+                        "level (ood_score > %g): unlike the maps the uncertainty was calibrated on", outside,
+                        len(rows), QUANTILE, THRESHOLD)
 
 
 def posterior_samples(path: str | Path, index: int, n: int, seed: int = 0) -> np.ndarray:
