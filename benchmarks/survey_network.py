@@ -32,6 +32,7 @@ function measured on the reference-cosmology maps alone; then the targets of the
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,7 +137,8 @@ def main():
                f"rho^2 at L = {table['L'][at]:.0f}: {table['methods']['nn']['rho2'][at]:.3f} (nn), "
                f"{table['methods']['qe']['rho2'][at]:.3f} (QE); {biased}.")
     cost = ", ".join(f"{k} {v / args.maps:.3g} s per map" for k, v in times.items() if k in ("qe", "nn"))
-    settings = " ".join([f"--sims-config {args.sims_config.relative_to(ROOT)}"] * (args.sims_config.name != "masked_test.yaml")
+    preset = os.path.relpath(args.sims_config.resolve(), ROOT)
+    settings = " ".join([f"--sims-config {preset}"] * (args.sims_config.name != "masked_test.yaml")
                         + [f"--set {s}" for s in args.set] + [f"--qe-option={o}" for o in args.qe_option]
                         + [f"--evaluate-set {s}" for s in args.evaluate_set])
     with open_maps(sims) as f:
