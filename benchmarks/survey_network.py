@@ -92,7 +92,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     sims = out / "sims.h5"
     sets = [f"n_maps={args.maps}", *args.set]
-    times = {}
+    timing = out / "times.json"  # seconds per stage, kept for a re-run that re-uses the reconstructions
+    times = json.loads(timing.read_text()) if timing.exists() else {}
     if not sims.exists():
         times["simulate"] = run(["simulate", "--config", str(args.sims_config), "--out", str(sims)]
                                 + [a for s in sets for a in ("--set", s)])
@@ -103,6 +104,7 @@ def main():
     if not recs["nn"].exists():
         times["nn"] = run(["reconstruct", "--method", "nn", "--model", args.model, "--symmetrize", "--data", str(sims),
                            "--out", str(recs["nn"])])
+    timing.write_text(json.dumps(times))
     (out / "evaluate.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE}))
     run(["evaluate", "--sims", str(sims), "--rec", f"qe={recs['qe']}", "--rec", f"nn={recs['nn']}",
          "--config", str(out / "evaluate.yaml"), "--out", str(out / "eval"), "--overwrite"]
@@ -141,14 +143,15 @@ def main():
     settings = " ".join([f"--sims-config {preset}"] * (args.sims_config.name != "masked_test.yaml")
                         + [f"--set {s}" for s in args.set] + [f"--qe-option={o}" for o in args.qe_option]
                         + [f"--evaluate-set {s}" for s in args.evaluate_set])
+    command = f"python benchmarks/survey_network.py OUT --maps {args.maps} --mean-field-maps {args.mean_field_maps}"
+    command = f"{command} {settings}".strip()
     with open_maps(sims) as f:
         masked = f.masked
     qe = (f"MV_POL QE with the C^-1 filter, {args.mean_field_maps} mean-field simulations per map and the Monte "
           "Carlo response" if masked else f"MV_POL QE ({' '.join(args.qe_option) or 'defaults'})")
     note = (f"{args.title}: {args.maps} maps{', each with its own mask and noise map' if masked else ''}; {qe}; "
             f"network ``{args.model}``, symmetrized. Bias: transfer over all maps / transfer on the Planck 2018 maps - 1. "
-            f"{verdict} Cost on 2 cores: {cost or 'reconstructions reused'}. ``python benchmarks/survey_network.py "
-            f"OUT --maps {args.maps} --mean-field-maps {args.mean_field_maps} {settings}``.")
+            f"{verdict} Cost on 2 cores: {cost or 'not measured (reconstructions made elsewhere)'}. ``{command}``.")
     print(grid)
     print(note)
     if args.rst:
