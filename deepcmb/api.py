@@ -298,17 +298,13 @@ class Network:
         from .fields import SURVEY_INPUTS
         from .nn.data import uniform_weight
         from .nn.settings import RECONSTRUCT_SCHEMA
-        from .survey import edge_window
 
         if name in maps.maps or name not in SURVEY_INPUTS:
             return maps[name]
-        geom = maps.geometry
-        if name == "mask" and not maps.periodic:
-            width = resolve(None, RECONSTRUCT_SCHEMA)["edge_arcmin"] if edge_arcmin is None else edge_arcmin
-            if width > 0:
-                return np.broadcast_to(edge_window(geom, width), (len(maps),) + geom.shape)
+        width = resolve(None, RECONSTRUCT_SCHEMA)["edge_arcmin"] if edge_arcmin is None else edge_arcmin
         depth = np.array([i.noise_p_uk_arcmin for i in maps.instruments])[maps.noise_index]
-        return uniform_weight(name, geom.shape, maps.pixel_arcmin, depth, "maps")
+        return uniform_weight(name, maps.geometry.shape, maps.pixel_arcmin, depth, "maps",
+                              0.0 if maps.periodic else width)
 
 
 def load_network(model: str | Path | None = None) -> Network:

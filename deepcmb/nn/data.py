@@ -179,7 +179,7 @@ class MapSource:
             self.instruments = f.instruments()
             self.noise_index = f.noise_index
         self.geom = FlatSkyGeometry(self.shape, self.pixel_arcmin)
-        self.edge = None if self.periodic or edge_arcmin == 0 else edge_window(self.geom, edge_arcmin)
+        self.edge_arcmin = 0.0 if self.periodic else float(edge_arcmin)
         self.qe = None if qe_path is None else read_qe_file(qe_path, self.sims_path)
         self._qe_pos = None
         if self.qe is not None:
@@ -241,10 +241,8 @@ class MapSource:
                                  f"{rows[pos < 0][:5].tolist()}")
             return read_rows(files["qe"]["maps/kappa"], pos)
         if name in SURVEY_INPUTS and name not in self.weights:
-            if name == "mask" and self.edge is not None:
-                return np.broadcast_to(self.edge.astype(np.float32), (len(rows),) + self.shape).copy()
             depth = np.array([i.noise_p_uk_arcmin for i in self.instruments])[self.noise_index[rows]]
-            return uniform_weight(name, self.shape, self.pixel_arcmin, depth, self.sims_path)
+            return uniform_weight(name, self.shape, self.pixel_arcmin, depth, self.sims_path, self.edge_arcmin)
         return files["sims"].read(name, rows)
 
     def close(self) -> None:
@@ -258,8 +256,9 @@ class MapSource:
 
 
 def uniform_weight(name: str, shape: tuple[int, int], pixel_arcmin: float, depth: ArrayLike,
-                   where: str | Path) -> np.ndarray:
-    """The survey input ``name`` of maps stored without it: the mask, all ones, or the noise map of white noise,
+                   where: str | Path, edge_arcmin: float = 0.0) -> np.ndarray:
+    """The survey input ``name`` of maps stored without it: the mask, all ones (or the survey edge taper of
+    ``edge_arcmin``), or the noise map of white noise,
     :math:`\\mathrm{ivar}_P = (\\theta_{pix} / \\Delta_P)^2` (1/µK², :mod:`deepcmb.survey`).
 
     Parameters
@@ -272,6 +271,9 @@ def uniform_weight(name: str, shape: tuple[int, int], pixel_arcmin: float, depth
         Polarization noise level of each map, µK-arcmin.
     where : str or Path
         The maps' file, for the message.
+    edge_arcmin : float
+        Width of the cosine taper along the border given as the mask (:func:`deepcmb.survey.edge_window`;
+        for non-periodic maps); 0: ones.
 
     Returns
     -------
@@ -285,7 +287,7 @@ def uniform_weight(name: str, shape: tuple[int, int], pixel_arcmin: float, depth
     depth = np.asarray(depth, np.float64)
     out = np.ones((depth.size,) + tuple(shape), np.float32)
     if name == "mask":
-        return out
+        return out * edge_window(FlatSkyGeometry(tuple(shape), pixel_arcmin), edge_arcmin).astype(np.float32)
     if np.any(depth <= 0):
         raise InputError(f"{where}: noise-free maps have no noise map (ivar_p) to give a network that takes one")
     return out * ((pixel_arcmin / depth) ** 2).astype(np.float32)[:, None, None]
