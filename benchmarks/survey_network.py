@@ -4,8 +4,8 @@ Run as::
 
     python benchmarks/survey_network.py OUT [--maps 400] [--mean-field-maps 32] [--model survey]
                                             [--sims-config PRESET] [--set KEY=VALUE ...]
-                                            [--qe-option OPTION ...] [--evaluate-set KEY=VALUE ...]
-                                            [--title TEXT] [--rst FILE]
+                                            [--qe-option OPTION ...] [--map] [--map-option OPTION ...]
+                                            [--evaluate-set KEY=VALUE ...] [--title TEXT] [--rst FILE]
 
 Simulates ``--maps`` test maps of ``sims/masked_test.yaml`` (64 x 64 non-periodic patches cut from 128 x 128
 periodic boxes, 1' beam, a 15' edge taper and point-source holes, 0.7-1.5 uK-arcmin with stripes; each map its
@@ -18,14 +18,17 @@ apodize_arcmin=30`` as the benchmark evaluates them), then runs the stage comman
     deepcmb simulate --config sims/masked_test.yaml --out OUT/sims.h5 --set n_maps=MAPS
     deepcmb reconstruct --method qe --estimator MV_POL --mean-field-maps M --data OUT/sims.h5 --out OUT/rec_qe.h5
     deepcmb reconstruct --method nn --model survey --symmetrize --data OUT/sims.h5 --out OUT/rec_nn.h5
+    deepcmb reconstruct --method map --data OUT/sims.h5 --out OUT/rec_map.h5                 (with --map)
     deepcmb evaluate --sims OUT/sims.h5 --rec qe=OUT/rec_qe.h5 --rec nn=OUT/rec_nn.h5 --out OUT/eval ...
 
 The quadratic estimator is the masked one (:mod:`deepcmb.qe.masked_stage`: C^-1 filter with the mask and the
 noise map, a mean field of ``--mean-field-maps`` simulations per map, since every map has its own mask, and the
 Monte Carlo response); the network is ``--model`` (default the shipped survey network), averaged over the 8
-symmetries of the grid. The evaluation is over each map's observed region (pseudo-spectra of the masked maps
+symmetries of the grid; with ``--map``, the MAP estimator with the same data model (pixel weights mask x
+ivar_p and a simulated gradient mean field per map, :mod:`deepcmb.iterative.meanfield`; ``--map-option``
+adds options to its command, e.g. ``--map-option=--cg-tol=1e-4``). The evaluation is over each map's observed region (pseudo-spectra of the masked maps
 divided by the mask's w2, :mod:`deepcmb.evaluation.window`). It prints, per L bin, rho^2 and N_eff of both,
-their ratio N_eff(nn) / N_eff(QE) with its jackknife error, and the bias of each after dividing by the transfer
+their ratio N_eff(nn) / N_eff(QE) (and N_eff(nn) / N_eff(MAP)) with its jackknife error, and the bias of each after dividing by the transfer
 function measured on the reference-cosmology maps alone; then the targets of the survey network at 1 uK-arcmin
 (N_eff ratio at most 0.75 in every bin 150-1500, bias within 2 %) and the cost per map of each method.
 """
@@ -83,6 +86,9 @@ def main():
                    help="override a value of the simulation preset")
     p.add_argument("--qe-option", action="append", default=[], metavar="OPTION",
                    help="an option added to the QE's reconstruct command")
+    p.add_argument("--map", action="store_true", help="also run the MAP estimator")
+    p.add_argument("--map-option", action="append", default=[], metavar="OPTION",
+                   help="an option added to the MAP's reconstruct command")
     p.add_argument("--evaluate-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the evaluation")
     p.add_argument("--title", default="Masked test maps (sims/masked_test.yaml)")
@@ -97,33 +103,40 @@ def main():
     if not sims.exists():
         times["simulate"] = run(["simulate", "--config", str(args.sims_config), "--out", str(sims)]
                                 + [a for s in sets for a in ("--set", s)])
-    recs = {"qe": out / "rec_qe.h5", "nn": out / "rec_nn.h5"}
+    methods = ["qe", "nn"] + ["map"] * args.map
+    recs = {m: out / f"rec_{m}.h5" for m in methods}
     if not recs["qe"].exists():
         times["qe"] = run(["reconstruct", "--method", "qe", "--estimator", "MV_POL", "--mean-field-maps",
                            str(args.mean_field_maps), "--data", str(sims), "--out", str(recs["qe"]), *args.qe_option])
     if not recs["nn"].exists():
         times["nn"] = run(["reconstruct", "--method", "nn", "--model", args.model, "--symmetrize", "--data", str(sims),
                            "--out", str(recs["nn"])])
+    if args.map and not recs["map"].exists():
+        times["map"] = run(["reconstruct", "--method", "map", "--data", str(sims), "--out", str(recs["map"]),
+                            *args.map_option])
     timing.write_text(json.dumps(times))
     (out / "evaluate.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE}))
-    run(["evaluate", "--sims", str(sims), "--rec", f"qe={recs['qe']}", "--rec", f"nn={recs['nn']}",
+    run(["evaluate", "--sims", str(sims), *(a for m in methods for a in ("--rec", f"{m}={recs[m]}")),
          "--config", str(out / "evaluate.yaml"), "--out", str(out / "eval"), "--overwrite"]
         + [a for s in args.evaluate_set for a in ("--set", s)])
     summary = json.loads((out / "eval" / "summary.json").read_text())
     table = noise_table(summary, 0)
     edges = np.array(table["edges"])
     ratio, ratio_err = neff_ratio(table, "nn", "qe")
-    b = {m: bias(summary, m, table) for m in ("qe", "nn")}
+    ratios = [(ratio, ratio_err)] + [neff_ratio(table, "nn", "map")] * args.map
+    b = {m: bias(summary, m, table) for m in methods}
     rows = []
     for k in range(len(edges) - 1):
-        cell = {m: table["methods"][m] for m in ("qe", "nn")}
+        cell = {m: table["methods"][m] for m in methods}
         rows.append([f"{edges[k]:.0f}-{edges[k + 1]:.0f}",
-                     *(f"{cell[m]['rho2'][k]:.3f}" for m in ("qe", "nn")),
-                     *(f"{cell[m]['n_eff'][k]:.3g}" for m in ("qe", "nn")),
-                     f"{ratio[k]:.2f} +- {ratio_err[k]:.2f}",
-                     *(f"{100 * b[m][0][k]:+.1f} +- {100 * b[m][1][k]:.1f}" for m in ("qe", "nn"))])
-    grid = "\n".join(rst_grid(["L", "rho^2 QE", "rho^2 nn", "N_eff QE", "N_eff nn", "N_eff nn / QE",
-                               "bias QE (%)", "bias nn (%)"], rows))
+                     *(f"{cell[m]['rho2'][k]:.3f}" for m in methods),
+                     *(f"{cell[m]['n_eff'][k]:.3g}" for m in methods),
+                     *(f"{r[k]:.2f} +- {e[k]:.2f}" for r, e in ratios),
+                     *(f"{100 * b[m][0][k]:+.1f} +- {100 * b[m][1][k]:.1f}" for m in methods)])
+    name = {"qe": "QE", "nn": "nn", "map": "MAP"}
+    grid = "\n".join(rst_grid(["L", *(f"rho^2 {name[m]}" for m in methods), *(f"N_eff {name[m]}" for m in methods),
+                               "N_eff nn / QE", *["N_eff nn / MAP"] * args.map,
+                               *(f"bias {name[m]} (%)" for m in methods)], rows))
     sel = (edges[:-1] >= LMIN) & (edges[1:] <= LMAX)
     worst = float(ratio[sel].max())
     worst_bias = float(np.abs(b["nn"][0][sel]).max())
@@ -138,10 +151,15 @@ def main():
                f"L {LMIN:.0f}-{LMAX:.0f} (target {TARGET_RATIO}: {'met' if worst <= TARGET_RATIO else 'not met'}); "
                f"rho^2 at L = {table['L'][at]:.0f}: {table['methods']['nn']['rho2'][at]:.3f} (nn), "
                f"{table['methods']['qe']['rho2'][at]:.3f} (QE); {biased}.")
-    cost = ", ".join(f"{k} {v / args.maps:.3g} s per map" for k, v in times.items() if k in ("qe", "nn"))
+    if args.map:
+        at_map = float(ratios[1][0][sel].max())
+        verdict += (f" MAP: rho^2 at L = {table['L'][at]:.0f} {table['methods']['map']['rho2'][at]:.3f}; "
+                    f"N_eff(nn) / N_eff(MAP) at most {at_map:.2f} over L {LMIN:.0f}-{LMAX:.0f}.")
+    cost = ", ".join(f"{k} {v / args.maps:.3g} s per map" for k, v in times.items() if k in methods)
     preset = os.path.relpath(args.sims_config.resolve(), ROOT)
     settings = " ".join([f"--sims-config {preset}"] * (args.sims_config.name != "masked_test.yaml")
                         + [f"--set {s}" for s in args.set] + [f"--qe-option={o}" for o in args.qe_option]
+                        + ["--map"] * args.map + [f"--map-option={o}" for o in args.map_option]
                         + [f"--evaluate-set {s}" for s in args.evaluate_set])
     command = f"python benchmarks/survey_network.py OUT --maps {args.maps} --mean-field-maps {args.mean_field_maps}"
     command = f"{command} {settings}".strip()

@@ -100,7 +100,7 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
             help_ = (leaf.doc or leaf.describe()) + " (" + "; ".join(f"{s.method}: default {d}" for s, d in defaults) \
                 + ")"
         if len(stages) > 1 and len(uses) < len(stages):
-            help_ += f" (--method {uses[0][0].method})"
+            help_ += " (" + ", ".join(f"--method {u[0].method}" for u in uses) + ")"
         kw = {"dest": "leaf:" + flag, "default": argparse.SUPPRESS, "help": help_}
         if isinstance(leaf, Bool):
             p.add_argument(flag, action="store_const", const=True, **kw)

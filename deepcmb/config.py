@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -108,10 +109,16 @@ class Int(Leaf):
         return value
 
 
+_EXPONENT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+"""Exponent notation without a decimal point: a number in YAML 1.2, a string in YAML 1.1."""
+
+
 class Number(Leaf):
     """A finite real number, stored as float, optionally bounded: ``Number(2.0, gt=0)``.
 
     ``keep_int=True`` leaves an integer an int (for a value that outputs already record as it was given).
+    A string in exponent notation without a decimal point (``'1e-4'``, which YAML 1.1 reads as a string) is
+    read as the number it spells.
     """
 
     def __init__(self, default: Any = REQUIRED, *, min: float | None = None, max: float | None = None,
@@ -124,6 +131,8 @@ class Number(Leaf):
         return _bounds("a number", self.min, self.max, self.gt, self.lt) + (" or null" if self.nullable else "")
 
     def check(self, name: str, value: Any) -> int | float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or not _within(value, self.min, self.max, self.gt, self.lt)):
             self.fail(name, value)

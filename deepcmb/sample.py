@@ -33,7 +33,8 @@ observed (lensed, beam-convolved, noisy), µK; ``*_lensed``: noise-free lensed s
 ``*_unlensed``: the unlensed sky, µK (``E``/``B`` as scalar maps, i.e. inverse Fourier transforms of the
 E/B modes); ``phi``: lensing potential, rad²; ``kappa``: convergence, dimensionless."""
 
-_COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3, "mask": 4, "depth": 5, "sources": 6, "dust": 7}
+_COMPONENT = {"cmb": 0, "bmodes": 1, "phi": 2, "noise": 3, "mask": 4, "depth": 5, "sources": 6, "dust": 7,
+              "map_mean_field": 8}
 
 
 def sample_rng(root_seed: int, index: int, component: str) -> np.random.Generator:
@@ -45,10 +46,11 @@ def sample_rng(root_seed: int, index: int, component: str) -> np.random.Generato
         The run's root seed.
     index : int
         Sample index.
-    component : {'cmb', 'bmodes', 'phi', 'noise', 'mask', 'depth', 'sources', 'dust'}
+    component : {'cmb', 'bmodes', 'phi', 'noise', 'mask', 'depth', 'sources', 'dust', 'map_mean_field'}
         Each component has its own stream, so switching one off leaves the others unchanged (``mask``:
         the holes of the survey mask; ``depth``: the noise map, :mod:`deepcmb.survey`; ``sources``,
-        ``dust``: the foreground residuals, :mod:`deepcmb.foregrounds`).
+        ``dust``: the foreground residuals, :mod:`deepcmb.foregrounds`; ``map_mean_field``: the
+        simulations of the MAP estimator's mean field, :mod:`deepcmb.iterative.meanfield`).
     """
     ss = np.random.SeedSequence(int(root_seed), spawn_key=(int(index), _COMPONENT[component]))
     return np.random.default_rng(ss)

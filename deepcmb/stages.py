@@ -182,7 +182,7 @@ STAGES = {s.name: s for s in (
                                 f"(default: {DEFAULT_NETWORK})", required=False), QE, UQ),
           "file", section=None, config_required=False, flags=True, keras=True, method="nn"),
     Stage("reconstruct_map", "reconstruct", "deepcmb.iterative.stage", "deepcmb.iterative.settings:SCHEMA",
-          "reconstruct kappa with the iterative MAP estimator (periodic maps, white noise)", (MAPS, UQ), "file",
+          "reconstruct kappa with the iterative MAP estimator (flat-sky maps)", (MAPS, UQ), "file",
           section="run.map", config_required=False, flags=True, method="map", resumes=True,
           options=("workers", "scheduler", "scheduler_file")),
     Stage("calibrate", "calibrate", "deepcmb.uncertainty.stage", "deepcmb.uncertainty.stage:SCHEMA",

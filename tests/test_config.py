@@ -1,6 +1,7 @@
 """Schema leaves: each constraint refuses a bad value naming the field and keeps a good one."""
 
 import pytest
+import yaml
 
 from deepcmb.config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, defaults, leaf, leaves, resolve
 from deepcmb.errors import ConfigError
@@ -75,6 +76,18 @@ def test_good_values_are_kept_in_canonical_form():
     # ... unless the leaf keeps ints as given; a float stays a float
     assert type(cfg["w"]) is int and type(resolve({"w": 1.5}, SCHEMA)["w"]) is float
     assert type(cfg["n"]) is int and type(cfg["shape"]) is list
+
+
+def test_exponent_notation_that_yaml_reads_as_a_string_is_a_number():
+    """PyYAML (YAML 1.1) reads ``1e-4`` as a string: a Number takes it as the number it spells, in a config file
+    as on the command line, and still refuses other strings and bounds."""
+    text = yaml.safe_load("x: 1e-4\ny: 5E-1\n")
+    assert isinstance(text["x"], str)
+    cfg = resolve(text, SCHEMA)
+    assert cfg["x"] == 1e-4 and cfg["y"] == 0.5 and type(cfg["x"]) is float
+    for bad in ("1e", "1e-4x", "one"):
+        with pytest.raises(ConfigError):
+            resolve({"x": bad}, SCHEMA)
 
 
 def test_defaults_and_null():

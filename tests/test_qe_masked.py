@@ -11,7 +11,8 @@ from deepcmb.cli import main
 from deepcmb.evaluation import run_evaluate
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.qe import QuadraticEstimator
-from deepcmb.qe.cinv import CinvFilter, pixel_inner
+from deepcmb.iterative.operators import pixel_inner
+from deepcmb.qe.cinv import CinvFilter
 from deepcmb.qe.engine import to_fourier
 from deepcmb.qe.masked import MaskedQE, Simulations, effective_noise, monte_carlo, observed_cross
 from deepcmb.sample import Instrument, sample_rng

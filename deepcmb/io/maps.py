@@ -13,13 +13,16 @@ module: :class:`deepcmb.io.sims.SimsMaps` for a simulation file (:mod:`deepcmb.i
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import InputError
 from . import observations, sims
 from .files import text
 
-MASK_AWARE = ("qe",)
+MASK_AWARE = ("qe", "map")
 """Reconstruction methods that take masked maps (a mask not all ones or a non-constant ``ivar_p``)."""
 
 READERS = {sims.FORMAT: sims.SimsMaps, observations.FORMAT: observations.Observations}
@@ -76,3 +79,63 @@ def open_maps(path: str | Path, method: str | None = None) -> sims.SimsMaps | ob
         raise InputError(f"{path}: masked maps (a mask not all ones or a non-constant ivar_p) are not "
                          f"supported yet by method {method}")
     return maps
+
+
+def read_weights(source: sims.SimsMaps | observations.Observations, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The masks and polarization inverse noise variances of some maps of an open file.
+
+    Parameters
+    ----------
+    source : SimsMaps or Observations
+        An open file (:func:`open_maps`).
+    rows : ndarray of int
+        Maps to read, all of one noise level.
+
+    Returns
+    -------
+    mask : ndarray, shape (len(rows), ny, nx)
+        The file's ``/mask`` (in [0, 1]); ones without one.
+    ivar : ndarray, shape (len(rows), ny, nx)
+        The file's ``/ivar_p``, 1/µK² per pixel for each of Q and U; without one, the white noise of the
+        level, :math:`(\\Delta_{\\rm pix} / \\Delta_P)^2` (pixel side in arcmin over µK-arcmin).
+
+    Raises
+    ------
+    InputError
+        Without ``/ivar_p`` at a noiseless level.
+    """
+    shape = (len(rows),) + source.shape
+    mask = source.read("mask", rows).astype(float) if "mask" in source.weights else np.ones(shape)
+    if "ivar_p" in source.weights:
+        ivar = source.read("ivar_p", rows).astype(float)
+    else:
+        noise = source.instruments()[source.noise_index[rows[0]]].noise_p_uk_arcmin
+        if noise == 0:
+            raise InputError(f"{source.path}: masked maps without /ivar_p need noise_p_uk_arcmin > 0")
+        ivar = np.full(shape, (source.pixel_arcmin / noise) ** 2)
+    return mask, ivar
+
+
+def weight_groups(mask: np.ndarray, ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (mask, inverse-variance) pairs of some maps: what a mean field is simulated for.
+
+    Parameters
+    ----------
+    mask, ivar : ndarray, shape (n, ny, nx)
+
+    Returns
+    -------
+    first : ndarray of int, shape (n_groups,)
+        The first map of each distinct pair.
+    group : ndarray of int, shape (n,)
+        The pair (group) of every map.
+    """
+    keys, first, group = {}, [], np.empty(len(mask), np.int64)
+    for i in range(len(mask)):
+        key = hashlib.sha256(np.ascontiguousarray(mask[i]).tobytes() + np.ascontiguousarray(ivar[i]).tobytes())
+        key = key.hexdigest()
+        if key not in keys:
+            keys[key] = len(first)
+            first.append(i)
+        group[i] = keys[key]
+    return np.array(first, dtype=np.int64), group

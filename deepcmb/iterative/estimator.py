@@ -8,6 +8,12 @@ Wiener-filtered estimate. A step that does not raise :math:`\\mathcal{J}` (or wh
 (at most a few times). The iterations stop when the gradient, measured in the starting metric, has fallen below
 ``tol`` times its value at the QE start, or after ``max_iterations``.
 
+On masked maps, maps with a noise map and non-periodic maps (embedded at the centre of a periodic grid
+``pad`` times larger per side, unobserved outside the map) the data model takes the pixel weights
+:math:`N^{-1} = M\\, {\\rm ivar}_P`, the iterations start from :math:`\\phi = 0` (the QE start assumes
+white noise; the first step is its Wiener-filtered form with the simulated mean field removed) and the
+gradient's mean field (:mod:`deepcmb.iterative.meanfield`) is subtracted.
+
 References
 ----------
 Carron & Lewis (2017), arXiv:1704.08230, Sec. 3 (L-BFGS from the QE with the isotropic curvature);
@@ -26,7 +32,10 @@ from ..config import resolve
 from ..errors import ConfigError, ConvergenceError, InputError
 from ..geometry import FlatSkyGeometry, interp_spectrum
 from ..qe import QuadraticEstimator
+from ..io.maps import weight_groups
 from ..sample import Instrument
+from ..survey import box_cut, padded_box
+from .meanfield import gradient_mean_field
 from .operators import PolarizationModel
 from .posterior import LensingPosterior
 from .settings import ESTIMATOR_SCHEMA
@@ -48,7 +57,7 @@ class MapResult:
         Wiener-filtered unlensed E at the MAP potential, µK.
     b_delensed : ndarray, shape ``geom.shape``
         B-mode map of the data minus the lensed, beam-convolved Wiener-filtered E (the lensing B
-        template removed), µK.
+        template removed), µK; with pixel weights, of that residual set to zero where the weight is.
     iterations : int
         Quasi-Newton steps taken.
     gradient_ratio : float
@@ -73,12 +82,12 @@ class MapResult:
 
 
 class MapEstimator:
-    """Iterative MAP estimator of the lensing potential from Q, U maps (periodic flat-sky patch, white noise).
+    """Iterative MAP estimator of the lensing potential from flat-sky Q, U maps.
 
     Parameters
     ----------
     geom : FlatSkyGeometry
-        Periodic patch.
+        The maps' patch.
     spectra : CMBSpectra
         Fiducial spectra: the unlensed EE is the prior of E, ``clpp`` the prior of phi; the QE start uses
         the lensed spectra.
@@ -88,14 +97,27 @@ class MapEstimator:
         Over :data:`~deepcmb.iterative.settings.ESTIMATOR_SCHEMA`: the data band ``lmin, lmax`` and output
         band ``Lmin, Lmax`` (default: the QE's, :data:`deepcmb.qe.BAND`), ``lmax_cmb`` (band limit of the
         unlensed E), ``max_iterations`` and ``tol`` (relative gradient) stop the steps, ``cg_tol`` (each
-        Wiener filter's relative residual), ``history`` (L-BFGS memory), ``nufft_epsilon``.
+        Wiener filter's relative residual), ``history`` (L-BFGS memory), ``nufft_epsilon``; for
+        weighted maps ``pad``, ``mean_field_maps`` and ``mc_seed`` (:meth:`mean_field`).
     nthreads : int
         Threads for the NUFFTs and FFTs.
+    periodic : bool
+        Whether the maps are periodic; if not, every map is embedded in a periodic grid ``pad`` times larger
+        per side (:func:`deepcmb.survey.padded_box`) and weighted (white noise inside, none outside).
+
+    Attributes
+    ----------
+    box : FlatSkyGeometry
+        The periodic grid the operators act on (``geom`` itself for periodic maps).
     """
 
-    def __init__(self, geom: FlatSkyGeometry, spectra, instrument, settings: Mapping | None = None, nthreads: int = 1):
+    def __init__(self, geom: FlatSkyGeometry, spectra, instrument, settings: Mapping | None = None, nthreads: int = 1,
+                 periodic: bool = True):
         cfg = resolve(dict(settings or {}), ESTIMATOR_SCHEMA, "map.")
-        self.geom, self.settings, self.nthreads = geom, cfg, nthreads
+        self.geom, self.settings, self.nthreads, self.periodic = geom, cfg, nthreads, bool(periodic)
+        self.box = geom if periodic else padded_box(geom, cfg["pad"])
+        self.cut = box_cut(self.box.shape, geom.shape)
+        geom = self.box
         instrument = instrument if isinstance(instrument, Instrument) else Instrument(**instrument)
         if instrument.noise_p_uk_arcmin <= 0:
             raise ConfigError("map: the MAP estimator needs noisy maps (noise_p_uk_arcmin > 0)")
@@ -121,23 +143,80 @@ class MapEstimator:
     def start(self, pol: np.ndarray) -> np.ndarray:
         """QE start: the Wiener-filtered MV_POL estimate's phi modes (rfft grid, rad²)."""
         est = self.qe.estimate({"Q": pol.real, "U": pol.imag})
-        return self.geom.map2fourier(est["phi"]) * self.start_filter
+        return self.box.map2fourier(est["phi"]) * self.start_filter
 
-    def estimate(self, q: np.ndarray, u: np.ndarray, ivar: np.ndarray | None = None) -> MapResult:
+    def embed(self, m: np.ndarray) -> np.ndarray:
+        """A map of shape ``geom.shape`` at the centre of a zero map of the grid ``box``."""
+        out = np.zeros(self.box.shape, dtype=np.result_type(m, float))
+        out[self.cut] = m
+        return out
+
+    def _on_patch(self, name: str, m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=float)
+        if m.shape != self.geom.shape:
+            raise InputError(f"map: expected {name} of shape {self.geom.shape}, got {m.shape}")
+        return m
+
+    def weight(self, ivar: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray | None:
+        """The inverse noise the data model takes on ``box``, :math:`M\\, {\\rm ivar}_P` (µK⁻² per pixel) embedded;
+        None for periodic maps with white noise and no mask.
+
+        Parameters
+        ----------
+        ivar : ndarray, shape ``geom.shape``, optional
+            Inverse noise variance of each of Q and U (µK⁻², zero where unobserved); default the white noise
+            of the instrument.
+        mask : ndarray, shape ``geom.shape``, optional
+            Mask in [0, 1] (an apodised one down-weights the pixels of its taper); default ones.
+        """
+        if ivar is None and mask is None and self.periodic:
+            return None
+        w = np.full(self.geom.shape, 1.0 / self.model.sigma2) if ivar is None else self._on_patch("ivar", ivar)
+        return self.embed(w if mask is None else w * self._on_patch("mask", mask))
+
+    def mean_field(self, ivar: np.ndarray | None = None, mask: np.ndarray | None = None,
+                   first_index: int = 0) -> np.ndarray | None:
+        """The gradient's mean field for maps of inverse noise ``ivar`` and ``mask`` (:meth:`weight`), from
+        ``mean_field_maps`` simulations with streams ``mc_seed`` starting at ``first_index``
+        (:func:`~deepcmb.iterative.meanfield.gradient_mean_field`; the simulated noise is that of ``ivar``);
+        None where there is none to subtract (periodic maps with white noise and no mask, or
+        ``mean_field_maps = 0``).
+        """
+        cfg = self.settings
+        weight = self.weight(ivar, mask)
+        if weight is None or cfg["mean_field_maps"] == 0:
+            return None
+        self.model.set_noise(weight)
+        noise = None if ivar is None else self.embed(self._on_patch("ivar", ivar))
+        return gradient_mean_field(self.model, self.clpp_grid, cfg["mean_field_maps"], cfg["mc_seed"], first_index,
+                                   cfg["cg_tol"], cfg["cg_max_iterations"], noise_ivar=noise)
+
+    def estimate(self, q: np.ndarray, u: np.ndarray, ivar: np.ndarray | None = None, mask: np.ndarray | None = None,
+                 mean_field: np.ndarray | None = None) -> MapResult:
         """MAP reconstruction of one pair of Q, U maps (µK, shape ``geom.shape``).
 
-        ``ivar``: the inverse noise variance of each of Q and U per pixel (µK⁻², zero where masked) instead
-        of the instrument's white noise; the iterations then start from phi = 0 (the QE start assumes white
-        noise), and the mean field such weights induce is not subtracted (the objective is the joint one).
+        Parameters
+        ----------
+        q, u : ndarray, shape ``geom.shape``
+            Observed maps, µK (any value where the weight is zero).
+        ivar, mask : ndarray, shape ``geom.shape``, optional
+            Inverse noise variance of each of Q and U per pixel (µK⁻², zero where unobserved) and mask; the
+            data model then takes the weights :math:`M\\, {\\rm ivar}_P` (:meth:`weight`) and the iterations
+            start from phi = 0 (the QE start assumes white noise).
+        mean_field : ndarray, optional
+            The gradient's mean field for these weights (:meth:`mean_field`), subtracted at every step;
+            default none (the joint MAP).
         """
         q, u = np.asarray(q, dtype=float), np.asarray(u, dtype=float)
         if q.shape != self.geom.shape or u.shape != self.geom.shape:
             raise InputError(f"map: expected Q, U maps of shape {self.geom.shape}, got {q.shape}, {u.shape}")
         cfg = self.settings
-        pol = q + 1j * u
-        self.model.set_noise(ivar)
-        post = LensingPosterior(self.model, pol, self.clpp_grid, cfg["cg_tol"], cfg["cg_max_iterations"])
-        phi = self.start(pol) if ivar is None else np.zeros(self.geom.fourier_shape(), dtype=complex)
+        weight = self.weight(ivar, mask)
+        pol = self.embed(q + 1j * u)
+        self.model.set_noise(weight)
+        post = LensingPosterior(self.model, pol, self.clpp_grid, cfg["cg_tol"], cfg["cg_max_iterations"],
+                                mean_field=mean_field)
+        phi = self.start(pol) if weight is None else np.zeros(self.box.fourier_shape(), dtype=complex)
         point = post.evaluate(phi)
         first = point.value
         cg_total = point.cg_iterations
@@ -172,12 +251,14 @@ class MapEstimator:
             phi, point = phi + s, trial
             it += 1
             ratio = self._norm(post, point.gradient) / g0
-        geom = self.geom
+        box, cut = self.box, self.cut
         phi_out = np.where(self.output_band, phi, 0.0)
-        b_modes = geom.qu2eb(point.residual.real, point.residual.imag)[1]
+        residual = point.residual if weight is None else np.where(weight > 0, point.residual, 0.0)
+        b_modes = box.qu2eb(residual.real, residual.imag)[1]
         return MapResult(
-            phi=geom.fourier2map(phi_out), kappa=geom.fourier2map(phi_out * self._kappa_of_phi),
-            e_delensed=point.e_wf, b_delensed=geom.fourier2map(b_modes), iterations=it, gradient_ratio=float(ratio),
+            phi=box.fourier2map(phi_out)[cut], kappa=box.fourier2map(phi_out * self._kappa_of_phi)[cut],
+            e_delensed=point.e_wf[cut], b_delensed=box.fourier2map(b_modes)[cut], iterations=it,
+            gradient_ratio=float(ratio),
             converged=bool(ratio < cfg["tol"]), cg_iterations=cg_total, objective=float(point.value - first))
 
     def _norm(self, post: LensingPosterior, grad: np.ndarray) -> float:
@@ -203,15 +284,19 @@ class MapEstimator:
 
 
 def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spectra, instrument,
-                    settings: Mapping | None = None, nthreads: int = 1) -> dict:
+                    settings: Mapping | None = None, nthreads: int = 1, periodic: bool = True) -> dict:
     """MAP-reconstruct the lensing of flat-sky polarization maps.
 
     Parameters
     ----------
     geom : FlatSkyGeometry
-        Periodic patch.
+        The maps' patch.
     maps : mapping
-        ``'Q', 'U'`` -> observed maps in µK, each ``(ny, nx)`` or ``(N, ny, nx)``.
+        ``'Q', 'U'`` -> observed maps in µK, each ``(ny, nx)`` or ``(N, ny, nx)``; optionally ``'mask'`` (in
+        [0, 1]) and ``'ivar_p'`` (inverse noise variance of each of Q and U, 1/µK²) of the same shape, as in
+        an observation file. With either, or with ``periodic=False``, the data model takes the pixel weights
+        ``mask * ivar_p`` (``ivar_p`` defaults to the instrument's white noise) and a gradient mean field is
+        simulated for each distinct weight map (:meth:`MapEstimator.mean_field`).
     spectra : CMBSpectra
         Fiducial spectra (priors of E and phi; the QE start).
     instrument : Instrument-like
@@ -220,6 +305,8 @@ def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spect
         Over :data:`~deepcmb.iterative.settings.ESTIMATOR_SCHEMA` (see :class:`MapEstimator`).
     nthreads : int
         Threads for the NUFFTs and FFTs.
+    periodic : bool
+        Whether the maps are periodic (:class:`MapEstimator`).
 
     Returns
     -------
@@ -240,8 +327,17 @@ def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spect
     q, u = (q[None], u[None]) if single else (q, u)
     if q.shape != u.shape or q.ndim != 3:
         raise InputError(f"map: Q and U must be (ny, nx) or (N, ny, nx) of one shape, got {q.shape}, {u.shape}")
-    est = MapEstimator(geom, spectra, instrument, settings, nthreads=nthreads)
-    maps, stats = stack_results([est.estimate(qi, ui) for qi, ui in zip(q, u)])
+    est = MapEstimator(geom, spectra, instrument, settings, nthreads=nthreads, periodic=periodic)
+    if "mask" in maps or "ivar_p" in maps or not periodic:
+        mask, ivar = (np.broadcast_to(np.asarray(maps[k], dtype=float), q.shape) if k in maps else
+                      np.broadcast_to(value, q.shape) for k, value in (("mask", 1.0), ("ivar_p", 1.0 / est.model.sigma2)))
+        first, group = weight_groups(mask, ivar)
+        mean_fields = [est.mean_field(ivar[i], mask[i], first_index=k * est.settings["mean_field_maps"])
+                       for k, i in enumerate(first)]
+        results = [est.estimate(q[i], u[i], ivar[i], mask[i], mean_fields[group[i]]) for i in range(len(q))]
+    else:
+        results = [est.estimate(qi, ui) for qi, ui in zip(q, u)]
+    maps, stats = stack_results(results)
     out = {**maps, **stats}
     return {k: v[0] for k, v in out.items()} if single else out
 

@@ -45,6 +45,15 @@ if TYPE_CHECKING:
     from ..geometry import FlatSkyGeometry
 
 
+def pixel_inner(a: np.ndarray, b: np.ndarray) -> float:
+    """:math:`{\\rm Re} \\sum \\bar a\\, b` of two real or complex arrays, without the threads of BLAS (which
+    ``numpy.vdot`` uses, and which cost far more than they save on maps of this size when another process
+    shares the cores)."""
+    if np.iscomplexobj(a) or np.iscomplexobj(b):
+        return float(np.sum(a.real * b.real) + np.sum(a.imag * b.imag))
+    return float(np.sum(a * b))
+
+
 class Lensing:
     """Lensing by one deflection field as a pair of planned NUFFTs.
 
@@ -150,14 +159,15 @@ class PolarizationModel:
 
     def set_noise(self, ivar: np.ndarray | None) -> None:
         """Use white noise (``ivar`` None: the pixel variance of ``noise_p_uk_arcmin``) or a map of inverse
-        noise variance (µK⁻² per pixel, zero where masked; the preconditioner then uses its mean)."""
+        noise variance (µK⁻² per pixel, zero where masked; the preconditioner then uses its mean over the
+        observed pixels, ``ivar > 0``)."""
         if ivar is not None:
             ivar = np.asarray(ivar, dtype=float)
             if ivar.shape != self.geom.shape or not np.all(np.isfinite(ivar)) or ivar.min() < 0 or ivar.max() == 0:
                 raise InputError(f"map: the inverse-variance map must be finite, >= 0, not all zero, of shape "
                                  f"{self.geom.shape}")
         self.ivar = ivar
-        weight = 1.0 / self.sigma2 if ivar is None else float(ivar.mean())
+        weight = 1.0 / self.sigma2 if ivar is None else float(ivar[ivar > 0].mean())
         total = self._inv_prior + self._beam**2 * self._band * weight
         self._precond = np.divide(1.0, total, out=np.zeros_like(total), where=self.e_band)
 
@@ -182,7 +192,7 @@ class PolarizationModel:
 
     def inner(self, a: np.ndarray, b: np.ndarray) -> float:
         """Pixel inner product of two E fields given by their coefficients."""
-        return self.n_pix * float(np.vdot(a, b).real)
+        return self.n_pix * pixel_inner(a, b)
 
     # -- the operators --------------------------------------------------------------------------------
     def _filter(self, pol: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -232,7 +242,34 @@ class PolarizationModel:
         lensed = self.lensing.forward(self.pol_grid(e))
         return self._inv_prior * e + self.adjoint(self.noise_weight(lensed), beam=False)
 
+    def simulate(self, rng: np.random.Generator, noise_ivar: np.ndarray | None = None) -> np.ndarray:
+        """Data drawn at the current potential: :math:`d = A E + n` (complex ``Q + iU``, µK).
+
+        :math:`E` is Gaussian with the prior spectrum (:math:`\\langle |e_\\mathbf{k}|^2 \\rangle = C_l /
+        (N_{\\rm pix} \\Delta^2)` for the coefficients, zero outside the band) and :math:`n` white in each
+        of Q and U with the pixel variance :math:`\\sigma^2`, or, with pixel weights, :math:`1/{\\rm ivar}`
+        where they are positive (zero elsewhere: those pixels carry no data).
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+        noise_ivar : ndarray, shape ``geom.shape``, optional
+            The inverse variance of the noise actually in the data (µK⁻²), where it differs from the
+            weights the model takes (an apodised mask down-weights pixels whose noise it does not raise);
+            used where the weights are positive.
+        """
+        white = rng.standard_normal(self.geom.shape)
+        scale = np.divide(1.0, np.sqrt(self._inv_prior), out=np.zeros_like(self._inv_prior), where=self.e_band)
+        e = self.e_coefficients(white) * scale
+        if self.ivar is None:
+            rms = np.full(self.geom.shape, np.sqrt(self.sigma2))
+        else:
+            var = self.ivar if noise_ivar is None else np.asarray(noise_ivar, dtype=float)
+            rms = np.divide(1.0, np.sqrt(var), out=np.zeros_like(self.ivar), where=(self.ivar > 0) & (var > 0))
+        noise = rng.standard_normal((2,) + self.geom.shape) * rms
+        return self.apply(e) + noise[0] + 1j * noise[1]
+
     def precondition(self, e: np.ndarray) -> np.ndarray:
         """Fourier-diagonal approximate inverse of :meth:`normal`: :math:`(C_E^{-1} + B_l^2 \\bar w)^{-1}`, with
-        :math:`\\bar w` the mean inverse pixel variance (:math:`1/\\sigma^2` for white noise)."""
+        :math:`\\bar w` the mean inverse variance of the observed pixels (:math:`1/\\sigma^2` for white noise)."""
         return self._precond * e

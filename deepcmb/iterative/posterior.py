@@ -19,9 +19,17 @@ by the envelope theorem:
 
 the product of the residual leg and the gradient of the Wiener-filtered ``Q + iU`` (:math:`P_{\\rm WF} =
 \\mathcal{S} E_{\\rm WF}`) evaluated at the deflected positions, with :math:`\\Delta^2` the pixel area.
-The log-determinant's gradient, the mean field, vanishes at :math:`\\phi = 0` on a periodic patch with
-white noise; its response to :math:`\\phi` is neglected here, as in the joint MAP of Millea, Anderes &
-Wandelt (2019).
+
+**Mean field.** The marginal log-posterior adds :math:`-\\tfrac12 \\ln\\det {\\rm Cov}_\\phi`, whose
+gradient is minus the mean field :math:`g^{\\rm MF}(\\phi) = \\langle \\delta\\mathcal{J}_d /
+\\delta\\phi\\rangle_{d | \\phi}`, the average of the data part of the gradient above (the term in
+:math:`\\mathbf{V}`) over data simulated at :math:`\\phi` (Carron & Lewis 2017). It vanishes on a
+periodic patch with white noise; a mask or a noise map makes it large. With a mean field given
+(:func:`deepcmb.iterative.meanfield.gradient_mean_field`, simulated at :math:`\\phi = 0` and held fixed,
+its dependence on :math:`\\phi` neglected) the objective is
+:math:`\\mathcal{J}(\\phi) - \\int d^2x\\, g^{\\rm MF}\\phi` and its gradient the one above minus
+:math:`g^{\\rm MF}`: the log-determinant to first order in :math:`\\phi`. Without one it is the joint MAP
+of Millea, Anderes & Wandelt (2019).
 
 References
 ----------
@@ -36,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry import FlatSkyGeometry
-from .operators import PolarizationModel
+from .operators import PolarizationModel, pixel_inner
 from .wiener import wiener_filter_e
 
 
@@ -80,14 +88,19 @@ class LensingPosterior:
         Relative residual of the Wiener filter.
     cg_max_iterations : int
         Conjugate-gradient iterations at most (:class:`~deepcmb.errors.ConvergenceError` beyond).
+    mean_field : ndarray, complex, shape ``geom.fourier_shape()``, optional
+        The mean field :math:`g^{\\rm MF}` of the gradient (module docstring; rfft modes of
+        :math:`\\delta\\mathcal{J}/\\delta\\phi`, sr⁻¹ rad⁻²); default none.
     """
 
     def __init__(self, model: PolarizationModel, pol: np.ndarray, clpp_grid: np.ndarray, cg_tol: float,
-                 cg_max_iterations: int = 1000):
+                 cg_max_iterations: int = 1000, mean_field: np.ndarray | None = None):
         self.model, self.pol, self.cg_tol = model, np.asarray(pol, dtype=complex), cg_tol
         self.cg_max_iterations = cg_max_iterations
         geom = model.geom
         self.band = clpp_grid > 0
+        self.mean_field = np.zeros(geom.fourier_shape(), dtype=complex) if mean_field is None else \
+            np.where(self.band, mean_field, 0.0)
         self.inv_clpp = np.divide(1.0, clpp_grid, out=np.zeros_like(clpp_grid), where=self.band)
         lx, ly = geom.lxly(real=False)
         self._ik = np.stack([1j * ly, 1j * lx])  # d/dy, d/dx on the fft2 grid
@@ -125,13 +138,14 @@ class LensingPosterior:
         self._e_start = cg.x
         grid = m.pol_grid(cg.x)
         resid = self.pol - m.beam(m.lensing.forward(grid))
-        value = (-0.5 * float(np.vdot(resid, m.inverse_noise(resid)).real)
-                 - 0.5 * m.inner(cg.x, m.inverse_prior(cg.x)) + self.prior_value(phi_fourier))
+        value = (-0.5 * pixel_inner(resid, m.inverse_noise(resid))
+                 - 0.5 * m.inner(cg.x, m.inverse_prior(cg.x)) + self.prior_value(phi_fourier)
+                 - self.inner(self.mean_field, phi_fourier))
         grad = np.zeros(geom.fourier_shape(), dtype=complex)
         if gradient:
             leg = m.residual_leg(resid)
             grad_p = m.lensing.forward(self._ik * grid)  # (2, ny, nx): d_y P, d_x P at x + grad phi
             v = np.real(np.conj(leg) * grad_p)
             div = np.sum(self._ik_real * geom.map2fourier(v), axis=0)
-            grad = np.where(self.band, -div / geom.pixel_rad**2 - phi_fourier * self.inv_clpp, 0.0)
+            grad = np.where(self.band, -div / geom.pixel_rad**2 - phi_fourier * self.inv_clpp - self.mean_field, 0.0)
         return PosteriorPoint(value, grad, m.e_map(cg.x), resid, cg.iterations)

@@ -7,7 +7,7 @@ only the ``deepcmb reconstruct --method map`` stage needs (``run.map`` of a pres
 from __future__ import annotations
 
 from ..config import Int, Number
-from ..qe.quadratic import BAND
+from ..qe.quadratic import BAND, EMBEDDING_PAD
 
 ESTIMATOR_SCHEMA = {
     "lmin": Number(BAND["lmin"], min=0, doc="lowest CMB multipole of the data used (as the QE's filters)"),
@@ -19,10 +19,15 @@ ESTIMATOR_SCHEMA = {
     "max_iterations": Int(20, min=0, doc="quasi-Newton steps at most"),
     "tol": Number(0.01, gt=0, doc="stop when the gradient has fallen below tol x its value at the QE start"),
     "cg_tol": Number(1e-5, gt=0, lt=1, doc="relative residual of each Wiener filter (conjugate gradients)"),
-    "cg_max_iterations": Int(400, min=1, doc="conjugate-gradient iterations at most per Wiener filter (a step whose "
+    "cg_max_iterations": Int(1000, min=1, doc="conjugate-gradient iterations at most per Wiener filter (a step whose "
                                               "filter does not converge is shortened)"),
     "history": Int(8, min=1, doc="L-BFGS memory (steps)"),
     "nufft_epsilon": Number(1e-7, gt=2e-13, lt=1e-2, doc="relative accuracy of the lensing NUFFTs"),
+    "pad": Number(EMBEDDING_PAD, gt=1, doc="non-periodic maps: side of the periodic grid they are embedded in "
+                                           "(unobserved outside the map) over the map's"),
+    "mean_field_maps": Int(32, min=0, doc="masked or non-periodic maps: simulations of the mean field of the "
+                                          "gradient per mask and noise map (0: none, the joint MAP)"),
+    "mc_seed": Int(0, min=0, doc="root seed of the mean-field simulations"),
 }
 """Settings of :class:`~deepcmb.iterative.MapEstimator` with their defaults."""
 

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConvergenceError
-from .operators import PolarizationModel
+from .operators import PolarizationModel, pixel_inner
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,7 @@ def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: 
     maxiter : int
         Iterations at most.
     inner : callable, optional
-        ``(a, b) -> Re <a, b>``, the inner product (default ``Re vdot(a, b)``; e.g. a plain sum of products
-        for small real arrays, which avoids the threads of BLAS).
+        ``(a, b) -> Re <a, b>``, the inner product (default :func:`pixel_inner`).
 
     Returns
     -------
@@ -79,9 +78,7 @@ def conjugate_gradient(apply: Callable[[np.ndarray], np.ndarray], precondition: 
     ConvergenceError
         If the residual is not below ``tol`` after ``maxiter`` iterations.
     """
-    if inner is None:
-        def inner(a, c):
-            return float(np.vdot(a, c).real)
+    inner = pixel_inner if inner is None else inner
     norm_b = float(np.sqrt(inner(b, b)))
     if norm_b == 0.0:
         return CGResult(np.zeros_like(b), 0, 0.0)

@@ -46,17 +46,12 @@ import numpy as np
 from ..errors import InputError
 from ..flatsky import gaussian_beam
 from ..geometry import interp_spectrum
+from ..iterative.operators import pixel_inner
 from ..iterative.wiener import conjugate_gradient
 from .engine import to_fourier, to_map
 
 if TYPE_CHECKING:
     from ..geometry import FlatSkyGeometry
-
-
-def pixel_inner(a: np.ndarray, b: np.ndarray) -> float:
-    """Pixel-sum inner product :math:`\\sum_\\mathbf{x} a(\\mathbf{x}) b(\\mathbf{x})` of real maps (without
-    the threads of BLAS, which cost more than they save on small maps)."""
-    return float(np.sum(a * b))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ calibration are refused, since neither is defined for masked maps.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from ..binning import bin_centres, linear_bins
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, InputError
+from ..io.maps import read_weights, weight_groups
 from ..io.reconstruction import ReconstructionWriter
 from ..progress import Progress
 from ..sample import Instrument
@@ -43,32 +43,6 @@ if TYPE_CHECKING:
     from ..io.sims import SimsMaps
 
 log = logging.getLogger(__name__)
-
-
-def _weights(source, rows):
-    """Masks and inverse noise variances (1/µK²) of ``rows``, each ``(len(rows), ny, nx)``."""
-    shape = (len(rows),) + source.shape
-    mask = source.read("mask", rows).astype(float) if "mask" in source.weights else np.ones(shape)
-    if "ivar_p" in source.weights:
-        ivar = source.read("ivar_p", rows).astype(float)
-    else:
-        noise = source.instruments()[source.noise_index[rows[0]]].noise_p_uk_arcmin
-        if noise == 0:
-            raise InputError(f"{source.path}: masked maps without /ivar_p need noise_p_uk_arcmin > 0")
-        ivar = np.full(shape, (source.pixel_arcmin / noise) ** 2)
-    return mask, ivar
-
-
-def _groups(mask, ivar):
-    """Index of the distinct (mask, ivar) pairs, and the group of each map."""
-    keys, first, group = {}, [], np.empty(len(mask), np.int64)
-    for i in range(len(mask)):
-        key = hashlib.sha256(mask[i].tobytes() + ivar[i].tobytes()).hexdigest()
-        if key not in keys:
-            keys[key] = len(first)
-            first.append(i)
-        group[i] = keys[key]
-    return np.array(first), group
 
 
 @dataclass(frozen=True)
@@ -115,12 +89,12 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
     runs, w2, w4, next_index = {}, [], [], 0
     for lev in np.unique(levels):
         rows = np.flatnonzero(levels == lev)
-        mask, ivar = _weights(source, rows)
+        mask, ivar = read_weights(source, rows)
         blind = np.flatnonzero(~np.any(mask * ivar > 0, axis=(1, 2)))
         if blind.size:
             raise InputError(f"{source.path}: map {rows[blind[0]]} has no observed pixel (mask x ivar_p is zero "
                              f"everywhere; {blind.size} such maps): leave such patches out")
-        first, group = _groups(mask, ivar)
+        first, group = weight_groups(mask, ivar)
         inst = instruments[lev]
         mean = Instrument(inst.beam_fwhm_arcmin, inst.noise_t_uk_arcmin,
                           effective_noise(geom.pixel_arcmin, mask * ivar))

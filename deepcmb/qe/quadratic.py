@@ -44,6 +44,10 @@ BAND = {"lmin": 300.0, "lmax": 3500.0, "Lmin": 20.0, "Lmax": 3500.0}
 """Default multipole band of every quadratic estimator (the choice of ResUNet-CMB): CMB multipoles
 ``lmin <= l <= lmax`` in the filters, lensing multipoles ``Lmin <= L <= Lmax`` in the output."""
 
+EMBEDDING_PAD = 2.0
+"""Default side of the periodic grid a non-periodic map is embedded in (unobserved outside the map) over the
+map's side, for the filters of the QE and of MAP on masked maps."""
+
 
 def _lensed(spectra):
     try:

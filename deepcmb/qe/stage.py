@@ -37,7 +37,7 @@ from .apodization import cosine_window, default_taper, window_moment
 from .estimators import fields_needed
 from .estimators import parse_estimator
 from .masked_stage import run_masked
-from .quadratic import BAND, QuadraticEstimator
+from .quadratic import BAND, EMBEDDING_PAD, QuadraticEstimator
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ SCHEMA = {
                                               "curved-sky patches)"),
     "mean_field_maps": Int(64, min=1, doc="maps per mean-field estimate: of the file, for non-periodic patches; "
                                           "simulated per mask and noise map, for masked maps"),
-    "pad": Number(2.0, gt=1, doc="masked non-periodic maps: side of the periodic grid of the C^-1 filter over "
+    "pad": Number(EMBEDDING_PAD, gt=1, doc="masked non-periodic maps: side of the periodic grid of the C^-1 filter over "
                                  "the map's"),
     "cg_tol": Number(1e-3, gt=0, doc="masked maps: relative residual at which the C^-1 filter's conjugate "
                                      "gradients stop"),
