@@ -96,7 +96,7 @@ class Calibration:
         :math:`\\chi^2` of the per-band gradients about the smoothed ones (their errors from the
         calibration maps, band correlations ignored), ``smooth_dof`` degrees of freedom each.
     smooth_dof : int
-        ``nb - GRADIENT_DEGREE - 1`` when the gradients are smoothed, 0 otherwise.
+        ``nb - degree - 1`` when the gradients are smoothed (``degree`` of :func:`calibrate`), 0 otherwise.
     auto_mean : ndarray, shape (nb,)
         Mean auto band powers of the reference cosmology's maps (sr).
     auto_covariance : ndarray, shape (nb, nb)
@@ -352,7 +352,7 @@ def _wls(design, scale, values, variance, ndim):
 
 
 def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray], cross: Sequence[np.ndarray],
-              truth: Sequence[np.ndarray]) -> Calibration:
+              truth: Sequence[np.ndarray], degree: int | None = GRADIENT_DEGREE) -> Calibration:
     """Calibrate transfer and noise of a method, and their linear dependence on the sampled parameters.
 
     Parameters
@@ -365,6 +365,10 @@ def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray
     auto, cross, truth : sequence of ``k`` ndarray, shape (n_c, nb)
         Per-map band powers :math:`\\hat C_b`, :math:`C^{\\hat\\kappa\\kappa}_b` and
         :math:`C^{\\kappa\\kappa}_b` of the maps of each calibration cosmology (sr).
+    degree : int or None
+        Degree of the polynomial in band index fitted to each gradient's logarithmic response
+        (:func:`smoothing_projection`); None keeps the per-band gradients (for comparison: their noise
+        makes the posteriors too narrow along a degeneracy, see the module notes).
 
     Returns
     -------
@@ -404,21 +408,21 @@ def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray
     nb = est.shape[2]
     projection = np.tile(np.eye(nb), (2, ndim, 1, 1))
     smooth_chi2 = np.zeros((2, ndim))
-    smoothed = k > 1 and nb > GRADIENT_DEGREE + 1
+    smoothed = degree is not None and k > 1 and nb > degree + 1
     if smoothed:
         for q, (smooth, coef, infl) in enumerate(((t_smooth, t_coef, influence[0]), (n_smooth, n_coef, influence[1]))):
             for i in range(ndim):
                 # per-band errors of the raw gradient (diagonal of the influence covariance)
                 err = np.sqrt(sum(np.sum((u * smooth[:, 1 + i, c]) ** 2, axis=0) / (u.shape[0] * (u.shape[0] - 1))
                                   for c, u in enumerate(infl)))
-                projection[q, i] = smoothing_projection(coef[0], err, GRADIENT_DEGREE)
+                projection[q, i] = smoothing_projection(coef[0], err, degree)
                 smooth_chi2[q, i] = np.sum(((coef[1 + i] - projection[q, i] @ coef[1 + i]) / err) ** 2)
                 coef[1 + i] = projection[q, i] @ coef[1 + i]
     ref = np.asarray(auto[0], dtype=float)
     return Calibration(thetas[0], thetas, t_coef[0], n_coef[0], t_coef[1:], n_coef[1:], t_smooth, n_smooth,
                        projection[0], projection[1], tuple(influence[0]), tuple(influence[1]), t_chi2, n_chi2,
                        k - design.shape[1], smooth_chi2[0], smooth_chi2[1],
-                       nb - GRADIENT_DEGREE - 1 if smoothed else 0,
+                       nb - degree - 1 if smoothed else 0,
                        ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), ref.shape[0], "calibrated")
 
 
