@@ -18,6 +18,7 @@ from deepcmb.errors import ConfigError, InputError, OutputExistsError
 from deepcmb.geometry import FlatSkyGeometry
 from deepcmb.params import run_params
 from deepcmb.cli import build_parser
+from deepcmb.params.calibration import GRADIENT_DEGREE
 from deepcmb.params.emulator import binned_clkk, build_emulator
 from deepcmb.binning import bin_centres, linear_bins, mode_counts
 
@@ -226,6 +227,10 @@ def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology
     # the measured cosmology dependence is the simulated one
     cal = summary["calibration"]["nn"]
     assert cal["cosmologies"] == [0, 1, 2, 3, 4] and cal["linear_fit"]["dof"] == 2 * len(summary["bins"]["L"])
+    smoothing = cal["gradient_smoothing"]
+    n_bins = len(summary["bins"]["L"])
+    assert smoothing["dof"] == (n_bins - GRADIENT_DEGREE - 1 if n_bins > GRADIENT_DEGREE + 1 else 0)
+    assert set(smoothing["chi2_noise"]) == {"Alens", "As"}
     for name, (dlnt, dlnn) in LINEAR_SLOPES.items():
         g = cal["gradients"][name]
         assert abs(g["dlnT_dlnP"] - dlnt) < 4 * g["dlnT_dlnP_err"]
@@ -236,6 +241,7 @@ def test_calibration_over_cosmology_recovers_held_out_cosmologies(over_cosmology
         g = f["calibration/nn"]
         assert g["transfer_gradient"].shape == g["noise_gradient_err"].shape == (2, len(summary["bins"]["L"]))
         assert list(g.attrs["parameter_names"]) == ["Alens", "As"]
+        assert g.attrs["smooth_dof"] == smoothing["dof"] and g.attrs["smooth_chi2_noise"].shape == (2,)
     # the same data with a constant T, N from the fiducial maps: every test cosmology is off by many sigma
     out = run_params(dict(cfg, calibration_cosmologies=[0], test_cosmologies=[5, 6, 7, 8]), {"report": over_cosmology}, tmp_path / "constant", progress=False)
     single = json.loads((out / "summary.json").read_text())

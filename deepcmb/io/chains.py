@@ -16,7 +16,9 @@ the writer of ``chains.h5`` (:func:`write_chains`) and its reader (:class:`Chain
     /calibration/<label>/noise_gradient, noise_gradient_err (ndim, nb)   dN_b/dtheta_i (sr per unit), likewise
                            attrs: method, n_maps (reference), cosmologies, n_maps_per_cosmology,
                                   parameter_names, theta_ref; with gradients also fit_dof and the linear
-                                  fits' chi2 summed over bands, fit_chi2_transfer, fit_chi2_noise
+                                  fits' chi2 summed over bands, fit_chi2_transfer, fit_chi2_noise, and
+                                  smooth_dof, smooth_chi2_transfer, smooth_chi2_noise (ndim,): chi2 of the
+                                  per-band gradients about their smoothed log-response
     /<label>/cosmo<c>/chain (steps - burn, walkers, ndim) float64
     /<label>/cosmo<c>/log_prob (steps - burn, walkers)
     /<label>/cosmo<c>/data, model_best (nb,), covariance (nb, nb)
@@ -35,6 +37,7 @@ the writer of ``chains.h5`` (:func:`write_chains`) and its reader (:class:`Chain
                              "n0": [...], "noise_residual": [...] (QE),
                              "gradients": {P: {"transfer", "transfer_err", "noise", "noise_err": [...],
                                                "dlnT_dlnP", "dlnT_dlnP_err", "dlnN_dlnP", "dlnN_dlnP_err"}},
+                             "gradient_smoothing": {"degree", "chi2_transfer": {P: x}, "chi2_noise": {P: x}, "dof"},
                              "linear_fit": {"chi2_transfer", "chi2_noise", "dof"}  (several cosmologies)}},
      "theory_check": {"emulator_vs_report_max_rel": float, "truth_over_theory": [...],
                       "truth_over_theory_err": [...]},
@@ -49,6 +52,9 @@ the writer of ``chains.h5`` (:func:`write_chains`) and its reader (:class:`Chain
 
 ``dlnT_dlnP`` (``dlnN_dlnP``) is the mean over bands of :math:`P_{\\rm ref}\\, \\partial_P T_b / T_b`, the
 measured logarithmic response of the method's transfer (noise) to parameter P, with its standard error.
+The gradients are smoothed across bands (:func:`deepcmb.params.calibration.smoothing_projection`);
+``gradient_smoothing`` gives the polynomial degree (null when not smoothed) and the chi2 of the per-band
+gradients about the smoothed ones, ``dof`` degrees of freedom each.
 ``pull = (mean - truth) / std``; ``within_2sigma``: every sampled parameter and the derived amplitude
 have ``|pull| <= 2``; ``prior_std_ratio``: posterior std over the flat prior's (range / sqrt 12), near 1
 for a parameter the data do not constrain. Non-finite numbers are written as null.
@@ -146,7 +152,8 @@ def _calibration_datasets(g, method, cals, plan, names):
         g["transfer_gradient"], g["transfer_gradient_err"] = cal.transfer_gradient, t_err
         g["noise_gradient"], g["noise_gradient_err"] = cal.noise_gradient, n_err
         g.attrs.update(fit_dof=cal.fit_dof, fit_chi2_transfer=float(cal.fit_chi2_transfer.sum()),
-                       fit_chi2_noise=float(cal.fit_chi2_noise.sum()))
+                       fit_chi2_noise=float(cal.fit_chi2_noise.sum()), smooth_dof=cal.smooth_dof,
+                       smooth_chi2_transfer=cal.smooth_chi2_transfer, smooth_chi2_noise=cal.smooth_chi2_noise)
 
 
 class Chains(H5View):

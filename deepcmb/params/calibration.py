@@ -23,6 +23,17 @@ fitted per band by weighted least squares to the per-cosmology estimates, weight
 (per-map scatter over the number of maps). With one calibration cosmology the gradients are zero (a
 constant response).
 
+The per-band gradients are then smoothed across bands (:func:`smoothing_projection`): the logarithmic
+responses :math:`\\partial_i T_b / T_b` and :math:`\\partial_i N_b / N_b` are replaced by their weighted
+least-squares fit with a polynomial of degree :data:`GRADIENT_DEGREE` in the band index. The responses
+of the methods are smooth in :math:`L`, while the per-band estimates from a few tens of maps a cosmology
+are noisy; and what separates the nearly degenerate parameters (e.g. ``Alens`` from ``As``) is the
+difference of the parameters' responses across bands, a quantity quadratic in the gradients whose
+estimate the noise of every band biases high (:math:`E|\\hat g|^2 = |g|^2 + {\\rm tr}\\,\\Sigma_g`), so
+that posteriors from noisy per-band gradients are too narrow along the degeneracy. Fewer free numbers
+per gradient shrink that bias; :math:`\\chi^2` of the smoothing fits is kept to show where the smooth
+model fails.
+
 Every fitted quantity is a linear combination of the per-cosmology estimates, and each of those a
 mean over maps, so the calibration's statistical error at any :math:`\\theta` follows from per-map
 influence functions (:meth:`Calibration.model_covariance`); it includes the correlations between
@@ -48,6 +59,10 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+GRADIENT_DEGREE = 2
+"""Degree of the polynomial in band index fitted to each logarithmic response across bands
+(:func:`smoothing_projection`); with at most ``GRADIENT_DEGREE + 1`` bands the gradients are per band."""
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -66,7 +81,10 @@ class Calibration:
         (per unit of each parameter); zero with one calibration cosmology or an analytic noise.
     transfer_smoother, noise_smoother : ndarray, shape (nb, 1 + ndim, k)
         Per band, the weighted least-squares operator mapping the ``k`` per-cosmology estimates to the
-        intercept and gradients.
+        intercept and the per-band (unsmoothed) gradients.
+    transfer_projection, noise_projection : ndarray, shape (ndim, nb, nb)
+        Per parameter, the linear map from the per-band gradients to the smoothed ones
+        (:func:`smoothing_projection`; the identity when they are not smoothed).
     transfer_influence, noise_influence : tuple of ndarray, shape (n_c, nb)
         Per calibration cosmology, the centred per-map influence of each map on the cosmology's
         :math:`T_b` and :math:`N_b`: the estimates' errors are the means of these.
@@ -74,6 +92,11 @@ class Calibration:
         :math:`\\chi^2` of the linear fits per band, with ``fit_dof`` degrees of freedom each.
     fit_dof : int
         ``k - 1 - ndim`` for a fitted gradient, 0 otherwise.
+    smooth_chi2_transfer, smooth_chi2_noise : ndarray, shape (ndim,)
+        :math:`\\chi^2` of the per-band gradients about the smoothed ones (their errors from the
+        calibration maps, band correlations ignored), ``smooth_dof`` degrees of freedom each.
+    smooth_dof : int
+        ``nb - degree - 1`` when the gradients are smoothed (``degree`` of :func:`calibrate`), 0 otherwise.
     auto_mean : ndarray, shape (nb,)
         Mean auto band powers of the reference cosmology's maps (sr).
     auto_covariance : ndarray, shape (nb, nb)
@@ -92,11 +115,16 @@ class Calibration:
     noise_gradient: np.ndarray
     transfer_smoother: np.ndarray
     noise_smoother: np.ndarray
+    transfer_projection: np.ndarray
+    noise_projection: np.ndarray
     transfer_influence: tuple
     noise_influence: tuple
     fit_chi2_transfer: np.ndarray
     fit_chi2_noise: np.ndarray
     fit_dof: int
+    smooth_chi2_transfer: np.ndarray
+    smooth_chi2_noise: np.ndarray
+    smooth_dof: int
     auto_mean: np.ndarray
     auto_covariance: np.ndarray
     n_maps: int
@@ -115,24 +143,50 @@ class Calibration:
         """:math:`N_b(\\theta)` (sr), shape ``(..., nb)`` for ``theta`` of shape ``(..., ndim)``."""
         return self.noise + (np.asarray(theta, dtype=float) - self.theta_ref) @ self.noise_gradient
 
+    def operator(self, kind: str, x: ArrayLike) -> np.ndarray:
+        """Weights of the per-cosmology estimates in :math:`T_b` or :math:`N_b` at an offset from the reference.
+
+        Parameters
+        ----------
+        kind : {'transfer', 'noise'}
+        x : array_like, shape (1 + ndim,)
+            Weights of the intercept and of each gradient: ``(1, theta - theta_ref)`` for the value at
+            ``theta``, a unit vector for one coefficient.
+
+        Returns
+        -------
+        ndarray, shape (nb, nb, k)
+            ``a[b, b', c]``, the weight of cosmology ``c``'s estimate in band ``b'`` (the gradients mix
+            bands through the smoothing).
+        """
+        smoother = getattr(self, f"{kind}_smoother")
+        projection = getattr(self, f"{kind}_projection")
+        x = np.asarray(x, dtype=float)
+        nb = smoother.shape[0]
+        out = np.zeros((nb, nb, smoother.shape[2]))
+        out[np.arange(nb), np.arange(nb)] = x[0] * smoother[:, 0]
+        for i in range(projection.shape[0]):
+            out += x[1 + i] * projection[i][:, :, None] * smoother[None, :, 1 + i]
+        return out
+
     def _combination_covariance(self, transfer_weights, noise_weights):
         """Covariance of a linear combination of the per-cosmology estimates.
 
         Parameters
         ----------
-        transfer_weights, noise_weights : ndarray, shape (nb, k)
-            Weights :math:`a_{bc}, a'_{bc}` of the quantity
-            :math:`q_b = \\sum_c a_{bc} T_{c,b} + a'_{bc} N_{c,b}`.
+        transfer_weights, noise_weights : ndarray, shape (nq, nb, k)
+            Weights :math:`a_{qbc}, a'_{qbc}` of the quantities
+            :math:`q_q = \\sum_{b,c} a_{qbc} T_{c,b} + a'_{qbc} N_{c,b}` (e.g. :meth:`operator`).
 
         Returns
         -------
-        ndarray, shape (nb, nb)
-            Its covariance over the noise of the calibration maps (cosmologies independent).
+        ndarray, shape (nq, nq)
+            Their covariance over the noise of the calibration maps (cosmologies independent).
         """
-        nb = self.transfer.size
-        cov = np.zeros((nb, nb))
+        nq = transfer_weights.shape[0]
+        cov = np.zeros((nq, nq))
         for c, (u, v) in enumerate(zip(self.transfer_influence, self.noise_influence)):
-            psi = transfer_weights[:, c] * u + noise_weights[:, c] * v
+            psi = u @ transfer_weights[:, :, c].T + v @ noise_weights[:, :, c].T
             n = psi.shape[0]
             cov += psi.T @ psi / (n * (n - 1))
         return cov
@@ -152,18 +206,18 @@ class Calibration:
             In sr²; zero for an analytic calibration.
         """
         x = np.concatenate([[1.0], np.asarray(theta, dtype=float) - self.theta_ref])
-        a_t = np.einsum("j,bjc->bc", x, self.transfer_smoother)
-        a_n = np.einsum("j,bjc->bc", x, self.noise_smoother)
-        return self._combination_covariance(2 * self.transfer_at(theta)[:, None] * clkk[:, None] * a_t, a_n)
+        a_t = (2 * self.transfer_at(theta) * np.asarray(clkk, dtype=float))[:, None, None] * self.operator("transfer", x)
+        return self._combination_covariance(a_t, self.operator("noise", x))
 
     def gradient_errors(self) -> tuple[np.ndarray, np.ndarray]:
         """Standard errors of ``transfer_gradient`` and ``noise_gradient``, each shape ``(ndim, nb)``."""
         ndim, nb = self.transfer_gradient.shape
-        zero = np.zeros((nb, self.thetas.shape[0]))
+        zero = np.zeros((nb, nb, self.thetas.shape[0]))
         out = np.zeros((2, ndim, nb))
         for i in range(ndim):
-            out[0, i] = np.diag(self._combination_covariance(self.transfer_smoother[:, 1 + i], zero))
-            out[1, i] = np.diag(self._combination_covariance(zero, self.noise_smoother[:, 1 + i]))
+            x = np.eye(1 + ndim)[1 + i]
+            out[0, i] = np.diag(self._combination_covariance(self.operator("transfer", x), zero))
+            out[1, i] = np.diag(self._combination_covariance(zero, self.operator("noise", x)))
         return np.sqrt(out[0]), np.sqrt(out[1])
 
     def log_response(self, i: int) -> dict[str, float]:
@@ -178,11 +232,12 @@ class Calibration:
             The errors are those of the gradients (the much smaller error of the denominators is left out).
         """
         nb = self.transfer.size
-        zero = np.zeros((nb, self.thetas.shape[0]))
+        zero = np.zeros((nb, nb, self.thetas.shape[0]))
+        x = np.eye(1 + self.theta_ref.size)[1 + i]
         t_weight = self.theta_ref[i] / (nb * self.transfer)
         n_weight = self.theta_ref[i] / (nb * self.noise)
-        t_cov = self._combination_covariance(t_weight[:, None] * self.transfer_smoother[:, 1 + i], zero)
-        n_cov = self._combination_covariance(zero, n_weight[:, None] * self.noise_smoother[:, 1 + i])
+        t_cov = self._combination_covariance(t_weight[:, None, None] * self.operator("transfer", x), zero)
+        n_cov = self._combination_covariance(zero, n_weight[:, None, None] * self.operator("noise", x))
         out = {"transfer": float(np.sum(t_weight * self.transfer_gradient[i])),
                "transfer_err": float(np.sqrt(t_cov.sum())),
                "noise": float(np.sum(n_weight * self.noise_gradient[i])),
@@ -249,6 +304,40 @@ def calibration_design(thetas: ArrayLike, names: Sequence[str]) -> tuple[np.ndar
     return design, scale
 
 
+def smoothing_projection(scale: ArrayLike, error: ArrayLike, degree: int = GRADIENT_DEGREE) -> np.ndarray:
+    """Linear map from per-band gradients to their fit with a smooth logarithmic response.
+
+    The relative gradient :math:`r_b = g_b / s_b` (:math:`s_b` the fitted :math:`T_b` or :math:`N_b`) is
+    fitted by weighted least squares with a polynomial of degree ``degree`` in the band position
+    :math:`x_b \\in [-1, 1]` (equally spaced by band index), weights :math:`(s_b / \\sigma_b)^2`; the fit
+    is :math:`\\tilde g = {\\rm diag}(s)\\, X (X^T W X)^{-1} X^T W\\, {\\rm diag}(s)^{-1} g`. The scales
+    are held fixed (their errors, much smaller than the gradients', are left out).
+
+    Parameters
+    ----------
+    scale : array_like, shape (nb,)
+        :math:`s_b`, nonzero.
+    error : array_like, shape (nb,)
+        Standard errors :math:`\\sigma_b` of the per-band gradients, positive.
+    degree : int
+        Polynomial degree; with ``nb <= degree + 1`` bands the identity is returned (nothing to smooth).
+
+    Returns
+    -------
+    ndarray, shape (nb, nb)
+        ``P`` with ``smoothed = P @ gradient``.
+    """
+    scale = np.asarray(scale, dtype=float)
+    error = np.asarray(error, dtype=float)
+    nb = scale.size
+    if nb <= degree + 1:
+        return np.eye(nb)
+    x = np.vander(np.linspace(-1.0, 1.0, nb), degree + 1)
+    w = (scale / error) ** 2
+    hat = x @ np.linalg.solve(x.T @ (w[:, None] * x), x.T * w)
+    return scale[:, None] * hat / scale[None, :]
+
+
 def _wls(design, scale, values, variance, ndim):
     """Per-band weighted least squares of ``values`` (k, nb): smoother (nb, 1 + ndim, k) and chi2 (nb,)."""
     w = 1.0 / variance
@@ -263,7 +352,7 @@ def _wls(design, scale, values, variance, ndim):
 
 
 def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray], cross: Sequence[np.ndarray],
-              truth: Sequence[np.ndarray]) -> Calibration:
+              truth: Sequence[np.ndarray], degree: int | None = GRADIENT_DEGREE) -> Calibration:
     """Calibrate transfer and noise of a method, and their linear dependence on the sampled parameters.
 
     Parameters
@@ -276,6 +365,10 @@ def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray
     auto, cross, truth : sequence of ``k`` ndarray, shape (n_c, nb)
         Per-map band powers :math:`\\hat C_b`, :math:`C^{\\hat\\kappa\\kappa}_b` and
         :math:`C^{\\kappa\\kappa}_b` of the maps of each calibration cosmology (sr).
+    degree : int or None
+        Degree of the polynomial in band index fitted to each gradient's logarithmic response
+        (:func:`smoothing_projection`); None keeps the per-band gradients (for comparison: their noise
+        makes the posteriors too narrow along a degeneracy, see the module notes).
 
     Returns
     -------
@@ -312,9 +405,24 @@ def calibrate(thetas: ArrayLike, names: Sequence[str], auto: Sequence[np.ndarray
     n_smooth, n_chi2 = _wls(design, scale, est[1], var[1], ndim)
     t_coef = np.einsum("bjc,cb->jb", t_smooth, est[0])
     n_coef = np.einsum("bjc,cb->jb", n_smooth, est[1])
+    nb = est.shape[2]
+    projection = np.tile(np.eye(nb), (2, ndim, 1, 1))
+    smooth_chi2 = np.zeros((2, ndim))
+    smoothed = degree is not None and k > 1 and nb > degree + 1
+    if smoothed:
+        for q, (smooth, coef, infl) in enumerate(((t_smooth, t_coef, influence[0]), (n_smooth, n_coef, influence[1]))):
+            for i in range(ndim):
+                # per-band errors of the raw gradient (diagonal of the influence covariance)
+                err = np.sqrt(sum(np.sum((u * smooth[:, 1 + i, c]) ** 2, axis=0) / (u.shape[0] * (u.shape[0] - 1))
+                                  for c, u in enumerate(infl)))
+                projection[q, i] = smoothing_projection(coef[0], err, degree)
+                smooth_chi2[q, i] = np.sum(((coef[1 + i] - projection[q, i] @ coef[1 + i]) / err) ** 2)
+                coef[1 + i] = projection[q, i] @ coef[1 + i]
     ref = np.asarray(auto[0], dtype=float)
     return Calibration(thetas[0], thetas, t_coef[0], n_coef[0], t_coef[1:], n_coef[1:], t_smooth, n_smooth,
-                       tuple(influence[0]), tuple(influence[1]), t_chi2, n_chi2, k - design.shape[1],
+                       projection[0], projection[1], tuple(influence[0]), tuple(influence[1]), t_chi2, n_chi2,
+                       k - design.shape[1], smooth_chi2[0], smooth_chi2[1],
+                       nb - degree - 1 if smoothed else 0,
                        ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), ref.shape[0], "calibrated")
 
 
@@ -345,6 +453,7 @@ def calibrate_n0(auto: np.ndarray, n0: np.ndarray, theta_ref: ArrayLike) -> Cali
     nb, ndim = n0.size, theta_ref.size
     zero = np.zeros((ndim, nb))
     smoother = np.zeros((nb, 1 + ndim, 0))
-    return Calibration(theta_ref, theta_ref[None], np.ones(nb), n0, zero, zero, smoother, smoother, (), (),
-                       np.zeros(nb), np.zeros(nb), 0, auto.mean(0), np.atleast_2d(np.cov(auto, rowvar=False)),
-                       auto.shape[0], "n0")
+    identity = np.tile(np.eye(nb), (ndim, 1, 1))
+    return Calibration(theta_ref, theta_ref[None], np.ones(nb), n0, zero, zero, smoother, smoother, identity,
+                       identity, (), (), np.zeros(nb), np.zeros(nb), 0, np.zeros(ndim), np.zeros(ndim), 0,
+                       auto.mean(0), np.atleast_2d(np.cov(auto, rowvar=False)), auto.shape[0], "n0")

@@ -15,6 +15,7 @@ from scipy.stats import chi2 as chi2_dist
 
 from ..io.files import write_json
 from ..provenance import provenance_attrs
+from .calibration import GRADIENT_DEGREE
 from .likelihood import DERIVED
 from .sampling import marginal
 
@@ -51,6 +52,10 @@ def _calibration_summary(method, cals, plan, names):
                 "noise": cal.noise_gradient[i], "noise_err": n_err[i],
                 "dlnT_dlnP": resp["transfer"], "dlnT_dlnP_err": resp["transfer_err"],
                 "dlnN_dlnP": resp["noise"], "dlnN_dlnP_err": resp["noise_err"]}
+        rec["gradient_smoothing"] = {"degree": GRADIENT_DEGREE if cal.smooth_dof else None,
+                                     "chi2_transfer": dict(zip(names, cal.smooth_chi2_transfer.tolist())),
+                                     "chi2_noise": dict(zip(names, cal.smooth_chi2_noise.tolist())),
+                                     "dof": cal.smooth_dof}
         rec["linear_fit"] = {"chi2_transfer": float(cal.fit_chi2_transfer.sum()),
                              "chi2_noise": float(cal.fit_chi2_noise.sum()),
                              "dof": cal.fit_dof * cal.transfer.size}
@@ -112,7 +117,8 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
         text += (f"T_b and N_b are linear in ({', '.join(cfg['sample'])}) about reference cosmology {cal[0]}, "
                  f"fitted per band by weighted least squares to the maps of calibration cosmologies {cal} at noise "
                  f"level {j} ({', '.join(str(r.size) for r in plan.calibration_rows)} maps), separate from the "
-                 "test maps.")
+                 "test maps; each gradient's logarithmic response is smoothed across bands with a polynomial of "
+                 f"degree {GRADIENT_DEGREE} in band index (when there are more bands than terms).")
     notes = [text + f" The band-power covariance comes from the {n_ref} maps of cosmology {cal[0]} (Hartlap-"
              "corrected) and includes the calibration's own statistical error, propagated to the model at the "
              "best fit."]
@@ -134,6 +140,11 @@ def _notes(cfg, report, plan, edges, calibrations, fits, results, check):
             if bad:
                 text += (f"; the linear model of {' and '.join(bad)} is rejected (p < {NONLINEAR:g}): narrow the "
                          "spread of the calibration cosmologies")
+            rough = [f"{q}/{name}" for q, x in (("T", c0.smooth_chi2_transfer), ("N", c0.smooth_chi2_noise))
+                     for name, v in zip(cfg["sample"], x) if c0.smooth_dof and chi2_dist.sf(v, c0.smooth_dof) < NONLINEAR]
+            if rough:
+                text += (f"; the smooth log-response of {', '.join(rough)} is rejected by its per-band gradients "
+                         f"(p < {NONLINEAR:g})")
             notes.append(text + ".")
         if report.methods[label].method != "qe":
             continue
