@@ -40,10 +40,12 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import yaml
 
 from deepcmb.cli import main as deepcmb
+from deepcmb.io.files import text
 from deepcmb.io.maps import open_maps
 from deepcmb.results import neff_ratio, noise_table, rst_grid
 
@@ -152,8 +154,11 @@ def main():
                f"rho^2 at L = {table['L'][at]:.0f}: {table['methods']['nn']['rho2'][at]:.3f} (nn), "
                f"{table['methods']['qe']['rho2'][at]:.3f} (QE); {biased}.")
     if args.map:
+        with h5py.File(recs["map"], "r") as f:
+            converged, mean_field = f["meta/converged"][...], text(f.attrs["mean_field"])
         at_map = float(ratios[1][0][sel].max())
-        verdict += (f" MAP: rho^2 at L = {table['L'][at]:.0f} {table['methods']['map']['rho2'][at]:.3f}; "
+        verdict += (f" MAP (mean field: {mean_field}; converged on {int(converged.sum())} of {converged.size} "
+                    f"maps): rho^2 at L = {table['L'][at]:.0f} {table['methods']['map']['rho2'][at]:.3f}; "
                     f"N_eff(nn) / N_eff(MAP) at most {at_map:.2f} over L {LMIN:.0f}-{LMAX:.0f}.")
     cost = ", ".join(f"{k} {v / args.maps:.3g} s per map" for k, v in times.items() if k in methods)
     preset = os.path.relpath(args.sims_config.resolve(), ROOT)
