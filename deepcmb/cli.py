@@ -94,7 +94,9 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stages: list[Stage]) -> Non
     for flag, uses in flags.items():
         leaf = uses[0][2]
         defaults = [(s, lf.default) for s, _, lf in uses]
-        if len(uses) == len(stages) == 1 or len({repr(d) for _, d in defaults}) == 1:
+        if len({lf.doc or lf.describe() for _, _, lf in uses}) > 1:  # one meaning per method: say each
+            help_ = "; ".join(f"{s.method}: {_leaf_help(lf, lf.default)}" for s, _, lf in uses)
+        elif len(uses) == len(stages) == 1 or len({repr(d) for _, d in defaults}) == 1:
             help_ = _leaf_help(leaf, defaults[0][1])
         else:
             help_ = (leaf.doc or leaf.describe()) + " (" + "; ".join(f"{s.method}: default {d}" for s, d in defaults) \

@@ -51,6 +51,8 @@ def test_options_come_from_the_schemas():
             assert flag in options, (stage.name, flag)
             if leaf.default is not None and not isinstance(leaf.default, bool):
                 assert str(leaf.default) in options[flag].help, (flag, options[flag].help)
+            if stage.method and leaf.doc:  # an option shared by methods carries this method's own meaning
+                assert leaf.doc in " ".join(options[flag].help.split()), (stage.name, flag)
 
 
 def test_flags_of_the_other_method_are_refused(tmp_path, capsys):
