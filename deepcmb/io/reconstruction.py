@@ -53,9 +53,9 @@ file), model_inputs (its input channels), split (the maps reconstructed) and mod
 it was trained on, which differs from shape under ``--any-shape``).
 
 A MAP file (``method = 'map'``, :mod:`deepcmb.iterative.stage`) has the attributes estimator
-(``'MAP'``), lmin, lmax, Lmin, Lmax, mean_field and start, the maps ``phi``, ``E_delensed`` and
-``B_delensed`` beside ``kappa``, and per map ``/meta/iterations``, ``converged``, ``gradient_ratio``
-and ``cg_iterations``.
+(``'MAP'``), lmin, lmax, Lmin, Lmax, mean_field and start (and, for masked or non-periodic maps,
+weights: how the data were weighted), the maps ``phi``, ``E_delensed`` and ``B_delensed`` beside
+``kappa``, and per map ``/meta/iterations``, ``converged``, ``gradient_ratio`` and ``cg_iterations``.
 
 A reconstruction made with ``--uncertainty CALIBRATION`` (:mod:`deepcmb.uncertainty.stage`) also has the
 root attributes uq_lmax (L_uq), uq_calibration (path of the calibration file) and ood_threshold, and::
