@@ -4,7 +4,6 @@ the gradient's mean field, the objective with it, MAP with it against the joint 
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from deepcmb.binning import binned_auto_spectrum, binned_cross_spectrum, linear_bins, mode_weights
 from deepcmb.flatsky import gaussian_beam
@@ -17,11 +16,11 @@ from deepcmb.qe.masked import MaskedQE, Simulations, effective_noise
 from deepcmb.sample import Instrument, sample_rng
 from deepcmb.survey import Survey
 
+from survey_factory import SURVEY, write_masked_sims
+
 GEOM = FlatSkyGeometry((64, 64), 2.34375)
 SMALL = FlatSkyGeometry((32, 32), 2.34375)
 INSTRUMENT = Instrument(1.0, 1.0 / np.sqrt(2.0), 1.0)
-SURVEY = {"periodic": False, "mask": {"edge_arcmin": 10.0, "holes_per_deg2": 3.0},
-          "noise": {"depth_factor": [0.7, 1.4]}}
 FAST = {"cg_tol": 1e-4, "max_iterations": 30}
 
 
@@ -138,14 +137,7 @@ def test_mean_field_makes_the_masked_map_estimate_track_the_truth(fiducial):
 
 @pytest.fixture(scope="module")
 def masked_small(tmp_path_factory):
-    d = tmp_path_factory.mktemp("map_masked")
-    cfg = {"seed": 5, "n_maps": 3, "geometry": {"shape": [32, 32], "pixel_arcmin": 2.34375},
-           "instrument": {"noise_p_uk_arcmin": [1.0]}, "simulation": {"fields": ["Q", "U", "kappa"]},
-           "survey": dict(SURVEY, pad=2.0)}
-    (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = d / "sims.h5"
-    assert main(["simulate", "--config", str(d / "cfg.yaml"), "--out", str(out), "--workers", "1", "--quiet"]) == 0
-    return out
+    return write_masked_sims(tmp_path_factory.mktemp("map_masked"), 32, 3)
 
 
 def test_stage_reconstructs_masked_maps_as_the_function_does(masked_small, tmp_path, fiducial, capsys):

@@ -4,7 +4,6 @@ field and Monte Carlo response (deepcmb.qe.masked), and the stage path (deepcmb.
 import h5py
 import numpy as np
 import pytest
-import yaml
 
 from deepcmb.binning import binned_fourier_power, linear_bins
 from deepcmb.cli import main
@@ -18,11 +17,11 @@ from deepcmb.qe.masked import MaskedQE, Simulations, effective_noise, monte_carl
 from deepcmb.sample import Instrument, sample_rng
 from deepcmb.survey import Survey
 
+from survey_factory import SURVEY, write_masked_sims
+
 GEOM = FlatSkyGeometry((64, 64), 2.34375)
 INSTRUMENT = Instrument(1.0, 1.0 / np.sqrt(2.0), 1.0)
 SIGMA2 = (INSTRUMENT.noise_p_uk_arcmin / GEOM.pixel_arcmin) ** 2
-SURVEY = {"periodic": False, "mask": {"edge_arcmin": 10.0, "holes_per_deg2": 3.0},
-          "noise": {"depth_factor": [0.7, 1.4]}}
 
 
 def _survey_maps(n, survey=SURVEY, seed=7):
@@ -147,14 +146,7 @@ def test_masked_qe_is_unbiased_in_cross_with_the_truth_over_the_observed_region(
 
 @pytest.fixture(scope="module")
 def masked_sims(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qe_masked")
-    cfg = {"seed": 5, "n_maps": 6, "geometry": {"shape": [64, 64], "pixel_arcmin": 2.34375},
-           "instrument": {"noise_p_uk_arcmin": [1.0]}, "simulation": {"fields": ["Q", "U", "kappa"]},
-           "survey": dict(SURVEY, pad=2.0)}
-    (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = d / "sims.h5"
-    assert main(["simulate", "--config", str(d / "cfg.yaml"), "--out", str(out), "--workers", "1", "--quiet"]) == 0
-    return out
+    return write_masked_sims(tmp_path_factory.mktemp("qe_masked"), 64, 6)
 
 
 def test_stage_writes_the_masked_reconstruction(masked_sims, tmp_path):

@@ -329,8 +329,8 @@ def reconstruct_map(geom: FlatSkyGeometry, maps: Mapping[str, np.ndarray], spect
         raise InputError(f"map: Q and U must be (ny, nx) or (N, ny, nx) of one shape, got {q.shape}, {u.shape}")
     est = MapEstimator(geom, spectra, instrument, settings, nthreads=nthreads, periodic=periodic)
     if "mask" in maps or "ivar_p" in maps or not periodic:
-        mask, ivar = (np.broadcast_to(np.asarray(maps[k], dtype=float), q.shape) if k in maps else
-                      np.broadcast_to(value, q.shape) for k, value in (("mask", 1.0), ("ivar_p", 1.0 / est.model.sigma2)))
+        mask = np.broadcast_to(np.asarray(maps.get("mask", 1.0), dtype=float), q.shape)
+        ivar = np.broadcast_to(np.asarray(maps.get("ivar_p", 1.0 / est.model.sigma2), dtype=float), q.shape)
         first, group = weight_groups(mask, ivar)
         mean_fields = [est.mean_field(ivar[i], mask[i], first_index=k * est.settings["mean_field_maps"])
                        for k, i in enumerate(first)]

@@ -44,13 +44,12 @@ from ..cosmology import compute_spectra
 from ..errors import InputError
 from ..executor import default_workers, open_executor, run_tasks
 from ..io.files import check_output_file
-from ..io.maps import open_maps, read_weights, weight_groups
+from ..io.maps import open_maps
 from ..io.partial import PartialFolder
 from ..io.reconstruction import ReconstructionWriter, sims_identity
 from ..provenance import config_json
 from ..progress import Progress
-from ..qe.masked import effective_noise
-from ..sample import Instrument
+from ..qe.masked import level_weights
 from ..uncertainty.stage import Uncertainty
 from .estimator import MAPS, STATS, MapEstimator, stack_results
 from .settings import ESTIMATOR_SCHEMA, SCHEMA
@@ -124,26 +123,6 @@ def reconstruct_task(key: int, geom, spectra, instrument, settings: dict, q: np.
     return key, maps, stats
 
 
-def _weighted_levels(f, levels: np.ndarray, instruments: list) -> dict:
-    """For each noise level of a weighted file: its rows, masks, ``ivar_p``, the group (distinct mask and noise
-    map) of each row, the first row of each group, and the instrument of the level's mean observed noise."""
-    out = {}
-    for lev in np.unique(levels):
-        rows = np.flatnonzero(levels == lev)
-        mask, ivar = read_weights(f, rows)
-        blind = np.flatnonzero(~np.any(mask * ivar > 0, axis=(1, 2)))
-        if blind.size:
-            raise InputError(f"{f.path}: map {rows[blind[0]]} has no observed pixel (mask x ivar_p is zero "
-                             f"everywhere; {blind.size} such maps): leave such patches out")
-        first, group = weight_groups(mask, ivar)
-        inst = instruments[lev]
-        mean = Instrument(inst.beam_fwhm_arcmin, inst.noise_t_uk_arcmin,
-                          effective_noise(f.pixel_arcmin, mask * ivar))
-        out[int(lev)] = {"rows": rows, "mask": mask, "ivar": ivar, "group": group, "first": first,
-                         "instrument": mean}
-    return out
-
-
 def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
                         progress: bool = True, workers: int | None = None, scheduler: str | None = None,
                         scheduler_file: str | None = None) -> Path:
@@ -195,8 +174,8 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         if weighted and inputs.get("uncertainty"):
             raise InputError(f"{inputs['uncertainty']}: the calibration of --uncertainty does not cover masked or "
                              f"non-periodic maps ({data})")
-        weights = _weighted_levels(f, levels, instruments) if weighted else {}
-        level_instrument = {int(lev): weights[int(lev)]["instrument"] if weighted else instruments[lev]
+        weights = {int(lev): level_weights(f, lev) for lev in np.unique(levels)} if weighted else {}
+        level_instrument = {int(lev): weights[int(lev)].instrument if weighted else instruments[lev]
                             for lev in np.unique(levels)}
         spectra = compute_spectra({})
         for inst in level_instrument.values():  # a bad setting fails here, once, not in every task
@@ -211,7 +190,7 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                 tasks.append((sel, int(lev)))
         mean_fields = []  # (level, group): one mean field per distinct mask and noise map
         if weighted and settings["mean_field_maps"] > 0:
-            mean_fields = [(lev, g) for lev, w in weights.items() for g in range(len(w["first"]))]
+            mean_fields = [(lev, g) for lev, w in weights.items() for g in range(len(w.first))]
         config = {"method": "map", **cfg, "data": str(data)}
         attrs = {"estimator": "MAP", "lmin": settings["lmin"], "lmax": settings["lmax"], "Lmin": settings["Lmin"],
                  "Lmax": settings["Lmax"], "mean_field": "none (joint MAP: the log-determinant term is neglected)",
@@ -236,8 +215,9 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         def mean_field_work():
             for k in mf_todo:
                 lev, g = mean_fields[k]
-                w, row = weights[lev], weights[lev]["first"][g]
-                yield (k, geom, spectra, level_instrument[lev], settings, periodic, w["ivar"][row], w["mask"][row],
+                w = weights[lev]
+                row = w.first[g]
+                yield (k, geom, spectra, level_instrument[lev], settings, periodic, w.ivar[row], w.mask[row],
                        k * settings["mean_field_maps"])
 
         def work():
@@ -249,11 +229,11 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                     yield args
                     continue
                 w = weights[lev]
-                local = np.searchsorted(w["rows"], sel)
-                groups = w["group"][local]
+                local = np.searchsorted(w.rows, sel)
+                groups = w.group[local]
                 mf = np.stack([partial.load(_mean_field_name(index[(lev, int(g))]))["mean_field"] for g in groups]) \
                     if mean_fields else None
-                yield args + (periodic, w["ivar"][local], w["mask"][local], mf)
+                yield args + (periodic, w.ivar[local], w.mask[local], mf)
 
         with open_executor(workers, scheduler, scheduler_file) as ex:
             if mf_todo:

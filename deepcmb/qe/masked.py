@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..binning import binned_auto_spectrum, binned_cross_spectrum
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..io.maps import read_weights, weight_groups
 from ..sample import FlatSimulator, Instrument, convolve_beam, sample_rng
 from ..survey import box_cut, padded_box
 from .cinv import CinvFilter
@@ -206,6 +207,53 @@ def effective_noise(pixel_arcmin: float, weights: np.ndarray) -> float:
     """Polarization depth (µK-arcmin) of the mean inverse noise over the observed pixels (``weights > 0``)."""
     w = np.asarray(weights, dtype=float)
     return float(pixel_arcmin / np.sqrt(w[w > 0].mean()))
+
+
+@dataclass(frozen=True)
+class LevelWeights:
+    """The weights of the maps of one noise level of a file (:func:`level_weights`).
+
+    Attributes
+    ----------
+    rows : ndarray of int
+        The level's maps.
+    mask, ivar : ndarray, shape (len(rows), ny, nx)
+        Their masks and inverse noise variances (1/µK², :func:`deepcmb.io.maps.read_weights`).
+    first, group : ndarray of int
+        The first map of each distinct mask and noise map, and the group of every map
+        (:func:`deepcmb.io.maps.weight_groups`).
+    instrument : Instrument
+        The level's beam, with the polarization noise of the mean inverse noise of the observed pixels
+        (:func:`effective_noise`): the isotropic filters' noise.
+    """
+
+    rows: np.ndarray
+    mask: np.ndarray
+    ivar: np.ndarray
+    first: np.ndarray
+    group: np.ndarray
+    instrument: Instrument
+
+
+def level_weights(source, level: int) -> LevelWeights:
+    """Read the masks and noise maps of one noise level of an open file (:func:`deepcmb.io.maps.open_maps`).
+
+    Raises
+    ------
+    InputError
+        If a map has no observed pixel (mask x ivar_p zero everywhere), or as
+        :func:`~deepcmb.io.maps.read_weights`.
+    """
+    rows = np.flatnonzero(source.noise_index == level)
+    mask, ivar = read_weights(source, rows)
+    blind = np.flatnonzero(~np.any(mask * ivar > 0, axis=(1, 2)))
+    if blind.size:
+        raise InputError(f"{source.path}: map {rows[blind[0]]} has no observed pixel (mask x ivar_p is zero "
+                         f"everywhere; {blind.size} such maps): leave such patches out")
+    first, group = weight_groups(mask, ivar)
+    inst = source.instruments()[level]
+    mean = Instrument(inst.beam_fwhm_arcmin, inst.noise_t_uk_arcmin, effective_noise(source.pixel_arcmin, mask * ivar))
+    return LevelWeights(rows, mask, ivar, first, group, mean)
 
 
 class Simulations:

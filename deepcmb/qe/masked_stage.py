@@ -31,11 +31,10 @@ import numpy as np
 from ..binning import bin_centres, linear_bins
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, InputError
-from ..io.maps import read_weights, weight_groups
 from ..io.reconstruction import ReconstructionWriter
 from ..progress import Progress
 from ..sample import Instrument
-from .masked import MaskedQE, MonteCarlo, Simulations, effective_noise, monte_carlo
+from .masked import MaskedQE, MonteCarlo, Simulations, level_weights, monte_carlo
 from .quadratic import QuadraticEstimator
 
 if TYPE_CHECKING:
@@ -88,16 +87,9 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
     nbin = len(edges) - 1
     runs, w2, w4, next_index = {}, [], [], 0
     for lev in np.unique(levels):
-        rows = np.flatnonzero(levels == lev)
-        mask, ivar = read_weights(source, rows)
-        blind = np.flatnonzero(~np.any(mask * ivar > 0, axis=(1, 2)))
-        if blind.size:
-            raise InputError(f"{source.path}: map {rows[blind[0]]} has no observed pixel (mask x ivar_p is zero "
-                             f"everywhere; {blind.size} such maps): leave such patches out")
-        first, group = weight_groups(mask, ivar)
+        lw = level_weights(source, lev)
+        rows, mask, ivar, first, group, mean = lw.rows, lw.mask, lw.ivar, lw.first, lw.group, lw.instrument
         inst = instruments[lev]
-        mean = Instrument(inst.beam_fwhm_arcmin, inst.noise_t_uk_arcmin,
-                          effective_noise(geom.pixel_arcmin, mask * ivar))
         mqe = MaskedQE(geom, spectra, mean, label, lmin=cfg["lmin"], lmax=cfg["lmax"], Lmin=Lmin, Lmax=Lmax,
                        periodic=source.periodic, pad=cfg["pad"], cg_tol=cfg["cg_tol"], cg_maxiter=cfg["cg_maxiter"],
                        precision=cfg["precision"])

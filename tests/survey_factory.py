@@ -1,0 +1,24 @@
+"""Masked test maps shared by the masked-QE and masked-MAP tests: a survey (non-periodic patches, a 10' edge
+taper, point-source holes, a noise map of 0.7-1.4 times the level) and a small simulation file of it."""
+
+from pathlib import Path
+
+import yaml
+
+from deepcmb.cli import main
+
+SURVEY = {"periodic": False, "mask": {"edge_arcmin": 10.0, "holes_per_deg2": 3.0},
+          "noise": {"depth_factor": [0.7, 1.4]}}
+
+
+def write_masked_sims(directory: Path, shape: int, n_maps: int) -> Path:
+    """``deepcmb simulate`` of ``n_maps`` maps of ``shape`` x ``shape`` pixels of 2.34375' with the survey
+    :data:`SURVEY` at 1 uK-arcmin (Q, U, kappa); returns the file."""
+    cfg = {"seed": 5, "n_maps": n_maps, "geometry": {"shape": [shape, shape], "pixel_arcmin": 2.34375},
+           "instrument": {"noise_p_uk_arcmin": [1.0]}, "simulation": {"fields": ["Q", "U", "kappa"]},
+           "survey": dict(SURVEY, pad=2.0)}
+    (directory / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = directory / "sims.h5"
+    assert main(["simulate", "--config", str(directory / "cfg.yaml"), "--out", str(out), "--workers", "1",
+                 "--quiet"]) == 0
+    return out
