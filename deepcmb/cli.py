@@ -16,7 +16,8 @@ or ``deepcmb run``'s lines per stage). Errors a user can cause print one line ``
 error: <message>`` and exit with code 2, without a traceback; so does a second command on an output
 that another one is writing (:mod:`deepcmb.io.lock`). SIGTERM and SIGINT print one line ``deepcmb
 <stage>: interrupted (SIGTERM); re-run the same command to resume`` and exit with code 143 or 130
-(:mod:`deepcmb.interrupts`).
+(:mod:`deepcmb.interrupts`). ``deepcmb train --time-limit`` stopping before its last epoch prints one
+line and exits with code 75, the run resumable.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import yaml
 
 from .config import Bool, ListOf, OneOf, Str, leaves, load_yaml, option_name, override, set_value
 from .errors import ConfigError, DeepCMBError, InputError
-from .interrupts import Interrupted, interruptible
+from .interrupts import Interrupted, TimeLimitReached, interruptible
 from .progress import INTERVAL_S
 from .stages import Stage, commands
 
@@ -43,6 +44,9 @@ OPTIONS = {
     "workers": {"type": int, "help": "local worker processes (default: one per core this process may use)"},
     "scheduler": {"help": "Dask distributed scheduler address (tcp://host:port)"},
     "scheduler_file": {"metavar": "FILE", "help": "Dask scheduler file (dask scheduler --scheduler-file FILE)"},
+    "time_limit": {"type": float, "metavar": "MINUTES",
+                   "help": "stop after the epoch in which MINUTES of wall time have passed, checkpointed: exit 75, "
+                           "and the same command continues (a batch job's limit less a margin)"},
     "shard": {"metavar": "K/N", "help": "make only the K-th of N shares of the work (e.g. one task of an array job) "
                                         "into OUT.partial/; a call without --shard then assembles OUT"},
 }
@@ -288,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeepCMBError as exc:
         print(f"deepcmb {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except TimeLimitReached as exc:
+        print(f"deepcmb {args.stage}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt as exc:  # Interrupted, or Ctrl-C before the handlers were in place
         stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         resumes = args.stage == "run" or any(s.resumes for s in commands()[args.stage])

@@ -51,6 +51,17 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class TimeLimitReached(Exception):
+    """A resumable stage stopped at the wall-time limit it was given (``deepcmb train --time-limit``).
+
+    What it had done is saved as after an interruption, so the same command continues. The command line
+    prints the message on one line and exits with :attr:`exit_code`.
+    """
+
+    exit_code = 75
+    """``EX_TEMPFAIL`` of ``sysexits.h``: not finished, try again; a job chain (``afterok``) stops here."""
+
+
 def _raise(signum: int, frame: object) -> None:
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)  # the clean-up that follows is not interrupted in turn

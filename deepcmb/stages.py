@@ -172,7 +172,7 @@ STAGES = {s.name: s for s in (
           "file", section="cutout", config_required=False, flags=True),
     Stage("train", "train", "deepcmb.nn.train", "deepcmb.nn.settings:SCHEMA",
           "train the ResUNet on a simulation file", (SIMS, QE), "folder", resumes=True, finished="model.keras",
-          keras=True),
+          keras=True, options=("time_limit",)),
     Stage("reconstruct_qe", "reconstruct", "deepcmb.qe.stage", "deepcmb.qe.stage:SCHEMA",
           "reconstruct kappa with a flat-sky quadratic estimator", (MAPS, UQ), "file", section="run.qe",
           config_required=False, flags=True, method="qe"),

@@ -151,6 +151,25 @@ def test_resume_continues_at_the_right_epoch_and_learning_rate(trained, sims, tm
     assert state["learning_rate"] == pytest.approx(2.5e-4)
 
 
+
+def test_time_limit_stops_resumably_after_a_checkpointed_epoch(trained, sims, tmp_path, capsys):
+    run, cfg = tmp_path / "run", _yaml(tmp_path / "t.yaml", TRAIN)
+    argv = ["train", "--config", cfg, "--sims", str(sims), "--out", str(run), "--quiet"]
+    assert main([*argv, "--time-limit", "0"]) == 75  # every epoch is past a zero budget: one epoch per call
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stopped at the time limit (0 min) after epoch 1/3" in err, err
+    state = json.loads((run / "checkpoints/last.json").read_text())
+    assert state["epoch"] == 1 and not state["finished"] and not state["stopped_early"]
+    assert not (run / "model.keras").exists()
+    assert main([*argv, "--time-limit", "0"]) == 75
+    assert main(argv) == 0  # the same command continues to the end
+    resumed, straight = _history(run), _history(trained)
+    assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
+    for key in ("loss", "val_loss", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in resumed], [float(r[key]) for r in straight], rtol=1e-5)
+    assert (run / "model.keras").exists() and json.loads((run / "checkpoints/last.json").read_text())["finished"]
+    assert main([*argv, "--time-limit", "0"]) == 2  # finished: nothing left to continue
+
 def test_reconstruct_layout_and_units(trained, sims, tmp_path):
     out = tmp_path / "rec.h5"
     assert main(["reconstruct", "--method", "nn", "--model", str(trained), "--data", str(sims), "--out", str(out),

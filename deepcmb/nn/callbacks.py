@@ -148,6 +148,32 @@ class Checkpointer(keras.callbacks.Callback):
         write_json(self.run.last_state, state, sort_keys=True)
 
 
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training after the epoch in which ``minutes`` of wall time have passed since training began.
+
+    Placed after :class:`Checkpointer`, so the epoch is saved first and the stop is not recorded as early
+    stopping: the run stays resumable.
+
+    Parameters
+    ----------
+    minutes : float
+        Wall-time budget of this call, minutes.
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = 60.0 * minutes
+        self.reached = False
+        self.t0 = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if time.perf_counter() - self.t0 >= self.seconds:
+            self.reached = self.model.stop_training = True
+
+
 class TrainingProgress(keras.callbacks.Callback):
     """Progress of training through :mod:`deepcmb.progress`, and one log record per epoch.
 

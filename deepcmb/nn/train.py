@@ -31,7 +31,8 @@ from ..io.sims import geometry, open_sims, read_instruments
 from ..provenance import config_json, provenance_attrs
 from ..qe.quadratic import QuadraticEstimator
 from .backend import configure_backend, distribution_scope
-from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TrainingDiverged, TrainingProgress
+from ..interrupts import TimeLimitReached
+from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TimeLimit, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
 from .model import build_resunet, check_map_shape, model_spec, transfer_weights
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: bool = False,
-              progress: bool = True, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Path:
+              progress: bool = True, callbacks: Sequence[keras.callbacks.Callback] = (),
+              time_limit: float | None = None) -> Path:
     """Run the training stage (or resume it).
 
     Parameters
@@ -65,6 +67,10 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
         progress within each epoch (:class:`~deepcmb.nn.callbacks.TrainingProgress`).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, called after the stage's own.
+    time_limit : float, optional
+        Minutes of wall time for this call's training: it stops after the epoch in which they run out,
+        that epoch checkpointed, and raises :class:`~deepcmb.interrupts.TimeLimitReached` without
+        writing ``model.keras``; the same call continues the run (a batch job resubmitted).
 
     Returns
     -------
@@ -80,6 +86,8 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
         checkpoint leaves nothing behind.
     TrainingDiverged
         The training or validation loss stopped being finite.
+    TimeLimitReached
+        ``time_limit`` ran out before the last epoch (or early stopping).
     """
     cfg = resolve_config(config)
     data, qe = inputs["sims"], inputs.get("qe")
@@ -95,14 +103,14 @@ def run_train(config: dict | None, inputs: dict, out: str | Path, *, overwrite: 
     run = RunDir(out)
     state = run.prepare(identity, overwrite)
     try:
-        return _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
+        return _train(cfg, data, source, splits, identity, run, state, progress, callbacks, time_limit)
     except BaseException:
         if not run.last_state.exists():  # no checkpoint: nothing to resume from, nothing to keep
             run.discard()
         raise
 
 
-def _train(cfg, data, source, splits, identity, run, state, progress, callbacks):
+def _train(cfg, data, source, splits, identity, run, state, progress, callbacks, time_limit):
     """The body of :func:`run_train` once the run folder is prepared (``state``: the checkpoint to resume
     from, or None)."""
     mcfg, tcfg, dcfg = cfg["model"], cfg["training"], cfg["data"]
@@ -175,7 +183,10 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
                       min_delta=es["min_delta"])
     cbs = [NanGuard(train_ds), reduce_lr, early,
            Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"], monitor),
-           TrainingProgress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress), *callbacks]
+           TrainingProgress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress)]
+    limit = TimeLimit(time_limit) if time_limit is not None else None
+    cbs += [limit] if limit else []
+    cbs += list(callbacks)
     if progress:
         what = "fresh simulated maps" if dcfg["on_the_fly"] else f"{len(splits['train'])} maps"
         log.info("training %s parameters on %s (%d batches of %d per epoch), %d validation maps; backend %s, %s",
@@ -193,8 +204,11 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks)
         finally:
             source.close()
     source.close()
-    best_model = _load_checkpoint(run.best)
     ckpt_state = run.read_state()
+    if limit and limit.reached and ckpt_state["epoch"] < tcfg["epochs"] and not ckpt_state["stopped_early"]:
+        raise TimeLimitReached(f"{run.path}: stopped at the time limit ({time_limit:g} min) after epoch "
+                               f"{ckpt_state['epoch']}/{tcfg['epochs']}; re-run the same command to continue")
+    best_model = _load_checkpoint(run.best)
     save_model(best_model, run / "model.keras", include_optimizer=False)
     card = model_card(cfg, model_spec(best_model), identity, ckpt_state["best"],
                       int(np.asarray(best_model.optimizer.iterations)))
