@@ -77,6 +77,26 @@ def test_a_small_excess_common_to_every_bin_fails_the_high_noise_target():
     assert targets(_summary(0.9 * N0, 5.02 * N0, 5 * N0), CFG)["nn_not_worse_high_noise"]["met"]
 
 
+def test_a_high_noise_mean_too_noisy_to_tell_is_no_verdict():
+    """Ten times the errors (10 % a bin): a mean ratio of 1.04 is within two errors of 1 but too imprecise
+    to meet the target; 1.2 is still excluded; the table says 'inconclusive'."""
+    def noisy(s):
+        for group in s["results"]["nn"].values():
+            group["n_eff_err"] = [10 * e for e in group["n_eff_err"]]
+        return s
+
+    t = targets(noisy(_summary(0.9 * N0, 5.2 * N0, 5 * N0)), CFG)["nn_not_worse_high_noise"]
+    assert t["met"] is None and t["mean_ratio"] == pytest.approx(1.04) and 2 * t["mean_ratio_err"] > 0.05
+    assert targets(noisy(_summary(0.9 * N0, 6 * N0, 5 * N0)), CFG)["nn_not_worse_high_noise"]["met"] is False
+    loose = {**CFG, "high_noise_precision": 0.2}
+    assert targets(noisy(_summary(0.9 * N0, 5.2 * N0, 5 * N0)), loose)["nn_not_worse_high_noise"]["met"] is True
+    s = _with_map(noisy(_summary(0.9 * N0, 5.2 * N0, 5 * N0)), 0.7 * N0, 5 * N0)
+    assert targets(s, CFG)["nn_near_map_high_noise"]["met"] is None
+    text = render_rst(collect_from(s))
+    assert "- nn_not_worse_high_noise: inconclusive (mean_ratio 1.04" in text
+    assert "- nn_near_map_high_noise: inconclusive" in text
+
+
 def test_missing_noise_level_gives_no_verdict():
     s = _summary(0.9 * N0, 5 * N0, 5 * N0)
     s["noise_p_uk_arcmin"] = [1.0, 3.0]
