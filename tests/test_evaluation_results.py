@@ -97,6 +97,12 @@ def test_a_high_noise_mean_too_noisy_to_tell_is_no_verdict():
     assert "- nn_near_map_high_noise: inconclusive" in text
 
 
+def test_unbiased_needs_maps_beyond_the_reference_cosmology():
+    s = _summary(0.9 * N0, 5 * N0, 5 * N0)
+    s["results"]["nn"]["cosmo0_noise0"]["n_maps"] = s["results"]["nn"]["noise0"]["n_maps"]  # one cosmology
+    assert targets(s, CFG)["nn_unbiased"]["met"] is None
+
+
 def test_missing_noise_level_gives_no_verdict():
     s = _summary(0.9 * N0, 5 * N0, 5 * N0)
     s["noise_p_uk_arcmin"] = [1.0, 3.0]

@@ -206,7 +206,7 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
     source.close()
     ckpt_state = run.read_state()
     if limit and limit.reached and ckpt_state["epoch"] < tcfg["epochs"] and not ckpt_state["stopped_early"]:
-        raise TimeLimitReached(f"{run.path}: stopped at the time limit ({time_limit:g} min) after epoch "
+        raise TimeLimitReached(f"{run.path}: stopped at the time limit ({time_limit:.3g} min) after epoch "
                                f"{ckpt_state['epoch']}/{tcfg['epochs']}; re-run the same command to continue")
     best_model = _load_checkpoint(run.best)
     save_model(best_model, run / "model.keras", include_optimizer=False)
