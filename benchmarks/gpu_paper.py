@@ -12,8 +12,11 @@ runs the MAP, which is CPU work, and may run on another machine given ``OUT/netw
 Training phase (its timings go to ``OUT/gpu_summary.json``, the table of rates to ``OUT/gpu_rates.rst``):
 
 1. ``OUT/sims_train.h5``: ``--train-maps`` maps of the paper geometry (128 x 128 at 2.34375', 1' beam),
-   Planck 2018, 1 and 5 uK-arcmin. It seeds the configuration and the channel statistics: the network
-   trains on fresh maps of that configuration simulated on the fly by ``--workers`` threads.
+   Planck 2018, 1 and 5 uK-arcmin, simulated by ``--workers`` processes. With ``--data fresh`` (the
+   default) it seeds the configuration and the channel statistics, and the network trains on fresh maps
+   of that configuration simulated on the fly by ``--workers`` threads; with ``--data memory`` the
+   network trains on 90 % of its maps, held in memory and augmented (``data.in_memory``; 256 KiB a map),
+   and validates on the rest.
 2. The network's own speed: the ResUNet of ``train/paper.yaml``, built and compiled as the training stage
    does, trained with ``model.fit`` on batches held in memory, for each precision and batch of
    ``--rates`` (compilation excluded). With ``--precision auto`` the training uses the faster precision
@@ -130,7 +133,8 @@ def train_phase(args, o: Path, summary: dict) -> None:
 
     paper = yaml.safe_load((ROOT / "train" / "paper.yaml").read_text())
     user = {"seed": paper.get("seed", 1234), "model": paper["model"],
-            "data": {**paper.get("data", {}), "on_the_fly": True, "workers": args.workers, "split": [0.9, 0.1, 0.0]},
+            "data": {**paper.get("data", {}), "on_the_fly": args.data == "fresh", "in_memory": args.data == "memory",
+                     "workers": args.workers, "split": [0.9, 0.1, 0.0]},
             "training": {**paper["training"], "epochs": 10_000, "steps_per_epoch": args.steps,
                          "early_stopping": {"patience": 10_000}}}
     rates = summary.setdefault("network_rates", [])
@@ -216,6 +220,9 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto",
                         help="training precision: float32, mixed_bfloat16, or auto, the faster measured at the "
                              "preset's batch (default)")
+    parser.add_argument("--data", choices=["fresh", "memory"], default="fresh",
+                        help="train on fresh maps simulated on the fly (default), or on the training file's maps "
+                             "held in memory (then give --train-maps enough maps)")
     parser.add_argument("--train-maps", type=int, default=2048, help="maps of the training file (default 2048)")
     parser.add_argument("--test-maps", type=int, default=200, help="test maps, half per noise level (default 200)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
