@@ -56,6 +56,7 @@ def main():
     import keras
     import yaml
 
+    from deepcmb.fields import stored_fields
     from deepcmb.nn.backend import configure_backend
     from deepcmb.nn.data import MapSource, channel_stats, split_rows
     from deepcmb.nn.model import build_resunet
@@ -70,8 +71,9 @@ def main():
     configure_backend(cfg["seed"], t["deterministic"])
     source = MapSource(args.sims, qe)
     rows = split_rows(source.n_maps, d["split"], cfg["seed"])["train"][: d["stats_maps"]]
+    takes = stored_fields(m["inputs"])  # the maps the network file takes (Q, U for E/B inputs)
     stats = channel_stats(source, m["inputs"] + m["outputs"], rows)
-    model = build_resunet(m, source.shape, stats)
+    model = build_resunet(m, source.shape, stats, pixel_arcmin=source.pixel_arcmin, instruments=source.instruments)
     compile_model(model, t, stats, args.sims, source.qe)
     source.close()
     print(f"{args.arch}: {model.count_params():,} parameters, {source.shape[0]} x {source.shape[1]} maps, batch "
@@ -79,7 +81,7 @@ def main():
           f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} cores", flush=True)
 
     n = args.steps
-    fresh = {w: FreshBatches(args.sims, m["inputs"], m["outputs"], t["batch_size"], n, seed=cfg["seed"],
+    fresh = {w: FreshBatches(args.sims, takes, m["outputs"], t["batch_size"], n, seed=cfg["seed"],
                              qe_path=source.qe, workers=w, use_multiprocessing=False) for w in args.workers}
     batches = [fresh[args.workers[0]][i] for i in range(n)]
     x = np.concatenate([b[0] for b in batches])
