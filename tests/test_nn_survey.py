@@ -187,7 +187,7 @@ def test_survey_network_reconstructs_masked_maps_others_refuse_them(files, tmp_p
     assert main(["reconstruct", "--method", "nn", "--model", str(plain), "--data", str(files["masked"]),
                  "--out", str(tmp_path / "refused.h5"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "\n" not in err.strip() and "not supported yet by method nn" in err
+    assert "\n" not in err.strip() and "reads the mask and the noise map (--model survey)" in err
     with pytest.raises(InputError, match="noise-free"):
         from deepcmb.nn.data import uniform_weight
         uniform_weight("ivar_p", (4, 4), PIXEL, [1.0, 0.0], "maps")

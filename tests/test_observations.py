@@ -178,7 +178,7 @@ def test_masked_observations_go_to_the_masked_qe_and_are_refused_by_the_network(
     assert main(["reconstruct", "--method", "nn", "--sims", str(masked), "--out", str(tmp_path / "nn.h5"),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "masked maps" in err and "not supported yet by method nn" in err
+    assert "\n" not in err and "masked maps" in err and "reads the mask and the noise map (--model survey)" in err
     assert not (tmp_path / "nn.h5").exists()
     # a constant ivar_p and an all-ones mask are trivial: accepted
     trivial = write_observations(tmp_path / "trivial.h5", sky["q"][:2], sky["u"][:2], mask=np.ones(SHAPE),

@@ -195,7 +195,7 @@ def test_stage_writes_mask_and_ivar_p_the_same_with_any_workers_and_shards(tmp_p
         depth = 2.34375 / np.sqrt(ivar) / np.array([1.0, 3.0])[f.noise_index][:, None, None]
         assert 0.7 <= depth.min() and depth.max() <= 1.5
         q = f.read("Q", np.arange(24))
-    with pytest.raises(InputError, match="not supported yet by method nn"):
+    with pytest.raises(InputError, match="need a network that reads the mask"):
         open_maps(one, method="nn")
     with open_maps(one, method="qe") as f:  # the quadratic estimator takes masked maps
         assert f.masked

@@ -76,8 +76,9 @@ def open_maps(path: str | Path, method: str | None = None) -> sims.SimsMaps | ob
     maps = reader(path)
     if method is not None and method not in MASK_AWARE and maps.masked:
         maps.close()
-        raise InputError(f"{path}: masked maps (a mask not all ones or a non-constant ivar_p) are not "
-                         f"supported yet by method {method}")
+        what = ("need a network that reads the mask and the noise map (--model survey)" if method == "nn"
+                else f"are not supported by method {method}")
+        raise InputError(f"{path}: masked maps (a mask not all ones or a non-constant ivar_p) {what}")
     return maps
 
 
