@@ -41,6 +41,28 @@ def timed(fn, steps):
     return wall / steps, (time.process_time() - c0) / wall
 
 
+def stage_network(cfg: dict, sims, qe=None):
+    """The network of a resolved training config, built and compiled as the training stage builds it
+    (:func:`deepcmb.nn.train.run_train`): the channel statistics of the file's training split, the E/B
+    split given the file's pixel and instruments, the preset's loss; under the current dtype policy.
+
+    Returns ``(model, source)``: ``source`` is the :class:`~deepcmb.nn.data.MapSource` of ``sims`` (and
+    ``qe``), closed, whose ``shape`` and ``qe`` stay readable.
+    """
+    from deepcmb.nn.data import MapSource, channel_stats, split_rows
+    from deepcmb.nn.model import build_resunet
+    from deepcmb.nn.train import compile_model
+
+    m, t, d = cfg["model"], cfg["training"], cfg["data"]
+    source = MapSource(sims, qe)
+    rows = split_rows(source.n_maps, d["split"], cfg["seed"])["train"][: d["stats_maps"]]
+    stats = channel_stats(source, m["inputs"] + m["outputs"], rows)
+    model = build_resunet(m, source.shape, stats, pixel_arcmin=source.pixel_arcmin, instruments=source.instruments)
+    compile_model(model, t, stats, sims, source.qe)
+    source.close()
+    return model, source
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="bench", help="preset of train/ (its training section sets the loss and batch)")
@@ -58,30 +80,22 @@ def main():
 
     from deepcmb.fields import stored_fields
     from deepcmb.nn.backend import configure_backend
-    from deepcmb.nn.data import MapSource, channel_stats, split_rows
-    from deepcmb.nn.model import build_resunet
     from deepcmb.nn.onthefly import FreshBatches
     from deepcmb.nn.settings import resolve_config
-    from deepcmb.nn.train import compile_model, run_train
+    from deepcmb.nn.train import run_train
 
     user = yaml.safe_load((ROOT / "train" / f"{args.arch}.yaml").read_text())
     cfg = resolve_config(user)
     m, t, d = cfg["model"], cfg["training"], cfg["data"]
-    qe = args.qe if "kappa_qe" in m["inputs"] else None
     configure_backend(cfg["seed"], t["deterministic"])
-    source = MapSource(args.sims, qe)
-    rows = split_rows(source.n_maps, d["split"], cfg["seed"])["train"][: d["stats_maps"]]
-    takes = stored_fields(m["inputs"])  # the maps the network file takes (Q, U for E/B inputs)
-    stats = channel_stats(source, m["inputs"] + m["outputs"], rows)
-    model = build_resunet(m, source.shape, stats, pixel_arcmin=source.pixel_arcmin, instruments=source.instruments)
-    compile_model(model, t, stats, args.sims, source.qe)
-    source.close()
+    qe = args.qe if "kappa_qe" in m["inputs"] else None
+    model, source = stage_network(cfg, args.sims, qe)
     print(f"{args.arch}: {model.count_params():,} parameters, {source.shape[0]} x {source.shape[1]} maps, batch "
           f"{t['batch_size']}, loss {t['loss']}, jit_compile {t['jit_compile']}, deterministic {t['deterministic']}, "
           f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} cores", flush=True)
 
     n = args.steps
-    fresh = {w: FreshBatches(args.sims, takes, m["outputs"], t["batch_size"], n, seed=cfg["seed"],
+    fresh = {w: FreshBatches(args.sims, stored_fields(m["inputs"]), m["outputs"], t["batch_size"], n, seed=cfg["seed"],
                              qe_path=source.qe, workers=w, use_multiprocessing=False) for w in args.workers}
     batches = [fresh[args.workers[0]][i] for i in range(n)]
     x = np.concatenate([b[0] for b in batches])

@@ -57,35 +57,29 @@ def geometry(shape: int) -> dict:
 def network_rate(cfg: dict, sims: Path, precision: str, batch: int, steps: int, workers: int) -> dict:
     """Training maps per second of the network alone: ``model.fit`` on 8 fresh batches held in memory.
 
-    The network and its optimizer are built and compiled as :func:`deepcmb.nn.train.run_train` does (the
-    statistics of ``sims``), under the dtype policy ``precision``; one epoch over the 8 batches compiles
-    the step, then ``steps`` steps are timed (whole epochs over the same 8 batches).
+    The network and its optimizer are built and compiled as the training stage does
+    (``bench_train_loop.stage_network``), under the dtype policy ``precision``; one epoch over the 8
+    batches compiles the step, then ``steps`` steps are timed (whole epochs over the same 8 batches).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import keras
     import numpy as np
 
-    from deepcmb.nn.data import MapSource, channel_stats, split_rows
-    from deepcmb.nn.model import build_resunet
+    from bench_train_loop import stage_network  # this script's folder, on sys.path when run as a script
+    from deepcmb.fields import stored_fields
     from deepcmb.nn.onthefly import FreshBatches
-    from deepcmb.nn.train import compile_model, dtype_policy
+    from deepcmb.nn.train import dtype_policy
 
-    m, t, d = cfg["model"], dict(cfg["training"], batch_size=batch), cfg["data"]
-    source = MapSource(sims)
-    rows = split_rows(source.n_maps, d["split"], cfg["seed"])["train"][: d["stats_maps"]]
-    stats = channel_stats(source, m["inputs"] + m["outputs"], rows)
     keras.backend.clear_session()
     with dtype_policy(precision):
-        model = build_resunet(m, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
-                              instruments=source.instruments)
-        compile_model(model, t, stats, sims)
-    source.close()
-    fresh = FreshBatches(sims, m["inputs"], m["outputs"], batch, 8, seed=cfg["seed"])
+        model, _ = stage_network({**cfg, "training": {**cfg["training"], "batch_size": batch}}, sims)
+    fresh = FreshBatches(sims, stored_fields(cfg["model"]["inputs"]), cfg["model"]["outputs"], batch, 8,
+                         seed=cfg["seed"])
     with ThreadPoolExecutor(workers) as pool:
         batches = list(pool.map(fresh.__getitem__, range(8)))
     x = np.concatenate([b[0] for b in batches])
-    y = {h: np.concatenate([b[1][h] for b in batches]) for h in m["outputs"]}
+    y = {h: np.concatenate([b[1][h] for b in batches]) for h in cfg["model"]["outputs"]}
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
     compile_s = time.perf_counter() - t0

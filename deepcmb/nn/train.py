@@ -25,13 +25,13 @@ import yaml
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
 from ..fields import SURVEY_INPUTS, stored_fields
+from ..interrupts import TimeLimitReached
 from ..io.files import atomic_path, write_json
 from ..io.reconstruction import sims_identity
 from ..io.sims import geometry, open_sims, read_instruments
 from ..provenance import config_json, provenance_attrs
 from ..qe.quadratic import QuadraticEstimator
 from .backend import configure_backend, distribution_scope
-from ..interrupts import TimeLimitReached
 from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TimeLimit, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
@@ -181,12 +181,11 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
                          patience=rl["patience"], min_delta=rl["min_delta"], min_lr=rl["min_lr"])
     early = EarlyStop(restore=(state or {}).get("early_stopping"), monitor=monitor, mode="min", patience=es["patience"],
                       min_delta=es["min_delta"])
+    limit = TimeLimit(time_limit) if time_limit is not None else None  # after the checkpoint of its epoch
     cbs = [NanGuard(train_ds), reduce_lr, early,
            Checkpointer(run, reduce_lr, early, state, len(train_ds) * tcfg["batch_size"], monitor),
-           TrainingProgress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress)]
-    limit = TimeLimit(time_limit) if time_limit is not None else None
-    cbs += [limit] if limit else []
-    cbs += list(callbacks)
+           TrainingProgress(tcfg["epochs"], len(train_ds), tcfg["batch_size"], progress),
+           *([limit] if limit else []), *callbacks]
     if progress:
         what = "fresh simulated maps" if dcfg["on_the_fly"] else f"{len(splits['train'])} maps"
         log.info("training %s parameters on %s (%d batches of %d per epoch), %d validation maps; backend %s, %s",
