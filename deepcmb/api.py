@@ -79,6 +79,18 @@ class Maps:
                 f"beam {self.instruments[0].beam_fwhm_arcmin:g}', noise {levels} uK-arcmin, "
                 f"{len(self.spectra)} cosmologies, {'periodic' if self.periodic else 'not periodic'})")
 
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, ivar_p)``, each ``(n, ny, nx)``: the maps' own, or ones and the white noise of each map's
+        level, :math:`(\\Delta_{\\rm pix} / \\Delta_P)^2` 1/µK² (as :func:`deepcmb.io.maps.read_weights`)."""
+        shape = (len(self),) + self.geometry.shape
+        mask = np.asarray(self.maps["mask"], float) if "mask" in self.maps else np.ones(shape)
+        if "ivar_p" in self.maps:
+            return mask, np.asarray(self.maps["ivar_p"], float)
+        depth = np.array([i.noise_p_uk_arcmin for i in self.instruments])[self.noise_index]
+        with np.errstate(divide="ignore"):
+            white = (self.pixel_arcmin / depth) ** 2
+        return mask, np.broadcast_to(white[:, None, None], shape).copy()
+
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.maps:
             raise InputError(f"no map {name!r} (these maps hold {', '.join(self.maps)})")
@@ -329,7 +341,9 @@ def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[st
         A reconstruction of ``maps`` by the method the calibration was made for (the caller vouches for it;
         ``deepcmb reconstruct --uncertainty`` checks it).
     maps : Maps
-        The observed maps (``Q``, ``U``: the input score) with their noise levels.
+        The observed maps (``Q``, ``U``: the input score) with their noise levels, and their ``mask`` and
+        ``ivar_p`` if they have them (a calibration on masked maps needs masked or non-periodic maps, and
+        gives each pixel the standard deviation of its local depth, :mod:`deepcmb.uncertainty.window`).
     calibration : str or Path
         Calibration file of ``deepcmb calibrate`` (e.g. :attr:`Network.calibration` of a shipped network).
 
@@ -339,22 +353,27 @@ def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[st
         ``kappa_mean``, ``kappa_sigma`` (n, ny, nx), ``ood_score`` (n,; :mod:`deepcmb.uncertainty.ood`) and
         ``ood_threshold`` (float, 1: above it a map is unlike the calibration maps of every noise level).
     """
-    from .io.calibration import read_calibration
+    from .io.calibration import read_calibration, read_window
     from .uncertainty.ood import THRESHOLD
+    from .uncertainty.stage import check_window, posterior_maps
 
     _, modes, reference = read_calibration(calibration)
+    window = read_window(calibration)
     geom = maps.geometry
     try:
         modes.check_geometry(geom)
     except ValueError as exc:
         raise InputError(f"{calibration}: {exc}") from None
+    mask, ivar = maps.weights()
+    masked = bool(np.any(mask != 1) or np.any(ivar != ivar[..., :1, :1]))
+    check_window(window, masked, maps.periodic, calibration, "the maps")
     mean = np.empty(kappa.shape)
     sigma = np.empty(kappa.shape)
     for j in np.unique(maps.noise_index):
         sel = maps.noise_index == j
         level = modes.level_of(maps.instruments[j].noise_p_uk_arcmin)
-        mean[sel] = modes.posterior_mean(geom, np.asarray(kappa, float)[sel], level)
-        sigma[sel] = modes.pixel_sigma(geom, level)
+        mean[sel], sigma[sel] = posterior_maps(modes, window, geom, np.asarray(kappa, float)[sel], level,
+                                               mask[sel], ivar[sel], maps.periodic)
     return {"kappa_mean": mean, "kappa_sigma": sigma, "ood_score": reference.score(geom, maps["Q"], maps["U"]),
             "ood_threshold": THRESHOLD}
 

@@ -22,3 +22,19 @@ def write_masked_sims(directory: Path, shape: int, n_maps: int) -> Path:
     assert main(["simulate", "--config", str(directory / "cfg.yaml"), "--out", str(out), "--workers", "1",
                  "--quiet"]) == 0
     return out
+
+
+def without_window(calibration: Path, out: Path) -> Path:
+    """A copy of a calibration made on masked maps, rewritten as one made on maps without a mask would be: no
+    ``/window``, the per-mode posterior per ring (values of no consequence: it is refused before use)."""
+    import h5py
+    import numpy as np
+
+    out.write_bytes(calibration.read_bytes())
+    with h5py.File(out, "r+") as c:
+        del c["window"]
+        shape = (len(c["modes/noise_p"]), len(c["modes/edges"]) - 1)
+        for name in ("transfer", "residual"):
+            del c[f"modes/{name}"]
+            c[f"modes/{name}"] = np.ones(shape)
+    return out

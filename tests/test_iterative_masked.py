@@ -16,7 +16,7 @@ from deepcmb.qe.masked import MaskedQE, Simulations, effective_noise
 from deepcmb.sample import Instrument, sample_rng
 from deepcmb.survey import Survey
 
-from survey_factory import SURVEY, write_masked_sims
+from survey_factory import SURVEY, without_window, write_masked_sims
 
 GEOM = FlatSkyGeometry((64, 64), 2.34375)
 SMALL = FlatSkyGeometry((32, 32), 2.34375)
@@ -142,7 +142,8 @@ def masked_small(tmp_path_factory):
 
 def test_stage_reconstructs_masked_maps_as_the_function_does(masked_small, tmp_path, fiducial, capsys):
     """The stage simulates one mean field per mask and noise map, then writes what the Python function gives on
-    the same maps; an uncertainty calibration is refused for them in one line."""
+    the same maps; with a calibration on masked maps it adds the posterior, and refuses one of maps without a
+    mask in one line."""
     out = tmp_path / "rec.h5"
     opts = ["--mean-field-maps", "2", "--cg-tol", "1e-4", "--max-iterations", "5", "--maps-per-task", "2"]
     assert main(["reconstruct", "--method", "map", "--sims", str(masked_small), "--out", str(out), "--workers", "1",
@@ -158,10 +159,19 @@ def test_stage_reconstructs_masked_maps_as_the_function_does(masked_small, tmp_p
         assert f.attrs["start"] == "phi = 0" and "2 simulations per mask" in f.attrs["mean_field"]
         np.testing.assert_allclose(f["maps/kappa"][...], ref["kappa"], rtol=1e-5, atol=1e-6 * np.abs(ref["kappa"]).max())
         np.testing.assert_array_equal(f["meta/iterations"][...], ref["iterations"])
+    calib = tmp_path / "calib.h5"
+    assert main(["calibrate", "--sims", str(masked_small), "--rec", str(out), "--out", str(calib), "--quiet"]) == 0
+    uq = ["reconstruct", "--method", "map", "--sims", str(masked_small), "--workers", "1", "--uncertainty", str(calib),
+          "--quiet", *opts]
+    assert main(uq + ["--out", str(tmp_path / "uq.h5")]) == 0
+    with h5py.File(out, "r") as a, h5py.File(tmp_path / "uq.h5", "r") as b:
+        np.testing.assert_array_equal(a["maps/kappa"][...], b["maps/kappa"][...])
+        sigma = b["maps/kappa_sigma"][...]
+        assert np.all(np.isfinite(sigma)) and np.all(sigma > 0) and sigma.std() > 0.01 * sigma.mean()
     capsys.readouterr()
-    assert main(["reconstruct", "--method", "map", "--sims", str(masked_small), "--out", str(tmp_path / "uq.h5"),
-                 "--uncertainty", str(masked_small), "--quiet", *opts]) == 2
+    flat = without_window(calib, tmp_path / "flat_calib.h5")
+    assert main([a if a != str(calib) else str(flat) for a in uq] + ["--out", str(tmp_path / "flat.h5")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "does not cover masked" in err
+    assert "\n" not in err and "calibrated on maps without a mask or noise map" in err
     with pytest.raises(InputError, match="shape"):
         MapEstimator(SMALL, fiducial, INSTRUMENT, periodic=False).weight(np.ones((3, 3)))

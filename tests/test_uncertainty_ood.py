@@ -85,7 +85,7 @@ def test_the_per_level_reference_round_trips_through_the_calibration_file(files,
     _, f = files
     geom, q, u, levels = _maps(f["cal"])
     with h5py.File(f["calib"]) as c:
-        assert c.attrs["format_version"] == FORMAT_VERSION == 2
+        assert c.attrs["format_version"] == FORMAT_VERSION == 3
         nbin = c["ood/edges"].shape[0] - 1
         assert c["ood/mean"].shape == c["ood/std"].shape == (2, 2 * nbin)
         assert c["ood/threshold"].shape == c["ood/noise_p"].shape == c["ood/n_maps"].shape == (2,)
@@ -142,6 +142,6 @@ def test_a_format_1_calibration_file_is_read_as_one_pooled_level(files, tmp_path
         assert r.attrs["ood_threshold"] == 1.0 and r["meta/ood_score"].shape == (2 * PER_LEVEL,)
 
     with h5py.File(old, "a") as c:
-        c.attrs["format_version"] = 3
-    with pytest.raises(InputError, match="format_version 3 is not supported"):
+        c.attrs["format_version"] = 4
+    with pytest.raises(InputError, match="format_version 4 is not supported"):
         read_calibration(old)

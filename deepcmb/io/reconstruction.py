@@ -61,12 +61,16 @@ A reconstruction made with ``--uncertainty CALIBRATION`` (:mod:`deepcmb.uncertai
 root attributes uq_lmax (L_uq), uq_calibration (path of the calibration file) and ood_threshold, and::
 
     /maps/kappa_mean   (n, ny, nx) float32: posterior mean of the true kappa low-passed to |L| <= uq_lmax
-    /maps/kappa_sigma  (n, ny, nx) float32: its posterior standard deviation per pixel
+    /maps/kappa_sigma  (n, ny, nx) float32: its posterior standard deviation per pixel (the same in every
+                       pixel of a periodic map without a mask; following the local depth on masked maps,
+                       deepcmb.uncertainty.window)
     /meta/ood_score    (n,) float64: how unlike the calibration maps the input is (deepcmb.uncertainty.ood;
                        above ood_threshold = 1: unlike those of every noise level)
     /meta/uq_level     (n,) int64: the calibrated noise level each map used
-    /uncertainty/edges (nring + 1,), /uncertainty/transfer, /uncertainty/residual (n_levels, nring),
-    /uncertainty/noise_p (n_levels,): the per-mode posterior (deepcmb.uncertainty.modes)
+    /uncertainty/edges (nring + 1,), /uncertainty/transfer, /uncertainty/residual (n_levels, nring), or
+                       (n_levels, ny, nx // 2 + 1) per cell of the rfft grid for a calibration on masked
+                       maps, /uncertainty/noise_p (n_levels,): the per-mode posterior
+                       (deepcmb.uncertainty.modes)
 
 A network file records the weights it used as model_sha256 (of the ``.keras`` file) and symmetrize.
 Every method writes ``/meta/noise_index``.

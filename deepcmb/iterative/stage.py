@@ -134,9 +134,9 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
         Settings over :data:`~deepcmb.iterative.settings.SCHEMA` (``run.map`` of a preset).
     inputs : dict
         ``sims``: simulation or observation file with Q, U maps (masked or non-periodic ones as in the
-        module docstring); ``uncertainty`` (optional, periodic unmasked maps only): calibration file of
-        ``deepcmb calibrate`` for these settings, which adds the per-map posterior
-        (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
+        module docstring); ``uncertainty`` (optional): calibration file of ``deepcmb calibrate`` for these
+        settings, on maps like these (masked ones need a calibration on masked maps), which adds the per-map
+        posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     out : str or Path
         Output reconstruction file (see the module docstring).
     overwrite : bool
@@ -157,8 +157,8 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
     Raises
     ------
     InputError
-        For a file without Q or U, a map with no observed pixel, or an uncertainty calibration with
-        masked or non-periodic maps.
+        For a file without Q or U, a map with no observed pixel, or an uncertainty calibration of another
+        method or of maps unlike these (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     """
     cfg = resolve(config, SCHEMA)
     workers = Int(min=1).check("--workers", workers if workers is not None else default_workers())
@@ -171,9 +171,6 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
             raise InputError(f"{data}: the MAP estimator needs maps Q, U; missing {', '.join(missing)}")
         geom, levels, instruments, n = f.geom, f.noise_index, f.instruments(), f.n_maps
         periodic, weighted = f.periodic, f.masked or not f.periodic
-        if weighted and inputs.get("uncertainty"):
-            raise InputError(f"{inputs['uncertainty']}: the calibration of --uncertainty does not cover masked or "
-                             f"non-periodic maps ({data})")
         weights = {int(lev): level_weights(f, lev) for lev in np.unique(levels)} if weighted else {}
         level_instrument = {int(lev): weights[int(lev)].instrument if weighted else instruments[lev]
                             for lev in np.unique(levels)}
@@ -204,7 +201,8 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                                        "and noise map, held fixed")
         uq = None
         if inputs.get("uncertainty"):
-            uq = Uncertainty(inputs["uncertainty"], "map", attrs, geom, [i.noise_p_uk_arcmin for i in instruments])
+            uq = Uncertainty(inputs["uncertainty"], "map", attrs, geom, [i.noise_p_uk_arcmin for i in instruments],
+                             data)
             attrs.update(uq.attrs)
         partial = PartialFolder(out, config_json({"settings": settings, "maps_per_task": cfg["maps_per_task"],
                                                   "sims": sims_identity(data)}), fresh=overwrite)
@@ -255,7 +253,7 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
                 unit = partial.load(_task_name(k))
                 maps = {name: unit[f"map_{name}"] for name in _FIELDS}
                 if uq:
-                    maps.update(uq.maps(maps["kappa"], np.full(len(sel), lev)))
+                    maps.update(uq.maps(maps["kappa"], np.full(len(sel), lev), sel))
                 for i, row in enumerate(sel):
                     writer.write(int(row), {name: m[i:i + 1] for name, m in maps.items()})
                 for name in STATS:
@@ -264,7 +262,7 @@ def run_reconstruct_map(config: dict | None, inputs: dict, out: str | Path, *, o
             for name, values in stats.items():
                 writer.write_meta(name, values)
             if uq:
-                uq.finish(writer, data, np.arange(n), levels)
+                uq.finish(writer, np.arange(n), levels)
     partial.remove()
     not_converged = int(np.sum(~stats["converged"]))
     if not_converged:

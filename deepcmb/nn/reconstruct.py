@@ -340,7 +340,7 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
     uq = None
     if inputs.get("uncertainty"):
         uq = Uncertainty(inputs["uncertainty"], "nn", attrs, source.geom,
-                         [i.noise_p_uk_arcmin for i in source.instruments])
+                         [i.noise_p_uk_arcmin for i in source.instruments], data)
         attrs.update(uq.attrs)
     try:
         fields = list(spec["outputs"]) + (list(uq.fields) if uq else [])
@@ -355,12 +355,12 @@ def run_reconstruct_nn(config: dict | None, inputs: dict, out: str | Path, *, ov
                 maps = {h: pred[h] for h in spec["outputs"]}
                 if uq:
                     start = i * batch_size
-                    maps.update(uq.maps(maps["kappa"], levels[start:start + len(x)]))
+                    maps.update(uq.maps(maps["kappa"], levels[start:start + len(x)], rows[start:start + len(x)]))
                 w.write(i * batch_size, maps)
                 bar.update(len(x))
             w.write_meta("noise_index", levels)
             if uq:
-                uq.finish(w, data, rows, levels)
+                uq.finish(w, rows, levels)
     finally:
         source.close()
     return Path(out)

@@ -15,8 +15,9 @@ Called by :func:`deepcmb.qe.stage.run_reconstruct_qe` for such files. For each n
    divided by the Monte Carlo response where it is measured well enough (``response_min_snr``).
 
 Non-periodic maps are embedded in a periodic grid ``pad`` times larger per side, unobserved outside the
-map. Only the polarization estimators (EE, EB, MV_POL) are available; ``wiener`` and an uncertainty
-calibration are refused, since neither is defined for masked maps.
+map. Only the polarization estimators (EE, EB, MV_POL) are available; ``wiener`` is refused (it assumes
+the isotropic N0). An uncertainty calibration (``--uncertainty``) must have been made on masked maps
+(:mod:`deepcmb.uncertainty.window`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..errors import ConfigError, InputError
 from ..io.reconstruction import ReconstructionWriter
 from ..progress import Progress
 from ..sample import Instrument
+from ..uncertainty.stage import Uncertainty
 from .masked import MaskedQE, MonteCarlo, Simulations, level_weights, monte_carlo
 from .quadratic import QuadraticEstimator
 
@@ -66,7 +68,8 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
     Raises
     ------
     InputError
-        With an uncertainty calibration, or without ``/ivar_p`` and without white noise.
+        Without ``/ivar_p`` and without white noise, or with an uncertainty calibration of another estimator or
+        of maps without a mask (:class:`~deepcmb.uncertainty.stage.Uncertainty`).
     ConfigError
         With ``wiener``, a temperature estimator, or ``mc_seed`` equal to the seed of a simulation file (the
         Monte Carlo maps would repeat its skies).
@@ -74,15 +77,21 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
     if source.kind == "simulations" and int(source.file.attrs["seed"]) == cfg["mc_seed"]:
         raise ConfigError(f"qe.mc_seed: {cfg['mc_seed']} is the seed of {data}; the Monte Carlo maps would repeat "
                           "its skies, choose another")
-    if uncertainty:
-        raise InputError(f"{uncertainty}: the calibration of --uncertainty does not cover masked maps "
-                         f"({data} has a mask or a noise map)")
     if cfg["wiener"]:
         raise ConfigError("qe.wiener: not available for masked maps (the Wiener filter assumes the isotropic N0)")
     geom, levels, n = source.geom, source.noise_index, source.n_maps
     spectra = compute_spectra({})
     instruments = source.instruments()
     Lmin, Lmax = cfg["Lmin"], cfg["Lmax"]
+    attrs = {"estimator": label, "lmin": cfg["lmin"], "lmax": cfg["lmax"], "Lmin": Lmin, "Lmax": Lmax,
+             "wiener": False, "response": "gradient", "apodize_arcmin": 0.0, "filter": "cinv",
+             "mean_field": f"simulated, {cfg['mean_field_maps']} maps per mask and noise map",
+             "response_correction": f"Monte Carlo, {cfg['response_maps']} maps, in the bins with "
+                                    f"R/sigma >= {cfg['response_min_snr']:g}"}
+    uq = None
+    if uncertainty:  # checked before the Monte Carlo
+        uq = Uncertainty(uncertainty, "qe", attrs, geom, [i.noise_p_uk_arcmin for i in instruments], data)
+        attrs.update(uq.attrs)
     edges = linear_bins(max(Lmin, geom.ell_fundamental), Lmax, 2.0 * geom.ell_fundamental)
     nbin = len(edges) - 1
     runs, w2, w4, next_index = {}, [], [], 0
@@ -104,15 +113,10 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
         w2.append(np.mean(mask**2, axis=(1, 2)))
         w4.append(np.mean(mask**4, axis=(1, 2)))
     qe = runs[levels[0]].mqe.qe
-    attrs = {"estimator": qe.label, "estimators": list(qe.names), "lmin": cfg["lmin"],
-             "lmax": cfg["lmax"], "Lmin": Lmin, "Lmax": Lmax, "wiener": False, "response": "gradient",
-             "mv_covariance": qe.mv_covariance, "apodize_arcmin": 0.0, "filter": "cinv",
-             "mean_field": f"simulated, {cfg['mean_field_maps']} maps per mask and noise map",
-             "response_correction": f"Monte Carlo, {cfg['response_maps']} maps, in the bins with "
-                                    f"R/sigma >= {cfg['response_min_snr']:g}",
-             "mask_w2": float(np.mean(np.concatenate(w2))), "mask_w4": float(np.mean(np.concatenate(w4)))}
+    attrs.update(estimators=list(qe.names), mv_covariance=qe.mv_covariance,
+                 mask_w2=float(np.mean(np.concatenate(w2))), mask_w4=float(np.mean(np.concatenate(w4))))
     iterations = np.zeros(n, np.int64)
-    fields = ["kappa", "phi", "kappa_mean_field"]
+    fields = ["kappa", "phi", "kappa_mean_field"] + (list(uq.fields) if uq else [])
     with ReconstructionWriter(out, np.arange(n), fields, data, "qe", config, attrs=attrs,
                               units={"kappa_mean_field": "1"}, overwrite=overwrite) as writer:
         with Progress(n, f"QE {attrs['estimator']} (masked)", "map", enabled=progress, log=log) as bar:
@@ -121,10 +125,15 @@ def run_masked(source: SimsMaps | Observations, cfg: dict, label: str, data: str
                     q, u = (source.read(name, [row])[0] for name in ("Q", "U"))
                     kappa, iterations[row] = run.mqe.kappa_fourier(q, u, run.mask[k] * run.ivar[k])
                     maps = run.mc.correct(run.mqe, kappa, run.group[k])
+                    if uq:
+                        maps.update({name: m[0] for name, m in uq.maps(maps["kappa"][None], levels[[row]],
+                                                                       [row]).items()})
                     writer.write(int(row), {name: m[None] for name, m in maps.items()})
                     bar.update(1)
         writer.write_meta("noise_index", levels)
         writer.write_meta("cg_iterations", iterations)
+        if uq:
+            uq.finish(writer, np.arange(n), levels)
         n_levels = len(instruments)
         analytic = {lev: QuadraticEstimator(geom, spectra, run.instrument, attrs["estimator"], lmin=cfg["lmin"],
                                             lmax=cfg["lmax"], Lmin=Lmin, Lmax=Lmax) for lev, run in runs.items()}

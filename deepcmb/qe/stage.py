@@ -103,7 +103,8 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
         ``sims``: simulation file of ``deepcmb simulate``, or observation file
         (:mod:`deepcmb.io.observations`; its beam and noise attributes set the filters); ``uncertainty``
         (optional): calibration file of ``deepcmb calibrate`` for this estimator and settings, which adds
-        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`); refused for masked files.
+        the per-map posterior (:class:`~deepcmb.uncertainty.stage.Uncertainty`; for masked files, a calibration
+        on masked maps).
     out : str or Path
         Output reconstruction file (layout of :mod:`deepcmb.io.reconstruction`, with its ``/n0``).
     overwrite : bool
@@ -157,7 +158,8 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
             attrs.update(window_w2=window_moment(window, 2), window_w4=window_moment(window, 4))
         uq = None
         if inputs.get("uncertainty"):
-            uq = Uncertainty(inputs["uncertainty"], "qe", attrs, geom, [i.noise_p_uk_arcmin for i in instruments])
+            uq = Uncertainty(inputs["uncertainty"], "qe", attrs, geom, [i.noise_p_uk_arcmin for i in instruments],
+                             data)
             attrs.update(uq.attrs)
         batch_size = cfg["batch_size"]
         fields = ["kappa", "phi"] + (list(uq.fields) if uq else [])
@@ -181,12 +183,12 @@ def run_reconstruct_qe(config: dict | None, inputs: dict, out: str | Path, *, ov
                             kappa[sel], phi[sel] = est["kappa"], est["phi"]
                     maps = {"kappa": kappa, "phi": phi}
                     if uq:
-                        maps.update(uq.maps(kappa, levels[start:stop]))
+                        maps.update(uq.maps(kappa, levels[start:stop], np.arange(start, stop)))
                     writer.write(start, maps)
                     bar.update(stop - start)
             writer.write_meta("noise_index", levels)
             if uq:
-                uq.finish(writer, data, np.arange(n), levels)
+                uq.finish(writer, np.arange(n), levels)
             writer.write_group("n0", {
                 "edges": edges, "L": bin_centres(geom, edges),
                 "kappa": np.stack([qes[lev].n0_binned(edges) if lev in qes else np.full(len(edges) - 1, np.nan)
