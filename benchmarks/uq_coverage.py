@@ -20,8 +20,10 @@ curved set again with the QE and the quick network calibrated on sims/curved_cal
 sims/masked_calib.yaml (the masked training distribution, another seed): the MV_POL QE with the C^-1
 filter and 32 mean-field simulations per map, the shipped ``survey`` network, symmetrized, and MAP (its
 default 32 mean-field simulations per map, 19 s a map on 2 cores) on the first ``--masked-map-maps`` maps
-of the set, calibrated on as many. MAP is not run on the curved sets (4 s a map). A method that refuses a
-set, or refuses ``--uncertainty`` on it, is a row with the one-line reason it gave.
+of the set, calibrated on as many. ``masked_holes3x`` (three times the point-source holes, 6 per deg2) and
+``masked_shallow`` (noise maps of 1.5-3 uK-arcmin) lie outside the masked training and calibration ranges;
+only the survey network is run on them. MAP is not run on the curved sets (4 s a map). A method that
+refuses a set, or refuses ``--uncertainty`` on it, is a row with the one-line reason it gave.
 
 Prints and, with ``--rst``, writes one row per set and method: the fraction of pixels whose low-passed truth
 lies within 1 and 2 sigma, the same at 1 sigma in the tenth of the pixels with the largest and with the
@@ -46,10 +48,14 @@ from deepcmb.results import rst_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {"test": "sims/quick_test.yaml", "ood": "sims/bench_ood.yaml", "noise2": "sims/bench_noise.yaml",
-        "curved": "sims/bench_curved.yaml", "curved_own": "sims/bench_curved.yaml", "masked": "sims/masked_test.yaml"}
+        "curved": "sims/bench_curved.yaml", "curved_own": "sims/bench_curved.yaml", "masked": "sims/masked_test.yaml",
+        "masked_holes3x": "sims/masked_test.yaml", "masked_shallow": "sims/masked_test.yaml"}
+OVERRIDES = {"masked_holes3x": ["survey.mask.holes_per_deg2=6"], "masked_shallow": ["survey.noise.depth_factor=[1.5,3.0]"]}
+"""Sets made from a preset with other settings: masks and noise maps outside the masked training ranges."""
 SIMS_FILE = {"curved_own": "curved.h5"}
 """Sets that share another's test maps (else TAG.h5)."""
-CALIBRATION = {"masked": ("sims/masked_calib.yaml", "m"), "curved_own": ("sims/curved_calib.yaml", "c")}
+CALIBRATION = {"masked": ("sims/masked_calib.yaml", "m"), "masked_holes3x": ("sims/masked_calib.yaml", "m"),
+               "masked_shallow": ("sims/masked_calib.yaml", "m"), "curved_own": ("sims/curved_calib.yaml", "c")}
 """Sets calibrated on maps of their own kind: the preset of the calibration maps, and the prefix of their files
 (else the periodic calibration of sims/quick_calib.yaml)."""
 METHOD_ARGS = {"qe": ["--method", "qe", "--estimator", "MV_POL"], "nn": ["--method", "nn", "--model", "quick"],
@@ -59,9 +65,12 @@ MASKED_ARGS = {"qe": ["--method", "qe", "--estimator", "MV_POL", "--mean-field-m
                "nn": ["--method", "nn", "--model", "survey", "--symmetrize"], "map": METHOD_ARGS["map"]}
 """How each method reconstructs the masked set and its calibration maps."""
 NOT_RUN = {("curved", "qe"): "the QE apodises these patches; its calibration, on periodic maps, does not cover that",
-           ("curved", "map"): "not run (4 s a map on 2 cores)", ("curved_own", "map"): "not run (4 s a map on 2 cores)"}
+           ("curved", "map"): "not run (4 s a map on 2 cores)", ("curved_own", "map"): "not run (4 s a map on 2 cores)",
+           **{(tag, m): f"not run ({cost} s a map on 2 cores)" for tag in OVERRIDES for m, cost in (("qe", 2.7),
+                                                                                                     ("map", 19))}}
 """Sets a method is not run on, and why."""
-NOTE = {("masked", "nn"): "survey network", ("masked", "map"): "the first maps of the set, calibrated on as many",
+NOTE = {("masked", "nn"): "survey network", ("masked_holes3x", "nn"): "survey network; 3 x the holes",
+        ("masked_shallow", "nn"): "survey network; 1.5-3 uK-arcmin", ("masked", "map"): "the first maps of the set, calibrated on as many",
         ("curved", "nn"): "calibrated on periodic maps", ("curved_own", "qe"): "calibrated on curved-sky patches",
         ("curved_own", "nn"): "calibrated on curved-sky patches"}
 EVALUATE = {"evaluate": {"bins": {"Lmin": 150, "Lmax": 1500, "width": 150}, "snr": {"Lmax": 1500},
@@ -139,10 +148,10 @@ def main(argv=None):
     o.mkdir(parents=True, exist_ok=True)
     methods = ["qe", "nn"] + (["map"] if args.map else [])
 
-    def simulate(preset, out, n):
+    def simulate(preset, out, n, overrides=()):
         if not out.exists():
             deepcmb("simulate", "--config", str(ROOT / preset), "--set", f"n_maps={n}", "--out", str(out),
-                    "--workers", "2")
+                    "--workers", "2", *[a for o in overrides for a in ("--set", o)])
 
     def calibrate(sims, rec, out):
         if not out.exists():
@@ -163,7 +172,7 @@ def main(argv=None):
             if m == "map":
                 simulate(preset, o / f"{tag}_calibration_few.h5", few)
             sims = o / f"{tag}_calibration_few.h5" if m == "map" else own
-            how = MASKED_ARGS[m] if tag == "masked" else METHOD_ARGS[m]
+            how = MASKED_ARGS[m] if tag.startswith("masked") else METHOD_ARGS[m]
             reconstruct(how, sims, o / f"{prefix}cal_{m}.h5")
             calibrate(sims, o / f"{prefix}cal_{m}.h5", o / f"{prefix}calib_{m}.h5")
     (o / "evaluate.yaml").write_text(yaml.safe_dump(EVALUATE))
@@ -174,11 +183,11 @@ def main(argv=None):
             sims["map"] = o / "masked_few.h5"
         recs, refused = {}, {}
         for m in methods:
-            simulate(preset, sims[m], few if sims[m].name == "masked_few.h5" else args.maps)
+            simulate(preset, sims[m], few if sims[m].name == "masked_few.h5" else args.maps, OVERRIDES.get(tag, ()))
             if (tag, m) in NOT_RUN:
                 refused[m] = NOT_RUN[tag, m]
                 continue
-            how = MASKED_ARGS[m] if tag == "masked" else METHOD_ARGS[m]
+            how = MASKED_ARGS[m] if tag.startswith("masked") else METHOD_ARGS[m]
             calib = o / f"{CALIBRATION[tag][1] if tag in CALIBRATION else ''}calib_{m}.h5"
             why = reconstruct(how, sims[m], o / f"{tag}_{m}.h5", ["--uncertainty", str(calib)])
             if why:
