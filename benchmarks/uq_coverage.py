@@ -54,10 +54,12 @@ OVERRIDES = {"masked_holes3x": ["survey.mask.holes_per_deg2=6"], "masked_shallow
 """Sets made from a preset with other settings: masks and noise maps outside the masked training ranges."""
 SIMS_FILE = {"curved_own": "curved.h5"}
 """Sets that share another's test maps (else TAG.h5)."""
-CALIBRATION = {"masked": ("sims/masked_calib.yaml", "m"), "masked_holes3x": ("sims/masked_calib.yaml", "m"),
-               "masked_shallow": ("sims/masked_calib.yaml", "m"), "curved_own": ("sims/curved_calib.yaml", "c")}
-"""Sets calibrated on maps of their own kind: the preset of the calibration maps, and the prefix of their files
-(else the periodic calibration of sims/quick_calib.yaml)."""
+OWN = {"m": ("sims/masked_calib.yaml", "masked_calibration"), "c": ("sims/curved_calib.yaml", "curved_calibration")}
+"""Calibrations on maps of a kind of their own, by the prefix of their files: the preset of the calibration maps and
+the name of their file."""
+CALIBRATED_BY = {"masked": "m", "masked_holes3x": "m", "masked_shallow": "m", "curved_own": "c"}
+"""The calibration (:data:`OWN`) of each set that has one of its own kind (else the periodic calibration of
+sims/quick_calib.yaml)."""
 METHOD_ARGS = {"qe": ["--method", "qe", "--estimator", "MV_POL"], "nn": ["--method", "nn", "--model", "quick"],
                "map": ["--method", "map", "--workers", "2"]}
 """How each method reconstructs the periodic sets."""
@@ -163,16 +165,14 @@ def main(argv=None):
     for m in methods:
         reconstruct(METHOD_ARGS[m], cal, o / f"cal_{m}.h5")
         calibrate(cal, o / f"cal_{m}.h5", o / f"calib_{m}.h5")
-    for tag, (preset, prefix) in CALIBRATION.items():
-        own = o / f"{tag.split('_')[0]}_calibration.h5"
-        simulate(preset, own, args.own_calibration_maps)
+    for prefix, (preset, name) in OWN.items():
+        simulate(preset, o / f"{name}.h5", args.own_calibration_maps)
         for m in methods:
-            if (tag, m) in NOT_RUN:
+            if all((tag, m) in NOT_RUN for tag, by in CALIBRATED_BY.items() if by == prefix):
                 continue
-            if m == "map":
-                simulate(preset, o / f"{tag}_calibration_few.h5", few)
-            sims = o / f"{tag}_calibration_few.h5" if m == "map" else own
-            how = MASKED_ARGS[m] if tag.startswith("masked") else METHOD_ARGS[m]
+            sims = o / f"{name}_few.h5" if m == "map" else o / f"{name}.h5"
+            simulate(preset, sims, few if m == "map" else args.own_calibration_maps)
+            how = MASKED_ARGS[m] if prefix == "m" else METHOD_ARGS[m]
             reconstruct(how, sims, o / f"{prefix}cal_{m}.h5")
             calibrate(sims, o / f"{prefix}cal_{m}.h5", o / f"{prefix}calib_{m}.h5")
     (o / "evaluate.yaml").write_text(yaml.safe_dump(EVALUATE))
@@ -187,8 +187,8 @@ def main(argv=None):
             if (tag, m) in NOT_RUN:
                 refused[m] = NOT_RUN[tag, m]
                 continue
-            how = MASKED_ARGS[m] if tag.startswith("masked") else METHOD_ARGS[m]
-            calib = o / f"{CALIBRATION[tag][1] if tag in CALIBRATION else ''}calib_{m}.h5"
+            how = MASKED_ARGS[m] if CALIBRATED_BY.get(tag) == "m" else METHOD_ARGS[m]
+            calib = o / f"{CALIBRATED_BY.get(tag, '')}calib_{m}.h5"
             why = reconstruct(how, sims[m], o / f"{tag}_{m}.h5", ["--uncertainty", str(calib)])
             if why:
                 refused[m] = why.replace(f"{o}/", "")  # file names relative to OUT

@@ -79,18 +79,6 @@ class Maps:
                 f"beam {self.instruments[0].beam_fwhm_arcmin:g}', noise {levels} uK-arcmin, "
                 f"{len(self.spectra)} cosmologies, {'periodic' if self.periodic else 'not periodic'})")
 
-    def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mask, ivar_p)``, each ``(n, ny, nx)``: the maps' own, or ones and the white noise of each map's
-        level, :math:`(\\Delta_{\\rm pix} / \\Delta_P)^2` 1/µK² (as :func:`deepcmb.io.maps.read_weights`)."""
-        shape = (len(self),) + self.geometry.shape
-        mask = np.asarray(self.maps["mask"], float) if "mask" in self.maps else np.ones(shape)
-        if "ivar_p" in self.maps:
-            return mask, np.asarray(self.maps["ivar_p"], float)
-        depth = np.array([i.noise_p_uk_arcmin for i in self.instruments])[self.noise_index]
-        with np.errstate(divide="ignore"):
-            white = (self.pixel_arcmin / depth) ** 2
-        return mask, np.broadcast_to(white[:, None, None], shape).copy()
-
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.maps:
             raise InputError(f"no map {name!r} (these maps hold {', '.join(self.maps)})")
@@ -364,16 +352,21 @@ def posterior(kappa: np.ndarray, maps: Maps, calibration: str | Path) -> dict[st
         modes.check_geometry(geom)
     except ValueError as exc:
         raise InputError(f"{calibration}: {exc}") from None
-    mask, ivar = maps.weights()
-    masked = bool(np.any(mask != 1) or np.any(ivar != ivar[..., :1, :1]))
+    own = maps.maps
+    masked = bool("mask" in own and np.any(own["mask"] != 1)
+                  or "ivar_p" in own and np.any(own["ivar_p"] != own["ivar_p"][..., :1, :1]))
     check_window(window, masked, maps.periodic, calibration, "the maps")
+    weights = {}  # the maps' own mask and noise map, or ones and their white noise (the window has the border)
+    if window is not None:
+        weights = {key: Network._input(maps, name, 0.0).astype(float) for key, name in (("mask", "mask"),
+                                                                                         ("ivar", "ivar_p"))}
     mean = np.empty(kappa.shape)
     sigma = np.empty(kappa.shape)
     for j in np.unique(maps.noise_index):
         sel = maps.noise_index == j
         level = modes.level_of(maps.instruments[j].noise_p_uk_arcmin)
         mean[sel], sigma[sel] = posterior_maps(modes, window, geom, np.asarray(kappa, float)[sel], level,
-                                               mask[sel], ivar[sel], maps.periodic)
+                                               periodic=maps.periodic, **{k: w[sel] for k, w in weights.items()})
     return {"kappa_mean": mean, "kappa_sigma": sigma, "ood_score": reference.score(geom, maps["Q"], maps["U"]),
             "ood_threshold": THRESHOLD}
 

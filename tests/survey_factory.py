@@ -11,15 +11,17 @@ SURVEY = {"periodic": False, "mask": {"edge_arcmin": 10.0, "holes_per_deg2": 3.0
           "noise": {"depth_factor": [0.7, 1.4]}}
 
 
-def write_masked_sims(directory: Path, shape: int, n_maps: int) -> Path:
+def write_masked_sims(directory: Path, shape: int, n_maps: int, seed: int = 5, survey: bool = True) -> Path:
     """``deepcmb simulate`` of ``n_maps`` maps of ``shape`` x ``shape`` pixels of 2.34375' with the survey
-    :data:`SURVEY` at 1 uK-arcmin (Q, U, kappa); returns the file."""
-    cfg = {"seed": 5, "n_maps": n_maps, "geometry": {"shape": [shape, shape], "pixel_arcmin": 2.34375},
-           "instrument": {"noise_p_uk_arcmin": [1.0]}, "simulation": {"fields": ["Q", "U", "kappa"]},
-           "survey": dict(SURVEY, pad=2.0)}
-    (directory / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = directory / "sims.h5"
-    assert main(["simulate", "--config", str(directory / "cfg.yaml"), "--out", str(out), "--workers", "1",
+    :data:`SURVEY` (or, with ``survey=False``, periodic maps without a mask) at 1 uK-arcmin (Q, U, kappa)
+    from the root seed ``seed``; returns the file."""
+    cfg = {"seed": seed, "n_maps": n_maps, "geometry": {"shape": [shape, shape], "pixel_arcmin": 2.34375},
+           "instrument": {"noise_p_uk_arcmin": [1.0]}, "simulation": {"fields": ["Q", "U", "kappa"]}}
+    if survey:
+        cfg["survey"] = dict(SURVEY, pad=2.0)
+    (directory / f"cfg{seed}.yaml").write_text(yaml.safe_dump(cfg))
+    out = directory / f"sims{seed}.h5"
+    assert main(["simulate", "--config", str(directory / f"cfg{seed}.yaml"), "--out", str(out), "--workers", "1",
                  "--quiet"]) == 0
     return out
 
