@@ -125,7 +125,7 @@ def main():
     table = noise_table(summary, 0)
     edges = np.array(table["edges"])
     ratio, ratio_err = neff_ratio(table, "nn", "qe")
-    ratios = [(ratio, ratio_err)] + [neff_ratio(table, "nn", "map")] * args.map
+    ratios = [(ratio, ratio_err)] + ([neff_ratio(table, "nn", "map")] if args.map else [])
     b = {m: bias(summary, m, table) for m in methods}
     rows = []
     for k in range(len(edges) - 1):
