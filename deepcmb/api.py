@@ -276,7 +276,7 @@ class Network:
 
         s = self.spec
         check_instrument(s, maps.pixel_arcmin, maps.instruments, "maps")
-        x = np.stack([self._input(maps, name, edge_arcmin) for name in s["inputs"]], axis=-1).astype(np.float32)
+        x = np.stack(self._inputs(maps, s["inputs"], edge_arcmin), axis=-1).astype(np.float32)
         model = self.model if x.shape[1:3] == tuple(s["shape"]) else at_shape(self.model, x.shape[1:3])
         parts = {h: [] for h in s["outputs"]}
         for start in range(0, len(x), batch_size):
@@ -289,6 +289,23 @@ class Network:
                 parts[h].append(pred[h])
         return {h: np.concatenate(v) for h, v in parts.items()}
 
+
+    @classmethod
+    def _inputs(cls, maps: Maps, names: Sequence[str], edge_arcmin: float | None) -> list[np.ndarray]:
+        """Input maps ``names``, as :meth:`_input` makes them; the Wiener-filtered ``E_wf``, ``B_wf``
+        (:mod:`deepcmb.nn.wiener`) from the maps' Q, U, mask and noise map, filtered once for both."""
+        from .fields import SURVEY_INPUTS, WIENER_INPUTS
+        from .nn.wiener import WienerInputs
+
+        filtered = None
+        if any(n in WIENER_INPUTS and n not in maps.maps for n in names):
+            beams = {i.beam_fwhm_arcmin for i in maps.instruments}
+            if len(beams) > 1:
+                raise InputError(f"maps of several beams {sorted(beams)}: the Wiener-filtered inputs need one")
+            wiener = WienerInputs(maps.geometry, beams.pop(), maps.periodic)
+            filtered = wiener(maps["Q"], maps["U"], *(cls._input(maps, k, edge_arcmin) for k in SURVEY_INPUTS))
+        return [filtered[:, WIENER_INPUTS.index(n)] if n in WIENER_INPUTS and n not in maps.maps
+                else cls._input(maps, n, edge_arcmin) for n in names]
 
     @staticmethod
     def _input(maps: Maps, name: str, edge_arcmin: float | None) -> np.ndarray:

@@ -67,6 +67,10 @@ FIELDS = {f.name: f for f in (
           "observed", stored=False),
     Field("B", "uK", "observed B mode as a scalar map: the flat-sky E/B split of the observed Q, U", "pseudo",
           "observed", stored=False),
+    Field("E_wf", "uK", "Wiener-filtered observed E mode: the C^-1 filter of the observed Q, U with their mask and "
+          "noise map (deepcmb.nn.wiener)", "scalar", "observed", stored=False),
+    Field("B_wf", "uK", "Wiener-filtered observed B mode: the C^-1 filter of the observed Q, U with their mask and "
+          "noise map (deepcmb.nn.wiener)", "pseudo", "observed", stored=False),
     Field("kappa_qe", "1", "quadratic-estimator kappa of the observed maps (a reconstruction file)", "scalar",
           "reconstruction", stored=False),
     Field("mask", "1", "observation mask in [0, 1]: 1 where observed, 0 in holes and beyond the survey edge",
@@ -80,12 +84,19 @@ STORED = tuple(name for name, f in FIELDS.items() if f.stored)
 """Every map a simulation can store, in the order of the table (the default ``simulation.fields``)."""
 
 
-EB_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "observed" and not f.stored)
+EB_INPUTS = ("E", "B")
 """Derived input channels: the observed (lensed, beam-convolved, noisy) E and B maps, in µK, made from
 the observed Stokes ``Q`` and ``U`` by the flat-sky rotation of their Fourier modes
 (:meth:`~deepcmb.geometry.FlatSkyGeometry.qu2eb_maps`). A fixed, exact linear map of the same data on
 periodic maps; it hands the network the faint B modes, which carry most of the lensing information at
 low noise, apart from the E power that dominates Q and U."""
+
+
+WIENER_INPUTS = ("E_wf", "B_wf")
+"""Derived input channels: the Wiener-filtered E and B of the observed ``Q`` and ``U``, in µK, made with the
+data's mask and noise map by conjugate gradients (:mod:`deepcmb.nn.wiener`) before the network, not by one of
+its layers. On masked maps the filter fills the holes and the survey edge with what the data predict there and
+weights every pixel by its noise, so no hole edge or E-to-B leakage reaches the network."""
 
 
 def stored_fields(names: Iterable[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 The ``mask`` and ``ivar_p`` input channels: what a file without them gives, the ApplyMask layer, fresh
 training maps with the file's survey, widening a network by these channels (``training.init_from``), and
-reconstruction of masked maps, which other networks refuse.
+reconstruction of masked maps, which other networks refuse; the Wiener-filtered inputs ``E_wf``, ``B_wf``
+(:mod:`deepcmb.nn.wiener`) from the filter to training, reconstruction and the Python API.
 """
 
 import h5py
@@ -14,14 +15,17 @@ keras = pytest.importorskip("keras")
 
 from deepcmb.cli import main  # noqa: E402
 from deepcmb.errors import ConfigError, InputError  # noqa: E402
+from deepcmb.flatsky import gaussian_beam  # noqa: E402
+from deepcmb.nn.augment import transform_maps  # noqa: E402
 from deepcmb.nn.data import MapSource  # noqa: E402
+from deepcmb.nn.wiener import TOLERANCE, WienerInputs  # noqa: E402
 from deepcmb.nn.layers import ApplyMask  # noqa: E402
 from deepcmb.nn.model import build_resunet, transfer_weights  # noqa: E402
 from deepcmb.nn.onthefly import FreshBatches  # noqa: E402
 from deepcmb.nn.settings import MODEL_SCHEMA, resolve_config  # noqa: E402
 from deepcmb.nn.train import run_train  # noqa: E402
 from deepcmb.config import resolve  # noqa: E402
-from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
+from deepcmb.geometry import FlatSkyGeometry, interp_spectrum  # noqa: E402
 from deepcmb.survey import edge_window  # noqa: E402
 from deepcmb.io.reconstruction import open_reconstruction  # noqa: E402
 
@@ -54,8 +58,8 @@ def files(tmp_path_factory):
             "cut": _simulate(tmp, "cut", {**BASE, "n_maps": 8, "survey": {"periodic": False}})}
 
 
-def _train(sims, out, inputs, **training):
-    cfg = {"seed": 1, "data": {"split": [0.75, 0.25, 0.0]}, "model": {**MODEL, "inputs": inputs},
+def _train(sims, out, inputs, data=None, **training):
+    cfg = {"seed": 1, "data": {"split": [0.75, 0.25, 0.0], **(data or {})}, "model": {**MODEL, "inputs": inputs},
            "training": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 2, **training}}
     return run_train(cfg, {"sims": sims}, out, progress=False)
 
@@ -202,3 +206,101 @@ def test_survey_network_reconstructs_masked_maps_others_refuse_them(files, tmp_p
         plain_kappa = g["maps/kappa"][...]
     np.testing.assert_allclose(net.predict(deepcmb.read_maps(files["plain"]))["kappa"], plain_kappa, rtol=0,
                                atol=1e-5 * np.abs(plain_kappa).max())
+
+
+def _toy_lensed_cls(lmax=12000):
+    """A smooth prior (µK²) for the filter tests: EE falling as l^-2.5 above l = 100, BB 1/20 of it."""
+    ell = np.arange(lmax + 1.0)
+    ee = 5e-2 * ((ell + 100.0) / 100.0) ** -2.5
+    return np.stack([ee * 10, ee, ee / 20, np.zeros_like(ee)])
+
+
+def test_wiener_inputs_of_periodic_white_noise_maps_are_the_diagonal_filter():
+    """Mask of ones, one noise level: the filter is diagonal, E_wf(l) = B C^EE / (B^2 C^EE + sigma^2 Delta^2)
+    E_obs(l) (likewise B) on 0 < l < l_Nyquist, which the preconditioned CG reaches in one step."""
+    geom = FlatSkyGeometry((32, 32), PIXEL)
+    cls = _toy_lensed_cls()
+    rng = np.random.default_rng(3)
+    q, u = rng.normal(size=(2, 2, 32, 32)) * 3.0
+    ivar = np.full((2, 32, 32), 4.0)
+    out = WienerInputs(geom, 1.0, periodic=True, lensed_cls=cls)(q, u, np.ones((2, 32, 32)), ivar)
+    assert out.shape == (2, 2, 32, 32) and out.dtype == np.float32
+    ell = geom.ell()
+    beam = gaussian_beam(1.0, ell)
+    noise = geom.pixel_rad**2 / 4.0
+    for k, (obs, cl) in enumerate(zip(geom.qu2eb(q, u), cls[1:3])):
+        c = interp_spectrum(cl, ell)
+        band = (ell > 0) & (ell < geom.ell_nyquist)  # the disc inside the Nyquist frequency
+        expected = geom.fourier2map(np.where(band, beam * c / (beam**2 * c + noise), 0.0) * obs)
+        np.testing.assert_allclose(out[:, k], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_wiener_inputs_ignore_unobserved_pixels_and_commute_with_the_grid_symmetries(files):
+    """On masked non-periodic maps: what lies where the mask is 0 does not matter; filtering a rotated or
+    reflected map gives the rotated or reflected E_wf and B_wf (B_wf a pseudo-scalar), to the CG's convergence;
+    the networks' CG tolerance leaves an error far below the maps' rms."""
+    source = MapSource(files["masked"])
+    rows = np.arange(2)
+    q, u, mask, ivar = (source.read(n, rows).astype(float) for n in ("Q", "U", "mask", "ivar_p"))
+    wiener = WienerInputs(source.geom, 1.0, periodic=False, lensed_cls=_toy_lensed_cls())
+    out = wiener(q, u, mask, ivar)
+    spoiled = np.where(mask == 0, 1e4, q)
+    assert (mask == 0).any()
+    np.testing.assert_allclose(wiener(spoiled, u, mask, ivar), out, rtol=0, atol=1e-5 * np.abs(out).max())
+    for k in (1, 5):
+        t = transform_maps({"Q": q, "U": u, "mask": mask, "ivar_p": ivar}, k)
+        moved = wiener(t["Q"], t["U"], t["mask"], t["ivar_p"])
+        expected = transform_maps({"E_wf": out[:, 0], "B_wf": out[:, 1]}, k)
+        for c, name in enumerate(("E_wf", "B_wf")):
+            assert np.std(moved[:, c] - expected[name]) < 1e-2 * np.std(expected[name]), (name, k)
+    # the border taper: the filtered maps vanish on the patch border, where the network wraps them around
+    assert np.abs(out[:, :, 0, :]).max() < 0.05 * np.abs(out).max()
+    # with the file's own lensed spectra as the prior, the default tolerance against a converged filter
+    with h5py.File(files["masked"], "r") as f:
+        cls = f["cosmology/cl_lensed"][0]
+    default = WienerInputs(source.geom, 1.0, periodic=False, lensed_cls=cls)(q, u, mask, ivar)
+    reference = WienerInputs(source.geom, 1.0, periodic=False, lensed_cls=cls, tolerance=3e-5)(q, u, mask, ivar)
+    errors = [np.std(default[:, c] - reference[:, c]) / np.std(reference[:, c]) for c in range(2)]
+    assert errors[0] < 0.01 and errors[1] < 0.05
+
+
+def test_wiener_channels_from_training_to_reconstruction(files, tmp_path):
+    """A network on E_wf, B_wf: its file takes the filtered maps (no E/B layer; ApplyMask leaves them as they
+    are), it starts from a network on E, B (whose weights carry over), trains on maps filtered once in memory,
+    and the stage, the Python API and fresh training maps feed it the same filtered maps."""
+    inputs = ["E_wf", "B_wf", "mask", "ivar_p"]
+    x = np.random.default_rng(2).normal(size=(1, 8, 8, 4)).astype("float32")
+    y = np.asarray(ApplyMask(inputs)(x))
+    np.testing.assert_array_equal(y[..., :3], x[..., :3])
+    np.testing.assert_allclose(y[..., 3], x[..., 3] * x[..., 2], rtol=1e-6)
+    start = _train(files["masked"], tmp_path / "start", SURVEY_INPUTS)
+    net = _train(files["masked"], tmp_path / "wf", inputs, data={"in_memory": True}, init_from=str(start))
+    norm = yaml.safe_load((net / "normalization.json").read_text())
+    assert norm["split"].endswith("train for E_wf, B_wf")
+    assert norm["stats"]["B_wf"]["std"] < norm["stats"]["E_wf"]["std"]
+    model = keras.saving.load_model(net / "model.keras", safe_mode=True)
+    assert "eb_split" not in [layer.name for layer in model.layers]
+    # the filtered channels start from the weights of E and B
+    before = keras.saving.load_model(start / "model.keras", safe_mode=True)
+    stats = {n: (0.0, 1.0) for n in inputs + ["kappa"]}
+    wide = build_resunet(resolve({**MODEL, "inputs": inputs}, MODEL_SCHEMA), (32, 32), stats)
+    assert transfer_weights(wide, before) == []
+    stem = [next(layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)) for m in (wide, before)]
+    np.testing.assert_array_equal(stem[0].get_weights()[0], stem[1].get_weights()[0])
+    source = MapSource(files["masked"])
+    out = tmp_path / "rec_wf.h5"
+    assert main(["reconstruct", "--method", "nn", "--model", str(net), "--data", str(files["masked"]),
+                 "--out", str(out), "--quiet"]) == 0
+    with open_reconstruction(out) as g:
+        kappa = g["maps/kappa"][...]
+        assert list(g.attrs["model_inputs"]) == inputs
+    import deepcmb
+
+    predicted = deepcmb.load_network(net).predict(deepcmb.read_maps(files["masked"]))["kappa"]
+    np.testing.assert_allclose(predicted, kappa, rtol=0, atol=1e-5 * np.abs(kappa).max())
+    fresh = FreshBatches(files["masked"], inputs, ["kappa"], batch_size=4, steps_per_epoch=1)
+    fresh.root_seed = BASE["seed"]
+    rows, maps = fresh.load(0)
+    for name in ("E_wf", "B_wf"):
+        truth = source.read(name, rows)
+        np.testing.assert_allclose(maps[name], truth, rtol=0, atol=1e-4 * np.abs(truth).max(), err_msg=name)

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..fields import EB_INPUTS
+from ..fields import EB_INPUTS, WIENER_INPUTS
 from ..geometry import FlatSkyGeometry
 
 PACKAGE = "deepcmb"
@@ -76,14 +76,16 @@ class PeriodicPad2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ApplyMask(keras.layers.Layer):
-    """Multiply every channel but the mask by the mask channel: ``(b, ny, nx, C) -> (b, ny, nx, C)``.
+    """Multiply every channel but the mask (and the Wiener-filtered maps, already weighted by it) by the mask
+    channel: ``(b, ny, nx, C) -> (b, ny, nx, C)``.
 
     For observed maps :math:`d` this is the masked data :math:`M d` (nothing of a hole's content, a bright
     source or a zero, reaches the network), for the noise map the weight :math:`M\\,\\mathrm{ivar}_P` the
     inverse-variance filter of the quadratic estimator uses (:mod:`deepcmb.qe.cinv`); the mask itself passes
     unchanged. With the mask's edge taper reaching 0 on the patch border, the masked maps are continuous
     across it, so the periodic E/B split (:class:`StokesToEB`) and periodic padding that follow see no edge:
-    the split of the masked Q, U is the pseudo-E/B of the apodised data.
+    the split of the masked Q, U is the pseudo-E/B of the apodised data. The Wiener-filtered ``E_wf`` and
+    ``B_wf`` (:mod:`deepcmb.nn.wiener`) pass unchanged: they are the data's prediction over the whole patch.
 
     Parameters
     ----------
@@ -99,7 +101,7 @@ class ApplyMask(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         m = self.names.index("mask")
-        weights = [ops.ones_like(x[..., m]) if n == "mask" else x[..., m] for n in self.names]
+        weights = [ops.ones_like(x[..., m]) if n == "mask" or n in WIENER_INPUTS else x[..., m] for n in self.names]
         return x * ops.stack(weights, axis=-1)
 
     def compute_output_shape(self, shape: tuple) -> tuple:

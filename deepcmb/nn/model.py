@@ -36,7 +36,7 @@ import numpy as np
 from keras import layers
 
 from ..errors import ConfigError
-from ..fields import stored_fields
+from ..fields import EB_INPUTS, WIENER_INPUTS, stored_fields
 from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB
 
 if TYPE_CHECKING:
@@ -203,7 +203,9 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
     in the input channels of the first convolution (a survey network widened from one without ``mask`` and
     ``ivar_p``), that kernel gets ``start``'s weights for the channels both read (matched by name through
     their :class:`~deepcmb.nn.layers.Standardize` layers) and zeros for the new ones: the widened network
-    first computes exactly what ``start`` computes on the shared channels.
+    first computes exactly what ``start`` computes on the shared channels. A Wiener-filtered channel
+    (:data:`deepcmb.fields.WIENER_INPUTS`) that ``start`` lacks takes the weights of its unfiltered map (``E_wf``
+    those of ``E``): the same field, given to the network filtered.
 
     Parameters
     ----------
@@ -221,10 +223,13 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
         If a layer is missing from ``start`` or differs in another way.
     """
     new, old = model.get_layer("standardize").names, start.get_layer("standardize").names
-    added = [n for n in new if n not in old]
-    if any(n not in new for n in old):
+    source = {n: n for n in new if n in old}
+    source.update({w: e for w, e in zip(WIENER_INPUTS, EB_INPUTS) if w in new and w not in old and e in old})
+    added = [n for n in new if n not in source]
+    if any(n not in source.values() for n in old):
         raise ConfigError(f"training.init_from: the network reads {old}, the model section {new}: only channels "
                           "can be added")
+    stem = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))  # reads the channels
     for layer in model.layers:
         weights = layer.get_weights()
         if not weights:
@@ -234,18 +239,18 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
         except ValueError:
             raise ConfigError(f"training.init_from: the network has no layer {layer.name!r}") from None
         shapes = [w.shape for w in weights], [w.shape for w in given]
-        if shapes[0] == shapes[1]:
+        if shapes[0] == shapes[1] and (layer is not stem or new == old):
             layer.set_weights(given)
             continue
         kernel, was = weights[0], given[0]
-        if not (isinstance(layer, layers.Conv2D) and kernel.shape[2] == len(new) and was.shape[2] == len(old)
+        if not (layer is stem and kernel.shape[2] == len(new) and was.shape[2] == len(old)
                 and kernel.shape[:2] + kernel.shape[3:] == was.shape[:2] + was.shape[3:]
                 and shapes[0][1:] == shapes[1][1:]):
             raise ConfigError(f"training.init_from: layer {layer.name!r} has weights {shapes[1]} there, "
                               f"{shapes[0]} here")
         kernel = np.zeros_like(kernel)
-        for c, name in enumerate(old):
-            kernel[:, :, new.index(name), :] = was[:, :, c, :]
+        for name, was_name in source.items():
+            kernel[:, :, new.index(name), :] = was[:, :, old.index(was_name), :]
         layer.set_weights([kernel, *given[1:]])
     return added
 

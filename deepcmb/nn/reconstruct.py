@@ -169,12 +169,13 @@ def mask_aware(spec: dict) -> bool:
 def network_view(source: MapSource, spec: dict, rows: np.ndarray) -> dict[str, np.ndarray]:
     """The channels a network's convolutions read (``spec['channels']``), as its layers make them from the maps
     of ``rows``: multiplied by the mask for a network that takes one
-    (:class:`~deepcmb.nn.layers.ApplyMask`), then split into E and B. Returns name -> ``(n, ny, nx)``."""
-    from ..fields import EB_INPUTS
+    (:class:`~deepcmb.nn.layers.ApplyMask`; not the Wiener-filtered maps), then split into E and B. Returns
+    name -> ``(n, ny, nx)``."""
+    from ..fields import EB_INPUTS, WIENER_INPUTS
 
     maps = {name: source.read(name, rows).astype(np.float64) for name in spec["inputs"]}
     if "mask" in maps:
-        maps = {name: m if name == "mask" else m * maps["mask"] for name, m in maps.items()}
+        maps = {name: m if name == "mask" or name in WIENER_INPUTS else m * maps["mask"] for name, m in maps.items()}
     if any(name in EB_INPUTS for name in spec["channels"]):
         maps.update(zip(EB_INPUTS, source.geom.qu2eb_maps(maps["Q"], maps["U"])))
     return {name: maps[name] for name in spec["channels"]}

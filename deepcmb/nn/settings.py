@@ -15,7 +15,9 @@ from ..fields import FIELDS
 
 INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction", "survey"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
-(:data:`deepcmb.fields.EB_INPUTS`, made from ``Q`` and ``U`` by a layer of the network), ``kappa_qe`` (a QE
+(:data:`deepcmb.fields.EB_INPUTS`, made from ``Q`` and ``U`` by a layer of the network), their Wiener filter
+``E_wf``, ``B_wf`` with the mask and the noise map (:data:`deepcmb.fields.WIENER_INPUTS`, made before the network,
+:mod:`deepcmb.nn.wiener`), ``kappa_qe`` (a QE
 reconstruction of the same maps, read from a reconstruction file), and the maps' ``mask`` and noise map
 ``ivar_p`` (:data:`deepcmb.fields.SURVEY_INPUTS`; 1 and the instrument's white noise for files without
 them)."""

@@ -24,7 +24,7 @@ import yaml
 
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
-from ..fields import SURVEY_INPUTS, stored_fields
+from ..fields import EB_INPUTS, SURVEY_INPUTS, WIENER_INPUTS, stored_fields
 from ..interrupts import TimeLimitReached
 from ..io.files import atomic_path, write_json
 from ..io.reconstruction import sims_identity
@@ -115,6 +115,15 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
     from, or None)."""
     mcfg, tcfg, dcfg = cfg["model"], cfg["training"], cfg["data"]
     configure_backend(cfg["seed"], tcfg["deterministic"])
+    source.progress = progress
+    if dcfg["in_memory"] and not dcfg["on_the_fly"]:  # before the statistics, which then read from memory
+        held = source.load(stored_fields(mcfg["inputs"]) + list(mcfg["outputs"]),
+                           np.concatenate([splits["train"], splits["validation"]]))
+        if progress:
+            log.info("training and validation maps in memory: %.2f GiB", held / 2**30)
+    elif set(WIENER_INPUTS) & set(mcfg["inputs"]) and progress:
+        log.warning("inputs %s are filtered anew for every batch; data.in_memory: true filters them once",
+                    ", ".join(WIENER_INPUTS))
     scope, dist_desc = distribution_scope(tcfg["distribution"], tcfg["batch_size"])
     if state is None:
         stats_rows = splits["train"][: dcfg["stats_maps"]]
@@ -160,10 +169,6 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
                      state["learning_rate"])
     kw = dict(workers=dcfg["workers"], use_multiprocessing=False)
     takes = stored_fields(mcfg["inputs"])
-    if dcfg["in_memory"] and not dcfg["on_the_fly"]:
-        held = source.load(takes + list(mcfg["outputs"]), np.concatenate([splits["train"], splits["validation"]]))
-        if progress:
-            log.info("training and validation maps in memory: %.2f GiB", held / 2**30)
     if dcfg["on_the_fly"]:
         steps = tcfg["steps_per_epoch"] or max(len(splits["train"]) // tcfg["batch_size"], 1)
         train_ds = FreshBatches(data, takes, mcfg["outputs"], tcfg["batch_size"], steps, seed=cfg["seed"],
@@ -227,7 +232,8 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
     mcfg : dict
         The resolved ``model`` section: it must describe the same network (the model card's ``model``
         section, when the network has a card; else the same inputs, heads and weight shapes), or the same
-        network with the survey inputs ``mask`` and ``ivar_p`` added (:func:`widened`; the weights are then
+        network with the survey inputs ``mask`` and ``ivar_p`` added, or its E and B Wiener-filtered
+        (:func:`widened`; the weights are then
         carried over by :func:`~deepcmb.nn.model.transfer_weights`).
     source : MapSource
         The training data: same pixel size and beam as the network's (:func:`~deepcmb.nn.reconstruct.check_compatible`).
@@ -263,9 +269,11 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
 
 def widened(before: list[str], after: list[str]) -> bool:
     """Whether input channels ``after`` are ``before`` (same order) with survey inputs
-    (:data:`deepcmb.fields.SURVEY_INPUTS`) added."""
-    return [n for n in after if n in before] == list(before) and \
-        all(n in SURVEY_INPUTS for n in after if n not in before)
+    (:data:`deepcmb.fields.SURVEY_INPUTS`) added, and ``E``, ``B`` possibly replaced by their Wiener-filtered
+    ``E_wf``, ``B_wf`` (:data:`deepcmb.fields.WIENER_INPUTS`)."""
+    plain = [n if n in before else dict(zip(WIENER_INPUTS, EB_INPUTS)).get(n, n) for n in after]
+    return [n for n in plain if n in before] == list(before) and \
+        all(n in SURVEY_INPUTS for n in plain if n not in before)
 
 
 def monitor_key(monitor: str, outputs: list) -> str:
