@@ -9,7 +9,7 @@ non-periodic maps, when asked) and the white noise of each map's level. Channels
 are read: for the normalisation statistics and the input checks of a network (whose own file takes ``Q`` and
 ``U`` and splits them in a layer), and to feed networks saved before that layer existed. Channels ``E_wf`` and
 ``B_wf`` (:data:`deepcmb.fields.WIENER_INPUTS`) are the Wiener filter of ``Q``, ``U`` with the mask and the
-noise map (:mod:`deepcmb.nn.wiener`), made as the maps are read: by conjugate gradients, 60 ms a 64 x 64 map,
+noise map (:mod:`deepcmb.nn.wiener`), made as the maps are read: by conjugate gradients, 50 ms a 64 x 64 map,
 so a training on them holds its maps in memory (``data.in_memory``), where they are filtered once.
 """
 

@@ -10,7 +10,7 @@ estimator per noise level, exactly as ``deepcmb reconstruct --method qe`` makes 
 Costs on one core at 64 x 64 (2.34 arcmin pixels): about 2 ms a map for the simulation and 1 ms for
 an MV_POL QE, a few percent of a training step of the quick network; 9 ms for a masked, non-periodic map
 with a noise map (sims/masked.yaml: lensed on a 128 x 128 box). The Wiener-filtered inputs ``E_wf`` and
-``B_wf`` (:mod:`deepcmb.nn.wiener`) are made for each fresh map too, at 60 ms a masked map: several times the
+``B_wf`` (:mod:`deepcmb.nn.wiener`) are made for each fresh map too, at 50 ms a masked map: several times the
 training step, so a network on them trains faster on a file held in memory.
 """
 
