@@ -14,10 +14,11 @@ imply and every pixel weighted by its noise: the filter of :mod:`deepcmb.qe.cinv
 on masked maps), with the fiducial lensed EE and BB spectra as the prior, solved on the modes
 :math:`0 < l < \\pi / \\Delta` (the disc inside the Nyquist frequency, :math:`\\Delta` the pixel side: the
 modes of the Nyquist row and column have no rotated partner on the grid, so their E/B split is a
-convention that would make the filter differ from one orientation of the map to another). Non-periodic patches are embedded in a periodic grid
-:data:`deepcmb.qe.quadratic.EMBEDDING_PAD` times larger, unobserved outside the patch, and the filtered maps
-are multiplied by a cosine taper of :data:`BORDER_ARCMIN` along the patch border
-(:func:`deepcmb.survey.edge_window`), so that the network's periodic padding meets no edge. The filter is
+convention that would make the filter differ from one orientation of the map to another). Non-periodic
+patches are embedded in a periodic grid :data:`deepcmb.qe.quadratic.EMBEDDING_PAD` times larger, unobserved
+outside the patch, and the filtered maps are multiplied by a cosine taper of :data:`BORDER_ARCMIN` along the
+patch border (:func:`deepcmb.survey.edge_window`), so that the network's periodic padding meets no edge. The
+filter is
 linear in the data and commutes with the rotations and reflections of the grid (``B_wf`` is a pseudo-scalar),
 so the symmetrized prediction (:func:`deepcmb.nn.reconstruct.predict_symmetrized`) transforms the filtered
 maps directly.
@@ -81,8 +82,8 @@ class WienerInputs:
         self.geom, self.periodic = geom, bool(periodic)
         self.box = geom if periodic else padded_box(geom, EMBEDDING_PAD)
         self.cut = box_cut(self.box.shape, geom.shape)
-        self.filter = CinvFilter(self.box, lensed_cls, beam_fwhm_arcmin, 0.0, geom.ell_nyquist * (1.0 - 1e-9), tolerance,
-                                 MAX_ITERATIONS)
+        inside = geom.ell_nyquist * (1.0 - 1e-9)  # the disc l < l_Nyquist: not the Nyquist row and column
+        self.filter = CinvFilter(self.box, lensed_cls, beam_fwhm_arcmin, 0.0, inside, tolerance, MAX_ITERATIONS)
         self.taper = np.ones(geom.shape) if periodic else edge_window(geom, BORDER_ARCMIN)
 
     def __call__(self, q: np.ndarray, u: np.ndarray, mask: np.ndarray, ivar_p: np.ndarray, *,
