@@ -299,10 +299,7 @@ class Network:
 
         filtered = None
         if any(n in WIENER_INPUTS and n not in maps.maps for n in names):
-            beams = {i.beam_fwhm_arcmin for i in maps.instruments}
-            if len(beams) > 1:
-                raise InputError(f"maps of several beams {sorted(beams)}: the Wiener-filtered inputs need one")
-            wiener = WienerInputs(maps.geometry, beams.pop(), maps.periodic)
+            wiener = WienerInputs.for_maps(maps.geometry, maps.instruments, maps.periodic, "maps")
             filtered = wiener(maps["Q"], maps["U"], *(cls._input(maps, k, edge_arcmin) for k in SURVEY_INPUTS))
         return [filtered[:, WIENER_INPUTS.index(n)] if n in WIENER_INPUTS and n not in maps.maps
                 else cls._input(maps, n, edge_arcmin) for n in names]

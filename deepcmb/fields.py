@@ -98,6 +98,9 @@ data's mask and noise map by conjugate gradients (:mod:`deepcmb.nn.wiener`) befo
 its layers. On masked maps the filter fills the holes and the survey edge with what the data predict there and
 weights every pixel by its noise, so no hole edge or E-to-B leakage reaches the network."""
 
+UNFILTERED = dict(zip(WIENER_INPUTS, EB_INPUTS))
+"""Each Wiener-filtered channel -> the unfiltered channel of the same field (``E_wf`` -> ``E``)."""
+
 
 def stored_fields(names: Iterable[str]) -> list[str]:
     """The maps that ``names`` are made of: each of :data:`EB_INPUTS` replaced by ``Q`` and ``U`` (order
@@ -119,3 +122,10 @@ def units(name: str) -> str:
 SURVEY_INPUTS = tuple(n for n, f in FIELDS.items() if f.role == "survey")
 """Input channels that describe the data rather than hold it: the mask and the noise map. A network that
 takes ``mask`` multiplies its observed channels by it (:class:`deepcmb.nn.layers.ApplyMask`)."""
+
+
+def multiplied_by_mask(name: str) -> bool:
+    """Whether a network that takes a mask multiplies input channel ``name`` by it
+    (:class:`deepcmb.nn.layers.ApplyMask`): every channel but the mask itself and the Wiener-filtered maps,
+    which weight the data by the mask already."""
+    return name != "mask" and name not in WIENER_INPUTS

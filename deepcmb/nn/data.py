@@ -262,11 +262,7 @@ class MapSource:
             if self._wiener is None:
                 from .wiener import WienerInputs
 
-                beams = {i.beam_fwhm_arcmin for i in self.instruments}
-                if len(beams) > 1:
-                    raise InputError(f"{self.sims_path}: maps of several beams {sorted(beams)}; the Wiener-filtered "
-                                     "inputs need one")
-                self._wiener = WienerInputs(self.geom, beams.pop(), self.periodic)
+                self._wiener = WienerInputs.for_maps(self.geom, self.instruments, self.periodic, str(self.sims_path))
             maps = [self.read(n, rows) for n in ("Q", "U", *SURVEY_INPUTS)]
             self._filtered = (key, self._wiener(*maps, progress=self.progress and len(rows) > 64))
         return self._filtered[1]

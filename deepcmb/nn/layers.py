@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..fields import EB_INPUTS, WIENER_INPUTS
+from ..fields import EB_INPUTS, multiplied_by_mask
 from ..geometry import FlatSkyGeometry
 
 PACKAGE = "deepcmb"
@@ -101,7 +101,7 @@ class ApplyMask(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         m = self.names.index("mask")
-        weights = [ops.ones_like(x[..., m]) if n == "mask" or n in WIENER_INPUTS else x[..., m] for n in self.names]
+        weights = [x[..., m] if multiplied_by_mask(n) else ops.ones_like(x[..., m]) for n in self.names]
         return x * ops.stack(weights, axis=-1)
 
     def compute_output_shape(self, shape: tuple) -> tuple:

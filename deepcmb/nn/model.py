@@ -36,7 +36,7 @@ import numpy as np
 from keras import layers
 
 from ..errors import ConfigError
-from ..fields import EB_INPUTS, WIENER_INPUTS, stored_fields
+from ..fields import UNFILTERED, stored_fields
 from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
     """
     new, old = model.get_layer("standardize").names, start.get_layer("standardize").names
     source = {n: n for n in new if n in old}
-    source.update({w: e for w, e in zip(WIENER_INPUTS, EB_INPUTS) if w in new and w not in old and e in old})
+    source.update({w: e for w, e in UNFILTERED.items() if w in new and w not in old and e in old})
     added = [n for n in new if n not in source]
     if any(n not in source.values() for n in old):
         raise ConfigError(f"training.init_from: the network reads {old}, the model section {new}: only channels "

@@ -121,10 +121,12 @@ class FreshBatches(keras.utils.PyDataset):
         self.wiener = [n for n in WIENER_INPUTS if n in self.inputs]
         # survey inputs made here (the file's maps have none): for the network, or for the Wiener filter
         self.made = [n for n in SURVEY_INPUTS if (n in self.inputs or self.wiener) and n not in self.survey.maps]
-        self.fields = sorted(set(n for n in self.inputs + self.outputs
-                                 if n != "kappa_qe" and n not in self.made and n not in self.wiener)
-                             | set(self.qe_fields)
-                             | ({"Q", "U"} | (set(SURVEY_INPUTS) - set(self.made)) if self.wiener else set()))
+        needed = set(self.inputs + self.outputs) - {"kappa_qe", *self.made, *self.wiener} | set(self.qe_fields)
+        if self.wiener:  # the filter reads Q, U and the survey maps the simulator makes
+            needed |= {"Q", "U"} | (set(SURVEY_INPUTS) - set(self.made))
+        self.fields = sorted(needed)
+        # the maps a batch holds: those asked for, then what only the filter reads
+        self._kept = list(dict.fromkeys(self.inputs + self.outputs + self.fields))
         self._local = threading.local()
 
     def __len__(self):
@@ -193,17 +195,15 @@ class FreshBatches(keras.utils.PyDataset):
         """``(indices, maps)`` of item ``i``: maps is name -> ``(batch_size, ny, nx)`` float32."""
         indices = self.batch_rows(*self.position(i))
         names = self.inputs + self.outputs
-        kept = list(dict.fromkeys(names + [n for n in self.fields if n not in names]))  # the filter's Q, U, ...
-        maps = {name: np.empty((self.batch_size,) + self.geom.shape, np.float32) for name in kept + self.made}
+        maps = {name: np.empty((self.batch_size,) + self.geom.shape, np.float32) for name in self._kept + self.made}
         levels = np.empty(self.batch_size, np.int64)
         observed = {k: np.empty((self.batch_size,) + self.geom.shape) for k in self.qe_fields}
         for j, index in enumerate(indices):
             c, n = self.assignment(int(index))
             levels[j] = n
             sample = self._simulator(c, n).sample(self.root_seed, int(index), fields=self.fields)
-            for name in kept:
-                if name != "kappa_qe" and name not in self.made and name not in self.wiener:
-                    maps[name][j] = sample[name]
+            for name in self.fields:
+                maps[name][j] = sample[name]
             for k in self.qe_fields:
                 observed[k][j] = sample[k]
         depths = np.array([inst.noise_p_uk_arcmin for inst in self.instruments])[levels]
@@ -226,8 +226,7 @@ class FreshBatches(keras.utils.PyDataset):
         from .wiener import WienerInputs
 
         if "wiener" not in self._local.__dict__:
-            beams = {inst.beam_fwhm_arcmin for inst in self.instruments}
-            self._local.wiener = WienerInputs(self.geom, beams.pop(), self.survey.periodic)
+            self._local.wiener = WienerInputs.for_maps(self.geom, self.instruments, self.survey.periodic, "fresh maps")
         return self._local.wiener
 
     def __getitem__(self, i):

@@ -171,11 +171,11 @@ def network_view(source: MapSource, spec: dict, rows: np.ndarray) -> dict[str, n
     of ``rows``: multiplied by the mask for a network that takes one
     (:class:`~deepcmb.nn.layers.ApplyMask`; not the Wiener-filtered maps), then split into E and B. Returns
     name -> ``(n, ny, nx)``."""
-    from ..fields import EB_INPUTS, WIENER_INPUTS
+    from ..fields import EB_INPUTS, multiplied_by_mask
 
     maps = {name: source.read(name, rows).astype(np.float64) for name in spec["inputs"]}
     if "mask" in maps:
-        maps = {name: m if name == "mask" or name in WIENER_INPUTS else m * maps["mask"] for name, m in maps.items()}
+        maps = {name: m * maps["mask"] if multiplied_by_mask(name) else m for name, m in maps.items()}
     if any(name in EB_INPUTS for name in spec["channels"]):
         maps.update(zip(EB_INPUTS, source.geom.qu2eb_maps(maps["Q"], maps["U"])))
     return {name: maps[name] for name in spec["channels"]}

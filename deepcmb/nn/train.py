@@ -24,7 +24,7 @@ import yaml
 
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
-from ..fields import EB_INPUTS, SURVEY_INPUTS, WIENER_INPUTS, stored_fields
+from ..fields import SURVEY_INPUTS, UNFILTERED, WIENER_INPUTS, stored_fields
 from ..interrupts import TimeLimitReached
 from ..io.files import atomic_path, write_json
 from ..io.reconstruction import sims_identity
@@ -271,7 +271,7 @@ def widened(before: list[str], after: list[str]) -> bool:
     """Whether input channels ``after`` are ``before`` (same order) with survey inputs
     (:data:`deepcmb.fields.SURVEY_INPUTS`) added, and ``E``, ``B`` possibly replaced by their Wiener-filtered
     ``E_wf``, ``B_wf`` (:data:`deepcmb.fields.WIENER_INPUTS`)."""
-    plain = [n if n in before else dict(zip(WIENER_INPUTS, EB_INPUTS)).get(n, n) for n in after]
+    plain = [n if n in before else UNFILTERED.get(n, n) for n in after]
     return [n for n in plain if n in before] == list(before) and \
         all(n in SURVEY_INPUTS for n in plain if n not in before)
 

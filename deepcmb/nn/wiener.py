@@ -37,6 +37,9 @@ PRD 96, 063510 (flat-sky filtering with masks and inhomogeneous noise).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import InputError
@@ -45,6 +48,9 @@ from ..progress import Progress
 from ..qe.cinv import CinvFilter
 from ..qe.quadratic import EMBEDDING_PAD
 from ..survey import box_cut, edge_window, padded_box
+
+if TYPE_CHECKING:
+    from ..sample import Instrument
 
 TOLERANCE = 1e-3
 """Relative residual at which the filter's conjugate gradients stop."""
@@ -85,6 +91,21 @@ class WienerInputs:
         inside = geom.ell_nyquist * (1.0 - 1e-9)  # the disc l < l_Nyquist: not the Nyquist row and column
         self.filter = CinvFilter(self.box, lensed_cls, beam_fwhm_arcmin, 0.0, inside, tolerance, MAX_ITERATIONS)
         self.taper = np.ones(geom.shape) if periodic else edge_window(geom, BORDER_ARCMIN)
+
+    @classmethod
+    def for_maps(cls, geom: FlatSkyGeometry, instruments: Sequence[Instrument], periodic: bool,
+                 where: str) -> WienerInputs:
+        """The filter of maps observed by ``instruments`` (one per noise level), which must share one beam.
+
+        Raises
+        ------
+        InputError
+            Instruments of several beams, naming the maps ``where``.
+        """
+        beams = {inst.beam_fwhm_arcmin for inst in instruments}
+        if len(beams) != 1:
+            raise InputError(f"{where}: maps of several beams {sorted(beams)}; the Wiener-filtered inputs need one")
+        return cls(geom, beams.pop(), periodic)
 
     def __call__(self, q: np.ndarray, u: np.ndarray, mask: np.ndarray, ivar_p: np.ndarray, *,
                  progress: bool = False) -> np.ndarray:
