@@ -102,11 +102,32 @@ def wiener_e_filter(geom: FlatSkyGeometry, cl_ee_lensed: ArrayLike, beam_fwhm_ar
         :math:`F_\\ell` on the rfft grid (dimensionless; it also deconvolves the beam).
     """
     ell = geom.ell()
+    band = (ell >= lmin) & (ell <= lmax) & (ell < geom.ell_nyquist)
+    return np.where(band, wiener_e_profile(cl_ee_lensed, beam_fwhm_arcmin, noise_p_uk_arcmin, ell), 0.0)
+
+
+def wiener_e_profile(cl_ee_lensed: ArrayLike, beam_fwhm_arcmin: float, noise_p_uk_arcmin: float,
+                     ell: ArrayLike) -> np.ndarray:
+    """The Wiener filter of E of :func:`wiener_e_filter` at multipoles ``ell``, without its band limits.
+
+    Parameters
+    ----------
+    cl_ee_lensed, beam_fwhm_arcmin, noise_p_uk_arcmin
+        As in :func:`wiener_e_filter`.
+    ell : array_like
+        Multipoles (any shape).
+
+    Returns
+    -------
+    ndarray, shape of ``ell``
+        :math:`F_\\ell = \\tilde C^{EE}_\\ell B_\\ell / (\\tilde C^{EE}_\\ell B_\\ell^2 + N_\\ell)`
+        (dimensionless); 0 where the denominator is 0.
+    """
+    ell = np.asarray(ell, dtype=float)
     cl = interp_spectrum(cl_ee_lensed, ell)
     beam = gaussian_beam(beam_fwhm_arcmin, ell)
     total = cl * beam**2 + white_noise_cl(noise_p_uk_arcmin)
-    band = (ell >= lmin) & (ell <= lmax) & (ell < geom.ell_nyquist) & (total > 0)
-    return np.where(band, cl * beam / np.where(band, total, 1.0), 0.0)
+    return np.where(total > 0, cl * beam / np.where(total > 0, total, 1.0), 0.0)
 
 
 def phi_from_kappa(geom: FlatSkyGeometry, kappa_fourier: np.ndarray) -> np.ndarray:

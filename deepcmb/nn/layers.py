@@ -11,6 +11,8 @@ All are written with :mod:`keras.ops` only and run on the tensorflow, jax and to
 - :class:`Standardize` maps physical input channels to zero mean, unit variance with statistics of the
   training split; it also records the channel names and pixel size the model expects.
 - :class:`Destandardize` maps a normalised output back to physical units (µK, or dimensionless kappa).
+- :class:`SubtractLensingB` removes from Stokes maps the lensing B modes that a kappa map predicts: the
+  delensing of an unrolled step (:mod:`deepcmb.nn.model`).
 """
 
 from __future__ import annotations
@@ -246,3 +248,90 @@ class Destandardize(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SubtractLensingB(keras.layers.Layer):
+    """Observed Stokes maps minus the lensing B modes that a convergence map predicts from their own E modes:
+    ``[(b, ny, nx, 2) Q, U in µK, (b, ny, nx, 1) kappa]`` -> ``(b, ny, nx, 2)`` delensed Q, U in µK.
+
+    The template is that of :func:`deepcmb.delensing.gradient_b_template`, written with :mod:`keras.ops`:
+    the Wiener-filtered E of the data, :math:`E^{\\rm WF}_{\\boldsymbol\\ell} = F_\\ell E_{\\boldsymbol\\ell}`,
+    lensed to first order by the deflection of :math:`\\hat\\phi_\\mathbf{L} = 2\\hat\\kappa_\\mathbf{L}/L^2`,
+
+    .. math:: (Q + iU)^{\\rm temp} = \\nabla\\hat\\phi \\cdot \\nabla P^{\\rm WF}, \\qquad
+              P^{\\rm WF}_{\\boldsymbol\\ell} = E^{\\rm WF}_{\\boldsymbol\\ell} e^{2i\\varphi_{\\boldsymbol\\ell}},
+
+    and only its B modes are subtracted, so the E modes of the output are those of the input. With the
+    true kappa this removes the lensing B of a periodic map to the accuracy of the first-order template
+    (0.3 % of its power, :mod:`deepcmb.delensing`); with an estimate, what is left is the lensing B of the
+    estimate's error plus the noise, from which a further network can correct the estimate (Hirata &
+    Seljak 2003; Smith et al. 2012: iterative delensing). The filter is zero at and above the grid's
+    Nyquist multipole, and phi and the subtracted B modes on the Nyquist row and column, so the layer
+    commutes with the grid's rotations and reflections.
+
+    Parameters
+    ----------
+    pixel_arcmin : float
+        Pixel side, arcmin (sets the multipoles of the grid).
+    e_filter : list of float
+        :math:`F_\\ell` at ``l = 0, 1, ..`` (:func:`deepcmb.delensing.wiener_e_profile`), interpolated
+        linearly at each mode's ``|l|``; zero beyond the table.
+    """
+
+    def __init__(self, pixel_arcmin, e_filter, **kwargs):
+        super().__init__(**kwargs)
+        self.pixel_arcmin = float(pixel_arcmin)
+        self.e_filter = [float(v) for v in e_filter]
+        self._grids = {}
+
+    def _grid(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        if shape not in self._grids:
+            ny, nx = shape
+            pixel = np.deg2rad(self.pixel_arcmin / 60.0)
+            ly = 2 * np.pi * np.fft.fftfreq(ny, pixel)[:, None] * np.ones((1, nx))
+            lx = 2 * np.pi * np.fft.fftfreq(nx, pixel)[None, :] * np.ones((ny, 1))
+            ell = np.hypot(lx, ly)
+            nyquist = (np.abs(np.fft.fftfreq(ny))[:, None] == 0.5) | (np.abs(np.fft.fftfreq(nx))[None, :] == 0.5)
+            table = np.asarray(self.e_filter)
+            f = np.interp(ell, np.arange(table.size), table, right=0.0)
+            f[ell >= np.pi / pixel] = 0.0
+            inv = np.where((ell > 0) & ~nyquist, 2.0 / np.where(ell > 0, ell, 1.0) ** 2, 0.0)
+            c2, s2 = _rotation_grids(shape)
+            keep = ~nyquist  # the template's B modes on the Nyquist row and column have no defined angle
+            self._grids[shape] = {k: np.asarray(v, np.float32) for k, v in
+                                  dict(ly=ly, lx=lx, f=f, inv=inv, c2=c2 * keep, s2=s2 * keep, e2=c2,
+                                       s2e=s2).items()}
+        return self._grids[shape]
+
+    def call(self, inputs: Any) -> Any:
+        maps, kappa = inputs
+        g = {k: ops.convert_to_tensor(v, maps.dtype) for k, v in
+             self._grid((int(maps.shape[1]), int(maps.shape[2]))).items()}
+        c2, s2, f = g["e2"], g["s2e"], g["f"]
+
+        def modes(m):
+            return ops.fft2((m, ops.zeros_like(m)))
+
+        def gradient(re, im, k):  # real map of the field with modes i k (re + i im)
+            return ops.ifft2((-k * im, k * re))[0]
+
+        (qr, qi), (ur, ui) = modes(maps[..., 0]), modes(maps[..., 1])
+        er, ei = f * (c2 * qr + s2 * ur), f * (c2 * qi + s2 * ui)
+        kr, ki = modes(kappa[..., 0])
+        pr, pi = g["inv"] * kr, g["inv"] * ki
+        dy, dx = gradient(pr, pi, g["ly"]), gradient(pr, pi, g["lx"])
+        tq = dy * gradient(c2 * er, c2 * ei, g["ly"]) + dx * gradient(c2 * er, c2 * ei, g["lx"])
+        tu = dy * gradient(s2 * er, s2 * ei, g["ly"]) + dx * gradient(s2 * er, s2 * ei, g["lx"])
+        (tqr, tqi), (tur, tui) = modes(tq), modes(tu)
+        c2, s2 = g["c2"], g["s2"]  # zero on the Nyquist row and column
+        br, bi = -s2 * tqr + c2 * tur, -s2 * tqi + c2 * tui
+        q_t = ops.ifft2((-s2 * br, -s2 * bi))[0]
+        u_t = ops.ifft2((c2 * br, c2 * bi))[0]
+        return ops.stack([maps[..., 0] - q_t, maps[..., 1] - u_t], axis=-1)
+
+    def compute_output_shape(self, shapes: tuple) -> tuple:
+        return (*shapes[0][:3], 2)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pixel_arcmin": self.pixel_arcmin, "e_filter": self.e_filter}

@@ -24,6 +24,22 @@ A residual block is ``unit(x) -> Dropout -> Conv -> Norm``, added to ``x`` (thro
 when the width changes), then the activation. With ``padding: periodic`` every convolution sees the
 map wrapped around its edges (flat-sky simulations are periodic); ``same`` pads with zeros (use it for
 non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride * 2**D``.
+
+Unrolled steps (``unrolled_steps: n``, periodic E/B or Q/U inputs): after the ResUNet above, each step
+``s = 1 .. n`` repeats the iterative estimators' move with a network in place of the quadratic estimator::
+
+    step s: delensed Q, U = SubtractLensingB(input Q, U; kappa_{s-1})     (layer step{s}_delens)
+            [StokesToEB] -> concatenate kappa_{s-1} -> Standardize        (step{s}_standardize)
+            a ResUNet of the same shape, every layer named step{s}_...   -> correction
+            kappa_s = kappa_{s-1} + correction (standardised units), other heads from this step
+
+The lensing B that ``kappa_{s-1}`` predicts from the data's Wiener-filtered E is taken out of the data
+(:class:`~deepcmb.nn.layers.SubtractLensingB`), so the B the next ResUNet reads holds the noise and the
+lensing B of the previous estimate's error, from which it corrects the estimate (Hirata & Seljak 2003;
+Carron & Lewis 2017: at low noise the gain of an iterative estimator over the quadratic one comes from
+delensing the B modes). The model's outputs are the last step's; the earlier steps' heads are named
+``<head>_step<s>``. :func:`transfer_weights` starts new steps from a trained network's last step, and
+:func:`freeze_steps` keeps the steps it already had fixed.
 """
 
 from __future__ import annotations
@@ -37,10 +53,15 @@ from keras import layers
 
 from ..errors import ConfigError
 from ..fields import UNFILTERED, stored_fields
-from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB
+from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB, SubtractLensingB
 
 if TYPE_CHECKING:
+    from ..cosmology import CMBSpectra
     from ..sample import Instrument
+
+PREVIOUS_KAPPA = "kappa_previous"
+"""Channel name, in an unrolled step's :class:`~deepcmb.nn.layers.Standardize` layer, of the kappa of the step
+before (standardised with the statistics of the kappa head)."""
 
 def check_map_shape(cfg: dict, shape: tuple) -> None:
     """Check that maps of ``shape`` suit the downsamplings of a valid ``model`` section.
@@ -70,8 +91,38 @@ def check_map_shape(cfg: dict, shape: tuple) -> None:
                           "use fewer levels or a smaller kernel")
 
 
+def unrolled_e_filter(spectra: CMBSpectra, instruments: Sequence[Instrument], pixel_arcmin: float) -> list[float]:
+    """The Wiener filter of E that an unrolled step's delensing applies (``e_filter`` of :func:`build_resunet`).
+
+    :func:`deepcmb.delensing.wiener_e_profile` of the fiducial lensed E spectrum with the training maps' beam
+    and their lowest noise level, at ``l = 0 .. ceil(l_Nyquist)`` of the pixel: one filter for every noise
+    level of a network (at 5 uK-arcmin it keeps E a little noisier than the optimal filter would).
+
+    Parameters
+    ----------
+    spectra : CMBSpectra
+        The fiducial spectra (:func:`deepcmb.cosmology.compute_spectra` of ``{}``).
+    instruments : sequence of Instrument
+        The training maps' instruments (one beam).
+    pixel_arcmin : float
+        Pixel side, arcmin.
+
+    Returns
+    -------
+    list of float
+        :math:`F_\\ell`, dimensionless.
+    """
+    from ..delensing import wiener_e_profile
+
+    lowest = min(instruments, key=lambda i: i.noise_p_uk_arcmin)
+    ell_nyquist = 180.0 * 60.0 / pixel_arcmin
+    return wiener_e_profile(spectra.lensed[1], lowest.beam_fwhm_arcmin, lowest.noise_p_uk_arcmin,
+                            np.arange(int(np.ceil(ell_nyquist)) + 1)).tolist()
+
+
 class _Builder:
-    def __init__(self, cfg):
+    def __init__(self, cfg, prefix=""):
+        self.prefix = prefix
         self.k = cfg["kernel_size"]
         self.act = cfg["activation"]
         self.norm = cfg["normalization"]
@@ -82,7 +133,7 @@ class _Builder:
 
     def name(self, kind: str) -> str:
         self.count += 1
-        return f"{kind}_{self.count}"
+        return f"{self.prefix}{kind}_{self.count}"
 
     def conv(self, x: keras.KerasTensor, filters: int, kernel: int, stride: int = 1) -> keras.KerasTensor:
         pad = "same"
@@ -118,7 +169,8 @@ class _Builder:
 
 
 def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcmin: float | None = None,
-                  instruments: Sequence[Instrument] = (), name: str = "resunet") -> keras.Model:
+                  instruments: Sequence[Instrument] = (), name: str = "resunet",
+                  e_filter: Sequence[float] | None = None) -> keras.Model:
     """Build the ResUNet described by a resolved ``model`` config.
 
     Parameters
@@ -140,25 +192,25 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
         noise outside the training levels.
     name : str
         Name of the Keras model.
+    e_filter : sequence of float, optional
+        With ``unrolled_steps``: the Wiener filter of E at ``l = 0, 1, ..`` that the delensing of each step
+        uses (:class:`~deepcmb.nn.layers.SubtractLensingB`, :func:`unrolled_e_filter`).
 
     Returns
     -------
     keras.Model
         One input ``maps`` of shape ``(ny, nx, C)``: the ``C`` maps of ``stored_fields(cfg['inputs'])``
         in that order, physical units; a dict of outputs, one per head, each ``(ny, nx, 1)`` in physical
-        units.
+        units (of the last unrolled step).
 
     Raises
     ------
     ConfigError
-        If ``shape`` does not suit the downsamplings (:func:`check_map_shape`).
+        If ``shape`` does not suit the downsamplings (:func:`check_map_shape`), or unrolled steps lack
+        ``e_filter`` or ``pixel_arcmin``.
     """
     check_map_shape(cfg, shape)
     stats = stats or {}
-    mean_std = [stats.get(n, (0.0, 1.0)) for n in cfg["inputs"]]
-    b = _Builder(cfg)
-    f = cfg["filters"]
-    depth = len(f) - 1
     takes = stored_fields(cfg["inputs"])
     inp = x = keras.Input(shape=(shape[0], shape[1], len(takes)), name="maps")
     if "mask" in takes:
@@ -168,10 +220,49 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     beams = {i.beam_fwhm_arcmin for i in instruments}
     if len(beams) > 1:
         raise ConfigError(f"training maps of several beams {sorted(beams)}: a network is trained for one beam")
-    x = Standardize(cfg["inputs"], [m for m, _ in mean_std], [s for _, s in mean_std], pixel_arcmin,
-                    beam_fwhm_arcmin=beams.pop() if beams else None,
-                    noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None, name="standardize",
-                    dtype="float32")(x)
+    recorded = dict(beam_fwhm_arcmin=beams.pop() if beams else None,
+                    noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None)
+    x = _standardize(cfg["inputs"], stats, pixel_arcmin, "standardize", **recorded)(x)
+    steps = cfg["unrolled_steps"]
+    heads = _resunet(cfg, x)
+    outputs = {h: _destandardize(h, stats, h if not steps else f"{h}_step0")(y) for h, y in heads.items()}
+    if steps and (e_filter is None or pixel_arcmin is None):
+        raise ConfigError("model.unrolled_steps: the network needs the Wiener filter of E and the pixel size")
+    for step in range(1, steps + 1):
+        last = step == steps
+        delensed = SubtractLensingB(pixel_arcmin, e_filter, name=f"step{step}_delens", dtype="float32")(
+            [inp, outputs["kappa"]])
+        if takes != list(cfg["inputs"]):
+            delensed = StokesToEB(takes, cfg["inputs"], name=f"step{step}_eb_split", dtype="float32")(delensed)
+        x = layers.Concatenate(name=f"step{step}_with_kappa")([delensed, outputs["kappa"]])
+        names = [*cfg["inputs"], PREVIOUS_KAPPA]
+        x = _standardize(names, {**stats, PREVIOUS_KAPPA: stats.get("kappa", (0.0, 1.0))}, pixel_arcmin,
+                         f"step{step}_standardize")(x)
+        correction = _resunet(cfg, x, prefix=f"step{step}_")
+        # kappa: the previous step's (standardised) kappa plus this step's correction
+        correction["kappa"] = layers.Add(name=f"step{step}_kappa_sum")([heads["kappa"], correction["kappa"]])
+        heads = correction
+        outputs = {h: _destandardize(h, stats, h if last else f"{h}_step{step}")(y) for h, y in heads.items()}
+    return keras.Model(inp, outputs, name=name)
+
+
+def _standardize(names, stats, pixel_arcmin, name, **recorded):
+    mean_std = [stats.get(n, (0.0, 1.0)) for n in names]
+    return Standardize(names, [m for m, _ in mean_std], [s for _, s in mean_std], pixel_arcmin, name=name,
+                       dtype="float32", **recorded)
+
+
+def _destandardize(head, stats, name):
+    mean, std = stats.get(head, (0.0, 1.0))
+    return Destandardize(mean, std, name=name, dtype="float32")
+
+
+def _resunet(cfg: dict, x: keras.KerasTensor, prefix: str = "") -> dict[str, keras.KerasTensor]:
+    """The encoder-decoder on standardised channels ``x``: one standardised ``(ny, nx, 1)`` map per head,
+    every layer name starting with ``prefix``."""
+    b = _Builder(cfg, prefix)
+    f = cfg["filters"]
+    depth = len(f) - 1
     x = b.unit(x, f[0], stride=cfg["stem_stride"])
     skips = []
     for level in range(depth):
@@ -188,16 +279,13 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
             x = b.residual(x, f[level])
     if cfg["stem_stride"] == 2:
         x = b.upsample(x, f[0])
-    outputs = {}
-    for head in cfg["outputs"]:
-        y = layers.Conv2D(1, 1, name=f"{head}_head", dtype="float32")(x)  # heads in float32 (mixed precision)
-        mean, std = stats.get(head, (0.0, 1.0))
-        outputs[head] = Destandardize(mean, std, name=head, dtype="float32")(y)
-    return keras.Model(inp, outputs, name=name)
+    # heads in float32 (mixed precision)
+    return {head: layers.Conv2D(1, 1, name=f"{prefix}{head}_head", dtype="float32")(x) for head in cfg["outputs"]}
 
 
 def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
-    """Copy the weights of ``start`` into ``model``, a network of the same layers that reads more input channels.
+    """Copy the weights of ``start`` into ``model``, a network of the same layers that reads more input channels
+    or has more unrolled steps.
 
     Every layer with weights takes those of the layer of the same name in ``start``. Where the two differ only
     in the input channels of the first convolution (a survey network widened from one without ``mask`` and
@@ -205,17 +293,20 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
     their :class:`~deepcmb.nn.layers.Standardize` layers) and zeros for the new ones: the widened network
     first computes exactly what ``start`` computes on the shared channels. A Wiener-filtered channel
     (:data:`deepcmb.fields.WIENER_INPUTS`) that ``start`` lacks takes the weights of its unfiltered map (``E_wf``
-    those of ``E``): the same field, given to the network filtered.
+    those of ``E``): the same field, given to the network filtered. An unrolled step that ``start`` lacks
+    (``step<s>_`` layers) takes the weights of ``start``'s last step, with zeros for the previous kappa it
+    reads: it first computes what ``start``'s last network computes on the delensed data.
 
     Parameters
     ----------
     model, start : keras.Model
-        Networks of :func:`build_resunet`; ``start``'s channels a subset of ``model``'s.
+        Networks of :func:`build_resunet`; ``start``'s channels a subset of ``model``'s, its unrolled steps
+        at most ``model``'s.
 
     Returns
     -------
     list of str
-        The channels ``model`` reads that ``start`` does not (their kernel slices are zero).
+        The channels ``model``'s first network reads that ``start``'s does not (their kernel slices are zero).
 
     Raises
     ------
@@ -223,36 +314,76 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
         If a layer is missing from ``start`` or differs in another way.
     """
     new, old = model.get_layer("standardize").names, start.get_layer("standardize").names
-    source = {n: n for n in new if n in old}
-    source.update({w: e for w, e in UNFILTERED.items() if w in new and w not in old and e in old})
-    added = [n for n in new if n not in source]
-    if any(n not in source.values() for n in old):
+    added = [n for n in new if n not in old and not (n in UNFILTERED and UNFILTERED[n] in old)]
+    if any(n not in new and n not in [UNFILTERED.get(m) for m in new] for n in old):
         raise ConfigError(f"training.init_from: the network reads {old}, the model section {new}: only channels "
                           "can be added")
-    stem = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))  # reads the channels
+    have, had = unrolled_steps(model), unrolled_steps(start)
+    if had > have:
+        raise ConfigError(f"training.init_from: the network has {had} unrolled steps, the model section {have}")
+    stems = {_step_prefix(s): next(layer for layer in model.layers if isinstance(layer, layers.Conv2D)
+                                   and _step_of(layer.name) == s) for s in range(have + 1)}  # read the channels
     for layer in model.layers:
         weights = layer.get_weights()
         if not weights:
             continue
+        step = _step_of(layer.name)
+        source = step if step <= had else had
+        name = _step_prefix(source) + layer.name[len(_step_prefix(step)):]
         try:
-            given = start.get_layer(layer.name).get_weights()
+            given = start.get_layer(name).get_weights()
         except ValueError:
-            raise ConfigError(f"training.init_from: the network has no layer {layer.name!r}") from None
+            raise ConfigError(f"training.init_from: the network has no layer {name!r}") from None
+        stem = stems[_step_prefix(step)] is layer
+        here = model.get_layer(_step_prefix(step) + "standardize").names
+        there = start.get_layer(_step_prefix(source) + "standardize").names
         shapes = [w.shape for w in weights], [w.shape for w in given]
-        if shapes[0] == shapes[1] and (layer is not stem or new == old):
+        if shapes[0] == shapes[1] and (not stem or here == there):
             layer.set_weights(given)
             continue
         kernel, was = weights[0], given[0]
-        if not (layer is stem and kernel.shape[2] == len(new) and was.shape[2] == len(old)
+        if not (stem and kernel.shape[2] == len(here) and was.shape[2] == len(there)
                 and kernel.shape[:2] + kernel.shape[3:] == was.shape[:2] + was.shape[3:]
                 and shapes[0][1:] == shapes[1][1:]):
             raise ConfigError(f"training.init_from: layer {layer.name!r} has weights {shapes[1]} there, "
                               f"{shapes[0]} here")
         kernel = np.zeros_like(kernel)
-        for name, was_name in source.items():
-            kernel[:, :, new.index(name), :] = was[:, :, old.index(was_name), :]
+        for c, channel in enumerate(here):
+            match = channel if channel in there else UNFILTERED.get(channel)
+            if match in there:
+                kernel[:, :, c, :] = was[:, :, there.index(match), :]
         layer.set_weights([kernel, *given[1:]])
     return added
+
+
+def unrolled_steps(model: keras.Model) -> int:
+    """Number of unrolled steps of a network of :func:`build_resunet` (0 for a plain ResUNet)."""
+    return sum(1 for layer in model.layers if layer.name.endswith("_standardize"))
+
+
+def freeze_steps(model: keras.Model, steps: int) -> None:
+    """Make the layers of the first network and of unrolled steps ``1 .. steps - 1`` untrainable (their
+    batch normalisation then runs in inference mode): ``steps`` networks taken trained from another model.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A network of :func:`build_resunet` with unrolled steps.
+    steps : int
+        How many of its networks to freeze: 1 for the first alone; 0 freezes nothing.
+    """
+    for layer in model.layers:
+        if layer.weights and _step_of(layer.name) < steps:
+            layer.trainable = False
+
+
+def _step_prefix(step: int) -> str:
+    return f"step{step}_" if step else ""
+
+
+def _step_of(name: str) -> int:
+    head = name.split("_", 1)[0]
+    return int(head[4:]) if head.startswith("step") and head[4:].isdigit() else 0
 
 
 def model_spec(model: keras.Model) -> dict:

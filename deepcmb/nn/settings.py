@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, resolve
 from ..errors import ConfigError
-from ..fields import FIELDS
+from ..fields import FIELDS, stored_fields
 
 INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction", "survey"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
@@ -37,6 +37,10 @@ MODEL_SCHEMA = {
     "dropout": Number(0.3, min=0, lt=1, doc="dropout rate before each convolution"),
     "padding": OneOf("periodic", "periodic", "same", doc="periodic for periodic flat maps, same (zeros) otherwise"),
     "stem_stride": OneOf(1, 1, 2, doc="stride of the first convolution"),
+    "unrolled_steps": Int(0, min=0, doc="unrolled delensing steps after the first ResUNet: each subtracts from "
+                                        "the data the lensing B its kappa predicts, and a further ResUNet reads "
+                                        "the delensed E, B and that kappa and corrects it (E/B or Q/U inputs "
+                                        "on periodic maps)"),
 }
 """The ``model`` section of the training config, with its defaults (the DeepCMB design; the network is
 described in :mod:`deepcmb.nn.model`)."""
@@ -149,7 +153,8 @@ def resolve_config(user: dict | None) -> dict:
 
 def check_model_config(cfg: dict) -> None:
     """Check what the leaves of a resolved ``model`` section cannot: distinct channel names, an odd
-    kernel, a known activation (the map shape is :func:`deepcmb.nn.model.check_map_shape`'s).
+    kernel, a known activation, unrolled steps only on periodic Stokes data (the map shape is
+    :func:`deepcmb.nn.model.check_map_shape`'s).
 
     Parameters
     ----------
@@ -164,6 +169,11 @@ def check_model_config(cfg: dict) -> None:
     for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
         if len(set(cfg[key])) != len(cfg[key]):
             raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg["unrolled_steps"] and (stored_fields(cfg["inputs"]) != ["Q", "U"] or "kappa" not in cfg["outputs"]
+                                  or cfg["padding"] != "periodic"):
+        raise ConfigError(f"model.unrolled_steps: the delensing of an unrolled step needs the inputs [E, B] or "
+                          f"[Q, U] alone, a kappa head and periodic padding; got inputs {cfg['inputs']}, outputs "
+                          f"{cfg['outputs']}, padding {cfg['padding']!r}")
     if cfg["kernel_size"] % 2 == 0:
         raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {cfg['kernel_size']!r}")
     from .backend import import_keras  # deferred: the command line reads the schemas above without a backend

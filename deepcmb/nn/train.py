@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import yaml
 
+from ..config import resolve
 from ..cosmology import compute_spectra
 from ..errors import ConfigError, DeepCMBError, InputError
 from ..fields import SURVEY_INPUTS, UNFILTERED, WIENER_INPUTS, stored_fields
@@ -35,10 +36,11 @@ from .backend import configure_backend, distribution_scope
 from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TimeLimit, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
-from .model import build_resunet, check_map_shape, model_spec, transfer_weights
+from .model import (build_resunet, check_map_shape, freeze_steps, model_spec, transfer_weights, unrolled_e_filter,
+                    unrolled_steps)
 from .onthefly import FreshBatches
 from .rundir import RunDir, model_card, save_model, set_random_state
-from .settings import resolve_config
+from .settings import MODEL_SCHEMA, resolve_config
 
 __all__ = ["TrainingDiverged", "compile_model", "initial_network", "monitor_key", "run_train"]
 
@@ -144,10 +146,14 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
         write_json(run / "run.json", {"identity": identity, **provenance_attrs(cfg, "train")}, sort_keys=True)
         run.history.unlink(missing_ok=True)
         with scope, dtype_policy(tcfg["precision"]):
+            e_filter = unrolled_e_filter(compute_spectra({}), source.instruments, source.pixel_arcmin) \
+                if mcfg["unrolled_steps"] else None
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
-                                  instruments=source.instruments)
+                                  instruments=source.instruments, e_filter=e_filter)
             if start:
                 transfer_weights(model, start[0])
+                if unrolled_steps(model) > unrolled_steps(start[0]):  # train the new steps alone
+                    freeze_steps(model, unrolled_steps(start[0]) + 1)
             compile_model(model, tcfg, stats, data, source.qe)
         initial_epoch = 0
     else:
@@ -233,8 +239,8 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
         The resolved ``model`` section: it must describe the same network (the model card's ``model``
         section, when the network has a card; else the same inputs, heads and weight shapes), or the same
         network with the survey inputs ``mask`` and ``ivar_p`` added, or its E and B Wiener-filtered
-        (:func:`widened`; the weights are then
-        carried over by :func:`~deepcmb.nn.model.transfer_weights`).
+        (:func:`widened`), or with more ``unrolled_steps`` (the weights are then carried over by
+        :func:`~deepcmb.nn.model.transfer_weights`, and the steps the network has are frozen).
     source : MapSource
         The training data: same pixel size and beam as the network's (:func:`~deepcmb.nn.reconstruct.check_compatible`).
 
@@ -256,9 +262,12 @@ def initial_network(name: str, mcfg: dict, source: MapSource) -> tuple[keras.Mod
     model, spec = load_network(path)
     card_model = (spec["card"] or {}).get("config", {}).get("model")
     if card_model is not None:
+        card_model = {**resolve({}, MODEL_SCHEMA), **card_model}  # an older deepcmb's card lacks newer keys
         differ = sorted(k for k in set(card_model) | set(mcfg) if card_model.get(k) != mcfg.get(k))
-        if differ == ["inputs"] and widened(card_model["inputs"], mcfg["inputs"]):
-            differ = []
+        if "inputs" in differ and widened(card_model["inputs"], mcfg["inputs"]):
+            differ.remove("inputs")
+        if "unrolled_steps" in differ and mcfg["unrolled_steps"] > card_model["unrolled_steps"]:
+            differ.remove("unrolled_steps")
         if differ:
             raise ConfigError(f"training.init_from: {path} is another network than the model section describes "
                               f"(differs in model.{', model.'.join(differ)}: "

@@ -1,0 +1,195 @@
+"""Unrolled networks (``model.unrolled_steps``): the delensing layer, the network it builds, and its training.
+
+The layer :class:`deepcmb.nn.layers.SubtractLensingB` against the numpy template of :mod:`deepcmb.delensing`
+and against the lensing B of simulations; its symmetries; a network with an unrolled step started from a
+trained one (``training.init_from``), its frozen first network, saving, and the stage end to end.
+"""
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+keras = pytest.importorskip("keras")
+
+from deepcmb.cli import main  # noqa: E402
+from deepcmb.config import resolve  # noqa: E402
+from deepcmb.delensing import gradient_b_template, phi_from_kappa, wiener_e_filter  # noqa: E402
+from deepcmb.errors import ConfigError  # noqa: E402
+from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
+from deepcmb.io.reconstruction import open_reconstruction  # noqa: E402
+from deepcmb.nn.augment import transform_maps  # noqa: E402
+from deepcmb.nn.layers import SubtractLensingB  # noqa: E402
+from deepcmb.nn.model import (build_resunet, freeze_steps, transfer_weights, unrolled_e_filter,  # noqa: E402
+                              unrolled_steps)
+from deepcmb.nn.reconstruct import at_shape, load_network  # noqa: E402
+from deepcmb.nn.settings import MODEL_SCHEMA, check_model_config, resolve_config  # noqa: E402
+from deepcmb.nn.train import run_train  # noqa: E402
+from deepcmb.sample import Instrument  # noqa: E402
+
+PIXEL = 2.34375
+SIMS = {"seed": 11, "n_maps": 40, "geometry": {"shape": [32, 32], "pixel_arcmin": PIXEL},
+        "cosmology": {"sampling": "list", "list": [{}]},
+        "instrument": {"noise_p_uk_arcmin": [1.0]},
+        "simulation": {"fields": ["Q", "U", "Q_lensed", "U_lensed", "E_unlensed", "kappa"], "block_size": 8}}
+MODEL = {"inputs": ["E", "B"], "filters": [8, 16], "kernel_size": 3, "activation": "relu", "dropout": 0.0,
+         "outputs": ["kappa", "E_unlensed"]}
+STATS = {"E": (0.0, 6.0), "B": (0.0, 1.5), "kappa": (0.0, 0.07), "E_unlensed": (0.0, 6.0)}
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("unrolled")
+    (tmp / "sims.yaml").write_text(yaml.safe_dump(SIMS))
+    out = tmp / "sims.h5"
+    assert main(["simulate", "--config", str(tmp / "sims.yaml"), "--out", str(out), "--workers", "1",
+                 "--quiet"]) == 0
+    return out
+
+
+def _maps(sims, n, *names):
+    with h5py.File(sims, "r") as f:
+        return [f["maps"][name][:n].astype(np.float64) for name in names]
+
+
+def _e_filter(fiducial, noise=1.0, beam=1.0):
+    return unrolled_e_filter(fiducial, [Instrument(beam, noise / np.sqrt(2), noise)], PIXEL)
+
+
+def test_layer_is_the_numpy_template(sims, fiducial):
+    """Q, U minus the E/B-projected first-order template of deepcmb.delensing, in float32."""
+    geom = FlatSkyGeometry((32, 32), PIXEL)
+    q, u, kappa = _maps(sims, 6, "Q", "U", "kappa")
+    out = np.asarray(SubtractLensingB(PIXEL, _e_filter(fiducial))(
+        [np.stack([q, u], -1).astype("float32"), kappa[..., None].astype("float32")]))
+    e, _ = geom.qu2eb(q, u)
+    phi = phi_from_kappa(geom, geom.map2fourier(kappa))
+    phi[..., -1] = 0.0  # the layer's phi is zero on the Nyquist row and column
+    phi[..., 16, :] = 0.0
+    b_t = gradient_b_template(geom, wiener_e_filter(geom, fiducial.lensed[1], 1.0, 1.0, 0.0, np.inf) * e, phi)
+    b_t[..., 16, :] = b_t[..., -1] = 0.0  # and so are the B modes it subtracts
+    t_q, t_u = geom.eb2qu(np.zeros_like(b_t), b_t)
+    expected = np.stack([q - t_q, u - t_u], -1)
+    assert np.abs(out - expected).max() < 1e-4 * np.std(np.stack([t_q, t_u]))
+    # the E modes pass unchanged: only B is subtracted (below the Nyquist row and column, where a real map
+    # cannot hold a pure-B mode)
+    below = np.ones(geom.fourier_shape(), bool)
+    below[16, :] = below[:, -1] = False
+    e_out = geom.qu2eb(out[..., 0].astype(float), out[..., 1].astype(float))[0]
+    np.testing.assert_allclose(e_out[:, below], e[:, below], atol=1e-5 * np.abs(e).max())
+
+
+def test_the_true_kappa_removes_the_lensing_b(sims, fiducial):
+    """On the noise-free lensed sky the template of the true kappa removes nearly all the lensing B power
+    at 200 <= l < 2000, and kappa = 0 removes nothing."""
+    geom = FlatSkyGeometry((32, 32), PIXEL)
+    q, u, kappa = _maps(sims, 20, "Q_lensed", "U_lensed", "kappa")
+    layer = SubtractLensingB(PIXEL, _e_filter(fiducial, noise=0.0, beam=0.0))
+    band = (geom.ell() >= 200) & (geom.ell() < 2000)
+
+    def b_power(k):
+        out = np.asarray(layer([np.stack([q, u], -1).astype("float32"), k[..., None].astype("float32")]))
+        return np.mean(np.abs(geom.qu2eb(out[..., 0].astype(float), out[..., 1].astype(float))[1][:, band]) ** 2)
+
+    before = np.mean(np.abs(geom.qu2eb(q, u)[1][:, band]) ** 2)
+    assert b_power(np.zeros_like(kappa)) == pytest.approx(before, rel=1e-5)
+    assert b_power(kappa) < 0.05 * before
+    assert b_power(0.5 * kappa) == pytest.approx(0.25 * before, rel=0.2)  # half the lens: a quarter left
+
+
+def test_layer_commutes_with_the_grid_symmetries(sims, fiducial):
+    q, u, kappa = (m.astype("float32") for m in _maps(sims, 3, "Q", "U", "kappa"))
+    layer = SubtractLensingB(PIXEL, _e_filter(fiducial))
+
+    def apply(maps):
+        out = np.asarray(layer([np.stack([maps["Q"], maps["U"]], -1), maps["kappa"][..., None]]))
+        return {"Q": out[..., 0], "U": out[..., 1]}
+
+    plain = apply({"Q": q, "U": u, "kappa": kappa})
+    for k in range(8):
+        moved = apply(transform_maps({"Q": q, "U": u, "kappa": kappa}, k))
+        expected = transform_maps(plain, k)
+        for name in ("Q", "U"):
+            np.testing.assert_allclose(moved[name], expected[name], atol=1e-4 * np.abs(q).max(), err_msg=f"{k}")
+
+
+def test_new_step_starts_from_the_trained_network_which_stays_frozen(fiducial, tmp_path):
+    cfg = resolve(MODEL, MODEL_SCHEMA)
+    base = build_resunet(cfg, (32, 32), STATS, pixel_arcmin=PIXEL)
+    rng = np.random.default_rng(0)
+    for layer in base.layers:  # trained-looking weights, not the initialiser's
+        if layer.get_weights():
+            layer.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in layer.get_weights()])
+    ef = _e_filter(fiducial)
+    one = build_resunet({**cfg, "unrolled_steps": 1}, (32, 32), STATS, pixel_arcmin=PIXEL, e_filter=ef)
+    assert unrolled_steps(one) == 1 and unrolled_steps(base) == 0
+    assert transfer_weights(one, base) == []
+    freeze_steps(one, 1)
+    assert one.trainable_weights and all(w.path.startswith("step1_") for w in one.trainable_weights)
+    x = rng.normal(0, 3, (4, 32, 32, 2)).astype("float32")
+    first = keras.Model(one.inputs, one.get_layer("kappa_step0").output)
+    np.testing.assert_allclose(np.asarray(first.predict_on_batch(x)), np.asarray(base.predict_on_batch(x)["kappa"]),
+                               rtol=1e-5, atol=1e-7)
+    # the new step reads the previous kappa through zero weights: at the start it adds what the trained
+    # network computes on the delensed maps
+    delensed = keras.Model(one.inputs, one.get_layer("step1_delens").output).predict_on_batch(x)
+    np.testing.assert_allclose(np.asarray(one.predict_on_batch(x)["kappa"]),
+                               np.asarray(first.predict_on_batch(x)) + base.predict_on_batch(delensed)["kappa"]
+                               - STATS["kappa"][0], rtol=1e-4, atol=1e-6)
+    path = tmp_path / "one.keras"
+    one.save(path)
+    again = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(np.asarray(again.predict_on_batch(x)["kappa"]),
+                                  np.asarray(one.predict_on_batch(x)["kappa"]))
+    big = at_shape(again, (64, 64))  # fully convolutional, delensing included
+    assert np.asarray(big.predict_on_batch(np.tile(x, (1, 2, 2, 1)))["kappa"]).shape == (4, 64, 64, 1)
+    two = build_resunet({**cfg, "unrolled_steps": 2}, (32, 32), STATS, pixel_arcmin=PIXEL, e_filter=ef)
+    transfer_weights(two, one)  # the second step starts from the first step's weights
+    np.testing.assert_array_equal(two.get_layer("step2_conv_2").get_weights()[0],
+                                  one.get_layer("step1_conv_2").get_weights()[0])
+    with pytest.raises(ConfigError, match="unrolled steps"):
+        transfer_weights(base, one)
+
+
+def test_unrolled_steps_need_periodic_stokes_data():
+    for bad in ({"inputs": ["E", "B", "mask", "ivar_p"]}, {"padding": "same"}, {"outputs": ["E_unlensed"]},
+                {"inputs": ["T", "Q", "U"]}):
+        with pytest.raises(ConfigError, match="unrolled_steps"):
+            check_model_config(resolve({**MODEL, **bad, "unrolled_steps": 1}, MODEL_SCHEMA))
+    cfg = resolve_config({"model": {**MODEL, "inputs": ["Q", "U"], "unrolled_steps": 2}})
+    assert cfg["model"]["unrolled_steps"] == 2
+    with pytest.raises(ConfigError, match="unrolled_steps"):
+        build_resunet(resolve({**MODEL, "unrolled_steps": 1}, MODEL_SCHEMA), (32, 32), STATS, pixel_arcmin=PIXEL)
+
+
+def test_stage_trains_the_new_step_alone_and_reconstructs(sims, tmp_path):
+    def train(out, **model):
+        cfg = {"seed": 2, "data": {"split": [0.75, 0.25, 0.0]}, "model": {**MODEL, **model},
+               "training": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 2,
+                            **({"init_from": str(tmp_path / "base")} if model else {})}}
+        return run_train(cfg, {"sims": sims}, out, progress=False)
+
+    base = train(tmp_path / "base")
+    run = train(tmp_path / "one", unrolled_steps=1)
+    first, _ = load_network(base)
+    model, spec = load_network(run)
+    assert spec["inputs"] == ["Q", "U"] and spec["outputs"] == ["kappa", "E_unlensed"]
+    changed = []
+    for layer in model.layers:
+        if not layer.get_weights():
+            continue
+        same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), first.get_layer(
+            layer.name[len("step1_"):] if layer.name.startswith("step1_") else layer.name).get_weights()))
+        if layer.name.startswith("step1_"):
+            changed.append(not same)
+        else:
+            assert same, f"{layer.name}: the first network trained"
+    assert any(changed)
+    out = tmp_path / "rec.h5"
+    assert main(["reconstruct", "--method", "nn", "--model", str(run), "--sims", str(sims), "--out", str(out),
+                 "--quiet"]) == 0
+    with open_reconstruction(out) as f:
+        kappa = f["maps"]["kappa"][...]
+    assert kappa.shape == (40, 32, 32) and np.all(np.isfinite(kappa))
+    x = np.stack(_maps(sims, 40, "Q", "U"), -1).astype("float32")
+    np.testing.assert_allclose(kappa, np.asarray(model.predict_on_batch(x)["kappa"])[..., 0], rtol=1e-4, atol=1e-6)
