@@ -24,7 +24,8 @@ package)::
                                                table, with the benchmark targets (run.results)
 
 Each finished stage is recorded in ``OUT/pipeline.json`` with a key: the SHA-256 of its own config,
-deepcmb's version and the keys of the stages it reads. On a re-run a stage whose output exists under the same key is
+deepcmb's version and the keys of the stages it reads (for a network of ``run.models``, the SHA-256 of its
+weights, not its path). On a re-run a stage whose output exists under the same key is
 re-used; a changed config re-runs that stage and every stage after it. An interrupted stage that
 resumes (:attr:`deepcmb.stages.Stage.resumes`: simulate, train) continues where it stopped; the others
 start again. ``deepcmb run`` holds the lock of its run folder (``OUT.lock`` beside it,
@@ -49,6 +50,7 @@ from typing import Any
 from . import __version__, shipped
 from .config import Bool, Free, ListOf, Str, load_yaml, option_name, override, resolve
 from .errors import ConfigError, InputError
+from .io.calibration import file_sha256
 from .io.files import write_json
 from .io.lock import output_lock
 from .progress import bars
@@ -320,9 +322,14 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         if lab in ("nn", "qe_train", "map") or lab.startswith("qe_"):
             raise ConfigError(f"run.models.{label}: the labels 'nn', 'map' and 'qe_*' are taken")
         try:
-            models[lab] = shipped.network(root / model if (root / model).exists() else model).resolve()
+            path = shipped.network(root / model if (root / model).exists() else model).resolve()
         except InputError as exc:
             raise ConfigError(f"run.models.{label}: {exc}") from None
+        weights = path / "model.keras" if path.is_dir() else path
+        if not weights.is_file():
+            raise ConfigError(f"run.models.{label}: {weights}: no such model file")
+        # the network's weights identify its reconstructions, wherever the checkout or the run folder lies
+        models[lab] = path, {"model_sha256": file_sha256(weights)}
 
     calibrated = {}  # label -> (stage, config of the calibrated reconstruction, its calibration file, pixels)
 
@@ -352,9 +359,8 @@ def plan_stages(preset_file: Path, root: Path, out: Path, workers: int | None = 
         rec("nn", "reconstruct_nn", nn_cfg,
             {"sims": sims, "model": o / "train", **({"qe": recs[qe_label]} if qe_input else {})},
             ["train", f"simulate_{tag}"] + ([f"reconstruct_{qe_label}{suffix}"] if qe_input else []))
-        for lab, model_path in models.items():
-            rec(lab, "reconstruct_nn", nn_cfg, {"sims": sims, "model": model_path}, [f"simulate_{tag}"],
-                {"model": str(model_path)})
+        for lab, (model_path, model_id) in models.items():
+            rec(lab, "reconstruct_nn", nn_cfg, {"sims": sims, "model": model_path}, [f"simulate_{tag}"], model_id)
         return recs
 
     def test_set(tag: str, folder: str, sims_cfg: dict, eval_cfg: dict, opts: dict, map_opts: dict | None,

@@ -136,6 +136,8 @@ def test_new_step_starts_from_the_trained_network_which_stays_frozen(fiducial, t
     np.testing.assert_allclose(np.asarray(one.predict_on_batch(x)["kappa"]),
                                np.asarray(first.predict_on_batch(x)) + base.predict_on_batch(delensed)["kappa"]
                                - STATS["kappa"][0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(one.predict_on_batch(x)["E_unlensed"]),  # the first network's E
+                               np.asarray(base.predict_on_batch(x)["E_unlensed"]), rtol=1e-5, atol=1e-5)
     path = tmp_path / "one.keras"
     one.save(path)
     again = keras.saving.load_model(path, safe_mode=True, compile=False)

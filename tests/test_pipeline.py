@@ -362,3 +362,26 @@ def test_the_stage_key_holds_the_version(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "__version__", "9.9.9")
     other = {s.name: s.key for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")}
     assert all(keys[n] != other[n] for n in keys)
+
+
+def test_a_models_weights_key_its_steps_not_its_path(tmp_path):
+    """A network of run.models is known by the SHA-256 of its weights: the same weights in another folder (another
+    checkout, a moved run) re-use its reconstructions, other weights under the same path do not."""
+    import shutil
+
+    from deepcmb import shipped
+
+    _write_root(tmp_path)
+    for name in ("a", "b"):
+        shutil.copytree(shipped.network("quick"), tmp_path / name)
+
+    def keys(model):
+        preset = {**PRESET, "run": {**PRESET["run"], "models": {"extra": model}}}
+        (tmp_path / "evaluate" / "tiny.yaml").write_text(yaml.safe_dump(preset))
+        return {s.name: s.key for s in plan_stages(*find_preset("tiny", tmp_path), tmp_path / "out")
+                if s.name.startswith("reconstruct_extra")}
+
+    first = keys("a")
+    assert first and keys("b") == first
+    shutil.copy2(shipped.network("bench") / "model.keras", tmp_path / "b" / "model.keras")
+    assert all(keys("b")[n] != first[n] for n in first)

@@ -31,15 +31,15 @@ Unrolled steps (``unrolled_steps: n``, periodic E/B or Q/U inputs): after the Re
     step s: delensed Q, U = SubtractLensingB(input Q, U; kappa_{s-1})     (layer step{s}_delens)
             [StokesToEB] -> concatenate kappa_{s-1} -> Standardize        (step{s}_standardize)
             a ResUNet of the same shape, every layer named step{s}_...   -> correction
-            kappa_s = kappa_{s-1} + correction (standardised units), other heads from this step
+            kappa_s = kappa_{s-1} + correction (standardised units; the steps have a kappa head only)
 
 The lensing B that ``kappa_{s-1}`` predicts from the data's Wiener-filtered E is taken out of the data
 (:class:`~deepcmb.nn.layers.SubtractLensingB`), so the B the next ResUNet reads holds the noise and the
 lensing B of the previous estimate's error, from which it corrects the estimate (Hirata & Seljak 2003;
 Carron & Lewis 2017: at low noise the gain of an iterative estimator over the quadratic one comes from
-delensing the B modes). The model's outputs are the last step's; the earlier steps' heads are named
-``<head>_step<s>``. :func:`transfer_weights` starts new steps from a trained network's last step, and
-:func:`freeze_steps` keeps the steps it already had fixed.
+delensing the B modes). The model's kappa is the last step's (the earlier steps' are named
+``kappa_step<s>``); its other heads are the first network's. :func:`transfer_weights` starts new steps
+from a trained network's last step, and :func:`freeze_steps` keeps the steps it already had fixed.
 """
 
 from __future__ import annotations
@@ -224,8 +224,10 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
                     noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None)
     x = _standardize(cfg["inputs"], stats, pixel_arcmin, "standardize", **recorded)(x)
     steps = cfg["unrolled_steps"]
-    heads = _resunet(cfg, x)
-    outputs = {h: _destandardize(h, stats, h if not steps else f"{h}_step0")(y) for h, y in heads.items()}
+    kappa = _resunet(cfg, x)
+    outputs = {h: _destandardize(h, stats, f"{h}_step0" if steps and h == "kappa" else h)(y)
+               for h, y in kappa.items()}
+    kappa = kappa.get("kappa")
     if steps and (e_filter is None or pixel_arcmin is None):
         raise ConfigError("model.unrolled_steps: the network needs the Wiener filter of E and the pixel size")
     for step in range(1, steps + 1):
@@ -238,11 +240,10 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
         names = [*cfg["inputs"], PREVIOUS_KAPPA]
         x = _standardize(names, {**stats, PREVIOUS_KAPPA: stats.get("kappa", (0.0, 1.0))}, pixel_arcmin,
                          f"step{step}_standardize")(x)
-        correction = _resunet(cfg, x, prefix=f"step{step}_")
-        # kappa: the previous step's (standardised) kappa plus this step's correction
-        correction["kappa"] = layers.Add(name=f"step{step}_kappa_sum")([heads["kappa"], correction["kappa"]])
-        heads = correction
-        outputs = {h: _destandardize(h, stats, h if last else f"{h}_step{step}")(y) for h, y in heads.items()}
+        correction = _resunet({**cfg, "outputs": ["kappa"]}, x, prefix=f"step{step}_")["kappa"]
+        # the previous step's kappa plus this step's correction, in the standardised units of the kappa head
+        kappa = layers.Add(name=f"step{step}_kappa_sum")([kappa, correction])
+        outputs["kappa"] = _destandardize("kappa", stats, "kappa" if last else f"kappa_step{step}")(kappa)
     return keras.Model(inp, outputs, name=name)
 
 
