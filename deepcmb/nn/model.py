@@ -224,12 +224,12 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
                     noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None)
     x = _standardize(cfg["inputs"], stats, pixel_arcmin, "standardize", **recorded)(x)
     steps = cfg["unrolled_steps"]
-    kappa = _resunet(cfg, x)
-    outputs = {h: _destandardize(h, stats, f"{h}_step0" if steps and h == "kappa" else h)(y)
-               for h, y in kappa.items()}
-    kappa = kappa.get("kappa")
     if steps and (e_filter is None or pixel_arcmin is None):
         raise ConfigError("model.unrolled_steps: the network needs the Wiener filter of E and the pixel size")
+    heads = _resunet(cfg, x)
+    outputs = {h: _destandardize(h, stats, f"{h}_step0" if steps and h == "kappa" else h)(y)
+               for h, y in heads.items()}
+    kappa = heads.get("kappa")  # standardised
     for step in range(1, steps + 1):
         last = step == steps
         delensed = SubtractLensingB(pixel_arcmin, e_filter, name=f"step{step}_delens", dtype="float32")(
