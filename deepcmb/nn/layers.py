@@ -287,28 +287,24 @@ class SubtractLensingB(keras.layers.Layer):
 
     def _grid(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         if shape not in self._grids:
-            ny, nx = shape
-            pixel = np.deg2rad(self.pixel_arcmin / 60.0)
-            ly = 2 * np.pi * np.fft.fftfreq(ny, pixel)[:, None] * np.ones((1, nx))
-            lx = 2 * np.pi * np.fft.fftfreq(nx, pixel)[None, :] * np.ones((ny, 1))
-            ell = np.hypot(lx, ly)
-            nyquist = (np.abs(np.fft.fftfreq(ny))[:, None] == 0.5) | (np.abs(np.fft.fftfreq(nx))[None, :] == 0.5)
+            geom = FlatSkyGeometry(shape, self.pixel_arcmin)
+            lx, ly = geom.lxly(real=False)
+            ell = geom.ell(real=False)
+            c2, s2 = geom.cos2phi_sin2phi(real=False)
+            # off the Nyquist row and column, whose modes have no defined angle
+            keep = (np.abs(np.fft.fftfreq(shape[0]))[:, None] < 0.5) & (np.abs(np.fft.fftfreq(shape[1])) < 0.5)
             table = np.asarray(self.e_filter)
-            f = np.interp(ell, np.arange(table.size), table, right=0.0)
-            f[ell >= np.pi / pixel] = 0.0
-            inv = np.where((ell > 0) & ~nyquist, 2.0 / np.where(ell > 0, ell, 1.0) ** 2, 0.0)
-            c2, s2 = _rotation_grids(shape)
-            keep = ~nyquist  # the template's B modes on the Nyquist row and column have no defined angle
+            f = np.where(ell < geom.ell_nyquist, np.interp(ell, np.arange(table.size), table, right=0.0), 0.0)
+            inv = np.where((ell > 0) & keep, 2.0 / np.where(ell > 0, ell, 1.0) ** 2, 0.0)
             self._grids[shape] = {k: np.asarray(v, np.float32) for k, v in
-                                  dict(ly=ly, lx=lx, f=f, inv=inv, c2=c2 * keep, s2=s2 * keep, e2=c2,
-                                       s2e=s2).items()}
+                                  dict(ly=ly, lx=lx, f=f, inv=inv, c2=c2, s2=s2, keep=keep).items()}
         return self._grids[shape]
 
     def call(self, inputs: Any) -> Any:
         maps, kappa = inputs
         g = {k: ops.convert_to_tensor(v, maps.dtype) for k, v in
              self._grid((int(maps.shape[1]), int(maps.shape[2]))).items()}
-        c2, s2, f = g["e2"], g["s2e"], g["f"]
+        c2, s2, f = g["c2"], g["s2"], g["f"]
 
         def modes(m):
             return ops.fft2((m, ops.zeros_like(m)))
@@ -324,8 +320,7 @@ class SubtractLensingB(keras.layers.Layer):
         tq = dy * gradient(c2 * er, c2 * ei, g["ly"]) + dx * gradient(c2 * er, c2 * ei, g["lx"])
         tu = dy * gradient(s2 * er, s2 * ei, g["ly"]) + dx * gradient(s2 * er, s2 * ei, g["lx"])
         (tqr, tqi), (tur, tui) = modes(tq), modes(tu)
-        c2, s2 = g["c2"], g["s2"]  # zero on the Nyquist row and column
-        br, bi = -s2 * tqr + c2 * tur, -s2 * tqi + c2 * tui
+        br, bi = g["keep"] * (-s2 * tqr + c2 * tur), g["keep"] * (-s2 * tqi + c2 * tui)
         q_t = ops.ifft2((-s2 * br, -s2 * bi))[0]
         u_t = ops.ifft2((c2 * br, c2 * bi))[0]
         return ops.stack([maps[..., 0] - q_t, maps[..., 1] - u_t], axis=-1)

@@ -322,8 +322,8 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
     have, had = unrolled_steps(model), unrolled_steps(start)
     if had > have:
         raise ConfigError(f"training.init_from: the network has {had} unrolled steps, the model section {have}")
-    stems = {_step_prefix(s): next(layer for layer in model.layers if isinstance(layer, layers.Conv2D)
-                                   and _step_of(layer.name) == s) for s in range(have + 1)}  # read the channels
+    stems = [next(layer for layer in model.layers if isinstance(layer, layers.Conv2D) and _step_of(layer.name) == s)
+             for s in range(have + 1)]  # the first convolution of each network reads the channels
     for layer in model.layers:
         weights = layer.get_weights()
         if not weights:
@@ -335,7 +335,7 @@ def transfer_weights(model: keras.Model, start: keras.Model) -> list[str]:
             given = start.get_layer(name).get_weights()
         except ValueError:
             raise ConfigError(f"training.init_from: the network has no layer {name!r}") from None
-        stem = stems[_step_prefix(step)] is layer
+        stem = stems[step] is layer
         here = model.get_layer(_step_prefix(step) + "standardize").names
         there = start.get_layer(_step_prefix(source) + "standardize").names
         shapes = [w.shape for w in weights], [w.shape for w in given]

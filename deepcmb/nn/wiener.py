@@ -18,10 +18,9 @@ convention that would make the filter differ from one orientation of the map to 
 patches are embedded in a periodic grid :data:`deepcmb.qe.quadratic.EMBEDDING_PAD` times larger, unobserved
 outside the patch, and the filtered maps are multiplied by a cosine taper of :data:`BORDER_ARCMIN` along the
 patch border (:func:`deepcmb.survey.edge_window`), so that the network's periodic padding meets no edge. The
-filter is
-linear in the data and commutes with the rotations and reflections of the grid (``B_wf`` is a pseudo-scalar),
-so the symmetrized prediction (:func:`deepcmb.nn.reconstruct.predict_symmetrized`) transforms the filtered
-maps directly.
+filter is linear in the data and commutes with the rotations and reflections of the grid (``B_wf`` is a
+pseudo-scalar), so the symmetrized prediction (:func:`deepcmb.nn.reconstruct.predict_symmetrized`) transforms
+the filtered maps directly.
 
 Cost: about 55 conjugate-gradient iterations, 50 ms per 64 x 64 masked patch on one core (the network's own
 pass is a few ms). At the tolerance :data:`TOLERANCE` the filtered maps differ from converged ones by about
