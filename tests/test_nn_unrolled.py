@@ -19,7 +19,7 @@ from deepcmb.errors import ConfigError  # noqa: E402
 from deepcmb.geometry import FlatSkyGeometry  # noqa: E402
 from deepcmb.io.reconstruction import open_reconstruction  # noqa: E402
 from deepcmb.nn.augment import transform_maps  # noqa: E402
-from deepcmb.nn.layers import SubtractLensingB  # noqa: E402
+from deepcmb.nn.layers import StokesToEB, SubtractLensingB  # noqa: E402
 from deepcmb.nn.model import (build_resunet, freeze_steps, transfer_weights, unrolled_e_filter,  # noqa: E402
                               unrolled_steps)
 from deepcmb.nn.reconstruct import at_shape, load_network  # noqa: E402
@@ -35,6 +35,7 @@ SIMS = {"seed": 11, "n_maps": 40, "geometry": {"shape": [32, 32], "pixel_arcmin"
 MODEL = {"inputs": ["E", "B"], "filters": [8, 16], "kernel_size": 3, "activation": "relu", "dropout": 0.0,
          "outputs": ["kappa", "E_unlensed"]}
 STATS = {"E": (0.0, 6.0), "B": (0.0, 1.5), "kappa": (0.0, 0.07), "E_unlensed": (0.0, 6.0)}
+SURVEY = ["E_wf", "B_wf", "mask", "ivar_p"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,26 @@ def test_layer_commutes_with_the_grid_symmetries(sims, fiducial):
             np.testing.assert_allclose(moved[name], expected[name], atol=1e-4 * np.abs(q).max(), err_msg=f"{k}")
 
 
+def test_layer_on_wiener_filtered_maps_is_the_stokes_layer(sims):
+    """On E_wf, B_wf (with other channels beside them) the layer subtracts from B what it subtracts from the
+    B of Q, U when E_wf is the E of Q, U and the filter one; the E and the other channels pass unchanged."""
+    q, u, kappa = _maps(sims, 6, "Q", "U", "kappa")
+    qu = np.stack([q, u], -1).astype("float32")
+    kappa = kappa[..., None].astype("float32")
+    eb = StokesToEB(["Q", "U"], ["E", "B"])
+    ones = [1.0] * (int(np.ceil(FlatSkyGeometry((32, 32), PIXEL).ell_nyquist)) + 1)
+    expected = np.asarray(eb(SubtractLensingB(PIXEL, ones)([qu, kappa])))
+    e_b = np.asarray(eb(qu))
+    mask = np.random.default_rng(3).uniform(size=kappa.shape).astype("float32")
+    out = np.asarray(SubtractLensingB(PIXEL, None, ["mask", "E_wf", "B_wf"])(
+        [np.concatenate([mask, e_b], -1), kappa]))
+    np.testing.assert_array_equal(out[..., :2], np.concatenate([mask, e_b[..., :1]], -1))
+    assert np.std(e_b[..., 1] - expected[..., 1]) > 0.05 * np.std(e_b[..., 1])  # a template is subtracted...
+    np.testing.assert_allclose(out[..., 2], expected[..., 1], atol=1e-5 * np.abs(e_b).max())  # ...the same one
+    with pytest.raises(ValueError, match="neither"):
+        SubtractLensingB(PIXEL, None, ["E", "B"])
+
+
 def test_new_step_starts_from_the_trained_network_which_stays_frozen(fiducial, tmp_path):
     cfg = resolve(MODEL, MODEL_SCHEMA)
     base = build_resunet(cfg, (32, 32), STATS, pixel_arcmin=PIXEL)
@@ -153,15 +174,47 @@ def test_new_step_starts_from_the_trained_network_which_stays_frozen(fiducial, t
         transfer_weights(base, one)
 
 
-def test_unrolled_steps_need_periodic_stokes_data():
+def test_unrolled_steps_need_periodic_stokes_or_filtered_data():
     for bad in ({"inputs": ["E", "B", "mask", "ivar_p"]}, {"padding": "same"}, {"outputs": ["E_unlensed"]},
-                {"inputs": ["T", "Q", "U"]}):
+                {"inputs": ["T", "Q", "U"]}, {"inputs": ["E_wf", "B_wf", "T", "mask"]}):
         with pytest.raises(ConfigError, match="unrolled_steps"):
             check_model_config(resolve({**MODEL, **bad, "unrolled_steps": 1}, MODEL_SCHEMA))
+    check_model_config(resolve({**MODEL, "inputs": SURVEY, "unrolled_steps": 1}, MODEL_SCHEMA))
     cfg = resolve_config({"model": {**MODEL, "inputs": ["Q", "U"], "unrolled_steps": 2}})
     assert cfg["model"]["unrolled_steps"] == 2
     with pytest.raises(ConfigError, match="unrolled_steps"):
         build_resunet(resolve({**MODEL, "unrolled_steps": 1}, MODEL_SCHEMA), (32, 32), STATS, pixel_arcmin=PIXEL)
+
+
+def test_step_of_a_survey_network_reads_its_filtered_maps_delensed(tmp_path):
+    """A survey network (E_wf, B_wf, mask, ivar_p) with a step: the step reads the masked channels with B_wf
+    delensed, starts as the trained network on them, and the E head stays the first network's."""
+    cfg = resolve({**MODEL, "inputs": SURVEY}, MODEL_SCHEMA)
+    stats = {**STATS, "E_wf": (0.0, 6.0), "B_wf": (0.0, 1.0), "mask": (0.9, 0.2), "ivar_p": (0.5, 0.3)}
+    base = build_resunet(cfg, (32, 32), stats, pixel_arcmin=PIXEL)
+    rng = np.random.default_rng(4)
+    for layer in base.layers:
+        if layer.get_weights():
+            layer.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in layer.get_weights()])
+    one = build_resunet({**cfg, "unrolled_steps": 1}, (32, 32), stats, pixel_arcmin=PIXEL)
+    assert one.get_layer("step1_delens").e_filter is None and transfer_weights(one, base) == []
+    x = rng.normal(0, 3, (4, 32, 32, 4)).astype("float32")
+    x[..., 2] = rng.uniform(size=x.shape[:3]) > 0.2  # a mask of 0 and 1: applying it twice changes nothing
+    x[..., 3] = rng.uniform(0.2, 1.0, x.shape[:3])
+    delensed = np.asarray(keras.Model(one.inputs, one.get_layer("step1_delens").output).predict_on_batch(x))
+    np.testing.assert_array_equal(delensed[..., [0, 2]], x[..., [0, 2]])
+    np.testing.assert_allclose(delensed[..., 3], x[..., 2] * x[..., 3], rtol=1e-6)  # after ApplyMask
+    assert np.std(delensed[..., 1] - x[..., 1]) > 1e-3 * np.std(x[..., 1])
+    first = base.predict_on_batch(x)
+    np.testing.assert_allclose(np.asarray(one.predict_on_batch(x)["kappa"]),
+                               np.asarray(first["kappa"]) + base.predict_on_batch(delensed)["kappa"]
+                               - stats["kappa"][0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(one.predict_on_batch(x)["E_unlensed"]), np.asarray(first["E_unlensed"]),
+                               rtol=1e-5, atol=1e-5)
+    one.save(tmp_path / "one.keras")
+    again = keras.saving.load_model(tmp_path / "one.keras", safe_mode=True, compile=False)
+    np.testing.assert_array_equal(np.asarray(again.predict_on_batch(x)["kappa"]),
+                                  np.asarray(one.predict_on_batch(x)["kappa"]))
 
 
 def test_stage_trains_the_new_step_alone_and_reconstructs(sims, tmp_path):
@@ -215,3 +268,4 @@ def test_the_shipped_unrolled_network_starts_from_the_shipped_bench_network(fidu
     for step in (1, 2):
         np.testing.assert_allclose(model.get_layer(f"step{step}_delens").e_filter,
                                    _e_filter(fiducial, noise=lowest, beam=spec["beam_fwhm_arcmin"]), rtol=1e-6)
+

@@ -11,8 +11,8 @@ All are written with :mod:`keras.ops` only and run on the tensorflow, jax and to
 - :class:`Standardize` maps physical input channels to zero mean, unit variance with statistics of the
   training split; it also records the channel names and pixel size the model expects.
 - :class:`Destandardize` maps a normalised output back to physical units (µK, or dimensionless kappa).
-- :class:`SubtractLensingB` removes from Stokes maps the lensing B modes that a kappa map predicts: the
-  delensing of an unrolled step (:mod:`deepcmb.nn.model`).
+- :class:`SubtractLensingB` removes from Stokes (or Wiener-filtered E/B) maps the lensing B modes that a
+  kappa map predicts: the delensing of an unrolled step (:mod:`deepcmb.nn.model`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..fields import EB_INPUTS, multiplied_by_mask
+from ..fields import EB_INPUTS, WIENER_INPUTS, multiplied_by_mask
 from ..geometry import FlatSkyGeometry
 
 PACKAGE = "deepcmb"
@@ -252,8 +252,8 @@ class Destandardize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SubtractLensingB(keras.layers.Layer):
-    """Observed Stokes maps minus the lensing B modes that a convergence map predicts from their own E modes:
-    ``[(b, ny, nx, 2) Q, U in µK, (b, ny, nx, 1) kappa]`` -> ``(b, ny, nx, 2)`` delensed Q, U in µK.
+    """Observed maps minus the lensing B modes that a convergence map predicts from their own E modes:
+    ``[(b, ny, nx, C) maps, (b, ny, nx, 1) kappa]`` -> ``(b, ny, nx, C)`` the same channels, delensed.
 
     The template is that of :func:`deepcmb.delensing.gradient_b_template`, written with :mod:`keras.ops`:
     the Wiener-filtered E of the data, :math:`E^{\\rm WF}_{\\boldsymbol\\ell} = F_\\ell E_{\\boldsymbol\\ell}`,
@@ -270,19 +270,34 @@ class SubtractLensingB(keras.layers.Layer):
     Nyquist multipole, and phi and the subtracted B modes on the Nyquist row and column, so the layer
     commutes with the grid's rotations and reflections.
 
+    The data are either Stokes ``Q``, ``U`` (E and B are those of their periodic split; the template's Q and
+    U are subtracted) or the Wiener-filtered ``E_wf``, ``B_wf`` of :mod:`deepcmb.nn.wiener` (E is ``E_wf``,
+    already filtered; the template's B map is subtracted from ``B_wf``). Other channels (a mask, a noise
+    map) pass unchanged.
+
     Parameters
     ----------
     pixel_arcmin : float
         Pixel side, arcmin (sets the multipoles of the grid).
-    e_filter : list of float
+    e_filter : list of float or None
         :math:`F_\\ell` at ``l = 0, 1, ..`` (:func:`deepcmb.delensing.wiener_e_profile`), interpolated
-        linearly at each mode's ``|l|``; zero beyond the table.
+        linearly at each mode's ``|l|``; zero beyond the table. ``None``: :math:`F_\\ell = 1` below the
+        Nyquist multipole (the data's E is Wiener-filtered already).
+    names : list of str
+        The channels of ``maps``, in order: ``Q`` and ``U``, or ``E_wf`` and ``B_wf``, among others.
     """
 
-    def __init__(self, pixel_arcmin, e_filter, **kwargs):
+    def __init__(self, pixel_arcmin, e_filter, names=("Q", "U"), **kwargs):
         super().__init__(**kwargs)
         self.pixel_arcmin = float(pixel_arcmin)
-        self.e_filter = [float(v) for v in e_filter]
+        self.e_filter = None if e_filter is None else [float(v) for v in e_filter]
+        self.names = [str(n) for n in names]
+        pair = next((p for p in (("Q", "U"), WIENER_INPUTS) if set(p) <= set(self.names)), None)
+        if pair is None:
+            raise ValueError(f"SubtractLensingB: channels {self.names} hold neither Q, U nor "
+                             f"{', '.join(WIENER_INPUTS)}")
+        self._stokes = pair == ("Q", "U")
+        self._pair = [self.names.index(n) for n in pair]
         self._grids = {}
 
     def _grid(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -293,7 +308,7 @@ class SubtractLensingB(keras.layers.Layer):
             c2, s2 = geom.cos2phi_sin2phi(real=False)
             # off the Nyquist row and column, whose modes have no defined angle
             keep = (np.abs(np.fft.fftfreq(shape[0]))[:, None] < 0.5) & (np.abs(np.fft.fftfreq(shape[1])) < 0.5)
-            table = np.asarray(self.e_filter)
+            table = np.ones(int(np.ceil(geom.ell_nyquist)) + 1) if self.e_filter is None else np.asarray(self.e_filter)
             f = np.where(ell < geom.ell_nyquist, np.interp(ell, np.arange(table.size), table, right=0.0), 0.0)
             inv = np.where((ell > 0) & keep, 2.0 / np.where(ell > 0, ell, 1.0) ** 2, 0.0)
             self._grids[shape] = {k: np.asarray(v, np.float32) for k, v in
@@ -312,8 +327,13 @@ class SubtractLensingB(keras.layers.Layer):
         def gradient(re, im, k):  # real map of the field with modes i k (re + i im)
             return ops.ifft2((-k * im, k * re))[0]
 
-        (qr, qi), (ur, ui) = modes(maps[..., 0]), modes(maps[..., 1])
-        er, ei = f * (c2 * qr + s2 * ur), f * (c2 * qi + s2 * ui)
+        first, second = self._pair
+        if self._stokes:
+            (qr, qi), (ur, ui) = modes(maps[..., first]), modes(maps[..., second])
+            er, ei = f * (c2 * qr + s2 * ur), f * (c2 * qi + s2 * ui)
+        else:
+            er, ei = modes(maps[..., first])
+            er, ei = f * er, f * ei
         kr, ki = modes(kappa[..., 0])
         pr, pi = g["inv"] * kr, g["inv"] * ki
         dy, dx = gradient(pr, pi, g["ly"]), gradient(pr, pi, g["lx"])
@@ -321,12 +341,16 @@ class SubtractLensingB(keras.layers.Layer):
         tu = dy * gradient(s2 * er, s2 * ei, g["ly"]) + dx * gradient(s2 * er, s2 * ei, g["lx"])
         (tqr, tqi), (tur, tui) = modes(tq), modes(tu)
         br, bi = g["keep"] * (-s2 * tqr + c2 * tur), g["keep"] * (-s2 * tqi + c2 * tui)
-        q_t = ops.ifft2((-s2 * br, -s2 * bi))[0]
-        u_t = ops.ifft2((c2 * br, c2 * bi))[0]
-        return ops.stack([maps[..., 0] - q_t, maps[..., 1] - u_t], axis=-1)
+        if self._stokes:
+            subtract = {first: ops.ifft2((-s2 * br, -s2 * bi))[0], second: ops.ifft2((c2 * br, c2 * bi))[0]}
+        else:
+            subtract = {second: ops.ifft2((br, bi))[0]}
+        return ops.stack([maps[..., c] - subtract[c] if c in subtract else maps[..., c]
+                          for c in range(len(self.names))], axis=-1)
 
     def compute_output_shape(self, shapes: tuple) -> tuple:
-        return (*shapes[0][:3], 2)
+        return tuple(shapes[0])
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "pixel_arcmin": self.pixel_arcmin, "e_filter": self.e_filter}
+        return {**super().get_config(), "pixel_arcmin": self.pixel_arcmin, "e_filter": self.e_filter,
+                "names": self.names}

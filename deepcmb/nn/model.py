@@ -25,16 +25,18 @@ when the width changes), then the activation. With ``padding: periodic`` every c
 map wrapped around its edges (flat-sky simulations are periodic); ``same`` pads with zeros (use it for
 non-periodic curved-sky patches). Map sides must be multiples of ``stem_stride * 2**D``.
 
-Unrolled steps (``unrolled_steps: n``, periodic E/B or Q/U inputs): after the ResUNet above, each step
-``s = 1 .. n`` repeats the iterative estimators' move with a network in place of the quadratic estimator::
+Unrolled steps (``unrolled_steps: n``; inputs periodic E/B or Q/U alone, or the Wiener-filtered
+``E_wf``, ``B_wf`` with a mask and a noise map): after the ResUNet above, each step ``s = 1 .. n`` repeats the
+iterative estimators' move with a network in place of the quadratic estimator::
 
-    step s: delensed Q, U = SubtractLensingB(input Q, U; kappa_{s-1})     (layer step{s}_delens)
+    step s: delensed maps = SubtractLensingB(input maps [after ApplyMask]; kappa_{s-1})  (step{s}_delens)
             [StokesToEB] -> concatenate kappa_{s-1} -> Standardize        (step{s}_standardize)
             a ResUNet of the same shape, every layer named step{s}_...   -> correction
             kappa_s = kappa_{s-1} + correction (standardised units; the steps have a kappa head only)
 
 The lensing B that ``kappa_{s-1}`` predicts from the data's Wiener-filtered E is taken out of the data
-(:class:`~deepcmb.nn.layers.SubtractLensingB`), so the B the next ResUNet reads holds the noise and the
+(:class:`~deepcmb.nn.layers.SubtractLensingB`: from Q and U, or from ``B_wf`` with ``E_wf`` as the filtered E),
+so the B the next ResUNet reads holds the noise and the
 lensing B of the previous estimate's error, from which it corrects the estimate (Hirata & Seljak 2003;
 Carron & Lewis 2017: at low noise the gain of an iterative estimator over the quadratic one comes from
 delensing the B modes). The model's kappa is the last step's (the earlier steps' are named
@@ -52,7 +54,7 @@ import numpy as np
 from keras import layers
 
 from ..errors import ConfigError
-from ..fields import UNFILTERED, stored_fields
+from ..fields import UNFILTERED, WIENER_INPUTS, stored_fields
 from .layers import ApplyMask, Destandardize, PeriodicPad2D, Standardize, StokesToEB, SubtractLensingB
 
 if TYPE_CHECKING:
@@ -89,6 +91,12 @@ def check_map_shape(cfg: dict, shape: tuple) -> None:
         raise ConfigError(f"model.filters: {len(f) - 1} downsamplings leave {side} x {side} pixels at the "
                           f"bottleneck, fewer than the periodic padding of a {k} x {k} kernel needs; "
                           "use fewer levels or a smaller kernel")
+
+
+def filters_e(inputs: Sequence[str]) -> bool:
+    """Whether the delensing of an unrolled step filters the E of input channels ``inputs`` itself (with
+    ``e_filter``, :func:`unrolled_e_filter`): Stokes data; not the Wiener-filtered ``E_wf``, ``B_wf``."""
+    return not set(WIENER_INPUTS) <= set(inputs)
 
 
 def unrolled_e_filter(spectra: CMBSpectra, instruments: Sequence[Instrument], pixel_arcmin: float) -> list[float]:
@@ -193,8 +201,9 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     name : str
         Name of the Keras model.
     e_filter : sequence of float, optional
-        With ``unrolled_steps``: the Wiener filter of E at ``l = 0, 1, ..`` that the delensing of each step
-        uses (:class:`~deepcmb.nn.layers.SubtractLensingB`, :func:`unrolled_e_filter`).
+        With ``unrolled_steps`` on Stokes inputs: the Wiener filter of E at ``l = 0, 1, ..`` that the
+        delensing of each step uses (:class:`~deepcmb.nn.layers.SubtractLensingB`, :func:`unrolled_e_filter`).
+        Not used on ``E_wf`` inputs (:func:`filters_e`), the Wiener-filtered E already.
 
     Returns
     -------
@@ -207,7 +216,7 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     ------
     ConfigError
         If ``shape`` does not suit the downsamplings (:func:`check_map_shape`), or unrolled steps lack
-        ``e_filter`` or ``pixel_arcmin``.
+        ``e_filter`` (on Stokes inputs) or ``pixel_arcmin``.
     """
     check_map_shape(cfg, shape)
     stats = stats or {}
@@ -215,6 +224,7 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     inp = x = keras.Input(shape=(shape[0], shape[1], len(takes)), name="maps")
     if "mask" in takes:
         x = ApplyMask(takes, name="apply_mask", dtype="float32")(x)
+    observed = x
     if takes != list(cfg["inputs"]):
         x = StokesToEB(takes, cfg["inputs"], name="eb_split", dtype="float32")(x)
     beams = {i.beam_fwhm_arcmin for i in instruments}
@@ -224,7 +234,8 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
                     noise_p_uk_arcmin=[i.noise_p_uk_arcmin for i in instruments] or None)
     x = _standardize(cfg["inputs"], stats, pixel_arcmin, "standardize", **recorded)(x)
     steps = cfg["unrolled_steps"]
-    if steps and (e_filter is None or pixel_arcmin is None):
+    filtered = not filters_e(cfg["inputs"])
+    if steps and ((e_filter is None and not filtered) or pixel_arcmin is None):
         raise ConfigError("model.unrolled_steps: the network needs the Wiener filter of E and the pixel size")
     heads = _resunet(cfg, x)
     outputs = {h: _destandardize(h, stats, f"{h}_step0" if steps and h == "kappa" else h)(y)
@@ -232,8 +243,8 @@ def build_resunet(cfg: dict, shape: tuple, stats: dict | None = None, pixel_arcm
     kappa = heads.get("kappa")  # standardised
     for step in range(1, steps + 1):
         last = step == steps
-        delensed = SubtractLensingB(pixel_arcmin, e_filter, name=f"step{step}_delens", dtype="float32")(
-            [inp, outputs["kappa"]])
+        delensed = SubtractLensingB(pixel_arcmin, None if filtered else e_filter, takes, name=f"step{step}_delens",
+                                    dtype="float32")([observed, outputs["kappa"]])
         if takes != list(cfg["inputs"]):
             delensed = StokesToEB(takes, cfg["inputs"], name=f"step{step}_eb_split", dtype="float32")(delensed)
         x = layers.Concatenate(name=f"step{step}_with_kappa")([delensed, outputs["kappa"]])

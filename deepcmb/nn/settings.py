@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..config import REQUIRED, Bool, Free, Int, ListOf, Number, OneOf, Str, resolve
 from ..errors import ConfigError
-from ..fields import FIELDS, stored_fields
+from ..fields import FIELDS, SURVEY_INPUTS, WIENER_INPUTS, stored_fields
 
 INPUT_FIELDS = tuple(n for n, f in FIELDS.items() if f.role in ("observed", "reconstruction", "survey"))
 """Allowed input channels: observed maps of the simulation file, their E/B split ``E``, ``B``
@@ -40,7 +40,7 @@ MODEL_SCHEMA = {
     "unrolled_steps": Int(0, min=0, doc="unrolled delensing steps after the first ResUNet: each subtracts from "
                                         "the data the lensing B its kappa predicts, and a further ResUNet reads "
                                         "the delensed E, B and that kappa and corrects it (E/B or Q/U inputs "
-                                        "on periodic maps)"),
+                                        "on periodic maps, or E_wf, B_wf with the mask and noise map)"),
 }
 """The ``model`` section of the training config, with its defaults (the DeepCMB design; the network is
 described in :mod:`deepcmb.nn.model`)."""
@@ -153,8 +153,8 @@ def resolve_config(user: dict | None) -> dict:
 
 def check_model_config(cfg: dict) -> None:
     """Check what the leaves of a resolved ``model`` section cannot: distinct channel names, an odd
-    kernel, a known activation, unrolled steps only on periodic Stokes data (the map shape is
-    :func:`deepcmb.nn.model.check_map_shape`'s).
+    kernel, a known activation, unrolled steps only on periodic Stokes data or Wiener-filtered E and B
+    (the map shape is :func:`deepcmb.nn.model.check_map_shape`'s).
 
     Parameters
     ----------
@@ -169,11 +169,14 @@ def check_model_config(cfg: dict) -> None:
     for key, allowed in (("inputs", INPUT_FIELDS), ("outputs", OUTPUT_FIELDS)):
         if len(set(cfg[key])) != len(cfg[key]):
             raise ConfigError(f"model.{key}: expected distinct names from {', '.join(allowed)}, got {cfg[key]!r}")
-    if cfg["unrolled_steps"] and (stored_fields(cfg["inputs"]) != ["Q", "U"] or "kappa" not in cfg["outputs"]
-                                  or cfg["padding"] != "periodic"):
+    takes = stored_fields(cfg["inputs"])
+    data = [n for n in takes if n not in SURVEY_INPUTS]
+    if cfg["unrolled_steps"] and (not (takes == ["Q", "U"] or data == list(WIENER_INPUTS))
+                                  or "kappa" not in cfg["outputs"] or cfg["padding"] != "periodic"):
         raise ConfigError(f"model.unrolled_steps: the delensing of an unrolled step needs the inputs [E, B] or "
-                          f"[Q, U] alone, a kappa head and periodic padding; got inputs {cfg['inputs']}, outputs "
-                          f"{cfg['outputs']}, padding {cfg['padding']!r}")
+                          f"[Q, U] alone, or [E_wf, B_wf] with the mask and noise map, a kappa head and periodic "
+                          f"padding; got inputs {cfg['inputs']}, outputs {cfg['outputs']}, padding "
+                          f"{cfg['padding']!r}")
     if cfg["kernel_size"] % 2 == 0:
         raise ConfigError(f"model.kernel_size: must be a positive odd integer, got {cfg['kernel_size']!r}")
     from .backend import import_keras  # deferred: the command line reads the schemas above without a backend

@@ -36,8 +36,8 @@ from .backend import configure_backend, distribution_scope
 from .callbacks import Checkpointer, EarlyStop, NanGuard, ReduceLR, TimeLimit, TrainingDiverged, TrainingProgress
 from .data import MapSource, QEFile, SimsBatches, channel_stats, split_rows
 from .losses import FourierWeightedMSE, inverse_variance_weights
-from .model import (build_resunet, check_map_shape, freeze_steps, model_spec, transfer_weights, unrolled_e_filter,
-                    unrolled_steps)
+from .model import (build_resunet, check_map_shape, filters_e, freeze_steps, model_spec, transfer_weights,
+                    unrolled_e_filter, unrolled_steps)
 from .onthefly import FreshBatches
 from .rundir import RunDir, model_card, save_model, set_random_state
 from .settings import MODEL_SCHEMA, resolve_config
@@ -147,7 +147,7 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
         run.history.unlink(missing_ok=True)
         with scope, dtype_policy(tcfg["precision"]):
             e_filter = unrolled_e_filter(compute_spectra({}), source.instruments, source.pixel_arcmin) \
-                if mcfg["unrolled_steps"] else None
+                if mcfg["unrolled_steps"] and filters_e(mcfg["inputs"]) else None
             model = build_resunet(mcfg, source.shape, stats, pixel_arcmin=source.pixel_arcmin,
                                   instruments=source.instruments, e_filter=e_filter)
             if start:
