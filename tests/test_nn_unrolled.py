@@ -269,3 +269,14 @@ def test_the_shipped_unrolled_network_starts_from_the_shipped_bench_network(fidu
         np.testing.assert_allclose(model.get_layer(f"step{step}_delens").e_filter,
                                    _e_filter(fiducial, noise=lowest, beam=spec["beam_fwhm_arcmin"]), rtol=1e-6)
 
+
+def test_the_shipped_survey_network_delenses_its_filtered_maps_once():
+    """``--model survey``: the survey network followed by one step on ``E_wf``, ``B_wf`` (no E filter of its
+    own), trained from the earlier shipped survey network."""
+    from deepcmb import shipped
+
+    model, spec = load_network(shipped.network("survey"))
+    assert unrolled_steps(model) == 1 and spec["inputs"] == SURVEY
+    layer = model.get_layer("step1_delens")
+    assert layer.e_filter is None and layer.names == SURVEY
+    assert spec["card"]["config"]["training"]["init_from"] == "survey"

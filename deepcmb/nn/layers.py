@@ -284,7 +284,8 @@ class SubtractLensingB(keras.layers.Layer):
         linearly at each mode's ``|l|``; zero beyond the table. ``None``: :math:`F_\\ell = 1` below the
         Nyquist multipole (the data's E is Wiener-filtered already).
     names : list of str
-        The channels of ``maps``, in order: ``Q`` and ``U``, or ``E_wf`` and ``B_wf``, among others.
+        The channels of ``maps``, in order: ``Q`` and ``U``, or ``E_wf`` and ``B_wf``, among others (default
+        ``Q``, ``U`` alone: the layer of networks saved before it took other channels).
     """
 
     def __init__(self, pixel_arcmin, e_filter, names=("Q", "U"), **kwargs):
