@@ -44,6 +44,9 @@ the same maps:
 - ``nn_near_map_high_noise``: at the high noise level, the inverse-variance mean of that ratio over
   the target bins at most ``map_factor_high`` (1.05) within two standard errors (:func:`judge_mean`).
 
+The network is ``nn``; the two high-noise targets judge ``nn_high_noise`` instead when it is set (a network
+trained for the maps of that level alone), and the table names the network each of them judged.
+
 With per-map uncertainties (``deepcmb reconstruct --uncertainty``, :mod:`deepcmb.uncertainty`):
 
 - ``uq_coverage``: on the main test set, at every noise level, the low-passed truth lies within the
@@ -73,6 +76,8 @@ SCHEMA = {
     "bias_tol": Number(0.02, min=0, doc="largest |transfer bias| meeting the unbiased target (fraction)"),
     "reference_cosmology": Int(0, min=0, doc="cosmology (index) whose transfer function is the reference"),
     "nn": Str("nn", doc="method label of the network"),
+    "nn_high_noise": Str(None, doc="method label of the network the high-noise targets judge, when the maps of "
+                                   "that level have a network of their own (null: results.nn)"),
     "qe": Str("qe_mv_pol", doc="method label of the QE compared at high noise"),
     "map": Str("map", doc="method label of the iterative MAP estimator"),
     "map_iterative_tol": Number(0.2, min=0, doc="largest |N_MAP / N_iterative - 1| meeting map_near_iterative"),
@@ -193,6 +198,11 @@ def judge_mean(mean: float, mean_err: float, limit: float, precision: float) -> 
     return True if 2.0 * mean_err <= precision else None
 
 
+def high_noise_network(cfg: dict) -> str:
+    """Method label of the network the high-noise targets judge: ``nn_high_noise``, else ``nn``."""
+    return cfg["nn_high_noise"] or cfg["nn"]
+
+
 def targets(summary: dict, cfg: dict) -> dict:
     """The benchmark targets measured on one evaluation summary (see the module docstring).
 
@@ -204,6 +214,7 @@ def targets(summary: dict, cfg: dict) -> dict:
         too imprecise to judge (:func:`judge_mean`; the table says ``inconclusive``).
     """
     nn, qe = cfg["nn"], cfg["qe"]
+    nn_hi = high_noise_network(cfg)
     out = {}
     lo_j, hi_j = _level(summary, cfg["low_noise"]), _level(summary, cfg["high_noise"])
     have = nn in summary["methods"]
@@ -238,16 +249,16 @@ def targets(summary: dict, cfg: dict) -> dict:
                                   "bias_err": err.tolist()}
         else:
             out["nn_unbiased"] = missing
-    if hi_j is None or not have or qe not in summary["methods"]:
+    if hi_j is None or nn_hi not in summary["methods"] or qe not in summary["methods"]:
         out["nn_not_worse_high_noise"] = missing
     else:
         t = noise_table(summary, hi_j)
         sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
-        ratio, err = neff_ratio(t, nn, qe)
+        ratio, err = neff_ratio(t, nn_hi, qe)
         if sel.any():
             mean, mean_err = mean_ratio(ratio[sel], err[sel])
             out["nn_not_worse_high_noise"] = {"met": judge_mean(mean, mean_err, 1.0, cfg["high_noise_precision"]),
-                                              "mean_ratio": mean,
+                                              "network": nn_hi, "mean_ratio": mean,
                                               "mean_ratio_err": mean_err, "max_ratio": float(ratio[sel].max()),
                                               "ratio": ratio.tolist(), "ratio_err": err.tolist()}
         else:
@@ -306,15 +317,16 @@ def map_targets(summary: dict, cfg: dict) -> dict:
             out["nn_near_map"] = {"met": bool(np.all(ratio[sel_nn] <= cfg["map_factor"])),
                                   "max_ratio": float(ratio[sel_nn].max()), "ratio": ratio.tolist(),
                                   "ratio_err": err.tolist()}
-    if hi_j is not None and nn in summary["methods"]:
+    nn_hi = high_noise_network(cfg)
+    if hi_j is not None and nn_hi in summary["methods"]:
         t = noise_table(summary, hi_j)
         sel = _inside(t["edges"], cfg["Lmin"], cfg["Lmax_target"])
         if sel.any():
-            ratio, err = neff_ratio(t, nn, mp)
+            ratio, err = neff_ratio(t, nn_hi, mp)
             mean, mean_err = mean_ratio(ratio[sel], err[sel])
             out["nn_near_map_high_noise"] = {"met": judge_mean(mean, mean_err, cfg["map_factor_high"],
                                                                cfg["high_noise_precision"]),
-                                             "mean_ratio": mean, "mean_ratio_err": mean_err,
+                                             "network": nn_hi, "mean_ratio": mean, "mean_ratio_err": mean_err,
                                              "ratio": ratio.tolist(), "ratio_err": err.tolist()}
     return out
 
@@ -436,7 +448,8 @@ def render_rst(results: dict, title_level: str = "~") -> str:
     for name, t in results["targets"].items():
         figs = ", ".join(f"{k} {v:.3g}" for k, v in t.items() if isinstance(v, float))
         status = ("inconclusive" if figs else "n/a") if t["met"] is None else ("met" if t["met"] else "not met")
-        lines.append(f"- {name}: {status}" + (f" ({figs})" if figs else ""))
+        judged = f" [{t['network']}]" if "network" in t else ""
+        lines.append(f"- {name}{judged}: {status}" + (f" ({figs})" if figs else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -93,8 +93,8 @@ def test_a_high_noise_mean_too_noisy_to_tell_is_no_verdict():
     s = _with_map(noisy(_summary(0.9 * N0, 5.2 * N0, 5 * N0)), 0.7 * N0, 5 * N0)
     assert targets(s, CFG)["nn_near_map_high_noise"]["met"] is None
     text = render_rst(collect_from(s))
-    assert "- nn_not_worse_high_noise: inconclusive (mean_ratio 1.04" in text
-    assert "- nn_near_map_high_noise: inconclusive" in text
+    assert "- nn_not_worse_high_noise [nn]: inconclusive (mean_ratio 1.04" in text
+    assert "- nn_near_map_high_noise [nn]: inconclusive" in text
 
 
 def test_unbiased_needs_maps_beyond_the_reference_cosmology():
@@ -211,3 +211,21 @@ def test_coverage_target_judges_pixels_and_every_bin_and_the_table_shows_it(tmp_
     assert "Coverage of the per-map uncertainties" in text and "0.690 / 0.950 (1 %)" in text
     head, rows = overview_rows(collect({"test": tmp_path / "e"}, CFG))
     assert head[-1] == "cover nn" and rows[0][-1] == "0.690/0.950"
+
+
+def test_the_high_noise_targets_judge_the_network_of_that_level_when_one_is_named(tmp_path):
+    """``results.nn_high_noise``: the two high-noise targets judge that method, the others ``nn``; the table
+    names the network each high-noise target judged."""
+    s = _with_map(_summary(0.9 * N0, 5.5 * N0, 5.2 * N0), 0.7 * N0, 5 * N0)
+    for j, n_eff in ((0, 3 * N0), (1, 5 * N0)):  # the level's own network: poor at 1, at the MAP at 5 uK-arcmin
+        s["results"].setdefault("nn5", {})[f"noise{j}"] = _group(n_eff)
+    s["methods"].append("nn5")
+    shared = targets(s, CFG)
+    assert not shared["nn_near_map_high_noise"]["met"] and not shared["nn_not_worse_high_noise"]["met"]
+    cfg = {**CFG, "nn_high_noise": "nn5"}
+    t = targets(s, cfg)
+    assert t["nn_near_map_high_noise"]["met"] and t["nn_near_map_high_noise"]["mean_ratio"] == pytest.approx(1.0)
+    assert t["nn_not_worse_high_noise"]["met"] and t["nn_near_map_high_noise"]["network"] == "nn5"
+    assert t["nn_below_qe_n0"] == shared["nn_below_qe_n0"] and t["nn_near_map"] == shared["nn_near_map"]
+    rst = render_rst({"config": cfg, "sets": {"test": [noise_table(s, j) for j in range(2)]}, "targets": t})
+    assert "- nn_near_map_high_noise [nn5]: met" in rst and "- nn_near_map: met" in rst

@@ -280,3 +280,20 @@ def test_the_shipped_survey_network_delenses_its_filtered_maps_once():
     layer = model.get_layer("step1_delens")
     assert layer.e_filter is None and layer.names == SURVEY
     assert spec["card"]["config"]["training"]["init_from"] == "survey"
+
+
+def test_the_shipped_5uk_network_is_the_bench_network_fine_tuned_at_5uk_with_one_step(fiducial):
+    """``--model unrolled_5uk``: one step after a first network trained from the shipped bench network on
+    5 uK-arcmin maps alone (so its weights differ from the bench network's), the step's E filter at 5 uK-arcmin."""
+    from deepcmb import shipped
+
+    model, spec = load_network(shipped.network("unrolled_5uk"))
+    bench, _ = load_network(shipped.network("bench"))
+    assert unrolled_steps(model) == 1 and spec["noise_p_uk_arcmin"] == [5.0]
+    assert spec["card"]["config"]["model"] == {**spec["card"]["config"]["model"], "inputs": ["E", "B"],
+                                               "filters": [16, 32, 64, 128, 256], "unrolled_steps": 1}
+    x = np.random.default_rng(2).normal(0, 8, (2, 64, 64, 2)).astype("float32")
+    first = np.asarray(keras.Model(model.inputs, model.get_layer("kappa_step0").output).predict_on_batch(x))
+    assert not np.allclose(first, np.asarray(bench.predict_on_batch(x)["kappa"]), rtol=1e-3, atol=0)
+    np.testing.assert_allclose(model.get_layer("step1_delens").e_filter,
+                               _e_filter(fiducial, noise=5.0, beam=spec["beam_fwhm_arcmin"]), rtol=1e-6)
