@@ -31,7 +31,9 @@ import numpy as np
 
 from deepcmb.cli import main as deepcmb
 from deepcmb.config import resolve
-from deepcmb.results import SCHEMA, _inside, map_targets, mean_ratio, neff_ratio, noise_table, rst_grid
+from deepcmb.pipeline import _label as label
+from deepcmb.results import (SCHEMA, _inside, map_targets, mean_ratio, neff_ratio, noise_table, rst_grid,
+                             target_status)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "evaluate" / "bench.yaml"
@@ -45,15 +47,6 @@ def run(args: list[str]) -> float:
     if deepcmb(args + ["--quiet"]) != 0:
         sys.exit(f"failed: deepcmb {' '.join(args)}")
     return time.perf_counter() - start
-
-
-def label(model: str) -> str:
-    """The evaluation label of a network given by name or path."""
-    return "".join(c if c.isalnum() else "_" for c in Path(model).name)
-
-
-def verdict(target: dict) -> str:
-    return {True: "met", False: "not met", None: "no verdict"}[target["met"]]
 
 
 def main():
@@ -74,9 +67,10 @@ def main():
     recs = {"qe_mv_pol": out / "rec_qe_mv_pol.h5", "map": out / "rec_map.h5"}
     commands = {"qe_mv_pol": ["--method", "qe", "--estimator", "MV_POL", "--config", str(PRESET)],
                 "map": ["--method", "map"]}
-    for model in args.models:
-        recs[label(model)] = out / f"rec_{label(model)}.h5"
-        commands[label(model)] = ["--method", "nn", "--model", model, "--symmetrize"]
+    labels = {model: label(Path(model).name) for model in args.models}  # evaluation labels
+    for model, name in labels.items():
+        recs[name] = out / f"rec_{name}.h5"
+        commands[name] = ["--method", "nn", "--model", model, "--symmetrize"]
     for name, rec in recs.items():
         if not rec.exists():
             times[name] = run(["reconstruct", *commands[name], "--sims", str(sims), "--out", str(rec)])
@@ -87,23 +81,23 @@ def main():
     summary = json.loads((out / "eval" / "summary.json").read_text())
     cfg = resolve({}, SCHEMA)
     rows, lines = [], []
-    edges = None
+    edges = np.array(summary["bins"]["edges"])
+    sel = _inside(edges, LMIN, LMAX)
     for j, level in enumerate(summary["noise_p_uk_arcmin"]):
         table = noise_table(summary, j)
-        edges = np.array(table["edges"])
-        sel = _inside(edges, LMIN, LMAX)
-        for name in ["qe_mv_pol"] + [label(m) for m in args.models]:
+        for name in ["qe_mv_pol", *labels.values()]:
             ratio, err = neff_ratio(table, name, "map")
             mean, mean_err = mean_ratio(ratio[sel], err[sel])
             rows.append([f"{level:g}", name, *(f"{r:.3f}" for r in ratio[sel]), f"{mean:.3f} +- {mean_err:.3f}"])
-    for model in args.models:
-        t = map_targets(summary, {**cfg, "nn": label(model)})
+    for model, name in labels.items():
+        t = map_targets(summary, {**cfg, "nn": name})
         low, high = t["nn_near_map"], t["nn_near_map_high_noise"]
         lines.append(f"``{model}``: at {cfg['low_noise']:g} uK-arcmin at most {low.get('max_ratio', np.nan):.3f} x the "
-                     f"MAP to L = {cfg['Lmax_map']:.0f} (target {cfg['map_factor']}: {verdict(low)}); at "
+                     f"MAP to L = {cfg['Lmax_map']:.0f} (target {cfg['map_factor']}: {target_status(low)}); at "
                      f"{cfg['high_noise']:g} uK-arcmin a mean of {high.get('mean_ratio', np.nan):.3f} +- "
-                     f"{high.get('mean_ratio_err', np.nan):.3f} (target {cfg['map_factor_high']}: {verdict(high)}).")
-    bins = [f"{edges[k]:.0f}-{edges[k + 1]:.0f}" for k in np.flatnonzero(_inside(edges, LMIN, LMAX))]
+                     f"{high.get('mean_ratio_err', np.nan):.3f} (target {cfg['map_factor_high']}: "
+                     f"{target_status(high)}).")
+    bins = [f"{edges[k]:.0f}-{edges[k + 1]:.0f}" for k in np.flatnonzero(sel)]
     grid = "\n".join(rst_grid(["uK'", "method", *bins, "mean"], rows))
     cost = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     note = (f"N_eff / N_eff(MAP) per L bin on {summary['n_maps']} test maps of ``sims/bench_test.yaml`` (networks "

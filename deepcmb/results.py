@@ -447,10 +447,17 @@ def render_rst(results: dict, title_level: str = "~") -> str:
     lines += ["Targets (main test set):", ""]
     for name, t in results["targets"].items():
         figs = ", ".join(f"{k} {v:.3g}" for k, v in t.items() if isinstance(v, float))
-        status = ("inconclusive" if figs else "n/a") if t["met"] is None else ("met" if t["met"] else "not met")
         judged = f" [{t['network']}]" if "network" in t else ""
-        lines.append(f"- {name}{judged}: {status}" + (f" ({figs})" if figs else ""))
+        lines.append(f"- {name}{judged}: {target_status(t)}" + (f" ({figs})" if figs else ""))
     return "\n".join(lines) + "\n"
+
+
+def target_status(target: dict) -> str:
+    """``met``, ``not met``, or, without a verdict, ``inconclusive`` (figures too imprecise) or ``n/a``
+    (nothing measured): the word the results table gives a target of :func:`targets`."""
+    if target["met"] is None:
+        return "inconclusive" if any(isinstance(v, float) for v in target.values()) else "n/a"
+    return "met" if target["met"] else "not met"
 
 
 def _delensing_rst(results: dict, title_level: str) -> list[str]:

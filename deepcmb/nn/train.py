@@ -152,9 +152,9 @@ def _train(cfg, data, source, splits, identity, run, state, progress, callbacks,
                                   instruments=source.instruments, e_filter=e_filter)
             if start:
                 transfer_weights(model, start[0])
-                trained = unrolled_steps(start[0]) + 1  # its networks: the first and its unrolled steps
-                if unrolled_steps(model) + 1 > trained:  # train the new steps alone
-                    freeze_steps(model, trained)
+                had = unrolled_steps(start[0])
+                if unrolled_steps(model) > had:  # train the new steps alone: freeze its first network and steps
+                    freeze_steps(model, had + 1)
             compile_model(model, tcfg, stats, data, source.qe)
         initial_epoch = 0
     else:
